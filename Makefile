@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make run` (the local stack and a demo) and `make test` (the whole suite).
+# Both install what is missing: a Python virtualenv from requirements-dev.txt and Azurite from package-lock.json.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY_STAMP := $(VENV)/.deps-stamp
+NODE_STAMP := node_modules/.deps-stamp
+
+.PHONY: setup run test lint pytest bench clean
+
+setup: $(PY_STAMP) $(NODE_STAMP)
+
+$(PY_STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+pytest: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: lint pytest
+
+run: setup
+	$(BIN)/python -m emulators.devstack
+
+bench: setup
+	$(BIN)/python -m bench.iothub_import_export
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .devstack

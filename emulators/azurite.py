@@ -1,0 +1,120 @@
+"""Start and stop Azurite (the npm package pinned in package.json) on free loopback ports in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+ACCOUNT = "devstoreaccount1"
+# Azurite's documented well-known development key (not a secret).
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+class AzuriteError(RuntimeError):
+    """Azurite is not installed or did not start."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Azurite:
+    """A running Azurite; ``connection_string`` points clients at it."""
+
+    def __init__(self, location: Path | None = None, *, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self._owns_location = location is None
+        self.location = Path(location or tempfile.mkdtemp(prefix="azurite-"))
+        self.blob_port = self.queue_port = self.table_port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def connection_string(self) -> str:
+        base = f"http://{self.host}"
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint={base}:{self.blob_port}/{ACCOUNT};"
+            f"QueueEndpoint={base}:{self.queue_port}/{ACCOUNT};"
+            f"TableEndpoint={base}:{self.table_port}/{ACCOUNT};"
+        )
+
+    @property
+    def blob_endpoint(self) -> str:
+        return f"http://{self.host}:{self.blob_port}/{ACCOUNT}"
+
+    def start(self, timeout: float = 60) -> Azurite:
+        """Start Azurite and wait until its three services accept connections.
+
+        Raises:
+            AzuriteError: not installed (run ``make setup``) or not listening before ``timeout``.
+        """
+        binary = REPO / "node_modules" / ".bin" / "azurite"
+        if not binary.exists():
+            raise AzuriteError(f"Azurite is not installed at {binary}: run `make setup` (npm ci).")
+        for _attempt in range(3):  # a free port can be taken between probing and binding: retry
+            self.blob_port, self.queue_port, self.table_port = free_port(), free_port(), free_port()
+            cmd = [
+                str(binary),
+                "--silent",
+                "--skipApiVersionCheck",
+                "--disableTelemetry",
+                "--location",
+                str(self.location),
+                "--blobHost",
+                self.host,
+                "--queueHost",
+                self.host,
+                "--tableHost",
+                self.host,
+                "--blobPort",
+                str(self.blob_port),
+                "--queuePort",
+                str(self.queue_port),
+                "--tablePort",
+                str(self.table_port),
+            ]
+            log = open(self.location / "azurite.log", "ab")  # noqa: SIM115 - owned by the child process
+            self._proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+            log.close()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self._proc.poll() is None:
+                if all(_listening(self.host, p) for p in (self.blob_port, self.queue_port, self.table_port)):
+                    return self
+                time.sleep(0.1)
+            self.stop(remove=False)
+        raise AzuriteError(f"Azurite did not start; see {self.location / 'azurite.log'}")
+
+    def stop(self, *, remove: bool = True) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait()
+        self._proc = None
+        if remove and self._owns_location:
+            shutil.rmtree(self.location, ignore_errors=True)
+
+    def __enter__(self) -> Azurite:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

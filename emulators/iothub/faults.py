@@ -1,0 +1,98 @@
+"""Fault injection: a share of API requests answered with 429/500/503, and slowed-down jobs.
+
+Set from the command line (``--fault-rate``), the environment (``IOTHUB_EMULATOR_FAULTS``) or at run time
+through the control plane (``POST /_emulator/faults``). Randomness is seeded so a failing run can be replayed.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .errors import ApiError
+
+_BY_STATUS = {
+    429: (429001, "Throttling: too many requests; retry after the Retry-After interval."),
+    500: (500001, "Internal server error (injected by the emulator)."),
+    503: (503001, "Service unavailable (injected by the emulator)."),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FaultConfig:
+    rate: float = 0.0  # share of API requests that fail
+    statuses: tuple[int, ...] = (429, 500, 503)
+    retry_after: int = 1  # seconds, sent with 429 and 503
+    seed: int | None = None
+    job_start_delay: float = 0.0  # seconds a job waits in `enqueued` before it runs
+    job_step_delay: float = 0.0  # seconds added per batch of lines/devices, to slow jobs down
+
+    @classmethod
+    def parse(cls, text: str) -> FaultConfig:
+        """Parse ``rate=0.2;statuses=429,503;seed=1;jobStartDelay=2;jobStepDelay=0.1``."""
+        cfg = cls()
+        for part in filter(None, (p.strip() for p in text.split(";"))):
+            name, _, value = part.partition("=")
+            cfg = cfg.updated({name.strip(): value.strip()})
+        return cfg
+
+    def updated(self, values: dict[str, Any]) -> FaultConfig:
+        """A copy with ``values`` (wire names, as in the control plane's JSON) applied.
+
+        Raises:
+            ValueError: an unknown name or a value of the wrong kind.
+        """
+        changes: dict[str, Any] = {}
+        for name, value in values.items():
+            if name == "rate":
+                rate = float(value)
+                if not 0.0 <= rate <= 1.0:
+                    raise ValueError("rate must be between 0 and 1")
+                changes["rate"] = rate
+            elif name == "statuses":
+                items = value.split(",") if isinstance(value, str) else value
+                statuses = tuple(int(s) for s in items)
+                if not set(statuses) <= set(_BY_STATUS):
+                    raise ValueError("statuses must be among 429, 500, 503")
+                changes["statuses"] = statuses
+            elif name == "retryAfter":
+                changes["retry_after"] = int(value)
+            elif name == "seed":
+                changes["seed"] = None if value in (None, "") else int(value)
+            elif name == "jobStartDelay":
+                changes["job_start_delay"] = float(value)
+            elif name == "jobStepDelay":
+                changes["job_step_delay"] = float(value)
+            else:
+                raise ValueError(f"unknown fault setting '{name}'")
+        return replace(self, **changes)
+
+
+@dataclass
+class Faults:
+    """The live fault settings of one emulator, safe to read from request threads."""
+
+    config: FaultConfig = field(default_factory=FaultConfig)
+    _rng: random.Random = field(default_factory=random.Random)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.set(self.config)
+
+    def set(self, config: FaultConfig) -> None:
+        with self._lock:
+            self.config = config
+            self._rng = random.Random(config.seed)
+
+    def maybe_fail(self) -> None:
+        """Raise an injected error for this request, or return if it should go through."""
+        with self._lock:
+            cfg = self.config
+            if cfg.rate <= 0 or self._rng.random() >= cfg.rate:
+                return
+            status = self._rng.choice(cfg.statuses)
+        code, message = _BY_STATUS[status]
+        headers = {"Retry-After": str(cfg.retry_after)} if status in (429, 503) else {}
+        raise ApiError(code, message, headers=headers)

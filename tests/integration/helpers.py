@@ -1,0 +1,84 @@
+"""Helpers shared by the integration tests: containers with SAS URIs, device lines, waiting for a job."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import requests
+from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
+
+from emulators.iothub import IoTHubEmulator
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+@dataclass
+class Storage:
+    service: BlobServiceClient
+    prefix: str
+
+    def container(self, name: str) -> str:
+        full = f"{self.prefix}-{name}"
+        self.service.create_container(full)
+        return full
+
+    def sas_url(self, container: str, permission: str = "rl", *, hours: float = 1) -> str:
+        token = generate_container_sas(
+            self.service.account_name,
+            container,
+            account_key=self.service.credential.account_key,
+            permission=ContainerSasPermissions.from_string(permission),
+            expiry=datetime.now(UTC) + timedelta(hours=hours),
+        )
+        return f"{self.service.url.rstrip('/')}/{container}?{token}"
+
+    def plain_url(self, container: str) -> str:
+        return f"{self.service.url.rstrip('/')}/{container}"
+
+    def upload_lines(self, container: str, lines: Iterable[dict[str, Any] | str], name: str = "devices.txt") -> None:
+        text = "".join((ln if isinstance(ln, str) else json.dumps(ln)) + "\n" for ln in lines)
+        self.service.get_blob_client(container, name).upload_blob(text.encode(), overwrite=True)
+
+    def read_lines(self, container: str, name: str) -> list[dict[str, Any]]:
+        data = self.service.get_blob_client(container, name).download_blob().readall()
+        return [json.loads(x) for x in data.decode().splitlines() if x.strip()]
+
+
+def wait_for(get_status: Callable[[], Any], *, deadline: float = 120) -> Any:
+    """Poll until the job reaches a terminal state. The deadline only stops a hung test; it asserts nothing."""
+    end = time.monotonic() + deadline
+    while True:
+        job = get_status()
+        status = job["status"] if isinstance(job, dict) else job.status
+        if status in TERMINAL:
+            return job
+        if time.monotonic() > end:
+            raise TimeoutError(f"job still {status} after {deadline}s")
+        time.sleep(0.05)
+
+
+def wait_until(condition: Callable[[], bool], *, deadline: float = 60) -> None:
+    """Poll ``condition`` until true; the deadline only stops a hung test."""
+    end = time.monotonic() + deadline
+    while not condition():
+        if time.monotonic() > end:
+            raise TimeoutError(f"condition not met after {deadline}s")
+        time.sleep(0.02)
+
+
+def control(emu: IoTHubEmulator, path: str, body: dict[str, Any]) -> None:
+    r = requests.post(f"{emu.url}/_emulator/{path}", json=body, verify=str(emu.ca_path), timeout=10)
+    r.raise_for_status()
+
+
+def device_line(device_id: str, mode: str | None = None, **extra: Any) -> dict[str, Any]:
+    line: dict[str, Any] = {"id": device_id, "status": "enabled"}
+    if mode:
+        line["importMode"] = mode
+    line.update(extra)
+    return line
