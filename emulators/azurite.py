@@ -42,6 +42,7 @@ class Azurite:
         self.host = host
         self._owns_location = location is None
         self.location = Path(location or tempfile.mkdtemp(prefix="azurite-"))
+        self.location.mkdir(parents=True, exist_ok=True)
         self.blob_port = self.queue_port = self.table_port = 0
         self._proc: subprocess.Popen[bytes] | None = None
 

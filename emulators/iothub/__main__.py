@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    # The storage SDK logs every request at INFO, with URLs: keep it to warnings.
+    logging.getLogger("azure").setLevel(logging.WARNING)
     try:
         faults = FaultConfig.parse(args.faults)
     except ValueError as exc:

@@ -12,7 +12,8 @@ from typing import Any
 import requests
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
-from emulators.iothub import IoTHubEmulator
+from emulators.iothub import POLICIES, IoTHubEmulator
+from emulators.iothub.auth import sign
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -69,6 +70,25 @@ def wait_until(condition: Callable[[], bool], *, deadline: float = 60) -> None:
         if time.monotonic() > end:
             raise TimeoutError(f"condition not met after {deadline}s")
         time.sleep(0.02)
+
+
+def hub_token(emu: IoTHubEmulator, policy: str = "iothubowner", *, ttl: int = 600, key: str | None = None) -> str:
+    return sign(emu.host_name, key or POLICIES[policy].key, int(time.time()) + ttl, policy)
+
+
+def hub_call(
+    emu: IoTHubEmulator, method: str, path: str, token: str | None = "owner", body: Any = None
+) -> requests.Response:
+    """One raw request to the emulator (``token="owner"`` signs one with iothubowner, None sends none)."""
+    headers = {"Authorization": hub_token(emu) if token == "owner" else token} if token else {}
+    return requests.request(
+        method,
+        f"{emu.url}{path}?api-version=2021-04-12",
+        headers=headers,
+        json=body,
+        verify=str(emu.ca_path),
+        timeout=10,
+    )
 
 
 def control(emu: IoTHubEmulator, path: str, body: dict[str, Any]) -> None:

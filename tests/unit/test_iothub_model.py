@@ -1,0 +1,145 @@
+"""Rules of the IoT Hub emulator that need no server: line application, parsing, auth, queries."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import pytest
+
+from emulators.iothub import model, query
+from emulators.iothub.auth import POLICIES, Right, authorize, sign
+from emulators.iothub.errors import ApiError, AuthError
+from emulators.iothub.jobs import _lines
+from emulators.iothub.model import DELETE, LineError, apply
+
+NOW = "2026-01-01T00:00:00.0000000Z"
+KEY16 = base64.b64encode(b"k" * 16).decode()
+KEY64 = base64.b64encode(b"k" * 64).decode()
+
+
+def err(line: dict[str, object], current: model.Record | None = None) -> int:
+    with pytest.raises(LineError) as e:
+        apply(line, current, now=NOW)
+    return e.value.code
+
+
+def test_create_generates_keys_and_twin() -> None:
+    rec = apply({"id": "d", "status": "enabled"}, None, now=NOW)
+    assert isinstance(rec, dict)
+    keys = rec["authentication"]["symmetricKey"]
+    assert len(base64.b64decode(keys["primaryKey"])) == 32 and keys["primaryKey"] != keys["secondaryKey"]
+    assert rec["twin"]["version"] == 1 and rec["twin"]["tags"] == {}
+
+
+def test_key_rules() -> None:
+    assert isinstance(
+        apply(
+            {
+                "id": "d",
+                "status": "enabled",
+                "authentication": {"symmetricKey": {"primaryKey": KEY16, "secondaryKey": KEY64}},
+            },
+            None,
+            now=NOW,
+        ),
+        dict,
+    )
+    one_key = {"symmetricKey": {"primaryKey": KEY16}}
+    assert err({"id": "d", "status": "enabled", "authentication": one_key}) == 400004
+    too_short = base64.b64encode(b"k" * 15).decode()
+    short = {"symmetricKey": {"primaryKey": too_short, "secondaryKey": too_short}}
+    assert err({"id": "d", "status": "enabled", "authentication": short}) == 400004
+    too_long = base64.b64encode(b"k" * 65).decode()
+    long_ = {"symmetricKey": {"primaryKey": too_long, "secondaryKey": KEY16}}
+    assert err({"id": "d", "status": "enabled", "authentication": long_}) == 400004
+    both = {
+        "symmetricKey": {"primaryKey": KEY16, "secondaryKey": KEY16},
+        "x509Thumbprint": {"primaryThumbprint": "A" * 40},
+    }
+    assert err({"id": "d", "status": "enabled", "authentication": both}) == 400004
+
+
+def test_thumbprint_and_auth_type_rules() -> None:
+    ok = apply(
+        {"id": "d", "status": "enabled", "authentication": {"x509Thumbprint": {"primaryThumbprint": "ab" * 32}}},
+        None,
+        now=NOW,
+    )
+    assert isinstance(ok, dict) and ok["authentication"]["type"] == "selfSigned"
+    assert err({"id": "d", "status": "enabled", "authentication": {"type": "selfSigned"}}) == 400004
+    assert (
+        err({"id": "d", "status": "enabled", "authentication": {"x509Thumbprint": {"primaryThumbprint": "xyz"}}})
+        == 400004
+    )
+    assert err({"id": "d", "status": "enabled", "authentication": {"type": "SELF_SIGNED"}}) == 400012
+    ca = apply({"id": "d", "status": "enabled", "authentication": {"type": "certificateAuthority"}}, None, now=NOW)
+    assert isinstance(ca, dict) and ca["authentication"]["symmetricKey"]["primaryKey"] is None
+
+
+def test_line_identity_rules() -> None:
+    assert err({"status": "enabled"}) == 400005
+    assert err({"id": "has space", "status": "enabled"}) == 400004
+    assert err({"id": "x" * 129, "status": "enabled"}) == 400004
+    assert err({"id": "d", "status": "enabled", "importMode": "upsert"}) == 400012
+    assert err({"id": "d"}) == 400012  # status is required on device lines
+    assert err({"id": "d", "moduleId": "$edgeHub"}) == 400004
+    # Enum names match case-insensitively, as the service's JSON deserializer does.
+    rec = apply({"id": "d", "status": "Enabled", "importMode": "CreateOrUpdate"}, None, now=NOW)
+    assert isinstance(rec, dict) and rec["status"] == "enabled"
+
+
+def test_update_keeps_keys_when_none_given_and_delete() -> None:
+    rec = apply({"id": "d", "status": "enabled"}, None, now=NOW)
+    assert isinstance(rec, dict)
+    updated = apply({"id": "d", "status": "disabled", "importMode": "update"}, rec, now=NOW)
+    assert isinstance(updated, dict)
+    assert updated["authentication"] == rec["authentication"] and updated["etag"] != rec["etag"]
+    assert apply({"id": "d", "importMode": "delete"}, rec, now=NOW) is DELETE
+
+
+def test_twin_limits() -> None:
+    assert err({"id": "d", "status": "enabled", "tags": {"t": "x" * 9000}}) == 400004
+    deep: dict[str, object] = {"v": 1}
+    for _ in range(11):
+        deep = {"n": deep}
+    assert err({"id": "d", "status": "enabled", "properties": {"desired": deep}}) == 400004
+
+
+def test_export_line_excludes_keys() -> None:
+    rec = apply({"id": "d", "status": "enabled"}, None, now=NOW)
+    assert isinstance(rec, dict)
+    line = model.export_line(rec, exclude_keys=True)
+    assert line["authentication"]["symmetricKey"] == {"primaryKey": None, "secondaryKey": None}
+    assert model.export_line(rec, exclude_keys=False)["authentication"] == rec["authentication"]
+
+
+def test_lines_split_across_chunks_with_bom_and_crlf() -> None:
+    chunks = [b'\xef\xbb\xbf{"a":1}\r\n{"b', b'":2}\n\n{"c":3}']
+    assert [raw for raw, _ in _lines(iter(chunks))] == [b'{"a":1}\r', b'{"b":2}', b"", b'{"c":3}']
+
+
+def test_strip_etag() -> None:
+    assert model.strip_etag('W/"abc"') == model.strip_etag('"abc"') == model.strip_etag("abc") == "abc"
+
+
+def test_authorize_round_trip_and_rights() -> None:
+    host = "127.0.0.1:9999"
+    tok = sign(host, POLICIES["registryRead"].key, int(time.time()) + 60, "registryRead")
+    assert authorize(tok, host=host, path="/devices", needed=Right.REGISTRY_READ) == "registryRead"
+    with pytest.raises(AuthError) as denied:
+        authorize(tok, host=host, path="/devices", needed=Right.REGISTRY_WRITE)
+    assert denied.value.code == 401003
+    scoped = sign(f"{host}/devices/a", POLICIES["iothubowner"].key, int(time.time()) + 60, "iothubowner")
+    assert authorize(scoped, host=host, path="/devices/a", needed=Right.REGISTRY_READ)
+    with pytest.raises(AuthError):
+        authorize(scoped, host=host, path="/devices/b", needed=Right.REGISTRY_READ)
+
+
+def test_query_subset() -> None:
+    q = query.parse("SELECT * FROM devices WHERE tags.site = 'o''slo' AND capabilities.iotEdge = true")
+    assert q.predicate({"tags": {"site": "o'slo"}, "capabilities": {"iotEdge": True}})
+    assert not q.predicate({"tags": {"site": "oslo"}, "capabilities": {"iotEdge": True}})
+    assert query.parse("select count() as total from devices").count_alias == "total"
+    with pytest.raises(ApiError):
+        query.parse("SELECT * FROM devices.modules")

@@ -1,0 +1,24 @@
+"""House rules checked mechanically: shared/ stays free of azure.functions; triggers are wired as declared."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shared_never_imports_azure_functions() -> None:
+    pattern = re.compile(r"^\s*(import azure\.functions|from azure\.functions|from azure import functions)", re.M)
+    offenders = [p for p in (REPO / "shared").rglob("*.py") if pattern.search(p.read_text())]
+    assert (REPO / "shared" / "__init__.py").exists()
+    assert offenders == []
+
+
+def test_function_app_registers_health() -> None:
+    import function_app
+
+    functions = {f.get_function_name(): f for f in function_app.app.get_functions()}
+    assert "health" in functions
+    trigger = functions["health"].get_trigger().get_dict_repr()
+    assert trigger["route"] == "health"
