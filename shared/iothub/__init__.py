@@ -1,0 +1,46 @@
+"""IoT Hub service API client: import/export jobs, statistics, bulk registry; typed errors (see ``_errors``)."""
+
+from ._auth import Credential, EntraCredential, SasCredential, parse_connection_string, sign_sas
+from ._client import API_VERSION, IoTHubClient
+from ._errors import (
+    ERROR_NAMES,
+    IoTHubAuthError,
+    IoTHubError,
+    IoTHubHTTPError,
+    IoTHubNotFound,
+    IoTHubPreconditionFailed,
+    IoTHubServerError,
+    IoTHubThrottled,
+    IoTHubUnavailable,
+    JobQuotaExceeded,
+    error_name,
+)
+from ._models import Job, JobStatus, JobType, RegistryStatistics, strip_query
+from ._retry import RetryPolicy
+
+__all__ = [
+    "API_VERSION",
+    "ERROR_NAMES",
+    "Credential",
+    "EntraCredential",
+    "IoTHubAuthError",
+    "IoTHubClient",
+    "IoTHubError",
+    "IoTHubHTTPError",
+    "IoTHubNotFound",
+    "IoTHubPreconditionFailed",
+    "IoTHubServerError",
+    "IoTHubThrottled",
+    "IoTHubUnavailable",
+    "Job",
+    "JobQuotaExceeded",
+    "JobStatus",
+    "JobType",
+    "RegistryStatistics",
+    "RetryPolicy",
+    "SasCredential",
+    "error_name",
+    "parse_connection_string",
+    "sign_sas",
+    "strip_query",
+]

@@ -1,0 +1,300 @@
+"""``IoTHubClient``: the IoT Hub service REST API calls this app needs (jobs, statistics, bulk registry)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import requests
+
+from ._auth import Credential, EntraCredential, SasCredential, parse_connection_string
+from ._errors import (
+    IoTHubAuthError,
+    IoTHubError,
+    IoTHubHTTPError,
+    IoTHubNotFound,
+    IoTHubPreconditionFailed,
+    IoTHubServerError,
+    IoTHubThrottled,
+    IoTHubUnavailable,
+    JobQuotaExceeded,
+    error_name,
+)
+from ._models import Job, RegistryStatistics
+from ._retry import RetryPolicy
+
+logger = logging.getLogger(__name__)
+
+API_VERSION = "2021-04-12"
+
+
+class IoTHubClient:
+    """A client for one hub's service API.
+
+    Example::
+
+        hub = IoTHubClient.from_connection_string(os.environ["IOTHUB_CONNECTION_STRING"])
+        job = hub.create_import_job(input_sas_url, output_sas_url)
+        while not hub.get_job(job.job_id).status.is_terminal: ...
+
+    Args:
+        endpoint: ``https://<hub>.azure-devices.net`` (or the emulator's ``https://127.0.0.1:<port>``).
+        credential: a ``SasCredential`` or ``EntraCredential``.
+        timeout: (connect, read) seconds, applied to every request.
+        retry: the retry policy (see ``_retry.py``).
+        session: a ``requests.Session`` to reuse (connection pooling); one is made if omitted.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        credential: Credential,
+        *,
+        timeout: tuple[float, float] = (10.0, 60.0),
+        retry: RetryPolicy | None = None,
+        session: requests.Session | None = None,
+        api_version: str = API_VERSION,
+    ) -> None:
+        if not endpoint.startswith("https://"):
+            raise ValueError("the IoT Hub endpoint must be an https:// URL")
+        self.endpoint = endpoint.rstrip("/")
+        self._credential = credential
+        self._timeout = timeout
+        self._retry = retry or RetryPolicy()
+        self._session = session or requests.Session()
+        self._api_version = api_version
+
+    @classmethod
+    def from_connection_string(cls, conn_str: str, **kwargs: Any) -> IoTHubClient:
+        """Build a client from ``HostName=...;SharedAccessKeyName=...;SharedAccessKey=...``.
+
+        Raises:
+            ValueError: the connection string is incomplete (the message names the missing part).
+        """
+        parts = parse_connection_string(conn_str)
+        host = parts["HostName"]
+        return cls(
+            f"https://{host}", SasCredential(host, parts["SharedAccessKeyName"], parts["SharedAccessKey"]), **kwargs
+        )
+
+    @classmethod
+    def from_token_credential(cls, host: str, credential: Any, **kwargs: Any) -> IoTHubClient:
+        """Build a client that authenticates with Entra ID (e.g. ``ManagedIdentityCredential``)."""
+        return cls(f"https://{host}", EntraCredential(credential), **kwargs)
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.removeprefix("https://")
+
+    # --- jobs ---------------------------------------------------------------------------------------
+
+    def create_import_job(
+        self,
+        input_container_uri: str,
+        output_container_uri: str,
+        *,
+        input_blob_name: str = "devices.txt",
+        identity_based: bool = False,
+        user_assigned_identity: str | None = None,
+    ) -> Job:
+        """Start an import job. Raises ``JobQuotaExceeded`` when another import/export job is active."""
+        body: dict[str, Any] = {
+            "type": "import",
+            "inputBlobContainerUri": input_container_uri,
+            "outputBlobContainerUri": output_container_uri,
+            "inputBlobName": input_blob_name,
+        }
+        return self._create_job(body, identity_based, user_assigned_identity)
+
+    def create_export_job(
+        self,
+        output_container_uri: str,
+        *,
+        output_blob_name: str = "devices.txt",
+        exclude_keys: bool = True,
+        identity_based: bool = False,
+        user_assigned_identity: str | None = None,
+    ) -> Job:
+        """Start an export job (keys excluded unless asked). Raises ``JobQuotaExceeded`` when the hub is busy."""
+        body: dict[str, Any] = {
+            "type": "export",
+            "outputBlobContainerUri": output_container_uri,
+            "outputBlobName": output_blob_name,
+            "excludeKeysInExport": exclude_keys,
+        }
+        return self._create_job(body, identity_based, user_assigned_identity)
+
+    def _create_job(self, body: dict[str, Any], identity_based: bool, identity: str | None) -> Job:
+        body["storageAuthenticationType"] = "identityBased" if identity_based else "keyBased"
+        if identity:
+            body["identity"] = {"userAssignedIdentity": identity}
+        return Job.from_wire(self._send("POST", "/jobs/create", body=body, idempotent=False).json())
+
+    def get_job(self, job_id: str) -> Job:
+        """Raises ``IoTHubNotFound`` if the hub does not know the job (jobs are kept 30 days)."""
+        _check_id(job_id, "job_id")
+        return Job.from_wire(self._send("GET", f"/jobs/{job_id}").json())
+
+    def list_jobs(self) -> list[Job]:
+        """Every import/export job the hub remembers (30 days), oldest first."""
+        return [Job.from_wire(j) for j in self._send("GET", "/jobs").json()]
+
+    def cancel_job(self, job_id: str) -> Job | None:
+        """Cancel a job; returns its state when the hub says it, None when it answers 204."""
+        _check_id(job_id, "job_id")
+        response = self._send("DELETE", f"/jobs/{job_id}")
+        return Job.from_wire(response.json()) if response.content else None
+
+    # --- registry -----------------------------------------------------------------------------------
+
+    def get_registry_statistics(self) -> RegistryStatistics:
+        body = self._send("GET", "/statistics/devices").json()
+        return RegistryStatistics(
+            int(body.get("totalDeviceCount", 0)),
+            int(body.get("enabledDeviceCount", 0)),
+            int(body.get("disabledDeviceCount", 0)),
+        )
+
+    def bulk_update(self, devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Apply up to 100 ExportImportDevice entries at once; returns the per-device errors (empty: all done)."""
+        if not 0 < len(devices) <= 100:
+            raise ValueError("bulk_update takes 1 to 100 devices")
+        response = self._send("POST", "/devices", body=devices, idempotent=False, accept=(400,))
+        errors: list[dict[str, Any]] = response.json().get("errors") or []
+        return errors
+
+    # --- transport ----------------------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        idempotent: bool | None = None,
+        accept: tuple[int, ...] = (),
+    ) -> requests.Response:
+        """One logical call: retries per the policy, then maps the outcome to a typed error."""
+        idempotent = method in ("GET", "PUT", "DELETE") if idempotent is None else idempotent
+        url = f"{self.endpoint}{path}"
+        deadline = time.monotonic() + self._retry.total_timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            headers = {"Authorization": self._credential.authorization(), "Accept": "application/json"}
+            data = None
+            if body is not None:
+                headers["Content-Type"] = "application/json; charset=utf-8"
+                data = json.dumps(body).encode()
+            try:
+                response = self._session.request(
+                    method,
+                    url,
+                    params={"api-version": self._api_version},
+                    data=data,
+                    headers=headers,
+                    timeout=self._timeout,
+                )
+            except requests.ConnectionError as exc:
+                # A connect failure means the hub never saw the request; a read failure after a POST might not.
+                safe = idempotent or isinstance(exc, requests.ConnectTimeout) or _never_sent(exc)
+                if safe and attempt <= self._retry.max_retries and time.monotonic() < deadline:
+                    wait = self._retry.delay(attempt)
+                    logger.debug("IoT Hub %s %s: connection failed, retry %d in %.1fs", method, path, attempt, wait)
+                    time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+                    continue
+                logger.warning("IoT Hub %s %s: unreachable after %d tries", method, path, attempt)
+                raise IoTHubUnavailable(f"IoT Hub {self.host} is unreachable ({type(exc).__name__})") from exc
+            except requests.Timeout as exc:
+                if idempotent and attempt <= self._retry.max_retries and time.monotonic() < deadline:
+                    time.sleep(self._retry.delay(attempt))
+                    continue
+                raise IoTHubUnavailable(f"IoT Hub {self.host} did not answer in time") from exc
+            if response.status_code < 400 or response.status_code in accept:
+                return response
+            if (
+                self._retry.retries_status(response.status_code, idempotent=idempotent)
+                and attempt <= self._retry.max_retries
+            ):
+                wait = self._retry.delay(attempt, response.headers.get("Retry-After"))
+                if time.monotonic() + wait < deadline:
+                    logger.debug(
+                        "IoT Hub %s %s: %d, retry %d in %.1fs", method, path, response.status_code, attempt, wait
+                    )
+                    time.sleep(wait)
+                    continue
+            error = _http_error(response)
+            logger.warning(
+                "IoT Hub %s %s failed: %d %s (request %s)",
+                method,
+                path,
+                error.status,
+                error.code_name,
+                error.request_id,
+            )
+            raise error
+
+
+def _never_sent(exc: requests.ConnectionError) -> bool:
+    text = repr(exc)
+    return "NewConnectionError" in text or "Connection refused" in text
+
+
+def _check_id(value: str, name: str) -> None:
+    if not value or "/" in value:
+        raise ValueError(f"{name} must be a non-empty id without '/'")
+
+
+def _http_error(response: requests.Response) -> IoTHubHTTPError:
+    """Read the IoT Hub error shape: ``{"Message": "<json with errorCode>"|"ErrorCode:Name;...", ...}``."""
+    status = response.status_code
+    name = response.headers.get("iothub-errorcode")
+    code: int | None = None
+    message = response.reason or "error"
+    request_id = response.headers.get("x-ms-request-id")
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        text = body.get("Message") or body.get("message") or ""
+        try:
+            inner = json.loads(text) if isinstance(text, str) and text.startswith("{") else None
+        except ValueError:
+            inner = None
+        if isinstance(inner, dict):
+            code = inner.get("errorCode") if isinstance(inner.get("errorCode"), int) else None
+            message = str(inner.get("message") or message)
+            request_id = request_id or inner.get("trackingId")
+        elif isinstance(text, str) and text:
+            message = text
+            if text.startswith("ErrorCode:"):
+                name = name or text.removeprefix("ErrorCode:").split(";")[0]
+    if name is None and code is not None:
+        name = error_name(code)
+    if code is None and name == "JobQuotaExceeded":
+        code = 403003
+    kind: type[IoTHubHTTPError]
+    if code == 403003 or name == "JobQuotaExceeded":
+        kind = JobQuotaExceeded
+    elif status in (401, 403):
+        kind = IoTHubAuthError
+    elif status == 404:
+        kind = IoTHubNotFound
+    elif status == 412:
+        kind = IoTHubPreconditionFailed
+    elif status == 429:
+        kind = IoTHubThrottled
+    elif status >= 500:
+        kind = IoTHubServerError
+    else:
+        kind = IoTHubHTTPError
+    label = f"{name} ({code})" if code else (name or str(status))
+    return kind(
+        f"IoT Hub answered {status} {label}: {message}", status=status, code=code, code_name=name, request_id=request_id
+    )
+
+
+__all__ = ["API_VERSION", "IoTHubClient", "IoTHubError"]

@@ -1,0 +1,61 @@
+"""Pieces of shared.iothub that need no hub: connection strings, SAS renewal, retry delays, error parsing."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import requests
+
+from shared.iothub import RetryPolicy, SasCredential, parse_connection_string
+from shared.iothub._client import _http_error
+from shared.iothub._errors import IoTHubNotFound, JobQuotaExceeded
+
+KEY = "EtFfipxWXHC/EsQvFkvCMtUEqKf29XjHDRGXo+ytfm0="
+
+
+def test_connection_string_errors_name_the_missing_part_without_the_key() -> None:
+    with pytest.raises(ValueError, match="SharedAccessKeyName") as e:
+        parse_connection_string(f"HostName=h;SharedAccessKey={KEY}")
+    assert KEY not in str(e.value)
+    with pytest.raises(ValueError, match="not base64"):
+        parse_connection_string("HostName=h;SharedAccessKeyName=p;SharedAccessKey=!!!")
+
+
+def test_sas_token_is_renewed_before_expiry() -> None:
+    now = [1_000_000.0]
+    cred = SasCredential("hub.example", "iothubowner", KEY, ttl=3600, margin=300, clock=lambda: now[0])
+    first = cred.authorization()
+    assert "se=1003600" in first and "skn=iothubowner" in first
+    now[0] += 3000
+    assert cred.authorization() == first
+    now[0] += 400  # inside the renewal margin
+    assert cred.authorization() != first
+    assert KEY not in repr(cred)
+
+
+def test_retry_delay_honours_retry_after_and_caps() -> None:
+    policy = RetryPolicy(backoff_factor=1, backoff_max=10)
+    assert policy.delay(1, "3") == 3
+    assert policy.delay(1, "600") == 10
+    rng = random.Random(1)
+    assert all(0.5 * min(2 ** (n - 1), 10) <= policy.delay(n, rng=rng) <= min(2 ** (n - 1), 10) for n in range(1, 8))
+    assert policy.retries_status(500, idempotent=True) and not policy.retries_status(500, idempotent=False)
+    assert policy.retries_status(429, idempotent=False)
+
+
+def _response(status: int, body: bytes, headers: dict[str, str] | None = None) -> requests.Response:
+    r = requests.Response()
+    r.status_code = status
+    r._content = body
+    r.headers.update(headers or {})
+    return r
+
+
+def test_error_parsing_of_both_message_shapes() -> None:
+    e = _http_error(
+        _response(404, b'{"Message":"{\\"errorCode\\":404001,\\"trackingId\\":\\"t1\\",\\"message\\":\\"gone\\"}"}')
+    )
+    assert isinstance(e, IoTHubNotFound) and (e.code, e.code_name, e.request_id) == (404001, "DeviceNotFound", "t1")
+    q = _http_error(_response(403, b'{"Message":"ErrorCode:JobQuotaExceeded;Job quota has been exceeded"}'))
+    assert isinstance(q, JobQuotaExceeded) and q.code == 403003
