@@ -87,9 +87,9 @@ def demo(hub: IoTHubClient, service: BlobServiceClient) -> None:
     log = service.get_blob_client("demo-out", "importErrors.log").download_blob().readall().decode()
     for line in log.splitlines():
         entry = json.loads(line)
-        _say(
-            f"    {entry.get('deviceId', '(no id)'):18} {error_name(entry['errorCode'])} ({entry['errorCode']}): {entry['errorStatus'][:90]}"
-        )
+        code = entry["errorCode"]
+        device = entry.get("deviceId", "(no id)")
+        _say(f"    {device:18} {error_name(code)} ({code}): {entry['errorStatus'][:90]}")
 
     _say("\n== 3. Export the registry (keys excluded)")
     _wait(hub, hub.create_export_job(_sas(service, "demo-out", "rwd"), output_blob_name="backup.txt"))

@@ -1,0 +1,199 @@
+"""Bench: the streaming validator against `jq -c .` (parsing only) and a jsonschema validator of the same rules.
+
+Generates a realistic N-line devices file (keys, x509, twins, modes), validates it in a child process (peak RSS
+from wait4), times `jq -c . FILE > /dev/null` on the same file, and times `jsonschema` on the first
+``--schema-sample`` lines (it is too slow for the whole file; its rate is compared per line). Then repeats our run
+on a file 4x larger to show memory stays flat. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from bench.common import device_lines, mib, write_file
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id"],
+    "properties": {
+        "id": {"type": "string", "pattern": r"^[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}$"},
+        "moduleId": {
+            "type": "string",
+            "pattern": r"^[A-Za-z0-9\-.+%_#*?!(),:=@$']{1,128}$",
+            "not": {"enum": ["$edgeAgent", "$edgeHub"]},
+        },
+        "importMode": {
+            "enum": [
+                "createOrUpdate",
+                "create",
+                "update",
+                "updateIfMatchETag",
+                "createOrUpdateIfMatchETag",
+                "delete",
+                "deleteIfMatchETag",
+                "updateTwin",
+                "updateTwinIfMatchETag",
+            ]
+        },
+        "status": {"enum": ["enabled", "disabled"]},
+        "statusReason": {"type": "string", "maxLength": 128},
+        "eTag": {"type": "string"},
+        "twinETag": {"type": "string"},
+        "authentication": {
+            "type": ["object", "null"],
+            "properties": {
+                "type": {"enum": ["sas", "selfSigned", "certificateAuthority", "none"]},
+                "symmetricKey": {
+                    "type": ["object", "null"],
+                    "properties": {
+                        "primaryKey": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9+/]{22,88}={0,2}$"},
+                        "secondaryKey": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9+/]{22,88}={0,2}$"},
+                    },
+                    "dependentRequired": {"primaryKey": ["secondaryKey"], "secondaryKey": ["primaryKey"]},
+                },
+                "x509Thumbprint": {
+                    "type": ["object", "null"],
+                    "properties": {
+                        "primaryThumbprint": {
+                            "type": ["string", "null"],
+                            "pattern": "^([0-9A-Fa-f]{40}|[0-9A-Fa-f]{64})$",
+                        },
+                        "secondaryThumbprint": {
+                            "type": ["string", "null"],
+                            "pattern": "^([0-9A-Fa-f]{40}|[0-9A-Fa-f]{64})$",
+                        },
+                    },
+                },
+            },
+            "not": {"required": ["symmetricKey", "x509Thumbprint"]},
+        },
+        "tags": {"type": "object", "propertyNames": {"pattern": r"^[^.$ ]+$"}},
+        "properties": {
+            "type": "object",
+            "properties": {
+                "desired": {"type": "object", "propertyNames": {"pattern": r"^([^.$ ]+|\$metadata|\$version)$"}},
+                "reported": {"type": "object", "propertyNames": {"pattern": r"^([^.$ ]+|\$metadata|\$version)$"}},
+            },
+        },
+        "capabilities": {"type": "object", "properties": {"iotEdge": {"type": "boolean"}}},
+        "parentScopes": {"type": "array", "items": {"type": "string"}},
+        "deviceScope": {"type": "string"},
+    },
+    "allOf": [
+        {
+            "if": {
+                "properties": {
+                    "importMode": {"enum": ["updateIfMatchETag", "deleteIfMatchETag", "createOrUpdateIfMatchETag"]}
+                },
+                "required": ["importMode"],
+            },
+            "then": {"required": ["eTag"]},
+        },
+        {
+            "if": {"properties": {"importMode": {"const": "updateTwinIfMatchETag"}}, "required": ["importMode"]},
+            "then": {"required": ["twinETag"]},
+        },
+    ],
+}
+
+_CHILD = """
+import sys, time, json
+from shared.devices import validate_stream
+start = time.perf_counter()
+with open(sys.argv[1], 'rb') as f:
+    report = validate_stream(f)
+print(json.dumps({"seconds": time.perf_counter() - start, "valid": report.valid, "lines": report.lines,
+                  "errors": report.error_count}))
+"""
+
+
+def ours(path: Path) -> dict[str, Any]:
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"validator failed: {out}")
+    result: dict[str, Any] = json.loads(out)
+    result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
+    return result
+
+
+def jq_seconds(path: Path) -> float | None:
+    if shutil.which("jq") is None:
+        print("jq not found: `apt-get install jq` to compare", file=sys.stderr)
+        return None
+    start = time.perf_counter()
+    with path.open("rb") as f:
+        subprocess.run(["jq", "-c", "."], stdin=f, stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - start
+
+
+def jsonschema_rate(path: Path, sample: int) -> float:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    start = time.perf_counter()
+    n = 0
+    with path.open("rb") as f:
+        for raw in islice(f, sample):
+            for _ in validator.iter_errors(json.loads(raw)):
+                pass
+            n += 1
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--lines", type=int, default=1_000_000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--schema-sample", type=int, default=50_000)
+    p.add_argument("--no-4x", action="store_true", help="skip the 4x file (memory flatness)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-validate-") as tmp:
+        path = Path(tmp) / "devices.txt"
+        size = write_file(path, device_lines(args.lines, seed=args.seed, modes=True))
+        mine = ours(path)
+        assert mine["valid"] and mine["lines"] == args.lines, mine
+        jq = jq_seconds(path)
+        schema_rate = jsonschema_rate(path, args.schema_sample)
+        our_rate = args.lines / mine["seconds"]
+        result: dict[str, Any] = {
+            "bench": "validate",
+            "lines": args.lines,
+            "file_mb": mib(size),
+            "ours_s": round(mine["seconds"], 2),
+            "ours_lines_per_s": round(our_rate),
+            "ours_peak_rss_mb": mine["peak_rss_mb"],
+            "jq_s": round(jq, 2) if jq else None,
+            "speed_vs_jq_x": round(jq / mine["seconds"], 2) if jq else None,
+            "jsonschema_lines_per_s": round(schema_rate),
+            "jsonschema_sample_lines": args.schema_sample,
+            "speed_vs_jsonschema_x": round(our_rate / schema_rate, 1),
+        }
+        if not args.no_4x:
+            path.unlink()
+            big = Path(tmp) / "devices-4x.txt"
+            result["file_4x_mb"] = mib(write_file(big, device_lines(args.lines * 4, seed=args.seed, modes=True)))
+            mine4 = ours(big)
+            assert mine4["valid"], mine4
+            result["ours_4x_s"] = round(mine4["seconds"], 2)
+            result["ours_4x_peak_rss_mb"] = mine4["peak_rss_mb"]
+            result["rss_growth_4x"] = round(mine4["peak_rss_mb"] / mine["peak_rss_mb"], 2)
+        result["goals"] = {"speed_vs_jq_x": ">= 1", "speed_vs_jsonschema_x": ">= 20", "peak_rss_mb": "< 100, flat"}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

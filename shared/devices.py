@@ -1,0 +1,746 @@
+"""The ExportImportDevice JSON-lines format and its streaming validator.
+
+``validate_stream`` reads any byte stream (a blob download, a local file) in chunks and never holds the file:
+memory stays flat whether the file has ten lines or ten million. Every rule of the import format is checked (see
+``../shared/reference/iothub-api.md``); each finding carries the line number, the device id, the field, a stable code
+and a message that says what to change. Valid lines can be handed, normalized, to a ``sink`` in the same pass, so
+validating and staging the copy the hub will read cost one read of the upload.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+import sqlite3
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+IMPORT_MODES = (
+    "createOrUpdate",
+    "create",
+    "update",
+    "updateIfMatchETag",
+    "createOrUpdateIfMatchETag",
+    "delete",
+    "deleteIfMatchETag",
+    "updateTwin",
+    "updateTwinIfMatchETag",
+)
+DEFAULT_MODE = "createOrUpdate"
+AUTH_TYPES = ("sas", "selfSigned", "certificateAuthority", "none")
+STATUSES = ("enabled", "disabled")
+FIELDS = (
+    "id",
+    "moduleId",
+    "eTag",
+    "importMode",
+    "status",
+    "statusReason",
+    "authentication",
+    "twinETag",
+    "tags",
+    "properties",
+    "capabilities",
+    "deviceScope",
+    "parentScopes",
+)
+ETAG_MODES = {"updateIfMatchETag": "eTag", "createOrUpdateIfMatchETag": "eTag", "deleteIfMatchETag": "eTag"}
+TWIN_ETAG_MODES = {"updateTwinIfMatchETag"}
+NO_STATUS_MODES = {"delete", "deleteIfMatchETag", "updateTwin", "updateTwinIfMatchETag"}
+EDGE_SYSTEM_MODULES = ("$edgeAgent", "$edgeHub")
+
+DEVICE_ID_RE = re.compile(r"[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}")
+MODULE_ID_RE = re.compile(r"[A-Za-z0-9\-.+%_#*?!(),:=@$']{1,128}")
+THUMBPRINT_RE = re.compile(r"[0-9A-Fa-f]{40}|[0-9A-Fa-f]{64}")
+TWIN_KEY_BAD = re.compile(r"[.$ \x00-\x1f\x7f-\x9f]")
+MIN_KEY_BYTES, MAX_KEY_BYTES = 16, 64
+TAGS_MAX_BYTES = 8 * 1024
+PROPERTIES_MAX_BYTES = 32 * 1024
+PROPERTY_VALUE_MAX_BYTES = 4 * 1024
+TWIN_MAX_DEPTH = 10
+STATUS_REASON_MAX = 128
+MAX_LINE_BYTES = 128 * 1024  # twin limits (8 + 32 + 32 KB) plus identity fit well below this
+CHUNK = 1024 * 1024
+_BOM = b"\xef\xbb\xbf"
+
+
+class Code(StrEnum):
+    """Stable codes of validation findings (reports and tests key on them)."""
+
+    EMPTY_FILE = "EMPTY_FILE"
+    NOT_UTF8 = "NOT_UTF8"
+    LINE_TOO_LONG = "LINE_TOO_LONG"
+    INVALID_JSON = "INVALID_JSON"
+    NOT_AN_OBJECT = "NOT_AN_OBJECT"
+    MISSING_FIELD = "MISSING_FIELD"
+    WRONG_TYPE = "WRONG_TYPE"
+    FIELD_NAME_CASE = "FIELD_NAME_CASE"
+    INVALID_DEVICE_ID = "INVALID_DEVICE_ID"
+    INVALID_MODULE_ID = "INVALID_MODULE_ID"
+    EDGE_SYSTEM_MODULE = "EDGE_SYSTEM_MODULE"
+    INVALID_IMPORT_MODE = "INVALID_IMPORT_MODE"
+    INVALID_STATUS = "INVALID_STATUS"
+    STATUS_REASON_TOO_LONG = "STATUS_REASON_TOO_LONG"
+    INVALID_AUTH_TYPE = "INVALID_AUTH_TYPE"
+    INVALID_KEY = "INVALID_KEY"
+    INCOMPLETE_KEY_PAIR = "INCOMPLETE_KEY_PAIR"
+    KEYS_AND_THUMBPRINTS = "KEYS_AND_THUMBPRINTS"
+    INVALID_THUMBPRINT = "INVALID_THUMBPRINT"
+    AUTH_TYPE_MISMATCH = "AUTH_TYPE_MISMATCH"
+    MISSING_ETAG = "MISSING_ETAG"
+    TWIN_TOO_LARGE = "TWIN_TOO_LARGE"
+    TWIN_TOO_DEEP = "TWIN_TOO_DEEP"
+    INVALID_TWIN_KEY = "INVALID_TWIN_KEY"
+    DUPLICATE_ID = "DUPLICATE_ID"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem, where it is and what to change."""
+
+    line: int
+    code: Code
+    message: str
+    device_id: str | None = None
+    module_id: str | None = None
+    field: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "line": self.line,
+            "code": str(self.code),
+            "deviceId": self.device_id,
+            "moduleId": self.module_id,
+            "field": self.field,
+            "message": self.message,
+        }
+
+
+@dataclass
+class ValidationReport:
+    """The outcome: counts, and the first ``max_errors`` findings in line order with the total."""
+
+    lines: int = 0  # lines holding a device or module (blank lines excluded)
+    blank_lines: int = 0
+    modes: Counter[str] = field(default_factory=Counter)
+    module_lines: int = 0
+    errors: list[Finding] = field(default_factory=list)
+    error_count: int = 0
+    lines_with_errors: int = 0
+    max_errors: int = 100
+
+    @property
+    def valid(self) -> bool:
+        return self.error_count == 0
+
+    def add(self, finding: Finding) -> None:
+        self.error_count += 1
+        if len(self.errors) < self.max_errors:
+            self.errors.append(finding)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "lines": self.lines,
+            "blankLines": self.blank_lines,
+            "moduleLines": self.module_lines,
+            "modes": dict(self.modes),
+            "errorCount": self.error_count,
+            "linesWithErrors": self.lines_with_errors,
+            "errors": [f.as_dict() for f in self.errors],
+            "errorsShown": len(self.errors),
+        }
+
+
+# --- hints ----------------------------------------------------------------------------------------------
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def _near(value: str, choices: Iterable[str]) -> str | None:
+    key = _squash(value)
+    return next((c for c in choices if _squash(c) == key), None)
+
+
+def _enum_message(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if isinstance(value, str) and (hint := _near(value, choices)):
+        return f"{name} '{value}' is not valid: use '{hint}' (the exact casing matters)."
+    return f"{name} {orjson.dumps(value).decode()} is not valid: use one of {', '.join(choices)}."
+
+
+_FIELD_BY_SQUASH = {_squash(f): f for f in FIELDS}
+
+
+# --- line rules -----------------------------------------------------------------------------------------
+
+
+def _depth(obj: Any) -> int:
+    if isinstance(obj, dict):
+        return 1 + max((_depth(v) for v in obj.values()), default=0)
+    if isinstance(obj, list):
+        return max((_depth(v) for v in obj), default=0)
+    return 0
+
+
+def _bad_twin_key(obj: Any, top: bool = True) -> str | None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if top and k in ("$metadata", "$version"):
+                continue
+            if len(k.encode()) > 1024 or TWIN_KEY_BAD.search(k):
+                return str(k)
+            bad = _bad_twin_key(v, top=False)
+            if bad is not None:
+                return bad
+    return None
+
+
+def _size(obj: Any) -> int:
+    return len(orjson.dumps(obj))
+
+
+class _LineChecker:
+    """Checks one decoded line; appends findings to the report. Kept as a class to bind the report once."""
+
+    def __init__(self, report: ValidationReport) -> None:
+        self.report = report
+
+    def check(self, obj: Any, n: int) -> tuple[str | None, str | None, str] | None:
+        """Return (device id, module id, mode) for a line without findings, else None."""
+        # Fast path for the common shapes (id, importMode, status, authentication, tags, properties): it only
+        # ever accepts; anything it cannot prove valid goes to the full check, which explains what is wrong.
+        if type(obj) is dict and _COMMON.issuperset(obj):
+            dev = obj.get("id")
+            mode = obj.get("importMode", DEFAULT_MODE)
+            status = obj.get("status")
+            if (
+                type(dev) is str
+                and mode in _PLAIN_MODES
+                and (status in _STATUS_SET or (status is None and mode in NO_STATUS_MODES))
+                and _ID_MATCH(dev)
+            ):
+                auth = obj.get("authentication")
+                if (auth is None or _auth_fast(auth)) and (
+                    ("tags" not in obj and "properties" not in obj) or not _twin_findings(obj)
+                ):
+                    return dev, None, mode
+        return self._full_check(obj, n)
+
+    def _full_check(self, obj: Any, n: int) -> tuple[str | None, str | None, str] | None:
+        report = self.report
+        if not isinstance(obj, dict):
+            report.lines_with_errors += 1
+            report.add(Finding(n, Code.NOT_AN_OBJECT, "Each line must be one JSON object describing a device."))
+            return None
+        before = report.error_count
+        dev = obj.get("id")
+        did = dev if isinstance(dev, str) else None
+
+        def add(code: Code, msg: str, fld: str | None = None, mid: str | None = None) -> None:
+            report.add(Finding(n, code, msg, did, mid, fld))
+
+        for key in obj:
+            if key not in _KNOWN and (known := _FIELD_BY_SQUASH.get(_squash(key))):
+                add(Code.FIELD_NAME_CASE, f"Field '{key}' is not recognised: did you mean '{known}'?", key)
+        if dev is None or dev == "":
+            add(Code.MISSING_FIELD, "The line has no 'id': every line needs the device id.", "id")
+        elif not isinstance(dev, str):
+            add(Code.WRONG_TYPE, "'id' must be a string.", "id")
+        elif not DEVICE_ID_RE.fullmatch(dev):
+            add(
+                Code.INVALID_DEVICE_ID,
+                f"Device id '{dev[:140]}' is invalid: use 1-128 ASCII letters, digits or - . % _ * ? ! ( ) , : = @ $ ' "
+                "(no spaces, + or #).",
+                "id",
+            )
+        mod = obj.get("moduleId")
+        mid = None
+        if mod is not None:
+            if not isinstance(mod, str) or not MODULE_ID_RE.fullmatch(mod):
+                add(Code.INVALID_MODULE_ID, f"Module id {orjson.dumps(mod).decode()[:140]} is invalid.", "moduleId")
+            elif mod in EDGE_SYSTEM_MODULES:
+                add(
+                    Code.EDGE_SYSTEM_MODULE,
+                    f"Module '{mod}' is an IoT Edge system module: the IoT Edge runtime creates it and an import "
+                    "rejects it. Remove this line (exports include such lines).",
+                    "moduleId",
+                    mod,
+                )
+            else:
+                mid = mod
+        raw_mode = obj.get("importMode")
+        mode = DEFAULT_MODE
+        if raw_mode is not None:
+            if raw_mode in _MODES:
+                mode = raw_mode
+            else:
+                add(Code.INVALID_IMPORT_MODE, _enum_message("importMode", raw_mode, IMPORT_MODES), "importMode", mid)
+                mode = ""
+        status = obj.get("status")
+        if status is None:
+            if mod is None and mode and mode not in NO_STATUS_MODES:
+                add(
+                    Code.MISSING_FIELD,
+                    f'\'status\' is required with importMode {mode}: add "status": "enabled".',
+                    "status",
+                )
+        elif status not in STATUSES:
+            add(Code.INVALID_STATUS, _enum_message("status", status, STATUSES), "status", mid)
+        reason = obj.get("statusReason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > STATUS_REASON_MAX):
+            add(
+                Code.STATUS_REASON_TOO_LONG,
+                "'statusReason' must be a string of at most 128 characters.",
+                "statusReason",
+                mid,
+            )
+        etag_field = ETAG_MODES.get(mode) or ("twinETag" if mode in TWIN_ETAG_MODES else None)
+        if etag_field is not None:
+            etag = obj.get(etag_field)
+            if not isinstance(etag, str) or not etag:
+                add(
+                    Code.MISSING_ETAG,
+                    f"importMode {mode} needs '{etag_field}' (the current ETag, from an export or a GET); add it, or "
+                    f"use a mode without IfMatchETag.",
+                    etag_field,
+                    mid,
+                )
+        for name in ("eTag", "twinETag", "deviceScope"):
+            value = obj.get(name)
+            if value is not None and not isinstance(value, str):
+                add(Code.WRONG_TYPE, f"'{name}' must be a string.", name, mid)
+        caps = obj.get("capabilities")
+        if caps is not None and (not isinstance(caps, dict) or not isinstance(caps.get("iotEdge", False), bool)):
+            add(Code.WRONG_TYPE, "'capabilities' must be {\"iotEdge\": true|false}.", "capabilities", mid)
+        parents = obj.get("parentScopes")
+        if parents is not None and (not isinstance(parents, list) or not all(isinstance(p, str) for p in parents)):
+            add(Code.WRONG_TYPE, "'parentScopes' must be a list of strings.", "parentScopes", mid)
+        auth = obj.get("authentication")
+        if auth is not None:
+            self._auth(auth, add, mid)
+        if "tags" in obj or "properties" in obj:
+            self._twin(obj, add, mid)
+        if report.error_count != before:
+            report.lines_with_errors += 1
+            return None
+        return did, mid, mode
+
+    @staticmethod
+    def _auth(auth: Any, add: Callable[..., None], mid: str | None) -> None:
+        if not isinstance(auth, dict):
+            add(Code.WRONG_TYPE, "'authentication' must be an object.", "authentication", mid)
+            return
+        if "thumbprint" in auth:
+            add(
+                Code.FIELD_NAME_CASE,
+                "'authentication.thumbprint' is not a field: use 'x509Thumbprint' "
+                '({"primaryThumbprint": ..., "secondaryThumbprint": ...}).',
+                "authentication.thumbprint",
+                mid,
+            )
+        kind = auth.get("type")
+        if kind is not None and kind not in AUTH_TYPES:
+            add(
+                Code.INVALID_AUTH_TYPE,
+                _enum_message("authentication.type", kind, AUTH_TYPES),
+                "authentication.type",
+                mid,
+            )
+            kind = "?"
+        sym = auth.get("symmetricKey")
+        x509 = auth.get("x509Thumbprint")
+        keys: list[Any] = []
+        thumbs: list[Any] = []
+        if sym is not None:
+            if not isinstance(sym, dict):
+                add(
+                    Code.WRONG_TYPE,
+                    "'authentication.symmetricKey' must be an object.",
+                    "authentication.symmetricKey",
+                    mid,
+                )
+            else:
+                keys = [sym.get("primaryKey"), sym.get("secondaryKey")]
+        if x509 is not None:
+            if not isinstance(x509, dict):
+                add(
+                    Code.WRONG_TYPE,
+                    "'authentication.x509Thumbprint' must be an object.",
+                    "authentication.x509Thumbprint",
+                    mid,
+                )
+            else:
+                thumbs = [x509.get("primaryThumbprint"), x509.get("secondaryThumbprint")]
+        has_keys = any(k is not None for k in keys)
+        has_thumbs = any(t is not None for t in thumbs)
+        if has_keys and has_thumbs:
+            add(
+                Code.KEYS_AND_THUMBPRINTS,
+                "A device cannot have both symmetric keys and X.509 thumbprints: keep one of them.",
+                "authentication",
+                mid,
+            )
+        if has_keys:
+            if keys[0] is None or keys[1] is None:
+                add(
+                    Code.INCOMPLETE_KEY_PAIR,
+                    "Give both primaryKey and secondaryKey, or neither to have the hub generate them.",
+                    "authentication.symmetricKey",
+                    mid,
+                )
+            for name, key in zip(("primaryKey", "secondaryKey"), keys, strict=True):
+                if key is None:
+                    continue
+                problem = _key_problem(key)
+                if problem:
+                    add(Code.INVALID_KEY, f"{name} {problem}", f"authentication.symmetricKey.{name}", mid)
+            if kind in ("selfSigned", "certificateAuthority", "none"):
+                add(
+                    Code.AUTH_TYPE_MISMATCH,
+                    f"authentication.type '{kind}' does not use symmetric keys: remove them or use type 'sas'.",
+                    "authentication.type",
+                    mid,
+                )
+        for name, thumb in zip(("primaryThumbprint", "secondaryThumbprint"), thumbs, strict=False):
+            if thumb is not None and (not isinstance(thumb, str) or not THUMBPRINT_RE.fullmatch(thumb)):
+                add(
+                    Code.INVALID_THUMBPRINT,
+                    f"{name} must be the certificate's SHA-1 (40 hex) or SHA-256 (64 hex) thumbprint.",
+                    f"authentication.x509Thumbprint.{name}",
+                    mid,
+                )
+        if kind == "selfSigned" and (not thumbs or thumbs[0] is None):
+            add(
+                Code.AUTH_TYPE_MISMATCH,
+                "authentication.type 'selfSigned' needs x509Thumbprint.primaryThumbprint.",
+                "authentication.x509Thumbprint",
+                mid,
+            )
+        if has_thumbs and kind in ("sas", "certificateAuthority", "none"):
+            add(
+                Code.AUTH_TYPE_MISMATCH,
+                f"authentication.type '{kind}' does not use thumbprints: remove them or use type 'selfSigned'.",
+                "authentication.type",
+                mid,
+            )
+
+    @staticmethod
+    def _twin(obj: dict[str, Any], add: Callable[..., None], mid: str | None) -> None:
+        tags = obj.get("tags")
+        if tags is not None:
+            if not isinstance(tags, dict):
+                add(Code.WRONG_TYPE, "'tags' must be an object.", "tags", mid)
+            else:
+                _twin_section(tags, "tags", TAGS_MAX_BYTES, add, mid)
+        props = obj.get("properties")
+        if props is None:
+            return
+        if not isinstance(props, dict):
+            add(Code.WRONG_TYPE, "'properties' must be an object with 'desired' and/or 'reported'.", "properties", mid)
+            return
+        for part in ("desired", "reported"):
+            section = props.get(part)
+            if section is None:
+                continue
+            name = f"properties.{part}"
+            if not isinstance(section, dict):
+                add(Code.WRONG_TYPE, f"'{name}' must be an object.", name, mid)
+                continue
+            _twin_section(section, name, PROPERTIES_MAX_BYTES, add, mid)
+
+
+_META = ("$metadata", "$version")
+
+
+def _twin_section(section: dict[str, Any], name: str, limit: int, add: Callable[..., None], mid: str | None) -> None:
+    # Hot path: one serialization gives the size, and its brace count bounds the depth and says whether any
+    # value is an object; the slow walks run only when these cheap checks cannot rule a problem out.
+    dumped = orjson.dumps(section)
+    size = len(dumped)
+    if size > limit:
+        add(Code.TWIN_TOO_LARGE, f"Twin '{name}' is {size} bytes: the limit is {limit // 1024} KB.", name, mid)
+    braces = dumped.count(b"{")
+    if braces > TWIN_MAX_DEPTH and _depth(section) > TWIN_MAX_DEPTH:
+        add(Code.TWIN_TOO_DEEP, f"'{name}' nests deeper than 10 levels.", name, mid)
+    keys = (
+        "".join(k for k in section if k not in _META)
+        if ("$metadata" in section or "$version" in section)
+        else "".join(section)
+    )
+    if TWIN_KEY_BAD.search(keys) or len(keys) > 1024 or braces > 1:
+        bad = _bad_twin_key(section)
+        if bad is not None:
+            add(
+                Code.INVALID_TWIN_KEY,
+                f"Key '{bad[:60]}' in '{name}' is not allowed: keys cannot contain '.', '$', spaces or control "
+                "characters, nor exceed 1 KB.",
+                name,
+                mid,
+            )
+    if size > PROPERTY_VALUE_MAX_BYTES:
+        for key, value in section.items():
+            if key not in _META and isinstance(value, (dict, list, str)) and _size(value) > PROPERTY_VALUE_MAX_BYTES:
+                add(Code.TWIN_TOO_LARGE, f"'{name}.{key[:60]}' exceeds 4 KB.", f"{name}.{key[:60]}", mid)
+
+
+def _key_problem(key: Any) -> str | None:
+    if not isinstance(key, str):
+        return "must be a base64 string."
+    try:
+        raw = binascii.a2b_base64(key, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return "is not valid base64."
+    if not MIN_KEY_BYTES <= len(raw) <= MAX_KEY_BYTES:
+        return f"decodes to {len(raw)} bytes: keys must be {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes (32 is usual)."
+    return None
+
+
+_KNOWN = frozenset(FIELDS)
+_MODES = frozenset(IMPORT_MODES)
+_STATUS_SET = frozenset(STATUSES)
+_COMMON = frozenset({"id", "importMode", "status", "authentication", "tags", "properties"})
+_PLAIN_MODES = _MODES - set(ETAG_MODES) - TWIN_ETAG_MODES
+_ID_MATCH = DEVICE_ID_RE.fullmatch
+_THUMB_MATCH = THUMBPRINT_RE.fullmatch
+_BAD_KEY = TWIN_KEY_BAD.search
+
+
+def _auth_fast(auth: Any) -> bool:
+    """True only for authentication objects of the usual shapes that are certainly valid."""
+    if type(auth) is not dict or not _AUTH_FIELDS.issuperset(auth):
+        return False
+    kind = auth.get("type")
+    sym = auth.get("symmetricKey")
+    x509 = auth.get("x509Thumbprint")
+    if x509 is None and type(sym) is dict and kind in (None, "sas"):
+        p, s = sym.get("primaryKey"), sym.get("secondaryKey")
+        return type(p) is str and type(s) is str and _key_ok(p) and _key_ok(s)
+    if sym is None and type(x509) is dict and kind in (None, "selfSigned"):
+        p, s = x509.get("primaryThumbprint"), x509.get("secondaryThumbprint")
+        return type(p) is str and bool(_THUMB_MATCH(p)) and (s is None or (type(s) is str and bool(_THUMB_MATCH(s))))
+    return sym is None and x509 is None and kind in ("sas", "certificateAuthority", "none", None)
+
+
+_AUTH_FIELDS = frozenset({"type", "symmetricKey", "x509Thumbprint"})
+_B64_MATCH = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?").fullmatch
+
+
+def _key_ok(key: str) -> bool:
+    # Canonical base64 by regex and its decoded length by arithmetic: cheaper than decoding on the hot path.
+    size = len(key) // 4 * 3 - key.count("=", -2)
+    return MIN_KEY_BYTES <= size <= MAX_KEY_BYTES and _B64_MATCH(key) is not None
+
+
+def _twin_findings(obj: dict[str, Any]) -> bool:
+    tags, props = obj.get("tags"), obj.get("properties")
+    if (tags is None or _flat_small(tags)) and (
+        props is None
+        or (
+            type(props) is dict
+            and (props.get("desired") is None or _flat_small(props["desired"]))
+            and (props.get("reported") is None or _flat_small(props["reported"]))
+        )
+    ):
+        return False
+    found: list[object] = []
+    _LineChecker._twin(obj, lambda *a: found.append(a), None)
+    return bool(found)
+
+
+def _flat_small(section: Any) -> bool:
+    """A twin section that is certainly valid: an object under 4 KB, no nested objects, plain keys."""
+    if type(section) is not dict or "$metadata" in section or "$version" in section:
+        return False
+    dumped = orjson.dumps(section)
+    return len(dumped) <= PROPERTY_VALUE_MAX_BYTES and dumped.count(b"{") == 1 and not _BAD_KEY("".join(section))
+
+
+# --- duplicates -----------------------------------------------------------------------------------------
+
+
+class _Seen:
+    """Ids seen so far, spooled to a temporary SQLite file so memory does not grow with the file.
+
+    ``INSERT OR IGNORE`` into a table keyed by the id leaves a repeated id out; only a batch that lost rows is
+    looked at again. Files are usually sorted by id, which makes the inserts sequential.
+    """
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="devices-ids-")
+        self._db = sqlite3.connect(Path(self._dir.name) / "ids.db")
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute("PRAGMA cache_size=-8000")  # 8 MB, whatever the file size
+        self._db.execute("CREATE TABLE ids (k TEXT PRIMARY KEY, line INTEGER NOT NULL) WITHOUT ROWID")
+        self._found: dict[str, list[int]] = {}
+
+    def extend(self, keys: list[tuple[str, int]]) -> None:
+        cur = self._db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?)", keys)
+        if cur.rowcount == len(keys):
+            return
+        for k, n in keys:
+            stored = self._db.execute("SELECT line FROM ids WHERE k = ?", (k,)).fetchone()
+            if stored is not None and stored[0] != n:
+                self._found.setdefault(k, [stored[0]]).append(n)
+
+    def duplicates(self) -> Iterator[tuple[str, list[int]]]:
+        """(key, line numbers) of every key seen more than once; the first line number comes first."""
+        yield from self._found.items()
+
+    def close(self) -> None:
+        self._db.close()
+        self._dir.cleanup()
+
+
+# --- the stream -----------------------------------------------------------------------------------------
+
+
+def _chunks(stream: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
+    if hasattr(stream, "read"):
+        while chunk := stream.read(CHUNK):
+            yield chunk
+    else:
+        yield from stream
+
+
+def iter_batches(stream: BinaryIO | Iterable[bytes]) -> Iterator[tuple[int, list[bytes | None]]]:
+    """(number of the first line, lines) per chunk read: BOM and CR stripped, ``None`` for an over-long line.
+
+    An over-long line is skipped without ever being held whole in memory. Batches (not single lines) keep the
+    per-line cost of the hot loop low.
+    """
+    n = 0
+    carry = b""
+    skipping = False
+    first = True
+    for chunk in _chunks(stream):
+        if first:
+            chunk = chunk.removeprefix(_BOM)  # noqa: PLW2901 - the BOM is only tolerated at the start
+            first = False
+        parts = chunk.split(b"\n")
+        last = parts.pop()
+        if parts:
+            if skipping:
+                parts[0] = None  # type: ignore[call-overload]
+                skipping = False
+            elif carry:
+                parts[0] = carry + parts[0]
+            batch: list[bytes | None] = [
+                None if p is None or len(p) > MAX_LINE_BYTES else (p[:-1] if p.endswith(b"\r") else p) for p in parts
+            ]
+            yield n + 1, batch
+            n += len(batch)
+            carry = last
+        elif not skipping:
+            carry += last
+        if not skipping and len(carry) > MAX_LINE_BYTES:
+            carry = b""
+            skipping = True
+    if skipping:
+        yield n + 1, [None]
+    elif carry:
+        yield n + 1, [carry.removesuffix(b"\r")]
+
+
+def validate_stream(
+    stream: BinaryIO | Iterable[bytes],
+    *,
+    max_errors: int = 100,
+    sink: Callable[[bytes], None] | None = None,
+) -> ValidationReport:
+    """Validate a devices file; optionally pass the valid, normalized lines (LF-terminated) to ``sink``.
+
+    ``sink`` receives batches of whole lines; when the report is not valid, what it received must be discarded.
+    """
+    report = ValidationReport(max_errors=max_errors)
+    check = _LineChecker(report).check
+    add = report.add
+    seen = _Seen()
+    loads = orjson.loads
+    decode_error = orjson.JSONDecodeError
+    modes: dict[str, int] = {}
+    blank = module_lines = total = 0
+    try:
+        for first, batch in iter_batches(stream):
+            out: list[bytes] | None = [] if sink is not None else None
+            ids: list[tuple[str, int]] = []
+            n = first - 1
+            for raw in batch:
+                n += 1
+                if raw is None:
+                    report.lines_with_errors += 1
+                    add(Finding(n, Code.LINE_TOO_LONG, _TOO_LONG))
+                    continue
+                if not raw or raw.isspace():
+                    blank += 1
+                    continue
+                try:
+                    obj = loads(raw)
+                except decode_error as exc:
+                    report.lines_with_errors += 1
+                    try:
+                        raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        add(Finding(n, Code.NOT_UTF8, "The line is not valid UTF-8: save the file as UTF-8."))
+                        continue
+                    add(Finding(n, Code.INVALID_JSON, f"Not valid JSON: {exc}. Each line must be one JSON object."))
+                    continue
+                ok = check(obj, n)
+                if ok is None:
+                    continue
+                did, mid, mode = ok
+                modes[mode] = modes.get(mode, 0) + 1
+                if mid is not None:
+                    module_lines += 1
+                if did is not None:
+                    ids.append((did if mid is None else f"{did}\x00{mid}", n))
+                if out is not None:
+                    out.append(raw)
+            total = n
+            seen.extend(ids)
+            if sink is not None and out:
+                sink(b"\n".join(out) + b"\n")
+        dupes = list(_duplicate_findings(seen))
+    finally:
+        seen.close()
+    report.lines = total - blank
+    report.blank_lines = blank
+    report.module_lines = module_lines
+    report.modes.update(modes)
+    if dupes:
+        report.error_count += len(dupes)
+        report.lines_with_errors += len(dupes)
+        report.errors = sorted(report.errors + dupes, key=lambda f: f.line)[: report.max_errors]
+    if report.lines == 0:
+        report.add(Finding(0, Code.EMPTY_FILE, "The file holds no devices: add one JSON object per line."))
+    return report
+
+
+_TOO_LONG = (
+    f"Line is longer than {MAX_LINE_BYTES // 1024} KB: a device line cannot be this large (twin limits are "
+    "8 KB tags, 32 KB desired, 32 KB reported)."
+)
+
+
+def _duplicate_findings(seen: _Seen) -> Iterator[Finding]:
+    for key, lines in seen.duplicates():
+        did, _, mid = key.partition("\x00")
+        what = f"Device '{did}'" + (f" module '{mid}'" if mid else "")
+        for line in lines[1:]:
+            yield Finding(
+                line,
+                Code.DUPLICATE_ID,
+                f"{what} already appears on line {lines[0]}: give each device (and module) one line per file.",
+                did,
+                mid or None,
+                "id",
+            )

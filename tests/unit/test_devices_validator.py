@@ -1,0 +1,355 @@
+"""The streaming devices-file validator: every rule, valid and invalid, and properties over random input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shared.devices import MAX_LINE_BYTES, Code, ValidationReport, _LineChecker, validate_stream
+
+KEY = base64.b64encode(b"k" * 32).decode()
+THUMB = "ab" * 20
+
+
+def run(*lines: Any, raw: bytes | None = None, **kw: Any) -> ValidationReport:
+    data = (
+        raw if raw is not None else "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines).encode()
+    )
+    return validate_stream(io.BytesIO(data), **kw)
+
+
+def codes(report: ValidationReport) -> list[str]:
+    return [str(f.code) for f in report.errors]
+
+
+def dev(device_id: str = "d1", **extra: Any) -> dict[str, Any]:
+    return {"id": device_id, "status": "enabled", **extra}
+
+
+VALID_LINES: list[dict[str, Any]] = [
+    dev(),
+    dev(
+        "d2",
+        importMode="create",
+        authentication={"symmetricKey": {"primaryKey": KEY, "secondaryKey": KEY}, "type": "sas"},
+    ),
+    dev(
+        "d3",
+        authentication={
+            "x509Thumbprint": {"primaryThumbprint": THUMB, "secondaryThumbprint": "CD" * 32},
+            "type": "selfSigned",
+        },
+    ),
+    dev("d4", authentication={"type": "certificateAuthority"}, capabilities={"iotEdge": True}, parentScopes=["s"]),
+    dev("d5", importMode="updateIfMatchETag", eTag="MA=="),
+    {"id": "d6", "importMode": "delete"},
+    {"id": "d7", "importMode": "updateTwinIfMatchETag", "twinETag": "AAAAAAAAAAE=", "tags": {"a": 1}},
+    dev("d8", tags={"site": "oslo"}, properties={"desired": {"cfg": {"a": {"b": 1}}, "$metadata": {}, "$version": 3}}),
+    {"id": "d8", "moduleId": "telemetry", "importMode": "createOrUpdate"},
+    dev("d9", authentication={"symmetricKey": {"primaryKey": None, "secondaryKey": None}, "type": "sas"}),
+    dev("A-1.%_*?!(),:=@$'"),
+]
+
+
+def test_valid_lines_pass_with_counts() -> None:
+    report = run(*VALID_LINES)
+    assert report.valid, codes(report)
+    assert report.lines == len(VALID_LINES) and report.module_lines == 1
+    assert report.modes["createOrUpdate"] == 7 and report.modes["delete"] == 1 and report.modes["create"] == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "field", "hint"),
+    [
+        ({"status": "enabled"}, Code.MISSING_FIELD, "id", "device id"),
+        (dev(importMode="CreateOrUpdate"), Code.INVALID_IMPORT_MODE, "importMode", "use 'createOrUpdate'"),
+        (dev(importMode="upsert"), Code.INVALID_IMPORT_MODE, "importMode", "one of"),
+        (dev(status="Enabled"), Code.INVALID_STATUS, "status", "use 'enabled'"),
+        ({"id": "d1", "importMode": "create"}, Code.MISSING_FIELD, "status", '"status": "enabled"'),
+        (dev("has space"), Code.INVALID_DEVICE_ID, "id", "no spaces"),
+        (dev("a+b"), Code.INVALID_DEVICE_ID, "id", "+"),
+        (dev("x" * 129), Code.INVALID_DEVICE_ID, "id", "1-128"),
+        (dev(id=5), Code.WRONG_TYPE, "id", "string"),
+        ({"id": "d", "moduleId": "$edgeAgent"}, Code.EDGE_SYSTEM_MODULE, "moduleId", "Remove this line"),
+        ({"id": "d", "moduleId": "bad module"}, Code.INVALID_MODULE_ID, "moduleId", "invalid"),
+        (
+            dev(authentication={"type": "SELF_SIGNED"}),
+            Code.INVALID_AUTH_TYPE,
+            "authentication.type",
+            "use 'selfSigned'",
+        ),
+        (
+            dev(authentication={"symmetricKey": {"primaryKey": KEY}}),
+            Code.INCOMPLETE_KEY_PAIR,
+            "authentication.symmetricKey",
+            "both",
+        ),
+        (
+            dev(authentication={"symmetricKey": {"primaryKey": "bm9wZQ==", "secondaryKey": KEY}}),
+            Code.INVALID_KEY,
+            "authentication.symmetricKey.primaryKey",
+            "16 to 64",
+        ),
+        (
+            dev(authentication={"symmetricKey": {"primaryKey": "!!", "secondaryKey": KEY}}),
+            Code.INVALID_KEY,
+            "authentication.symmetricKey.primaryKey",
+            "base64",
+        ),
+        (
+            dev(
+                authentication={
+                    "symmetricKey": {"primaryKey": base64.b64encode(b"k" * 65).decode(), "secondaryKey": KEY}
+                }
+            ),
+            Code.INVALID_KEY,
+            "authentication.symmetricKey.primaryKey",
+            "65 bytes",
+        ),
+        (
+            dev(
+                authentication={
+                    "symmetricKey": {"primaryKey": KEY, "secondaryKey": KEY},
+                    "x509Thumbprint": {"primaryThumbprint": THUMB},
+                }
+            ),
+            Code.KEYS_AND_THUMBPRINTS,
+            "authentication",
+            "keep one",
+        ),
+        (
+            dev(authentication={"x509Thumbprint": {"primaryThumbprint": "xyz"}}),
+            Code.INVALID_THUMBPRINT,
+            "authentication.x509Thumbprint.primaryThumbprint",
+            "40 hex",
+        ),
+        (
+            dev(authentication={"type": "selfSigned"}),
+            Code.AUTH_TYPE_MISMATCH,
+            "authentication.x509Thumbprint",
+            "primaryThumbprint",
+        ),
+        (
+            dev(authentication={"type": "sas", "x509Thumbprint": {"primaryThumbprint": THUMB}}),
+            Code.AUTH_TYPE_MISMATCH,
+            "authentication.type",
+            "selfSigned",
+        ),
+        (
+            dev(
+                authentication={
+                    "type": "certificateAuthority",
+                    "symmetricKey": {"primaryKey": KEY, "secondaryKey": KEY},
+                }
+            ),
+            Code.AUTH_TYPE_MISMATCH,
+            "authentication.type",
+            "type 'sas'",
+        ),
+        (
+            dev(authentication={"thumbprint": {"primaryThumbprint": THUMB}}),
+            Code.FIELD_NAME_CASE,
+            "authentication.thumbprint",
+            "x509Thumbprint",
+        ),
+        (dev(ImportMode="delete"), Code.FIELD_NAME_CASE, "ImportMode", "importMode"),
+        (dev(importMode="updateIfMatchETag"), Code.MISSING_ETAG, "eTag", "current ETag"),
+        (dev(importMode="deleteIfMatchETag"), Code.MISSING_ETAG, "eTag", "eTag"),
+        (dev(importMode="createOrUpdateIfMatchETag", eTag=""), Code.MISSING_ETAG, "eTag", "eTag"),
+        ({"id": "d", "importMode": "updateTwinIfMatchETag"}, Code.MISSING_ETAG, "twinETag", "twinETag"),
+        (dev(tags={"t": "x" * 9000}), Code.TWIN_TOO_LARGE, "tags", "8 KB"),
+        (
+            dev(properties={"desired": {f"k{i}": "x" * 3000 for i in range(12)}}),
+            Code.TWIN_TOO_LARGE,
+            "properties.desired",
+            "32 KB",
+        ),
+        (dev(properties={"reported": {"big": "x" * 5000}}), Code.TWIN_TOO_LARGE, "properties.reported.big", "4 KB"),
+        (dev(tags={"a.b": 1}), Code.INVALID_TWIN_KEY, "tags", "'.'"),
+        (dev(properties={"desired": {"ok": {"bad key": 1}}}), Code.INVALID_TWIN_KEY, "properties.desired", "spaces"),
+        (dev(tags="oslo"), Code.WRONG_TYPE, "tags", "object"),
+        (dev(statusReason="r" * 129), Code.STATUS_REASON_TOO_LONG, "statusReason", "128"),
+        (dev(capabilities={"iotEdge": "yes"}), Code.WRONG_TYPE, "capabilities", "iotEdge"),
+        (dev(parentScopes="s"), Code.WRONG_TYPE, "parentScopes", "list"),
+        ("[1, 2]", Code.NOT_AN_OBJECT, None, "one JSON object"),
+        ('{"id": "d1", "status": "enabled"', Code.INVALID_JSON, None, "Not valid JSON"),
+    ],
+)
+def test_each_rule(line: Any, code: Code, field: str | None, hint: str) -> None:
+    report = run(dev("before"), line, dev("after"))
+    assert not report.valid
+    finding = next(f for f in report.errors if f.code == code)
+    assert finding.line == 2
+    assert finding.field == field
+    assert hint in finding.message
+    assert report.lines_with_errors == 1
+
+
+def test_depth_limit() -> None:
+    deep: dict[str, Any] = {"v": 1}
+    for _ in range(10):
+        deep = {"n": deep}
+    assert Code.TWIN_TOO_DEEP in codes(run(dev(properties={"desired": deep})))
+    assert run(dev(properties={"desired": deep["n"]})).valid
+
+
+def test_duplicates_name_both_lines() -> None:
+    report = run(dev("a"), dev("b"), {"id": "b", "moduleId": "m"}, {"id": "b", "moduleId": "m"}, dev("a"))
+    dupes = [f for f in report.errors if f.code == Code.DUPLICATE_ID]
+    assert [(f.line, f.device_id, f.module_id) for f in dupes] == [(4, "b", "m"), (5, "a", None)]
+    assert "line 1" in dupes[1].message and "line 3" in dupes[0].message
+
+
+def test_bom_crlf_and_blank_lines_are_tolerated_and_normalized() -> None:
+    out: list[bytes] = []
+    body = b'\xef\xbb\xbf{"id":"a","status":"enabled"}\r\n\r\n  \n{"id":"b","status":"enabled"}'
+    report = validate_stream(io.BytesIO(body), sink=out.append)
+    assert report.valid and report.lines == 2 and report.blank_lines == 2
+    assert b"".join(out) == b'{"id":"a","status":"enabled"}\n{"id":"b","status":"enabled"}\n'
+
+
+def test_not_utf8() -> None:
+    report = run(raw=b'{"id":"a","status":"enabled"}\n{"id":"\xff\xfe","status":"enabled"}\n')
+    assert [(f.line, f.code) for f in report.errors] == [(2, Code.NOT_UTF8)]
+
+
+def test_over_long_line_is_skipped_without_holding_it() -> None:
+    huge = b'{"id":"x","tags":{"t":"' + b"y" * (MAX_LINE_BYTES * 3) + b'"}}'
+    chunks = [
+        b'{"id":"a","status":"enabled"}\n',
+        *(huge[i : i + 50_000] for i in range(0, len(huge), 50_000)),
+        b"\n",
+        b'{"id":"b","status":"enabled"}\n',
+    ]
+    report = validate_stream(iter(chunks))
+    assert [(f.line, f.code) for f in report.errors] == [(2, Code.LINE_TOO_LONG)]
+    assert report.lines == 3
+
+
+def test_empty_file() -> None:
+    for body in (b"", b"\n\n  \n", b"\xef\xbb\xbf"):
+        report = run(raw=body)
+        assert codes(report) == ["EMPTY_FILE"]
+
+
+def test_first_errors_in_full_and_the_total() -> None:
+    report = run(*[dev(f"bad id {i}") for i in range(250)], max_errors=20)
+    assert report.error_count == 250 and len(report.errors) == 20
+    assert [f.line for f in report.errors] == list(range(1, 21))
+    summary = report.summary()
+    assert summary["errorCount"] == 250 and summary["errorsShown"] == 20
+
+
+def test_sink_gets_only_valid_lines_and_chunk_boundaries_do_not_matter() -> None:
+    lines = [dev(f"d{i}") for i in range(50)]
+    body = "".join(json.dumps(x) + "\n" for x in lines).encode()
+    for size in (1, 7, 64, 4096):
+        out: list[bytes] = []
+        report = validate_stream(iter(body[i : i + size] for i in range(0, len(body), size)), sink=out.append)
+        assert report.valid and report.lines == 50
+        assert b"".join(out).count(b"\n") == 50
+
+
+# --- properties ---------------------------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=8,
+)
+field_values = {
+    "id": st.one_of(st.text(max_size=10), st.sampled_from(["d1", "d 2", "x" * 130]), st.integers()),
+    "moduleId": st.one_of(st.none(), st.sampled_from(["m", "$edgeHub", "bad m"])),
+    "importMode": st.one_of(
+        st.none(),
+        st.sampled_from(
+            [
+                "create",
+                "createOrUpdate",
+                "CreateOrUpdate",
+                "updateIfMatchETag",
+                "updateTwinIfMatchETag",
+                "delete",
+                "nope",
+            ]
+        ),
+    ),
+    "status": st.one_of(st.none(), st.sampled_from(["enabled", "disabled", "Enabled", ""])),
+    "eTag": st.one_of(st.none(), st.text(max_size=6)),
+    "authentication": st.one_of(
+        st.none(),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "type": st.sampled_from(["sas", "selfSigned", "certificateAuthority", "none", "SELF_SIGNED"]),
+                "symmetricKey": st.one_of(
+                    st.none(),
+                    st.fixed_dictionaries(
+                        {},
+                        optional={
+                            "primaryKey": st.sampled_from([KEY, "bm9wZQ==", "!!", None]),
+                            "secondaryKey": st.sampled_from([KEY, None]),
+                        },
+                    ),
+                ),
+                "x509Thumbprint": st.one_of(
+                    st.none(),
+                    st.fixed_dictionaries({}, optional={"primaryThumbprint": st.sampled_from([THUMB, "xyz", None])}),
+                ),
+            },
+        ),
+    ),
+    "tags": json_values,
+    "properties": st.one_of(
+        json_values, st.fixed_dictionaries({}, optional={"desired": json_values, "reported": json_values})
+    ),
+}
+lines_strategy = st.fixed_dictionaries({}, optional=field_values)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(lines_strategy)
+def test_fast_path_never_accepts_what_the_full_check_rejects(line: dict[str, Any]) -> None:
+    fast = _LineChecker(ValidationReport()).check(line, 1)
+    full_report = ValidationReport()
+    full = _LineChecker(full_report)._full_check(line, 1)
+    assert (fast is None) == (full is None)
+    assert (full is None) == (full_report.error_count > 0)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(lines_strategy.map(json.dumps), st.text(max_size=40)), max_size=12), st.binary(max_size=30))
+def test_random_files_never_crash_and_errors_are_line_numbered(lines: list[str], noise: bytes) -> None:
+    body = "\n".join(lines).encode() + noise
+    report = validate_stream(io.BytesIO(body))
+    assert report.valid == (report.error_count == 0)
+    total_lines = body.count(b"\n") + 1
+    for finding in report.errors:
+        assert 0 <= finding.line <= total_lines
+        assert finding.message
+    assert (report.lines == 0) <= (Code.EMPTY_FILE in codes(report))
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.integers(min_value=0, max_value=len(VALID_LINES) - 1),
+    st.integers(min_value=0, max_value=200),
+    st.binary(min_size=1, max_size=3),
+)
+def test_mutated_valid_files_yield_valid_or_line_numbered_errors(index: int, at: int, junk: bytes) -> None:
+    body = bytearray("".join(json.dumps(x) + "\n" for x in VALID_LINES).encode())
+    pos = min(at, len(body))
+    body[pos:pos] = junk
+    report = validate_stream(io.BytesIO(bytes(body)))
+    if not report.valid:
+        assert all(f.line >= 1 for f in report.errors)
+        broken_line = bytes(body[:pos]).count(b"\n") + 1
+        assert any(f.line in (broken_line, broken_line + 1) for f in report.errors) or any(
+            f.code == Code.DUPLICATE_ID for f in report.errors
+        )
