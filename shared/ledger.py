@@ -1,0 +1,378 @@
+"""The job ledger in Azure Table Storage: one row per job, the single source of truth.
+
+Layout (one table): PartitionKey = hub name. RowKey = job id, which sorts newest first (inverted time). Two
+kinds of helper rows share the partition: ``~key-<sha256>`` maps an upload version to its job (idempotency) and
+``~slot`` names the job that holds the hub's single import/export slot.
+
+Every update uses the row's ETag (If-Match), so two function instances can never both move one job, and the
+slot is claimed with If-Match so only one instance ever submits to a hub at a time. States and their
+transitions are checked in one place, ``advance``. Rows never hold secrets: URLs are stored without queries.
+
+Errors: ``LedgerError`` > ``InvalidTransition`` (a move the state machine forbids), ``LedgerConflict`` (the row
+changed since it was read: re-read and decide again), ``JobNotFound``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
+
+SLOT_ROW = "~slot"
+KEY_PREFIX = "~key-"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    SUBMITTING = "submitting"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+class JobKind(StrEnum):
+    IMPORT = "import"
+    EXPORT = "export"
+    CENTRAL_APPLY = "central_apply"
+
+
+_TERMINAL = frozenset(
+    {JobState.COMPLETED, JobState.COMPLETED_WITH_ERRORS, JobState.FAILED, JobState.CANCELLED, JobState.REJECTED}
+)
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.SUBMITTING, JobState.CANCELLED, JobState.FAILED}),
+    # back to QUEUED when the hub turned out busy, or a crashed submission left no hub job behind
+    JobState.SUBMITTING: frozenset({JobState.RUNNING, JobState.QUEUED, JobState.FAILED, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset(
+        {JobState.COMPLETED, JobState.COMPLETED_WITH_ERRORS, JobState.FAILED, JobState.CANCELLED}
+    ),
+}
+
+
+class LedgerError(Exception):
+    """Base for ledger errors."""
+
+
+class InvalidTransition(LedgerError):
+    def __init__(self, job_id: str, frm: JobState, to: JobState) -> None:
+        super().__init__(f"job {job_id} cannot go from {frm} to {to}")
+        self.frm, self.to = frm, to
+
+
+class LedgerConflict(LedgerError):
+    """The row changed since it was read (ETag mismatch)."""
+
+
+class JobNotFound(LedgerError):
+    pass
+
+
+def new_job_id(now: datetime) -> str:
+    """Sortable newest-first id: inverted milliseconds since the epoch, then randomness."""
+    ms = int(now.timestamp() * 1000)
+    return f"{10**13 - ms:013d}-{secrets.token_hex(3)}"
+
+
+def idempotency_key(container: str, name: str, etag: str) -> str:
+    """The identity of one version of one upload: a repeated delivery of it maps to the same job."""
+    return hashlib.sha256(f"{container}/{name}@{etag.strip(chr(34))}".encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    hub: str
+    job_id: str
+    kind: JobKind
+    state: JobState
+    created: datetime
+    updated: datetime
+    source: str | None = None  # container/name of the upload, or "http" for a request body
+    source_etag: str | None = None
+    idempotency_key: str | None = None
+    hub_job_id: str | None = None
+    progress: int = 0
+    lines: int = 0
+    modes: dict[str, int] = field(default_factory=dict)
+    validation_errors: int = 0
+    failed_devices: int = 0
+    failure_reason: str | None = None
+    reports: dict[str, str] = field(default_factory=dict)  # name -> container/blob path
+    params: dict[str, Any] = field(default_factory=dict)  # kind-specific: staged blob, output path, keys...
+    attempts: int = 0
+    etag: str | None = field(default=None, compare=False)  # the table row's ETag, never persisted
+
+    @property
+    def work_container(self) -> str:
+        """The per-job container the hub reads from and writes to (SAS-scoped to this job only)."""
+        return f"job-{self.job_id}"
+
+    def to_entity(self) -> dict[str, Any]:
+        return {
+            "PartitionKey": self.hub,
+            "RowKey": self.job_id,
+            "Type": "job",
+            "Kind": str(self.kind),
+            "State": str(self.state),
+            "Created": self.created,
+            "Updated": self.updated,
+            "Source": self.source,
+            "SourceEtag": self.source_etag,
+            "IdempotencyKey": self.idempotency_key,
+            "HubJobId": self.hub_job_id,
+            "Progress": self.progress,
+            "Lines": self.lines,
+            "Modes": json.dumps(self.modes),
+            "ValidationErrors": self.validation_errors,
+            "FailedDevices": self.failed_devices,
+            "FailureReason": self.failure_reason,
+            "Reports": json.dumps(self.reports),
+            "Params": json.dumps(self.params),
+            "Attempts": self.attempts,
+        }
+
+    @classmethod
+    def from_entity(cls, e: Any) -> Job:
+        return cls(
+            hub=e["PartitionKey"],
+            job_id=e["RowKey"],
+            kind=JobKind(e["Kind"]),
+            state=JobState(e["State"]),
+            created=_utc(e["Created"]),
+            updated=_utc(e["Updated"]),
+            source=e.get("Source"),
+            source_etag=e.get("SourceEtag"),
+            idempotency_key=e.get("IdempotencyKey"),
+            hub_job_id=e.get("HubJobId"),
+            progress=int(e.get("Progress") or 0),
+            lines=int(e.get("Lines") or 0),
+            modes=json.loads(e.get("Modes") or "{}"),
+            validation_errors=int(e.get("ValidationErrors") or 0),
+            failed_devices=int(e.get("FailedDevices") or 0),
+            failure_reason=e.get("FailureReason"),
+            reports=json.loads(e.get("Reports") or "{}"),
+            params=json.loads(e.get("Params") or "{}"),
+            attempts=int(e.get("Attempts") or 0),
+            etag=e.metadata.get("etag") if hasattr(e, "metadata") else None,
+        )
+
+    def public(self) -> dict[str, Any]:
+        """The job as the HTTP API shows it."""
+        return {
+            "hub": self.hub,
+            "jobId": self.job_id,
+            "kind": str(self.kind),
+            "state": str(self.state),
+            "created": self.created.isoformat(),
+            "updated": self.updated.isoformat(),
+            "source": self.source,
+            "hubJobId": self.hub_job_id,
+            "progress": self.progress,
+            "lines": self.lines,
+            "modes": self.modes,
+            "validationErrors": self.validation_errors,
+            "failedDevices": self.failed_devices,
+            "failureReason": self.failure_reason,
+            "attempts": self.attempts,
+        }
+
+
+def _utc(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value))
+
+
+def advance(job: Job, to: JobState, *, now: datetime, **changes: Any) -> Job:
+    """The only way a job changes state.
+
+    Raises:
+        InvalidTransition: ``to`` is not allowed from the job's state.
+    """
+    if to != job.state and to not in TRANSITIONS.get(job.state, frozenset()):
+        raise InvalidTransition(job.job_id, job.state, to)
+    return dataclasses.replace(job, state=to, updated=now, **changes)
+
+
+class Ledger:
+    """Jobs, their idempotency keys and each hub's slot, in one table."""
+
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+
+    @classmethod
+    def from_service(cls, service: TableServiceClient, table_name: str = "jobledger") -> Ledger:
+        return cls(service.create_table_if_not_exists(table_name))
+
+    # --- jobs ---------------------------------------------------------------------------------------
+
+    def create(self, job: Job) -> tuple[Job, bool]:
+        """Insert ``job`` (and its idempotency key, atomically). Returns (job, True), or the existing job for the
+        same key and False: a repeated delivery of one upload version never makes a second job."""
+        ops: list[tuple[str, dict[str, Any]]] = [("create", job.to_entity())]
+        if job.idempotency_key:
+            ops.append(
+                (
+                    "create",
+                    {
+                        "PartitionKey": job.hub,
+                        "RowKey": KEY_PREFIX + job.idempotency_key,
+                        "Type": "key",
+                        "JobId": job.job_id,
+                    },
+                )
+            )
+        try:
+            self.table.submit_transaction(ops)
+        except TableTransactionError as exc:
+            if job.idempotency_key and exc.status_code == 409:
+                existing = self.find_by_key(job.hub, job.idempotency_key)
+                if existing is not None:
+                    return existing, False
+            raise LedgerError(f"could not record job {job.job_id}: {exc.status_code}") from exc
+        return self.get(job.hub, job.job_id), True
+
+    def find_by_key(self, hub: str, key: str) -> Job | None:
+        try:
+            row = self.table.get_entity(hub, KEY_PREFIX + key)
+        except ResourceNotFoundError:
+            return None
+        return self.get(hub, row["JobId"])
+
+    def get(self, hub: str, job_id: str) -> Job:
+        try:
+            return Job.from_entity(self.table.get_entity(hub, job_id))
+        except ResourceNotFoundError:
+            raise JobNotFound(f"no job {job_id} for hub {hub}") from None
+
+    def save(self, job: Job) -> Job:
+        """Write ``job`` if its row has not changed since it was read.
+
+        Raises:
+            LedgerConflict: someone else changed the row; re-read and decide again.
+        """
+        try:
+            meta = self.table.update_entity(
+                job.to_entity(), mode=UpdateMode.REPLACE, etag=job.etag, match_condition=MatchConditions.IfNotModified
+            )
+        except HttpResponseError as exc:
+            if exc.status_code == 412:
+                raise LedgerConflict(f"job {job.job_id} changed meanwhile") from exc
+            raise
+        return dataclasses.replace(job, etag=meta.get("etag"))
+
+    def move(self, job: Job, to: JobState, *, now: datetime, **changes: Any) -> Job:
+        return self.save(advance(job, to, now=now, **changes))
+
+    def list_jobs(
+        self,
+        hub: str | None = None,
+        *,
+        states: set[JobState] | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> tuple[list[Job], str | None]:
+        """Newest first, at most ``limit``; ``after`` is the last job id of the previous page."""
+        parts = ["Type eq 'job'"]
+        params: dict[str, Any] = {}
+        if hub:
+            parts.append("PartitionKey eq @hub")
+            params["hub"] = hub
+        if after:
+            parts.append("RowKey gt @after")
+            params["after"] = after
+        jobs: list[Job] = []
+        for e in self.table.query_entities(" and ".join(parts), parameters=params):
+            job = Job.from_entity(e)
+            if states and job.state not in states:
+                continue
+            jobs.append(job)
+        jobs.sort(key=lambda j: j.job_id)
+        page = jobs[:limit]
+        return page, (page[-1].job_id if len(jobs) > limit else None)
+
+    def iter_active(self, hub: str) -> Iterator[Job]:
+        """Queued, submitting and running jobs of a hub, oldest first."""
+        rows = self.table.query_entities(
+            "PartitionKey eq @hub and Type eq 'job' and "
+            "(State eq 'queued' or State eq 'submitting' or State eq 'running')",
+            parameters={"hub": hub},
+        )
+        yield from sorted((Job.from_entity(e) for e in rows), key=lambda j: j.job_id, reverse=True)
+
+    # --- the hub slot -------------------------------------------------------------------------------
+
+    def slot_holder(self, hub: str) -> str | None:
+        try:
+            return self.table.get_entity(hub, SLOT_ROW).get("Holder") or None
+        except ResourceNotFoundError:
+            return None
+
+    def claim_slot(self, hub: str, job_id: str, *, now: datetime) -> bool:
+        """Take the hub's single job slot for ``job_id``. True if it holds it now (also if it already did)."""
+        try:
+            row = self.table.get_entity(hub, SLOT_ROW)
+        except ResourceNotFoundError:
+            try:
+                self.table.create_entity(_slot(hub, job_id, now))
+                return True
+            except ResourceExistsError:
+                row = self.table.get_entity(hub, SLOT_ROW)
+        holder = row.get("Holder") or None
+        if holder == job_id:
+            return True
+        if holder is not None:
+            return False
+        try:
+            self.table.update_entity(
+                _slot(hub, job_id, now),
+                mode=UpdateMode.REPLACE,
+                etag=row.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except HttpResponseError as exc:
+            if exc.status_code == 412:
+                return False
+            raise
+        return True
+
+    def release_slot(self, hub: str, job_id: str, *, now: datetime) -> bool:
+        """Free the slot if ``job_id`` holds it. True if released (or already free of this job)."""
+        try:
+            row = self.table.get_entity(hub, SLOT_ROW)
+        except ResourceNotFoundError:
+            return True
+        if (row.get("Holder") or None) != job_id:
+            return True
+        try:
+            self.table.update_entity(
+                _slot(hub, "", now),
+                mode=UpdateMode.REPLACE,
+                etag=row.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except HttpResponseError as exc:
+            if exc.status_code == 412:
+                return False
+            raise
+        return True
+
+
+def _slot(hub: str, holder: str, now: datetime) -> dict[str, Any]:
+    return {"PartitionKey": hub, "RowKey": SLOT_ROW, "Type": "slot", "Holder": holder, "Since": now}

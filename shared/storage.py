@@ -1,0 +1,311 @@
+"""Blob storage for the pipeline: streaming reads and writes, the staged copy the hub reads, SAS, archiving.
+
+Connections come from an app setting *prefix*, as the Functions host resolves them: ``<PREFIX>`` holding a
+connection string (Azurite locally), or identity-based ``<PREFIX>__blobServiceUri`` / ``__tableServiceUri`` /
+``__queueServiceUri`` (or ``__serviceUri``, ``__accountName``) with ``__credential=managedidentity`` and
+``__clientId`` for a user-assigned identity.
+
+SAS for hub jobs are container SAS, least privilege (input: read; output: read, write, delete as the import
+docs require), on per-job containers so a token reaches that job's data only. They are signed with the account
+key when there is one, else with a user delegation key obtained with the app's identity.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import (
+    BlobBlock,
+    BlobClient,
+    BlobServiceClient,
+    ContainerClient,
+    ContainerSasPermissions,
+    UserDelegationKey,
+    generate_blob_sas,
+    generate_container_sas,
+)
+
+logger = logging.getLogger(__name__)
+
+BLOCK = 4 * 1024 * 1024
+
+
+class StorageError(Exception):
+    """A storage operation failed; the message is safe to show (no keys, no SAS)."""
+
+
+class ArchiveKind(StrEnum):
+    PROCESSED = "processed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """Where storage is and how to reach it, read from one connection prefix."""
+
+    connection_string: str | None = field(default=None, repr=False)
+    blob_uri: str | None = None
+    table_uri: str | None = None
+    queue_uri: str | None = None
+    client_id: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], prefix: str = "AzureWebJobsStorage") -> StorageSettings:
+        """Read ``prefix`` (a connection string) or its identity-based ``prefix__*`` settings.
+
+        Raises:
+            ValueError: neither form is present (the message names the settings to add).
+        """
+        conn = env.get(prefix) or env.get(f"AzureWebJobs{prefix}")
+        if conn:
+            return cls(connection_string=conn)
+        account = env.get(f"{prefix}__accountName")
+        blob = env.get(f"{prefix}__blobServiceUri") or env.get(f"{prefix}__serviceUri")
+        if not blob and account:
+            blob = f"https://{account}.blob.core.windows.net"
+        if not blob:
+            raise ValueError(
+                f"storage setting '{prefix}' is missing: give a connection string, or {prefix}__blobServiceUri "
+                f"(+ __queueServiceUri, __tableServiceUri) for identity-based access"
+            )
+        table = env.get(f"{prefix}__tableServiceUri") or (
+            f"https://{account}.table.core.windows.net" if account else None
+        )
+        queue = env.get(f"{prefix}__queueServiceUri") or (
+            f"https://{account}.queue.core.windows.net" if account else None
+        )
+        return cls(blob_uri=blob, table_uri=table, queue_uri=queue, client_id=env.get(f"{prefix}__clientId"))
+
+    def credential(self) -> Any:
+        from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+        if self.client_id:
+            return ManagedIdentityCredential(client_id=self.client_id)
+        return DefaultAzureCredential()
+
+    def blob_service(self) -> BlobServiceClient:
+        # 4 MiB ranges: the SDK's default 32 MiB first GET would make memory grow with the file.
+        opts: dict[str, Any] = {"max_single_get_size": BLOCK, "max_chunk_get_size": BLOCK, "connection_timeout": 10}
+        if self.connection_string:
+            return BlobServiceClient.from_connection_string(self.connection_string, **opts)
+        assert self.blob_uri is not None
+        return BlobServiceClient(self.blob_uri, credential=self.credential(), **opts)
+
+
+def strip_query(url: str) -> str:
+    """A URL without its query string (where a SAS token lives): safe to log and to store."""
+    p = urlsplit(url)
+    return f"{p.scheme}://{p.netloc}{p.path}"
+
+
+def _explain(exc: AzureError, what: str) -> StorageError:
+    code = getattr(exc, "error_code", None) or type(exc).__name__
+    status = getattr(exc, "status_code", None)
+    return StorageError(f"storage failed on {what}: {status or ''} {code}".replace("  ", " "))
+
+
+class StagedBlob:
+    """A block blob written in 4 MiB blocks as data streams in; invisible until ``commit`` (never, if discarded).
+
+    Also hashes what it writes, so the manifest of a backup or the ledger can record the sha256.
+    """
+
+    def __init__(self, blob: BlobClient) -> None:
+        self.blob = blob
+        self._buf = bytearray()
+        self._blocks: list[BlobBlock] = []
+        self._sha = hashlib.sha256()
+        self.size = 0
+        self.prefix = uuid.uuid4().hex[:8]
+
+    def write(self, data: bytes) -> None:
+        self._buf += data
+        self._sha.update(data)
+        self.size += len(data)
+        if len(self._buf) >= BLOCK:
+            self._flush()
+
+    def _flush(self) -> None:
+        block_id = base64.b64encode(f"{self.prefix}-{len(self._blocks):08d}".encode()).decode()
+        try:
+            self.blob.stage_block(block_id, bytes(self._buf))
+        except AzureError as exc:
+            raise _explain(exc, f"staging {self.blob.blob_name}") from exc
+        self._blocks.append(BlobBlock(block_id=block_id))
+        self._buf.clear()
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    def commit(self, *, metadata: dict[str, str] | None = None) -> str:
+        """Make the blob visible; returns its ETag."""
+        try:
+            if self._buf or not self._blocks:
+                self._flush()
+            result = self.blob.commit_block_list(self._blocks, metadata=metadata)
+        except AzureError as exc:
+            raise _explain(exc, f"committing {self.blob.blob_name}") from exc
+        return str(result.get("etag", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    container: str
+    name: str
+    etag: str | None = None
+
+    @property
+    def path(self) -> str:
+        return f"{self.container}/{self.name}"
+
+
+class Storage:
+    """The app's blob operations, on one ``BlobServiceClient``."""
+
+    def __init__(self, service: BlobServiceClient, *, sas_lifetime: timedelta = timedelta(hours=24)) -> None:
+        self.service = service
+        self.sas_lifetime = sas_lifetime
+        self._delegation: tuple[UserDelegationKey, datetime] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: StorageSettings, **kw: Any) -> Storage:
+        return cls(settings.blob_service(), **kw)
+
+    # --- containers and streaming -------------------------------------------------------------------
+
+    def ensure_container(self, name: str) -> ContainerClient:
+        container = self.service.get_container_client(name)
+        try:
+            container.create_container()
+        except ResourceExistsError:
+            pass
+        except AzureError as exc:
+            raise _explain(exc, f"container {name}") from exc
+        return container
+
+    def open_read(self, ref: BlobRef) -> Iterator[bytes]:
+        """Stream a blob in chunks; with ``ref.etag``, only that version (a newer upload fails the read)."""
+        blob = self.service.get_blob_client(ref.container, ref.name)
+        try:
+            kwargs: dict[str, Any] = {}
+            if ref.etag:
+                kwargs = {"etag": ref.etag, "match_condition": MatchConditions.IfNotModified}
+            yield from blob.download_blob(**kwargs).chunks()
+        except AzureError as exc:
+            raise _explain(exc, f"reading {ref.path}") from exc
+
+    def stage(self, container: str, name: str) -> StagedBlob:
+        return StagedBlob(self.service.get_blob_client(container, name))
+
+    def upload_bytes(self, container: str, name: str, data: bytes, *, overwrite: bool = True) -> str:
+        try:
+            result = self.service.get_blob_client(container, name).upload_blob(data, overwrite=overwrite)
+        except AzureError as exc:
+            raise _explain(exc, f"writing {container}/{name}") from exc
+        return str(result.get("etag", ""))
+
+    def properties(self, ref: BlobRef) -> dict[str, Any] | None:
+        try:
+            props = self.service.get_blob_client(ref.container, ref.name).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return {"etag": props.etag, "size": props.size, "metadata": dict(props.metadata or {})}
+
+    # --- archiving ----------------------------------------------------------------------------------
+
+    def archive(self, ref: BlobRef, kind: ArchiveKind, *, archive_container: str, job_id: str) -> BlobRef:
+        """Move an upload to ``<archive>/<kind>/<job>/<name>``: copy, check, then delete only that version.
+
+        The source is deleted with If-Match on its ETag, so a newer upload under the same name is never lost;
+        a repeated call (after a crash) finds the copy in place and completes.
+        """
+        self.ensure_container(archive_container)
+        target = BlobRef(archive_container, f"{kind}/{job_id}/{ref.name}")
+        src = self.service.get_blob_client(ref.container, ref.name)
+        dst = self.service.get_blob_client(target.container, target.name)
+        try:
+            if self.properties(target) is None:
+                copy = dst.start_copy_from_url(self._blob_read_url(src), requires_sync=True)
+                if copy.get("copy_status") not in ("success", None):
+                    raise StorageError(f"archiving {ref.path} did not complete ({copy.get('copy_status')})")
+            if ref.etag:
+                src.delete_blob(etag=ref.etag, match_condition=MatchConditions.IfNotModified)
+            else:
+                src.delete_blob()
+        except ResourceNotFoundError:
+            pass  # already moved by an earlier attempt
+        except AzureError as exc:
+            if getattr(exc, "status_code", None) == 412:
+                logger.warning("upload %s changed since it was read; the new version is kept", ref.path)
+                return target
+            raise _explain(exc, f"archiving {ref.path}") from exc
+        return target
+
+    # --- SAS ----------------------------------------------------------------------------------------
+
+    def _has_key(self) -> bool:
+        cred = self.service.credential
+        return hasattr(cred, "account_key")
+
+    def _delegation_key(self, expiry: datetime) -> UserDelegationKey:
+        if self._delegation is None or self._delegation[1] < expiry:
+            start = datetime.now(UTC) - timedelta(minutes=5)
+            key = self.service.get_user_delegation_key(start, expiry)
+            self._delegation = (key, expiry)
+        return self._delegation[0]
+
+    def container_sas_url(self, container: str, permission: str, *, lifetime: timedelta | None = None) -> str:
+        """A container SAS URL with exactly ``permission`` (e.g. ``"r"`` or ``"rwd"``), valid ``lifetime``."""
+        expiry = datetime.now(UTC) + (lifetime or self.sas_lifetime)
+        start = datetime.now(UTC) - timedelta(minutes=5)  # tolerate clock skew between us and storage
+        perms = ContainerSasPermissions.from_string(permission)
+        account = str(self.service.account_name)
+        if self._has_key():
+            token = generate_container_sas(
+                account,
+                container,
+                account_key=self.service.credential.account_key,
+                permission=perms,
+                expiry=expiry,
+                start=start,
+            )
+        else:
+            token = generate_container_sas(
+                account,
+                container,
+                user_delegation_key=self._delegation_key(expiry),
+                permission=perms,
+                expiry=expiry,
+                start=start,
+            )
+        return f"{self.service.url.rstrip('/')}/{container}?{token}"
+
+    def container_url(self, container: str) -> str:
+        """The plain URL, for ``identityBased`` hub jobs (the hub's own identity reads and writes)."""
+        return f"{self.service.url.rstrip('/')}/{container}"
+
+    def _blob_read_url(self, blob: BlobClient, lifetime: timedelta = timedelta(hours=1)) -> str:
+        expiry = datetime.now(UTC) + lifetime
+        kw: dict[str, Any] = {"permission": "r", "expiry": expiry}
+        if self._has_key():
+            kw["account_key"] = self.service.credential.account_key
+        else:
+            kw["user_delegation_key"] = self._delegation_key(expiry)
+        token = generate_blob_sas(str(self.service.account_name), blob.container_name, blob.blob_name, **kw)
+        return f"{blob.url}?{token}"
+
+    def read_link(self, ref: BlobRef, *, lifetime: timedelta = timedelta(minutes=15)) -> str:
+        """A short-lived read-only link to one blob (for reports in the HTTP API)."""
+        return self._blob_read_url(self.service.get_blob_client(ref.container, ref.name), lifetime)

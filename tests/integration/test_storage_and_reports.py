@@ -1,0 +1,135 @@
+"""shared.storage on Azurite (staging, SAS, archiving) and shared.reports."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+
+import pytest
+from azure.core.exceptions import HttpResponseError
+from azure.storage.blob import BlobClient, ContainerClient
+
+from emulators.azurite import Azurite
+from shared.reports import harvest_import_errors, summary_document
+from shared.storage import ArchiveKind, BlobRef, Storage, StorageError, StorageSettings
+
+from .helpers import Storage as Containers
+
+
+@pytest.fixture
+def store(azurite: Azurite) -> Storage:
+    return Storage.from_settings(StorageSettings.from_env({"AzureWebJobsStorage": azurite.connection_string}))
+
+
+def test_settings_from_both_forms() -> None:
+    conn = StorageSettings.from_env({"Store": "UseDevelopmentStorage=true"}, "Store")
+    assert conn.connection_string and "UseDevelopment" not in repr(conn)
+    ident = StorageSettings.from_env(
+        {
+            "Store__blobServiceUri": "https://acct.blob.core.windows.net",
+            "Store__tableServiceUri": "https://acct.table.core.windows.net",
+            "Store__clientId": "c1",
+        },
+        "Store",
+    )
+    assert (ident.blob_uri, ident.table_uri, ident.client_id) == (
+        "https://acct.blob.core.windows.net",
+        "https://acct.table.core.windows.net",
+        "c1",
+    )
+    named = StorageSettings.from_env({"Store__accountName": "acct"}, "Store")
+    assert named.queue_uri == "https://acct.queue.core.windows.net"
+    with pytest.raises(ValueError, match="Store__blobServiceUri"):
+        StorageSettings.from_env({}, "Store")
+
+
+def test_staged_blob_is_invisible_until_committed(store: Storage, storage: Containers) -> None:
+    container = storage.container("stage")
+    staged = store.stage(container, "devices.txt")
+    payload = b"x" * (9 * 1024 * 1024 + 5)  # three blocks
+    for i in range(0, len(payload), 1_000_000):
+        staged.write(payload[i : i + 1_000_000])
+    assert store.properties(BlobRef(container, "devices.txt")) is None
+    staged.commit()
+    assert staged.sha256 == hashlib.sha256(payload).hexdigest()
+    assert b"".join(store.open_read(BlobRef(container, "devices.txt"))) == payload
+    discarded = store.stage(container, "never.txt")
+    discarded.write(b"abc" * 2_000_000)
+    assert store.properties(BlobRef(container, "never.txt")) is None
+
+
+def test_container_sas_is_least_privilege(store: Storage, storage: Containers) -> None:
+    container = storage.container("sas")
+    store.upload_bytes(container, "devices.txt", b"{}\n")
+    read_only = ContainerClient.from_container_url(store.container_sas_url(container, "r"))
+    assert read_only.get_blob_client("devices.txt").download_blob().readall() == b"{}\n"
+    with pytest.raises(HttpResponseError) as denied:
+        read_only.get_blob_client("other.txt").upload_blob(b"x")
+    assert denied.value.status_code == 403
+    writer = ContainerClient.from_container_url(store.container_sas_url(container, "rwd"))
+    writer.get_blob_client("importErrors.log").upload_blob(b"", overwrite=True)
+    link = store.read_link(BlobRef(container, "devices.txt"))
+    assert BlobClient.from_blob_url(link).download_blob().readall() == b"{}\n"
+    assert "sig=" in link and "sp=r" in link
+
+
+def test_archive_moves_an_upload_and_never_loses_a_newer_version(store: Storage, storage: Containers) -> None:
+    uploads, archive = storage.container("uploads"), f"{storage.prefix}-archive"
+    etag = store.upload_bytes(uploads, "a.txt", b"v1")
+    moved = store.archive(
+        BlobRef(uploads, "a.txt", etag), ArchiveKind.PROCESSED, archive_container=archive, job_id="j1"
+    )
+    assert moved.path == f"{archive}/processed/j1/a.txt"
+    assert b"".join(store.open_read(moved)) == b"v1"
+    assert store.properties(BlobRef(uploads, "a.txt")) is None
+    # a repeated call after a crash completes without error
+    store.archive(BlobRef(uploads, "a.txt", etag), ArchiveKind.PROCESSED, archive_container=archive, job_id="j1")
+
+    old = store.upload_bytes(uploads, "b.txt", b"old")
+    store.upload_bytes(uploads, "b.txt", b"new")  # replaced after our read
+    store.archive(BlobRef(uploads, "b.txt", old), ArchiveKind.FAILED, archive_container=archive, job_id="j2")
+    assert b"".join(store.open_read(BlobRef(uploads, "b.txt"))) == b"new"
+    with pytest.raises(StorageError):
+        b"".join(store.open_read(BlobRef(uploads, "b.txt", old)))  # that version is gone from uploads
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, b: bytes) -> None:
+        self.data += b
+
+
+def test_harvest_import_errors() -> None:
+    log = (
+        b'{"deviceId":"a","errorCode":404001,"errorStatus":"Device a not found."}\n'
+        b'{"errorCode":400012,"errorStatus":"Invalid device format in line: {...}"}\n'
+        b"garbage\n"
+        b'{"deviceId":"b","moduleId":"m","errorCode":409001,"errorStatus":"exists, \\"quoted\\""}\n'
+        b'{"deviceId":"c","errorCode":404001,"errorStatus":"Device c not found."}'
+    )
+    jsonl, csv_out = _Sink(), _Sink()
+    summary = harvest_import_errors(iter([log[:50], log[50:]]), jsonl, csv_out)
+    assert summary.failed == 4 and summary.unreadable_lines == 1
+    assert summary.by_code == {"DeviceNotFound": 2, "DeserializationError": 1, "DeviceAlreadyExists": 1}
+    rows = [json.loads(x) for x in jsonl.data.decode().splitlines()]
+    assert rows[2] == {
+        "deviceId": "b",
+        "moduleId": "m",
+        "errorCode": 409001,
+        "errorName": "DeviceAlreadyExists",
+        "message": 'exists, "quoted"',
+    }
+    table = list(csv.DictReader(io.StringIO(csv_out.data.decode())))
+    assert [r["errorName"] for r in table] == [
+        "DeviceNotFound",
+        "DeserializationError",
+        "DeviceAlreadyExists",
+        "DeviceNotFound",
+    ]
+    assert table[1]["deviceId"] == ""
+    doc = summary_document({"jobId": "j"}, summary)
+    assert "createOrUpdate" in doc["advice"]["DeviceNotFound"]
