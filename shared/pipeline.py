@@ -1,0 +1,294 @@
+"""The steps of an import, called by the triggers: accept an upload, start the next job, follow it, finish it.
+
+Every step is idempotent and leaves the ledger consistent if the process dies right after it:
+
+- ``accept_upload``: validate while staging the hub's copy; record the job (``queued`` or ``rejected``) keyed by
+  the upload version; archive a rejected upload. A repeated delivery finds the row and only completes what is
+  missing.
+- ``start_next``: claim the hub's slot (If-Match), mark the job ``submitting``, create the hub job, record it
+  ``running``. A busy hub (403003, a job someone else started) puts the job back to ``queued``.
+- ``reconcile``: a job found ``submitting`` (the process died mid-submission) is matched against the hub's
+  ``GET /jobs`` by its work container: found -> ``running``; absent -> ``queued`` again. No job runs twice.
+- ``poll``: follow running jobs; on completion harvest ``importErrors.log`` into reports, archive the upload,
+  release the slot and start the next job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from .devices import validate_stream
+from .iothub import IoTHubClient, IoTHubError, IoTHubNotFound, IoTHubServerError, IoTHubUnavailable, JobQuotaExceeded
+from .iothub import Job as HubJob
+from .iothub import JobStatus as HubStatus
+from .ledger import Job, JobKind, JobState, Ledger, LedgerConflict, idempotency_key, new_job_id
+from .reports import harvest_import_errors, rejection_document, summary_document
+from .storage import ArchiveKind, BlobRef, Storage, StorageError
+
+logger = logging.getLogger(__name__)
+
+INPUT_BLOB = "devices.txt"
+ERRORS_BLOB = "importErrors.log"
+SUBMIT_GRACE = timedelta(minutes=2)  # a submission younger than this may still be in flight in another instance
+
+
+@dataclass(frozen=True, slots=True)
+class Containers:
+    uploads: str = "uploads"
+    reports: str = "reports"
+    archive: str = "archive"
+    backups: str = "backups"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Pipeline:
+    ledger: Ledger
+    storage: Storage
+    hubs: Mapping[str, IoTHubClient]
+    containers: Containers = field(default_factory=Containers)
+    identity_based: bool = False
+    max_errors: int = 100
+    clock: Callable[[], datetime] = utcnow
+
+    # --- accept ---------------------------------------------------------------------------------------
+
+    def accept_upload(self, ref: BlobRef, hub: str) -> Job:
+        """Validate an upload while staging it, and record the job. Safe to call twice for one blob version."""
+        if hub not in self.hubs:
+            raise ValueError(f"unknown hub '{hub}': configured hubs are {', '.join(sorted(self.hubs))}")
+        if not ref.etag:
+            raise ValueError("an upload must be identified by its ETag")
+        key = idempotency_key(ref.container, ref.name, ref.etag)
+        existing = self.ledger.find_by_key(hub, key)
+        if existing is not None:
+            self._finish_accept(existing, ref)
+            return existing
+        now = self.clock()
+        job = Job(
+            hub,
+            new_job_id(now),
+            JobKind.IMPORT,
+            JobState.QUEUED,
+            now,
+            now,
+            source=ref.path,
+            source_etag=ref.etag,
+            idempotency_key=key,
+        )
+        self.storage.ensure_container(job.work_container)
+        staged = self.storage.stage(job.work_container, INPUT_BLOB)
+        report = validate_stream(self.storage.open_read(ref), sink=staged.write, max_errors=self.max_errors)
+        if report.valid:
+            staged.commit()
+            job = replace(job, lines=report.lines, modes=dict(report.modes), params={"sha256": staged.sha256})
+        else:
+            path = f"{job.job_id}/rejection.json"
+            self.storage.upload_bytes(
+                self._reports(), path, json.dumps(rejection_document(ref.path, report), indent=2).encode()
+            )
+            job = replace(
+                job,
+                state=JobState.REJECTED,
+                lines=report.lines,
+                validation_errors=report.error_count,
+                failure_reason=f"{report.error_count} problem(s) in the file; nothing was imported",
+                reports={"rejection": f"{self.containers.reports}/{path}"},
+            )
+        job, created = self.ledger.create(job)
+        if not created:
+            logger.info("upload %s was accepted concurrently as job %s", ref.path, job.job_id)
+        self._finish_accept(job, ref)
+        return job
+
+    def _finish_accept(self, job: Job, ref: BlobRef) -> None:
+        if job.state is JobState.REJECTED:
+            self.storage.archive(ref, ArchiveKind.FAILED, archive_container=self.containers.archive, job_id=job.job_id)
+
+    def _reports(self) -> str:
+        self.storage.ensure_container(self.containers.reports)
+        return self.containers.reports
+
+    # --- start ----------------------------------------------------------------------------------------
+
+    def start_next(self, hub: str) -> Job | None:
+        """Submit the oldest queued job of ``hub`` if its slot is free. Returns the job it moved, if any."""
+        active = list(self.ledger.iter_active(hub))
+        if any(j.state in (JobState.SUBMITTING, JobState.RUNNING) for j in active):
+            return None
+        queued = [j for j in active if j.state is JobState.QUEUED]
+        if not queued:
+            return None
+        job = queued[0]
+        now = self.clock()
+        holder = self.ledger.slot_holder(hub)
+        if holder not in (None, job.job_id) or not self.ledger.claim_slot(hub, job.job_id, now=now):
+            return None
+        try:
+            job = self.ledger.move(job, JobState.SUBMITTING, now=now, attempts=job.attempts + 1)
+        except LedgerConflict:
+            self.ledger.release_slot(hub, job.job_id, now=now)
+            return None
+        return self._submit(job)
+
+    def _urls(self, job: Job) -> tuple[str, str]:
+        if self.identity_based:
+            url = self.storage.container_url(job.work_container)
+            return url, url
+        return (
+            self.storage.container_sas_url(job.work_container, "rl"),
+            self.storage.container_sas_url(job.work_container, "rwdl"),
+        )
+
+    def _submit(self, job: Job) -> Job:
+        client = self.hubs[job.hub]
+        input_url, output_url = self._urls(job)
+        try:
+            if job.kind is JobKind.IMPORT:
+                hub_job = client.create_import_job(input_url, output_url, identity_based=self.identity_based)
+            else:
+                hub_job = client.create_export_job(
+                    output_url,
+                    exclude_keys=not job.params.get("includeKeys", False),
+                    identity_based=self.identity_based,
+                )
+        except JobQuotaExceeded:
+            logger.info("hub %s is busy with a job we did not start; job %s stays queued", job.hub, job.job_id)
+            job = self.ledger.move(
+                job,
+                JobState.QUEUED,
+                now=self.clock(),
+                failure_reason="hub busy with another import/export job; waiting",
+            )
+            self.ledger.release_slot(job.hub, job.job_id, now=self.clock())
+            return job
+        except (IoTHubUnavailable, IoTHubServerError) as exc:
+            # The hub may or may not have created the job: leave it `submitting` for reconcile to decide.
+            logger.warning("submitting job %s to hub %s: %s; will reconcile", job.job_id, job.hub, exc)
+            return job
+        except IoTHubError as exc:
+            job = self.ledger.move(
+                job, JobState.FAILED, now=self.clock(), failure_reason=f"the hub refused the job: {exc}"
+            )
+            self.ledger.release_slot(job.hub, job.job_id, now=self.clock())
+            return job
+        return self.ledger.move(
+            job,
+            JobState.RUNNING,
+            now=self.clock(),
+            hub_job_id=hub_job.job_id,
+            progress=hub_job.progress,
+            failure_reason=None,
+        )
+
+    # --- reconcile and poll ---------------------------------------------------------------------------
+
+    def reconcile(self, job: Job) -> Job:
+        """Settle a job left ``submitting``: adopt the hub job made for it, or queue it again."""
+        match = [h for h in self.hubs[job.hub].list_jobs() if _belongs(h, job)]
+        now = self.clock()
+        if match:
+            hub_job = match[-1]
+            logger.info("reconciled job %s with hub job %s", job.job_id, hub_job.job_id)
+            self.ledger.claim_slot(job.hub, job.job_id, now=now)
+            return self.ledger.move(job, JobState.RUNNING, now=now, hub_job_id=hub_job.job_id)
+        job = self.ledger.move(job, JobState.QUEUED, now=now)
+        self.ledger.release_slot(job.hub, job.job_id, now=now)
+        return job
+
+    def poll(self, hub: str) -> list[Job]:
+        """One monitor pass over ``hub``: reconcile, follow, finish; then start the next job."""
+        changed: list[Job] = []
+        now = self.clock()
+        for job in self.ledger.iter_active(hub):
+            try:
+                if job.state is JobState.SUBMITTING and now - job.updated >= SUBMIT_GRACE:
+                    changed.append(self.reconcile(job))
+                elif job.state is JobState.RUNNING and job.hub_job_id:
+                    changed.append(self._follow(job))
+            except LedgerConflict:
+                logger.info("job %s changed under us; next pass will see it", job.job_id)
+        started = self.start_next(hub)
+        if started is not None:
+            changed.append(started)
+        return changed
+
+    def _follow(self, job: Job) -> Job:
+        assert job.hub_job_id is not None
+        try:
+            hub_job = self.hubs[job.hub].get_job(job.hub_job_id)
+        except IoTHubNotFound:
+            return self._close(job, JobState.FAILED, "the hub no longer knows this job (history is kept 30 days)")
+        if not hub_job.status.is_terminal:
+            if hub_job.progress != job.progress:
+                return self.ledger.save(replace(job, progress=hub_job.progress, updated=self.clock()))
+            return job
+        return self._finish(job, hub_job)
+
+    def _finish(self, job: Job, hub_job: HubJob) -> Job:
+        if hub_job.status is HubStatus.CANCELLED:
+            return self._close(job, JobState.CANCELLED, "cancelled on the hub")
+        if hub_job.status is HubStatus.FAILED:
+            return self._close(job, JobState.FAILED, f"the hub job failed: {hub_job.failure_reason}")
+        reports = dict(job.reports)
+        failed = 0
+        if job.kind is JobKind.IMPORT:
+            failed, reports = self._harvest(job, reports)
+        state = JobState.COMPLETED_WITH_ERRORS if failed else JobState.COMPLETED
+        return self._close(job, state, None, failed_devices=failed, reports=reports, progress=100)
+
+    def _harvest(self, job: Job, reports: dict[str, str]) -> tuple[int, dict[str, str]]:
+        container = self._reports()
+        jsonl = self.storage.stage(container, f"{job.job_id}/errors.jsonl")
+        csv_out = self.storage.stage(container, f"{job.job_id}/errors.csv")
+        try:
+            summary = harvest_import_errors(
+                self.storage.open_read(BlobRef(job.work_container, ERRORS_BLOB)), jsonl, csv_out
+            )
+        except StorageError:
+            summary = None
+        if summary is not None and summary.failed:
+            jsonl.commit()
+            csv_out.commit()
+            reports["errors"] = f"{container}/{job.job_id}/errors.jsonl"
+            reports["errorsCsv"] = f"{container}/{job.job_id}/errors.csv"
+        doc = summary_document(job.public(), summary)
+        self.storage.upload_bytes(container, f"{job.job_id}/summary.json", json.dumps(doc, indent=2).encode())
+        reports["summary"] = f"{container}/{job.job_id}/summary.json"
+        return (summary.failed if summary else 0), reports
+
+    def _close(self, job: Job, state: JobState, reason: str | None, **changes: object) -> Job:
+        now = self.clock()
+        job = self.ledger.move(job, state, now=now, failure_reason=reason, **changes)
+        if job.kind is JobKind.IMPORT and job.source and job.source_etag and "/" in job.source:
+            container, name = job.source.split("/", 1)
+            kind = (
+                ArchiveKind.PROCESSED
+                if state in (JobState.COMPLETED, JobState.COMPLETED_WITH_ERRORS)
+                else ArchiveKind.FAILED
+            )
+            try:
+                self.storage.archive(
+                    BlobRef(container, name, job.source_etag),
+                    kind,
+                    archive_container=self.containers.archive,
+                    job_id=job.job_id,
+                )
+            except StorageError as exc:
+                logger.warning("archiving the upload of job %s failed: %s; it stays in %s", job.job_id, exc, container)
+        self.ledger.release_slot(job.hub, job.job_id, now=now)
+        return job
+
+
+def _belongs(hub_job: HubJob, job: Job) -> bool:
+    suffix = f"/{job.work_container}"
+    return any(
+        c is not None and c.rstrip("/").endswith(suffix) for c in (hub_job.input_container, hub_job.output_container)
+    )

@@ -1,0 +1,216 @@
+"""shared.pipeline against Azurite and the IoT Hub emulator: the import flow, step by step."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from azure.data.tables import TableServiceClient
+from azure.storage.blob import BlobServiceClient
+
+from emulators.azurite import Azurite
+from emulators.iothub import IoTHubEmulator
+from shared.iothub import IoTHubClient, RetryPolicy
+from shared.ledger import Job, JobState, Ledger
+from shared.pipeline import Containers, Pipeline
+from shared.storage import BlobRef, Storage, StorageSettings
+
+from .helpers import control
+
+FAST = RetryPolicy(max_retries=6, backoff_factor=0.01, backoff_max=0.05, total_timeout=30)
+KEY = base64.b64encode(b"secret-device-key-0123456789abcd").decode()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, minutes: float) -> None:
+        self.now += timedelta(minutes=minutes)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def pipeline(azurite: Azurite, iothub: IoTHubEmulator, clock: Clock) -> Pipeline:
+    prefix = f"p{uuid.uuid4().hex[:8]}"
+    tables = TableServiceClient.from_connection_string(azurite.connection_string)
+    storage = Storage.from_settings(StorageSettings(connection_string=azurite.connection_string))
+    hub = IoTHubClient.from_connection_string(iothub.connection_string(), retry=FAST)
+    containers = Containers(uploads=f"{prefix}-uploads", reports=f"{prefix}-reports", archive=f"{prefix}-archive")
+    storage.ensure_container(containers.uploads)
+    return Pipeline(Ledger.from_service(tables, f"{prefix}jobs"), storage, {"devhub": hub}, containers, clock=clock)
+
+
+def upload(p: Pipeline, name: str, lines: list[dict[str, Any] | str]) -> BlobRef:
+    data = "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines).encode()
+    etag = p.storage.upload_bytes(p.containers.uploads, name, data)
+    return BlobRef(p.containers.uploads, name, etag)
+
+
+def devices(n: int, prefix: str = "d", **extra: Any) -> list[dict[str, Any] | str]:
+    return [{"id": f"{prefix}-{i}", "status": "enabled", **extra} for i in range(n)]
+
+
+def run_to_end(p: Pipeline, job: Job, clock: Clock, deadline: float = 60) -> Job:
+    end = time.monotonic() + deadline
+    while True:
+        p.poll(job.hub)
+        job = p.ledger.get(job.hub, job.job_id)
+        if job.state.is_terminal:
+            return job
+        if time.monotonic() > end:
+            raise TimeoutError(f"job still {job.state}")
+        clock.advance(0.5)
+        time.sleep(0.05)
+
+
+def hub_count(p: Pipeline) -> int:
+    return p.hubs["devhub"].get_registry_statistics().total
+
+
+def test_good_upload_is_imported_and_archived(pipeline: Pipeline, clock: Clock) -> None:
+    ref = upload(pipeline, "fleet.jsonl", devices(10))
+    job = pipeline.accept_upload(ref, "devhub")
+    assert (job.state, job.lines, job.modes) == (JobState.QUEUED, 10, {"createOrUpdate": 10})
+    started = pipeline.start_next("devhub")
+    assert started is not None and started.state is JobState.RUNNING and started.hub_job_id
+    assert pipeline.ledger.slot_holder("devhub") == job.job_id
+    done = run_to_end(pipeline, job, clock)
+    assert done.state is JobState.COMPLETED and done.progress == 100 and done.failed_devices == 0
+    assert hub_count(pipeline) == 10
+    assert pipeline.storage.properties(BlobRef(ref.container, ref.name)) is None
+    archived = BlobRef(pipeline.containers.archive, f"processed/{job.job_id}/fleet.jsonl")
+    assert pipeline.storage.properties(archived) is not None
+    assert pipeline.ledger.slot_holder("devhub") is None
+    assert "summary" in done.reports
+
+
+def test_bad_upload_is_rejected_with_a_report_and_the_hub_untouched(pipeline: Pipeline) -> None:
+    ref = upload(pipeline, "bad.jsonl", [*devices(3), {"id": "x y", "status": "enabled"}, '{"id":'])
+    job = pipeline.accept_upload(ref, "devhub")
+    assert job.state is JobState.REJECTED and job.validation_errors == 2
+    container, path = job.reports["rejection"].split("/", 1)
+    report = json.loads(b"".join(pipeline.storage.open_read(BlobRef(container, path))))
+    assert [(e["line"], e["code"]) for e in report["errors"]] == [(4, "INVALID_DEVICE_ID"), (5, "INVALID_JSON")]
+    assert pipeline.start_next("devhub") is None
+    assert hub_count(pipeline) == 0 and pipeline.hubs["devhub"].list_jobs() == []
+    assert pipeline.storage.properties(BlobRef(pipeline.containers.archive, f"failed/{job.job_id}/bad.jsonl"))
+    assert pipeline.storage.properties(BlobRef(ref.container, ref.name)) is None
+
+
+def test_duplicate_delivery_gives_one_job(pipeline: Pipeline, clock: Clock) -> None:
+    ref = upload(pipeline, "twice.jsonl", devices(2))
+    first = pipeline.accept_upload(ref, "devhub")
+    second = pipeline.accept_upload(ref, "devhub")
+    assert first.job_id == second.job_id
+    assert len(pipeline.ledger.list_jobs("devhub")[0]) == 1
+    run_to_end(pipeline, first, clock)
+    assert pipeline.accept_upload(ref, "devhub").state is JobState.COMPLETED  # a late redelivery does nothing
+    assert len(pipeline.hubs["devhub"].list_jobs()) == 1
+
+
+def test_per_device_hub_errors_end_completed_with_errors(pipeline: Pipeline, clock: Clock) -> None:
+    pipeline.hubs["devhub"].bulk_update([{"id": "taken", "status": "enabled", "importMode": "create"}])
+    ref = upload(
+        pipeline,
+        "mixed.jsonl",
+        [
+            *devices(3),
+            {"id": "taken", "status": "enabled", "importMode": "create"},
+            {"id": "ghost", "status": "enabled", "importMode": "update"},
+        ],
+    )
+    job = run_to_end(pipeline, pipeline.accept_upload(ref, "devhub"), clock)
+    assert job.state is JobState.COMPLETED_WITH_ERRORS and job.failed_devices == 2
+    container, path = job.reports["errorsCsv"].split("/", 1)
+    csv_text = b"".join(pipeline.storage.open_read(BlobRef(container, path))).decode()
+    assert "taken,,409001,DeviceAlreadyExists" in csv_text and "ghost,,404001,DeviceNotFound" in csv_text
+
+
+def test_busy_hub_keeps_the_job_queued(pipeline: Pipeline, iothub: IoTHubEmulator, clock: Clock) -> None:
+    control(iothub, "jobs", {"paused": True})
+    work = pipeline.storage.ensure_container(f"foreign-{uuid.uuid4().hex[:8]}").container_name
+    foreign = pipeline.hubs["devhub"].create_export_job(pipeline.storage.container_sas_url(work, "rwdl"))
+    job = pipeline.accept_upload(upload(pipeline, "wait.jsonl", devices(2)), "devhub")
+    waiting = pipeline.start_next("devhub")
+    assert waiting is not None and waiting.state is JobState.QUEUED and "busy" in (waiting.failure_reason or "")
+    assert pipeline.ledger.slot_holder("devhub") is None
+    pipeline.hubs["devhub"].cancel_job(foreign.job_id)
+    control(iothub, "jobs", {"paused": False})
+    assert run_to_end(pipeline, job, clock).state is JobState.COMPLETED
+
+
+def test_crash_before_the_hub_job_was_created_requeues(pipeline: Pipeline, clock: Clock) -> None:
+    job = pipeline.accept_upload(upload(pipeline, "c1.jsonl", devices(2)), "devhub")
+    assert pipeline.ledger.claim_slot("devhub", job.job_id, now=clock())
+    pipeline.ledger.move(job, JobState.SUBMITTING, now=clock())  # ... and the process died here
+    assert pipeline.poll("devhub") == []  # still within the grace period: another instance may be submitting
+    clock.advance(5)
+    done = run_to_end(pipeline, job, clock)
+    assert done.state is JobState.COMPLETED and done.attempts == 1
+    assert len(pipeline.hubs["devhub"].list_jobs()) == 1
+
+
+def test_crash_after_the_hub_job_was_created_adopts_it(pipeline: Pipeline, clock: Clock) -> None:
+    job = pipeline.accept_upload(upload(pipeline, "c2.jsonl", devices(2)), "devhub")
+    pipeline.ledger.claim_slot("devhub", job.job_id, now=clock())
+    job = pipeline.ledger.move(job, JobState.SUBMITTING, now=clock())
+    inp, out = pipeline._urls(job)
+    created = pipeline.hubs["devhub"].create_import_job(inp, out)  # the hub took it; we died before recording
+    clock.advance(5)
+    done = run_to_end(pipeline, job, clock)
+    assert done.state is JobState.COMPLETED and done.hub_job_id == created.job_id
+    assert [j.job_id for j in pipeline.hubs["devhub"].list_jobs()] == [created.job_id]  # never submitted twice
+
+
+def test_the_flow_rides_out_injected_faults(pipeline: Pipeline, iothub: IoTHubEmulator, clock: Clock) -> None:
+    job = pipeline.accept_upload(upload(pipeline, "faults.jsonl", devices(20)), "devhub")
+    control(iothub, "faults", {"rate": 0.3, "statuses": [429, 500, 503], "retryAfter": 0, "seed": 5})
+    clock_step = 3  # minutes per pass: lets a submission hit by a 500 be reconciled
+
+    end = time.monotonic() + 90
+    while not (job := pipeline.ledger.get("devhub", job.job_id)).state.is_terminal:
+        try:
+            pipeline.poll("devhub")
+        except Exception as exc:  # a monitor pass may fail; the next one carries on (as the timer would)
+            assert "IoT Hub" in str(exc)
+        clock.advance(clock_step)
+        assert time.monotonic() < end, job.state
+    control(iothub, "faults", {"rate": 0})
+    assert job.state is JobState.COMPLETED
+    assert hub_count(pipeline) == 20
+    assert len(pipeline.hubs["devhub"].list_jobs()) == 1
+
+
+def test_no_secrets_in_ledger_or_reports(pipeline: Pipeline, azurite: Azurite, clock: Clock) -> None:
+    lines = [
+        {
+            "id": f"k-{i}",
+            "status": "enabled",
+            "importMode": "create",
+            "authentication": {"symmetricKey": {"primaryKey": KEY, "secondaryKey": KEY}},
+        }
+        for i in range(3)
+    ]
+    pipeline.hubs["devhub"].bulk_update([{"id": "k-0", "status": "enabled"}])
+    job = run_to_end(pipeline, pipeline.accept_upload(upload(pipeline, "keys.jsonl", lines), "devhub"), clock)
+    assert job.state is JobState.COMPLETED_WITH_ERRORS
+    texts = [json.dumps(dict(e), default=str) for e in pipeline.ledger.table.list_entities()]
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    reports = service.get_container_client(pipeline.containers.reports)
+    texts += [reports.download_blob(b.name).readall().decode() for b in reports.list_blobs()]
+    assert len(texts) > 3
+    for text in texts:
+        assert KEY not in text and "sig=" not in text and "SharedAccessKey" not in text and "AccountKey" not in text
