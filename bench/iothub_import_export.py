@@ -14,28 +14,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import requests
-from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
+from azure.storage.blob import BlobServiceClient
 
 from bench.common import PeakRss, device_lines, elapsed, mib, write_file
 from emulators.azurite import Azurite
 from emulators.iothub import POLICIES
 from emulators.iothub.auth import sign
-
-
-def _sas(service: BlobServiceClient, container: str, perm: str) -> str:
-    token = generate_container_sas(
-        str(service.account_name),
-        container,
-        account_key=service.credential.account_key,
-        permission=ContainerSasPermissions.from_string(perm),
-        expiry=datetime.now(UTC) + timedelta(hours=4),
-    )
-    return f"{service.url.rstrip('/')}/{container}?{token}"
+from shared.storage import Storage
 
 
 class Hub:
@@ -106,8 +95,8 @@ def run(count: int, seed: int, work: Path, azurite: Azurite) -> dict[str, Any]:
             hub.run_job(
                 {
                     "type": "import",
-                    "inputBlobContainerUri": _sas(service, container, "rl"),
-                    "outputBlobContainerUri": _sas(service, container, "rwd"),
+                    "inputBlobContainerUri": Storage(service).container_sas_url(container, "rl"),
+                    "outputBlobContainerUri": Storage(service).container_sas_url(container, "rwd"),
                 }
             )
             import_s = elapsed(start)
@@ -120,7 +109,7 @@ def run(count: int, seed: int, work: Path, azurite: Azurite) -> dict[str, Any]:
             hub.run_job(
                 {
                     "type": "export",
-                    "outputBlobContainerUri": _sas(service, container, "rwd"),
+                    "outputBlobContainerUri": Storage(service).container_sas_url(container, "rwd"),
                     "outputBlobName": "out.txt",
                 }
             )

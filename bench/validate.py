@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import device_lines, mib, write_file
+from shared.devices import AUTH_TYPES, EDGE_SYSTEM_MODULES, IMPORT_MODES, STATUSES
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -30,29 +31,17 @@ SCHEMA: dict[str, Any] = {
         "moduleId": {
             "type": "string",
             "pattern": r"^[A-Za-z0-9\-.+%_#*?!(),:=@$']{1,128}$",
-            "not": {"enum": ["$edgeAgent", "$edgeHub"]},
+            "not": {"enum": list(EDGE_SYSTEM_MODULES)},
         },
-        "importMode": {
-            "enum": [
-                "createOrUpdate",
-                "create",
-                "update",
-                "updateIfMatchETag",
-                "createOrUpdateIfMatchETag",
-                "delete",
-                "deleteIfMatchETag",
-                "updateTwin",
-                "updateTwinIfMatchETag",
-            ]
-        },
-        "status": {"enum": ["enabled", "disabled"]},
+        "importMode": {"enum": list(IMPORT_MODES)},
+        "status": {"enum": list(STATUSES)},
         "statusReason": {"type": "string", "maxLength": 128},
         "eTag": {"type": "string"},
         "twinETag": {"type": "string"},
         "authentication": {
             "type": ["object", "null"],
             "properties": {
-                "type": {"enum": ["sas", "selfSigned", "certificateAuthority", "none"]},
+                "type": {"enum": list(AUTH_TYPES)},
                 "symmetricKey": {
                     "type": ["object", "null"],
                     "properties": {

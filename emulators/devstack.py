@@ -15,14 +15,14 @@ import signal
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
+from azure.storage.blob import BlobServiceClient
 
 from emulators.azurite import REPO, Azurite, free_port
 from emulators.iothub import IoTHubEmulator
 from shared.iothub import IoTHubClient, Job, error_name
+from shared.storage import Storage
 
 SAMPLES = REPO / "samples"
 
@@ -35,17 +35,6 @@ def _port(preferred: int) -> int:
             s.bind(("127.0.0.1", preferred))
             return preferred
     return free_port()
-
-
-def _sas(service: BlobServiceClient, container: str, permission: str) -> str:
-    token = generate_container_sas(
-        str(service.account_name),
-        container,
-        account_key=service.credential.account_key,
-        permission=ContainerSasPermissions.from_string(permission),
-        expiry=datetime.now(UTC) + timedelta(hours=2),
-    )
-    return f"{service.url.rstrip('/')}/{container}?{token}"
 
 
 def _say(text: str = "") -> None:
@@ -68,6 +57,7 @@ def _wait(hub: IoTHubClient, job: Job) -> Job:
 
 
 def demo(hub: IoTHubClient, service: BlobServiceClient) -> None:
+    store = Storage(service)
     for name in ("demo-in", "demo-out"):
         with contextlib.suppress(Exception):
             service.create_container(name)
@@ -75,7 +65,9 @@ def demo(hub: IoTHubClient, service: BlobServiceClient) -> None:
     service.get_blob_client("demo-in", "devices.txt").upload_blob(
         (SAMPLES / "devices-good.jsonl").read_bytes(), overwrite=True
     )
-    _wait(hub, hub.create_import_job(_sas(service, "demo-in", "rl"), _sas(service, "demo-out", "rwd")))
+    _wait(
+        hub, hub.create_import_job(store.container_sas_url("demo-in", "rl"), store.container_sas_url("demo-out", "rwd"))
+    )
     stats = hub.get_registry_statistics()
     _say(f"    registry: {stats.total} devices ({stats.enabled} enabled, {stats.disabled} disabled)")
 
@@ -83,7 +75,9 @@ def demo(hub: IoTHubClient, service: BlobServiceClient) -> None:
     service.get_blob_client("demo-in", "devices.txt").upload_blob(
         (SAMPLES / "devices-with-mistakes.jsonl").read_bytes(), overwrite=True
     )
-    _wait(hub, hub.create_import_job(_sas(service, "demo-in", "rl"), _sas(service, "demo-out", "rwd")))
+    _wait(
+        hub, hub.create_import_job(store.container_sas_url("demo-in", "rl"), store.container_sas_url("demo-out", "rwd"))
+    )
     log = service.get_blob_client("demo-out", "importErrors.log").download_blob().readall().decode()
     for line in log.splitlines():
         entry = json.loads(line)
@@ -92,7 +86,7 @@ def demo(hub: IoTHubClient, service: BlobServiceClient) -> None:
         _say(f"    {device:18} {error_name(code)} ({code}): {entry['errorStatus'][:90]}")
 
     _say("\n== 3. Export the registry (keys excluded)")
-    _wait(hub, hub.create_export_job(_sas(service, "demo-out", "rwd"), output_blob_name="backup.txt"))
+    _wait(hub, hub.create_export_job(store.container_sas_url("demo-out", "rwd"), output_blob_name="backup.txt"))
     lines = service.get_blob_client("demo-out", "backup.txt").download_blob().readall().decode().splitlines()
     _say(f"    demo-out/backup.txt: {len(lines)} lines; first: {lines[0][:110]}...")
 

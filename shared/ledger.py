@@ -339,18 +339,7 @@ class Ledger:
             return True
         if holder is not None:
             return False
-        try:
-            self.table.update_entity(
-                _slot(hub, job_id, now),
-                mode=UpdateMode.REPLACE,
-                etag=row.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except HttpResponseError as exc:
-            if exc.status_code == 412:
-                return False
-            raise
-        return True
+        return self._swap_slot(hub, row.metadata["etag"], job_id, now)
 
     def release_slot(self, hub: str, job_id: str, *, now: datetime) -> bool:
         """Free the slot if ``job_id`` holds it. True if released (or already free of this job)."""
@@ -360,11 +349,15 @@ class Ledger:
             return True
         if (row.get("Holder") or None) != job_id:
             return True
+        return self._swap_slot(hub, row.metadata["etag"], "", now)
+
+    def _swap_slot(self, hub: str, etag: str | None, holder: str, now: datetime) -> bool:
+        """Set the slot's holder if the row is still as read (If-Match); False if another instance got there first."""
         try:
             self.table.update_entity(
-                _slot(hub, "", now),
+                _slot(hub, holder, now),
                 mode=UpdateMode.REPLACE,
-                etag=row.metadata["etag"],
+                etag=etag,
                 match_condition=MatchConditions.IfNotModified,
             )
         except HttpResponseError as exc:
