@@ -22,3 +22,15 @@ def test_function_app_registers_health() -> None:
     assert "health" in functions
     trigger = functions["health"].get_trigger().get_dict_repr()
     assert trigger["route"] == "health"
+
+
+def test_host_and_sample_settings() -> None:
+    import json
+
+    host = json.loads((REPO / "host.json").read_text())
+    assert host["version"] == "2.0"
+    assert host["extensionBundle"]["version"] == "[4.*, 5.0.0)"
+    assert host["extensions"]["blobs"]["poisonBlobThreshold"] == 5
+    sample = json.loads((REPO / "local.settings.sample.json").read_text())
+    assert sample["Values"]["FUNCTIONS_WORKER_RUNTIME"] == "python"
+    assert not (REPO / "local.settings.json").exists() or "local.settings.json" in (REPO / ".gitignore").read_text()
