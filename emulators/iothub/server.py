@@ -293,6 +293,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
 
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.emulator.store.release()  # one thread per client connection: free its SQLite connection
+
     def do_GET(self) -> None:
         self._dispatch()
 

@@ -49,6 +49,17 @@ class Store:
                 self._all.append(conn)
         return conn
 
+    def release(self) -> None:
+        """Close the calling thread's connection: request threads come and go, their connections must too."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        with self._lock:
+            if conn in self._all:
+                self._all.remove(conn)
+        conn.close()
+        self._local.conn = None
+
     def close(self) -> None:
         with self._lock:
             for c in self._all:
