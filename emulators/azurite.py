@@ -38,8 +38,13 @@ def _listening(host: str, port: int) -> bool:
 class Azurite:
     """A running Azurite; ``connection_string`` points clients at it."""
 
-    def __init__(self, location: Path | None = None, *, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, location: Path | None = None, *, host: str = "127.0.0.1", extra_args: tuple[str, ...] = ()
+    ) -> None:
+        """``extra_args`` e.g. ``("--oauth", "basic", "--cert", pem, "--key", key)`` for HTTPS with Bearer tokens."""
         self.host = host
+        self.extra_args = extra_args
+        self.scheme = "https" if "--cert" in extra_args else "http"
         self._owns_location = location is None
         self.location = Path(location or tempfile.mkdtemp(prefix="azurite-"))
         self.location.mkdir(parents=True, exist_ok=True)
@@ -48,9 +53,9 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
-        base = f"http://{self.host}"
+        base = f"{self.scheme}://{self.host}"
         return (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"DefaultEndpointsProtocol={self.scheme};AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
             f"BlobEndpoint={base}:{self.blob_port}/{ACCOUNT};"
             f"QueueEndpoint={base}:{self.queue_port}/{ACCOUNT};"
             f"TableEndpoint={base}:{self.table_port}/{ACCOUNT};"
@@ -58,7 +63,7 @@ class Azurite:
 
     @property
     def blob_endpoint(self) -> str:
-        return f"http://{self.host}:{self.blob_port}/{ACCOUNT}"
+        return f"{self.scheme}://{self.host}:{self.blob_port}/{ACCOUNT}"
 
     def start(self, timeout: float = 60) -> Azurite:
         """Start Azurite and wait until its three services accept connections.
@@ -90,6 +95,7 @@ class Azurite:
                 str(self.queue_port),
                 "--tablePort",
                 str(self.table_port),
+                *self.extra_args,
             ]
             log = open(self.location / "azurite.log", "ab")  # noqa: SIM115 - owned by the child process
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
