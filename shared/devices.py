@@ -10,6 +10,7 @@ validating and staging the copy the hub will read cost one read of the upload.
 from __future__ import annotations
 
 import binascii
+import json
 import re
 import sqlite3
 import tempfile
@@ -174,7 +175,7 @@ def _near(value: str, choices: Iterable[str]) -> str | None:
 def _enum_message(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if isinstance(value, str) and (hint := _near(value, choices)):
         return f"{name} '{value}' is not valid: use '{hint}' (the exact casing matters)."
-    return f"{name} {orjson.dumps(value).decode()} is not valid: use one of {', '.join(choices)}."
+    return f"{name} {_dumps(value).decode()} is not valid: use one of {', '.join(choices)}."
 
 
 _FIELD_BY_SQUASH = {_squash(f): f for f in FIELDS}
@@ -204,8 +205,16 @@ def _bad_twin_key(obj: Any, top: bool = True) -> str | None:
     return None
 
 
+def _dumps(obj: Any) -> bytes:
+    """Compact JSON; falls back to the stdlib for what orjson refuses (integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def _size(obj: Any) -> int:
-    return len(orjson.dumps(obj))
+    return len(_dumps(obj))
 
 
 class _LineChecker:
@@ -266,7 +275,7 @@ class _LineChecker:
         mid = None
         if mod is not None:
             if not isinstance(mod, str) or not MODULE_ID_RE.fullmatch(mod):
-                add(Code.INVALID_MODULE_ID, f"Module id {orjson.dumps(mod).decode()[:140]} is invalid.", "moduleId")
+                add(Code.INVALID_MODULE_ID, f"Module id {_dumps(mod).decode()[:140]} is invalid.", "moduleId")
             elif mod in EDGE_SYSTEM_MODULES:
                 add(
                     Code.EDGE_SYSTEM_MODULE,
@@ -464,7 +473,7 @@ _META = ("$metadata", "$version")
 def _twin_section(section: dict[str, Any], name: str, limit: int, add: Callable[..., None], mid: str | None) -> None:
     # Hot path: one serialization gives the size, and its brace count bounds the depth and says whether any
     # value is an object; the slow walks run only when these cheap checks cannot rule a problem out.
-    dumped = orjson.dumps(section)
+    dumped = _dumps(section)
     size = len(dumped)
     if size > limit:
         add(Code.TWIN_TOO_LARGE, f"Twin '{name}' is {size} bytes: the limit is {limit // 1024} KB.", name, mid)
@@ -560,7 +569,7 @@ def _flat_small(section: Any) -> bool:
     """A twin section that is certainly valid: an object under 4 KB, no nested objects, plain keys."""
     if type(section) is not dict or "$metadata" in section or "$version" in section:
         return False
-    dumped = orjson.dumps(section)
+    dumped = _dumps(section)
     return len(dumped) <= PROPERTY_VALUE_MAX_BYTES and dumped.count(b"{") == 1 and not _BAD_KEY("".join(section))
 
 
