@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
@@ -101,12 +100,6 @@ class StorageSettings:
             return BlobServiceClient.from_connection_string(self.connection_string, **opts)
         assert self.blob_uri is not None
         return BlobServiceClient(self.blob_uri, credential=self.credential(), **opts)
-
-
-def strip_query(url: str) -> str:
-    """A URL without its query string (where a SAS token lives): safe to log and to store."""
-    p = urlsplit(url)
-    return f"{p.scheme}://{p.netloc}{p.path}"
 
 
 def _explain(exc: AzureError, what: str) -> StorageError:

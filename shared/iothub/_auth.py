@@ -58,6 +58,24 @@ def sign_sas(resource: str, key: str, policy: str, expiry: int) -> str:
     return f"SharedAccessSignature sr={sr}&sig={sig}&se={expiry}&skn={policy}"
 
 
+class _RenewingToken:
+    """Caches one token and fetches a new one ``margin`` seconds before it expires; thread-safe."""
+
+    def __init__(self, margin: float, clock: Callable[[], float]) -> None:
+        self.margin = margin
+        self.clock = clock
+        self._token = ""
+        self._expiry = 0.0
+        self._lock = threading.Lock()
+
+    def current(self, fetch: Callable[[float], tuple[str, float]]) -> str:
+        with self._lock:
+            now = self.clock()
+            if now >= self._expiry - self.margin:
+                self._token, self._expiry = fetch(now)
+            return self._token
+
+
 @dataclass
 class SasCredential:
     """Signs tokens with a shared access policy key; a token lives ``ttl`` s and is renewed ``margin`` s early."""
@@ -68,17 +86,17 @@ class SasCredential:
     ttl: int = 3600
     margin: int = 300
     clock: Callable[[], float] = time.time
-    _token: str = field(default="", repr=False)
-    _expiry: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _cache: _RenewingToken = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._cache = _RenewingToken(self.margin, self.clock)
 
     def authorization(self) -> str:
-        with self._lock:
-            now = self.clock()
-            if now >= self._expiry - self.margin:
-                self._expiry = int(now) + self.ttl
-                self._token = sign_sas(self.host, self.key, self.policy, int(self._expiry))
-            return self._token
+        return self._cache.current(self._sign)
+
+    def _sign(self, now: float) -> tuple[str, float]:
+        expiry = int(now) + self.ttl
+        return sign_sas(self.host, self.key, self.policy, expiry), float(expiry)
 
 
 @dataclass
@@ -89,13 +107,14 @@ class EntraCredential:
     scope: str = ENTRA_SCOPE
     margin: int = 300
     clock: Callable[[], float] = time.time
-    _token: str = field(default="", repr=False)
-    _expiry: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _cache: _RenewingToken = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._cache = _RenewingToken(self.margin, self.clock)
 
     def authorization(self) -> str:
-        with self._lock:
-            if self.clock() >= self._expiry - self.margin:
-                token = self.credential.get_token(self.scope)
-                self._token, self._expiry = token.token, float(token.expires_on)
-            return f"Bearer {self._token}"
+        return "Bearer " + self._cache.current(self._fetch)
+
+    def _fetch(self, _now: float) -> tuple[str, float]:
+        token = self.credential.get_token(self.scope)
+        return token.token, float(token.expires_on)
