@@ -569,7 +569,10 @@ def _flat_small(section: Any) -> bool:
     """A twin section that is certainly valid: an object under 4 KB, no nested objects, plain keys."""
     if type(section) is not dict or "$metadata" in section or "$version" in section:
         return False
-    dumped = _dumps(section)
+    try:
+        dumped = orjson.dumps(section)  # hot path: no fallback wrapper; what orjson refuses goes to the full check
+    except TypeError:
+        return False
     return len(dumped) <= PROPERTY_VALUE_MAX_BYTES and dumped.count(b"{") == 1 and not _BAD_KEY("".join(section))
 
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from itertools import islice
 from typing import Any
 
 from azure.core import MatchConditions
@@ -297,13 +298,17 @@ class Ledger:
         if after:
             parts.append("RowKey gt @after")
             params["after"] = after
-        jobs: list[Job] = []
-        for e in self.table.query_entities(" and ".join(parts), parameters=params):
-            job = Job.from_entity(e)
-            if states and job.state not in states:
-                continue
-            jobs.append(job)
-        jobs.sort(key=lambda j: j.job_id)
+        if states:
+            names = sorted(str(s) for s in states)
+            # the SDK reads a parameter name up to the next space, so none may touch the closing parenthesis
+            parts.append("(" + " or ".join(f"State eq @s{i}" for i in range(len(names))) + " )")
+            params.update({f"s{i}": n for i, n in enumerate(names)})
+        rows = self.table.query_entities(" and ".join(parts), parameters=params)
+        if hub:
+            # One partition comes back in RowKey order, which is newest first: read one row past the page only.
+            jobs = [Job.from_entity(e) for e in islice(rows, limit + 1)]
+        else:
+            jobs = sorted((Job.from_entity(e) for e in rows), key=lambda j: j.job_id)[: limit + 1]
         page = jobs[:limit]
         return page, (page[-1].job_id if len(jobs) > limit else None)
 
