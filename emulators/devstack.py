@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -28,13 +29,13 @@ SAMPLES = REPO / "samples"
 
 
 def _port(preferred: int) -> int:
-    with contextlib.suppress(OSError):
-        import socket
-
-        with socket.socket() as s:
+    """``preferred`` if it is free on loopback, else any free port."""
+    with socket.socket() as s:
+        try:
             s.bind(("127.0.0.1", preferred))
-            return preferred
-    return free_port()
+        except OSError:
+            return free_port()
+    return preferred
 
 
 def _say(text: str = "") -> None:

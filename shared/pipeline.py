@@ -102,9 +102,12 @@ class Pipeline:
                 failure_reason=f"{report.error_count} problem(s) in the file; nothing was imported",
                 reports={"rejection": f"{self.containers.reports}/{path}"},
             )
+        mine = job.work_container
         job, created = self.ledger.create(job)
         if not created:
             logger.info("upload %s was accepted concurrently as job %s", ref.path, job.job_id)
+        if not created or job.state is JobState.REJECTED:
+            self.storage.delete_container(mine)  # nothing in it will ever be read: never leave it behind
         self._finish_accept(job, ref)
         return job
 

@@ -188,6 +188,15 @@ class Storage:
             raise _explain(exc, f"container {name}") from exc
         return container
 
+    def delete_container(self, name: str) -> None:
+        """Delete a container if it exists (uncommitted blocks in it go with it)."""
+        try:
+            self.service.delete_container(name)
+        except ResourceNotFoundError:
+            pass
+        except AzureError as exc:
+            raise _explain(exc, f"deleting container {name}") from exc
+
     def open_read(self, ref: BlobRef) -> Iterator[bytes]:
         """Stream a blob in chunks; with ``ref.etag``, only that version (a newer upload fails the read)."""
         blob = self.service.get_blob_client(ref.container, ref.name)

@@ -108,6 +108,7 @@ def test_bad_upload_is_rejected_with_a_report_and_the_hub_untouched(pipeline: Pi
     assert hub_count(pipeline) == 0 and pipeline.hubs["devhub"].list_jobs() == []
     assert pipeline.storage.properties(BlobRef(pipeline.containers.archive, f"failed/{job.job_id}/bad.jsonl"))
     assert pipeline.storage.properties(BlobRef(ref.container, ref.name)) is None
+    assert not pipeline.storage.service.get_container_client(job.work_container).exists()
 
 
 def test_duplicate_delivery_gives_one_job(pipeline: Pipeline, clock: Clock) -> None:
