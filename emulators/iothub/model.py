@@ -27,6 +27,7 @@ class _Delete:
 
 DELETE: Final = _Delete()
 
+# Kept apart from shared.devices for the same reason as errors.CODE_NAMES: the emulator is the service.
 IMPORT_MODES = (
     "createOrUpdate",
     "create",

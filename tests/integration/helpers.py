@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
+from azure.iot.hub.models import JobProperties
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
 from emulators.iothub import POLICIES, IoTHubEmulator
@@ -48,6 +49,16 @@ class Storage:
     def read_lines(self, container: str, name: str) -> list[dict[str, Any]]:
         data = self.service.get_blob_client(container, name).download_blob().readall()
         return [json.loads(x) for x in data.decode().splitlines() if x.strip()]
+
+
+def sas_import(storage: Storage, src: str, out: str, **props: Any) -> JobProperties:
+    """Import job properties reading ``src`` (SAS: read) and writing to ``out`` (SAS: read, write, delete)."""
+    return JobProperties(
+        type="import",
+        input_blob_container_uri=storage.sas_url(src, "rl"),
+        output_blob_container_uri=storage.sas_url(out, "rwd"),
+        **props,
+    )
 
 
 def wait_for(get_status: Callable[[], Any], *, deadline: float = 120) -> Any:

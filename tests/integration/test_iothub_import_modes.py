@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from azure.iot.hub import IoTHubJobManager, IoTHubRegistryManager
-from azure.iot.hub.models import ExportImportDevice, JobProperties
+from azure.iot.hub.models import ExportImportDevice
 from msrest.exceptions import HttpOperationError
 
 from emulators.iothub import IoTHubEmulator
 
-from .helpers import Storage, wait_for
+from .helpers import Storage, sas_import, wait_for
 
 # (case, importMode, device exists before, which ETag the line carries, expected outcome)
 CASES: list[tuple[str, str, bool, str | None, str | int]] = [
@@ -61,13 +61,7 @@ def test_every_import_mode(iothub: IoTHubEmulator, storage: Storage) -> None:
     src, out = storage.container("in"), storage.container("out")
     storage.upload_lines(src, lines)
     jm = IoTHubJobManager.from_connection_string(iothub.connection_string())
-    job = jm.create_import_export_job(
-        JobProperties(
-            type="import",
-            input_blob_container_uri=storage.sas_url(src, "rl"),
-            output_blob_container_uri=storage.sas_url(out, "rwd"),
-        )
-    )
+    job = jm.create_import_export_job(sas_import(storage, src, out))
     assert wait_for(lambda: jm.get_import_export_job(job.job_id)).status == "completed"
     errors = {e["deviceId"]: e["errorCode"] for e in storage.read_lines(out, "importErrors.log")}
 

@@ -9,7 +9,7 @@ from msrest.exceptions import HttpOperationError
 
 from emulators.iothub import IoTHubEmulator
 
-from .helpers import Storage, control, device_line, wait_for, wait_until
+from .helpers import Storage, control, device_line, sas_import, wait_for, wait_until
 
 KEY_A = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="  # 32 bytes
 KEY_B = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI="
@@ -125,14 +125,7 @@ def test_import_then_export_round_trip(iothub: IoTHubEmulator, storage: Storage)
     ]
     storage.upload_lines(src, lines)
     jm = jobs(iothub)
-    job = jm.create_import_export_job(
-        JobProperties(
-            type="import",
-            input_blob_container_uri=storage.sas_url(src, "rl"),
-            output_blob_container_uri=storage.sas_url(out, "rwd"),
-            storage_authentication_type="keyBased",
-        )
-    )
+    job = jm.create_import_export_job(sas_import(storage, src, out, storage_authentication_type="keyBased"))
     assert job.status == "enqueued"
     done = wait_for(lambda: jm.get_import_export_job(job.job_id))
     assert done.status == "completed", done.failure_reason
@@ -187,13 +180,7 @@ def test_import_writes_per_device_errors(iothub: IoTHubEmulator, storage: Storag
         ],
     )
     jm = jobs(iothub)
-    job = jm.create_import_export_job(
-        JobProperties(
-            type="import",
-            input_blob_container_uri=storage.sas_url(src, "rl"),
-            output_blob_container_uri=storage.sas_url(out, "rwd"),
-        )
-    )
+    job = jm.create_import_export_job(sas_import(storage, src, out))
     assert wait_for(lambda: jm.get_import_export_job(job.job_id)).status == "completed"
     log = storage.read_lines(out, "importErrors.log")
     assert [(e.get("deviceId"), e["errorCode"]) for e in log] == [
