@@ -208,8 +208,7 @@ class JobRunner:
             self._stop.wait(delay)
         if self._stop.is_set():
             raise _Cancelled
-        if progress != job["progress"]:
-            job["progress"] = progress
+        job["progress"] = progress
         if not self.store.update_job(job):  # cancelled (or reset) meanwhile
             raise _Cancelled
 
@@ -232,7 +231,6 @@ class JobRunner:
         BlockWriter(log_blob, what=log_what).commit()
         errors = BlockWriter(log_blob, what=log_what)
         batch: list[Record | LineError] = []
-        consumed = 0
         try:
             for raw, consumed in _lines(download.chunks()):
                 if not raw.strip(b" \t\r"):

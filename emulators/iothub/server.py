@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from . import query
 from .auth import Right, authorize, connection_string
 from .blobs import StorageAccess
-from .errors import ApiError
+from .errors import CODE_NAMES, ApiError
 from .faults import FaultConfig, Faults
 from .jobs import JobRunner, iso
 from .model import LineError, device_json, twin_json
@@ -170,7 +170,7 @@ def bulk(emu: IoTHubEmulator, req: Request) -> Response:
         {
             "deviceId": f.device_id,
             "moduleId": f.module_id,
-            "errorCode": _error_name(f.error.code),
+            "errorCode": CODE_NAMES.get(f.error.code, "GenericError"),
             "errorStatus": f.error.message,
             "operation": f.mode,
         }
@@ -178,10 +178,6 @@ def bulk(emu: IoTHubEmulator, req: Request) -> Response:
     ]
     result = {"isSuccessful": not errors, "errors": errors, "warnings": []}
     return Response(200 if not errors else 400, result)
-
-
-def _error_name(code: int) -> str:
-    return ApiError(code, "").name
 
 
 @route("POST", r"/devices/query", Right.REGISTRY_READ)

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import requests
+from urllib3.exceptions import NewConnectionError
 
 from ._auth import Credential, EntraCredential, SasCredential, parse_connection_string
 from ._errors import (
@@ -238,8 +239,9 @@ class IoTHubClient:
 
 
 def _never_sent(exc: requests.ConnectionError) -> bool:
-    text = repr(exc)
-    return "NewConnectionError" in text or "Connection refused" in text
+    """True when no connection was made (refused, unresolvable): the hub cannot have seen the request."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError)
 
 
 def _check_id(value: str, name: str) -> None:

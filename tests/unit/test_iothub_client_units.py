@@ -59,3 +59,13 @@ def test_error_parsing_of_both_message_shapes() -> None:
     assert isinstance(e, IoTHubNotFound) and (e.code, e.code_name, e.request_id) == (404001, "DeviceNotFound", "t1")
     q = _http_error(_response(403, b'{"Message":"ErrorCode:JobQuotaExceeded;Job quota has been exceeded"}'))
     assert isinstance(q, JobQuotaExceeded) and q.code == 403003
+
+
+def test_never_sent_tells_a_refused_connection_from_a_broken_one() -> None:
+    from emulators.azurite import free_port
+    from shared.iothub._client import _never_sent
+
+    with pytest.raises(requests.ConnectionError) as refused:
+        requests.get(f"http://127.0.0.1:{free_port()}/", timeout=2)
+    assert _never_sent(refused.value)  # no connection: a POST can be retried safely
+    assert not _never_sent(requests.ConnectionError("Connection reset by peer"))  # it may have been received
