@@ -1,15 +1,84 @@
-"""Azure Functions entry point (Python v2 model): triggers only; the work lives in ``shared/``."""
+"""Azure Functions entry point (Python v2 model): triggers only; the work lives in ``shared/``.
+
+- ``import_on_upload``: blob trigger on ``uploads/{name}`` (SDK-type ``BlobClient``: the file is streamed, never
+  held in memory) -> validate, stage, record, start.
+- ``nightly_backup``: timer (``BACKUP_SCHEDULE``) -> export every hub into ``backups/``, apply retention.
+- ``job_monitor``: timer (``MONITOR_SCHEDULE``) -> follow hub jobs, finish them, start the next.
+- HTTP API under ``/api`` (function key), JSON in and out; ``health`` is anonymous.
+"""
 
 from __future__ import annotations
 
-import json
+import logging
 
 import azure.functions as func
+from azure.core.exceptions import ResourceNotFoundError
+from azurefunctions.extensions.bindings import blob
+
+from shared import api
+from shared.services import services
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+logger = logging.getLogger("function_app")
+
+
+def _respond(reply: api.Reply) -> func.HttpResponse:
+    return func.HttpResponse(reply.json(), status_code=reply.status, mimetype="application/json")
+
+
+@app.blob_trigger(arg_name="client", path="uploads/{name}", connection="DEVICE_STORAGE")
+def import_on_upload(client: blob.BlobClient) -> None:
+    try:
+        etag = client.get_blob_properties().etag
+    except ResourceNotFoundError:
+        # Already archived by an earlier delivery of this blob: its job records what happened.
+        logger.info("upload %s/%s is gone (already processed)", client.container_name, client.blob_name)
+        return
+    services().on_upload(client.container_name, client.blob_name, etag)
+
+
+@app.timer_trigger(arg_name="timer", schedule="%BACKUP_SCHEDULE%", use_monitor=True)
+def nightly_backup(timer: func.TimerRequest) -> None:
+    jobs = services().nightly_backup()
+    logger.info("nightly backup queued %d export job(s) (past due: %s)", len(jobs), timer.past_due)
+
+
+@app.timer_trigger(arg_name="timer", schedule="%MONITOR_SCHEDULE%", use_monitor=False)
+def job_monitor(timer: func.TimerRequest) -> None:
+    for job in services().monitor():
+        logger.info("job %s on %s is %s (%d%%)", job.job_id, job.hub, job.state, job.progress)
+
+
+@app.route(route="imports", methods=["POST"])
+def start_import(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(
+        api.start_import(
+            services, body=req.get_body(), content_type=req.headers.get("content-type", ""), query=req.params
+        )
+    )
+
+
+@app.route(route="exports", methods=["POST"])
+def start_export(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.start_export(services, body=req.get_body(), query=req.params))
+
+
+@app.route(route="jobs", methods=["GET"])
+def list_jobs(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.list_jobs(services, query=req.params))
+
+
+@app.route(route="jobs/{hub}/{job_id}", methods=["GET"])
+def get_job(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.get_job(services, hub=req.route_params["hub"], job_id=req.route_params["job_id"]))
+
+
+@app.route(route="jobs/{hub}/{job_id}/cancel", methods=["POST"])
+def cancel_job(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.cancel_job(services, hub=req.route_params["hub"], job_id=req.route_params["job_id"]))
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     """Liveness probe: answers without touching storage or the hub."""
-    return func.HttpResponse(json.dumps({"status": "ok"}), mimetype="application/json")
+    return _respond(api.Reply(200, {"status": "ok"}))

@@ -9,18 +9,25 @@ Every step is idempotent and leaves the ledger consistent if the process dies ri
   ``running``. A busy hub (403003, a job someone else started) puts the job back to ``queued``.
 - ``reconcile``: a job found ``submitting`` (the process died mid-submission) is matched against the hub's
   ``GET /jobs`` by its work container: found -> ``running``; absent -> ``queued`` again. No job runs twice.
-- ``poll``: follow running jobs; on completion harvest ``importErrors.log`` into reports, archive the upload,
-  release the slot and start the next job.
+- ``poll``: follow running jobs; on completion harvest ``importErrors.log`` into reports (or, for an export, copy
+  the hub's output into ``backups/`` with a manifest), archive the upload, release the slot, delete the job's work
+  container and start the next job.
+
+``CHECKPOINTS`` lets the local runner stop the process between two steps to prove the above; production never
+registers one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from .backups import backup_folder, save_backup
+from .config import Containers
 from .devices import validate_stream
 from .iothub import IoTHubClient, IoTHubError, IoTHubNotFound, IoTHubServerError, IoTHubUnavailable, JobQuotaExceeded
 from .iothub import Job as HubJob
@@ -35,13 +42,18 @@ INPUT_BLOB = "devices.txt"
 ERRORS_BLOB = "importErrors.log"
 SUBMIT_GRACE = timedelta(minutes=2)  # a submission younger than this may still be in flight in another instance
 
+# Observers called with the name of each step just completed ("validated", "accepted", "claimed", "submitted",
+# "running", "harvested"): the local runner uses one to kill the process between steps in crash tests.
+CHECKPOINTS: list[Callable[[str], None]] = []
 
-@dataclass(frozen=True, slots=True)
-class Containers:
-    uploads: str = "uploads"
-    reports: str = "reports"
-    archive: str = "archive"
-    backups: str = "backups"
+
+def checkpoint(step: str) -> None:
+    for observer in CHECKPOINTS:
+        observer(step)
+
+
+class CannotCancel(Exception):
+    """The job is in a state that cannot be cancelled now; the message says why."""
 
 
 def utcnow() -> datetime:
@@ -57,6 +69,7 @@ class Pipeline:
     identity_based: bool = False
     max_errors: int = 100
     clock: Callable[[], datetime] = utcnow
+    submit_grace: timedelta = SUBMIT_GRACE
 
     # --- accept ---------------------------------------------------------------------------------------
 
@@ -89,6 +102,7 @@ class Pipeline:
         if report.valid:
             staged.commit()
             job = replace(job, lines=report.lines, modes=dict(report.modes), params={"sha256": staged.sha256})
+            checkpoint("validated")
         else:
             path = f"{job.job_id}/rejection.json"
             self.storage.upload_bytes(
@@ -108,8 +122,44 @@ class Pipeline:
             logger.info("upload %s was accepted concurrently as job %s", ref.path, job.job_id)
         if not created or job.state is JobState.REJECTED:
             self.storage.delete_container(mine)  # nothing in it will ever be read: never leave it behind
+        checkpoint("accepted")
         self._finish_accept(job, ref)
         return job
+
+    def queue_export(self, hub: str, *, include_keys: bool, source: str, key: str | None = None) -> tuple[Job, bool]:
+        """Queue a registry export of ``hub`` into a new backup folder. ``key`` makes a repeated request (a timer
+        fired twice) find the job already queued. Returns (job, created)."""
+        if hub not in self.hubs:
+            raise ValueError(f"unknown hub '{hub}': configured hubs are {', '.join(sorted(self.hubs))}")
+        now = self.clock()
+        job = Job(
+            hub,
+            new_job_id(now),
+            JobKind.EXPORT,
+            JobState.QUEUED,
+            now,
+            now,
+            source=source,
+            idempotency_key=key,
+            params={"includeKeys": include_keys, "backup": backup_folder(hub, now)},
+        )
+        return self.ledger.create(job)
+
+    def cancel(self, job: Job) -> Job:
+        """Cancel a queued job at once, or ask the hub to cancel a running one (the monitor records the end).
+
+        Raises:
+            CannotCancel: the job has ended, or is being submitted right now.
+        """
+        if job.state.is_terminal:
+            raise CannotCancel(f"job {job.job_id} has already ended ({job.state})")
+        if job.state is JobState.QUEUED:
+            return self._close(job, JobState.CANCELLED, "cancelled by request")
+        if job.state is JobState.SUBMITTING or not job.hub_job_id:
+            raise CannotCancel(f"job {job.job_id} is being submitted to the hub; try again in a minute")
+        with contextlib.suppress(IoTHubNotFound):  # the hub forgot it; the monitor will close the job
+            self.hubs[job.hub].cancel_job(job.hub_job_id)
+        return self.ledger.save(replace(job, failure_reason="cancellation requested", updated=self.clock()))
 
     def _finish_accept(self, job: Job, ref: BlobRef) -> None:
         if job.state is JobState.REJECTED:
@@ -134,6 +184,7 @@ class Pipeline:
         holder = self.ledger.slot_holder(hub)
         if holder not in (None, job.job_id) or not self.ledger.claim_slot(hub, job.job_id, now=now):
             return None
+        checkpoint("claimed")
         try:
             job = self.ledger.move(job, JobState.SUBMITTING, now=now, attempts=job.attempts + 1)
         except LedgerConflict:
@@ -152,6 +203,7 @@ class Pipeline:
 
     def _submit(self, job: Job) -> Job:
         client = self.hubs[job.hub]
+        self.storage.ensure_container(job.work_container)  # an export's is made here; an import's exists already
         input_url, output_url = self._urls(job)
         try:
             if job.kind is JobKind.IMPORT:
@@ -177,11 +229,8 @@ class Pipeline:
             logger.warning("submitting job %s to hub %s: %s; will reconcile", job.job_id, job.hub, exc)
             return job
         except IoTHubError as exc:
-            job = self.ledger.move(
-                job, JobState.FAILED, now=self.clock(), failure_reason=f"the hub refused the job: {exc}"
-            )
-            self.ledger.release_slot(job.hub, job.job_id, now=self.clock())
-            return job
+            return self._close(job, JobState.FAILED, f"the hub refused the job: {exc}")
+        checkpoint("submitted")
         return self.ledger.move(
             job,
             JobState.RUNNING,
@@ -212,7 +261,7 @@ class Pipeline:
         now = self.clock()
         for job in self.ledger.iter_active(hub):
             try:
-                if job.state is JobState.SUBMITTING and now - job.updated >= SUBMIT_GRACE:
+                if job.state is JobState.SUBMITTING and now - job.updated >= self.submit_grace:
                     changed.append(self.reconcile(job))
                 elif job.state is JobState.RUNNING and job.hub_job_id:
                     changed.append(self._follow(job))
@@ -231,7 +280,8 @@ class Pipeline:
             return self._close(job, JobState.FAILED, "the hub no longer knows this job (history is kept 30 days)")
         if not hub_job.status.is_terminal:
             if hub_job.progress != job.progress:
-                return self.ledger.save(replace(job, progress=hub_job.progress, updated=self.clock()))
+                job = self.ledger.save(replace(job, progress=hub_job.progress, updated=self.clock()))
+            checkpoint("running")
             return job
         return self._finish(job, hub_job)
 
@@ -242,10 +292,29 @@ class Pipeline:
             return self._close(job, JobState.FAILED, f"the hub job failed: {hub_job.failure_reason}")
         reports = dict(job.reports)
         failed = 0
+        changes: dict[str, object] = {}
         if job.kind is JobKind.IMPORT:
             failed, reports = self._harvest(job, reports)
+        else:
+            folder = job.params["backup"]
+            manifest = save_backup(
+                self.storage,
+                source=BlobRef(job.work_container, INPUT_BLOB),
+                container=self.containers.backups,
+                folder=folder,
+                hub=job.hub,
+                job_id=job.job_id,
+                hub_job_id=job.hub_job_id,
+                includes_keys=bool(job.params.get("includeKeys")),
+                now=self.clock(),
+            )
+            reports["backup"] = f"{self.containers.backups}/{folder}/devices.txt"
+            reports["manifest"] = f"{self.containers.backups}/{folder}/manifest.json"
+            changes["lines"] = manifest.devices
+            changes["params"] = {**job.params, "sha256": manifest.sha256}
+        checkpoint("harvested")
         state = JobState.COMPLETED_WITH_ERRORS if failed else JobState.COMPLETED
-        return self._close(job, state, None, failed_devices=failed, reports=reports, progress=100)
+        return self._close(job, state, None, failed_devices=failed, reports=reports, progress=100, **changes)
 
     def _harvest(self, job: Job, reports: dict[str, str]) -> tuple[int, dict[str, str]]:
         container = self._reports()
@@ -268,8 +337,11 @@ class Pipeline:
         return (summary.failed if summary else 0), reports
 
     def _close(self, job: Job, state: JobState, reason: str | None, **changes: object) -> Job:
-        now = self.clock()
-        job = self.ledger.move(job, state, now=now, failure_reason=reason, **changes)
+        """End a job: archive its upload, record the end, free the hub, drop the work container.
+
+        The upload is archived before the ledger records the end, so a crash in between leaves the job open and
+        the next pass repeats the (idempotent) archive; a crash after it leaves at most an unused container.
+        """
         if job.kind is JobKind.IMPORT and job.source and job.source_etag and "/" in job.source:
             container, name = job.source.split("/", 1)
             kind = (
@@ -286,7 +358,13 @@ class Pipeline:
                 )
             except StorageError as exc:
                 logger.warning("archiving the upload of job %s failed: %s; it stays in %s", job.job_id, exc, container)
+        now = self.clock()
+        job = self.ledger.move(job, state, now=now, failure_reason=reason, **changes)
         self.ledger.release_slot(job.hub, job.job_id, now=now)
+        try:
+            self.storage.delete_container(job.work_container)
+        except StorageError as exc:
+            logger.warning("could not delete the work container of job %s: %s", job.job_id, exc)
         return job
 
 

@@ -225,6 +225,23 @@ class Storage:
             return None
         return {"etag": props.etag, "size": props.size, "metadata": dict(props.metadata or {})}
 
+    def list_names(self, container: str, prefix: str) -> list[str]:
+        """Blob names under ``prefix`` (no contents); an absent container has none."""
+        try:
+            return [b.name for b in self.service.get_container_client(container).list_blobs(name_starts_with=prefix)]
+        except ResourceNotFoundError:
+            return []
+        except AzureError as exc:
+            raise _explain(exc, f"listing {container}/{prefix}") from exc
+
+    def delete_blob(self, ref: BlobRef) -> None:
+        try:
+            self.service.get_blob_client(ref.container, ref.name).delete_blob()
+        except ResourceNotFoundError:
+            pass
+        except AzureError as exc:
+            raise _explain(exc, f"deleting {ref.path}") from exc
+
     # --- archiving ----------------------------------------------------------------------------------
 
     def archive(self, ref: BlobRef, kind: ArchiveKind, *, archive_container: str, job_id: str) -> BlobRef:

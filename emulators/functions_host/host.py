@@ -1,0 +1,407 @@
+"""A local Functions host for development and tests (the Core Tools cannot be installed offline).
+
+It reads the app's own metadata (``app.get_functions()``) and calls the user functions with the real
+``azure.functions`` input types, as the Python worker does:
+
+- HTTP triggers under ``/api/<route>``; ``function`` and ``admin`` auth levels need a key (``x-functions-key``
+  header or ``?code=``); ``POST /admin/functions/<name>`` (master key) fires any non-HTTP function now.
+- Timer triggers on their NCRONTAB (six-field) schedules, ``%SETTING%`` resolved; one invocation at a time each.
+- Blob triggers by polling the container; a receipt per blob version (ETag) in ``azure-webjobs-hosts`` marks it
+  done, as the real host's receipts do; a failing blob is retried on later scans and after five failures a
+  message goes to the ``webjobs-blobtrigger-poison`` queue and the blob is left alone.
+
+Differences from the real host, on purpose: the admin endpoint answers when the invocation has finished (the
+real one answers 202 at once), which keeps tests free of waits; keys are fixed development keys unless given.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import importlib
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import azure.functions as func
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.functions.timer import TimerRequest
+from azure.storage.blob import BlobServiceClient
+from azure.storage.queue import QueueClient
+from croniter import croniter
+
+logger = logging.getLogger("functions_host")
+
+# Well-known development keys of this runner (never used outside it), like Azurite's account key.
+FUNCTION_KEY = "local-dev-function-key-0000000000000000000000"
+MASTER_KEY = "local-dev-master-key-00000000000000000000000000"
+HOSTS_CONTAINER = "azure-webjobs-hosts"
+POISON_QUEUE = "webjobs-blobtrigger-poison"
+MAX_TRIES = 5
+_SETTING = re.compile(r"%([^%]+)%")
+
+
+@dataclass
+class Binding:
+    function: str
+    trigger: dict[str, Any]
+    call: Callable[..., Any]
+
+
+@dataclass
+class _BlobWatch:
+    binding: Binding
+    connection: str
+    container: str
+    receipts: Any  # ContainerClient of azure-webjobs-hosts
+    poison: Any  # QueueClient of webjobs-blobtrigger-poison
+
+
+@dataclass
+class _Timer:
+    binding: Binding
+    schedule: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    last: datetime | None = None
+
+
+def load_settings(path: str | None) -> dict[str, str]:
+    """``Values`` of a ``local.settings.json``; empty when there is none."""
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    return {k: str(v) for k, v in (doc.get("Values") or {}).items()}
+
+
+def resolve(text: str) -> str:
+    """``%NAME%`` -> the app setting NAME, as the host resolves binding expressions."""
+
+    def setting(m: re.Match[str]) -> str:
+        value = os.environ.get(m.group(1))
+        if value is None:
+            raise ValueError(f"app setting {m.group(1)} is not set")
+        return value
+
+    return _SETTING.sub(setting, text)
+
+
+class FunctionsHost:
+    def __init__(
+        self,
+        *,
+        app_module: str = "function_app",
+        host: str = "127.0.0.1",
+        port: int = 7071,
+        function_key: str = FUNCTION_KEY,
+        master_key: str = MASTER_KEY,
+        blob_poll_seconds: float = 2.0,
+        host_id: str = "localhost",
+        timers: bool = True,
+    ) -> None:
+        self.function_key, self.master_key = function_key, master_key
+        self.blob_poll_seconds = blob_poll_seconds
+        self.host_id = host_id
+        self.run_timers = timers
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._pool = ThreadPoolExecutor(4, thread_name_prefix="blob-trigger")  # host.json maxDegreeOfParallelism
+        self._in_flight: set[tuple[str, str, str]] = set()
+        self._lock = threading.Lock()
+        app = importlib.import_module(app_module).app
+        self.http: list[tuple[re.Pattern[str], set[str], str, Binding]] = []
+        self.timers: dict[str, _Timer] = {}
+        self.blobs: list[Binding] = []
+        self.functions: dict[str, Binding] = {}
+        for fn in app.get_functions():
+            name = fn.get_function_name()
+            raw = [json.loads(b) for b in fn.get_raw_bindings()]
+            trigger = next(b for b in raw if b["type"].endswith("Trigger"))
+            binding = Binding(name, trigger, fn.get_user_function())
+            self.functions[name] = binding
+            if trigger["type"] == "httpTrigger":
+                pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(trigger.get("route") or name))
+                methods = {m.upper() for m in trigger.get("methods") or ["GET", "POST"]}
+                self.http.append((re.compile(f"^{pattern}$"), methods, str(trigger["authLevel"]).lower(), binding))
+            elif trigger["type"] == "timerTrigger":
+                self.timers[name] = _Timer(binding, resolve(trigger["schedule"]))
+            elif trigger["type"] == "blobTrigger":
+                self.blobs.append(binding)
+            else:
+                raise ValueError(f"{name}: trigger {trigger['type']} is not supported by the local runner")
+        self.server = ThreadingHTTPServer((host, port), self._handler())
+        self.server.daemon_threads = True
+
+    # --- lifecycle --------------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> FunctionsHost:
+        self._spawn(self.server.serve_forever, "http")
+        if self.run_timers:
+            for timer in self.timers.values():
+                self._spawn(lambda t=timer: self._timer_loop(t), f"timer-{timer.binding.function}")  # type: ignore[misc]
+        for binding in self.blobs:
+            self._spawn(lambda b=binding: self._blob_loop(b), f"blob-{binding.function}")  # type: ignore[misc]
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def describe(self) -> Iterable[str]:
+        for _, methods, auth, binding in self.http:
+            route = binding.trigger.get("route") or binding.function
+            yield f"{binding.function}: [{','.join(sorted(methods))}] {self.url}/api/{route} ({auth})"
+        for name, timer in self.timers.items():
+            yield f"{name}: timerTrigger '{timer.schedule}'"
+        for binding in self.blobs:
+            yield f"{binding.function}: blobTrigger {binding.trigger['path']}"
+
+    # --- invoking -------------------------------------------------------------------------------------
+
+    def invoke(self, name: str) -> None:
+        """Fire a non-HTTP function now (a timer with the schedule status the host would pass)."""
+        timer = self.timers.get(name)
+        if timer is None:
+            raise KeyError(name)
+        self._fire(timer, past_due=False)
+
+    def _fire(self, timer: _Timer, *, past_due: bool) -> None:
+        with timer.lock:  # a timer function never overlaps itself (the real host holds a singleton lock)
+            now = datetime.now(UTC)
+            nxt = croniter(timer.schedule, now, second_at_beginning=True).get_next(datetime)
+            request = TimerRequest(
+                past_due=past_due,
+                schedule_status={
+                    "Last": (timer.last or now).isoformat(),
+                    "Next": nxt.isoformat(),
+                    "LastUpdated": now.isoformat(),
+                },
+                schedule={"AdjustForDST": True},
+            )
+            try:
+                timer.binding.call(**{timer.binding.trigger["name"]: request})
+            except Exception:
+                logger.exception("Executed 'Functions.%s' (Failed)", timer.binding.function)
+                raise
+            finally:
+                timer.last = now
+
+    def _timer_loop(self, timer: _Timer) -> None:
+        schedule = croniter(timer.schedule, datetime.now(UTC), second_at_beginning=True)
+        while not self._stop.is_set():
+            due = schedule.get_next(datetime)
+            if self._stop.wait(max(0.0, (due - datetime.now(UTC)).total_seconds())):
+                return
+            try:
+                self._fire(timer, past_due=False)
+            except Exception:  # noqa: S112 - logged in _fire; the next occurrence runs anyway
+                continue
+
+    # --- blob trigger ---------------------------------------------------------------------------------
+
+    def _blob_loop(self, binding: Binding) -> None:
+        container, _, pattern = binding.trigger["path"].partition("/")
+        hosts = os.environ["AzureWebJobsStorage"]  # noqa: SIM112 - the host's own setting name
+        watch = _BlobWatch(
+            binding,
+            binding.trigger["connection"],
+            container,
+            BlobServiceClient.from_connection_string(hosts).get_container_client(HOSTS_CONTAINER),
+            QueueClient.from_connection_string(hosts, POISON_QUEUE),
+        )
+        with contextlib.suppress(ResourceExistsError):
+            watch.receipts.create_container()
+        with contextlib.suppress(ResourceExistsError):
+            watch.poison.create_queue()
+        source = BlobServiceClient.from_connection_string(os.environ[watch.connection])
+        prefix = pattern.split("{", 1)[0] or None
+        while not self._stop.is_set():
+            try:
+                for blob in source.get_container_client(container).list_blobs(name_starts_with=prefix):
+                    self._consider(watch, blob.name, str(blob.etag))
+            except ResourceNotFoundError:
+                pass  # the container does not exist yet
+            except Exception:
+                logger.warning("blob scan of %s failed; retrying", container, exc_info=True)
+            self._stop.wait(self.blob_poll_seconds)
+
+    def _consider(self, watch: _BlobWatch, name: str, etag: str) -> None:
+        receipt = watch.receipts.get_blob_client(
+            f"blobreceipts/{self.host_id}/{watch.binding.function}/{etag.strip(chr(34))}/{watch.container}/{name}"
+        )
+        try:
+            meta = receipt.get_blob_properties().metadata or {}
+        except ResourceNotFoundError:
+            meta = {}
+        if meta.get("done") == "true":
+            return
+        key = (watch.binding.function, f"{watch.container}/{name}", etag)
+        with self._lock:
+            if key in self._in_flight:
+                return
+            self._in_flight.add(key)
+        tries = int(meta.get("tries", "0")) + 1
+        future = self._pool.submit(self._run_blob, watch, name, etag, receipt, tries)
+        future.add_done_callback(lambda _f: self._done(key))
+
+    def _done(self, key: tuple[str, str, str]) -> None:
+        with self._lock:
+            self._in_flight.discard(key)
+
+    def _run_blob(self, watch: _BlobWatch, name: str, etag: str, receipt: Any, tries: int) -> None:
+        binding, container = watch.binding, watch.container
+        try:
+            binding.call(**{binding.trigger["name"]: _blob_client(watch.connection, container, name)})
+        except Exception as exc:
+            logger.error("Executed 'Functions.%s' (Failed, try %d of %d): %s", binding.function, tries, MAX_TRIES, exc)
+            if tries < MAX_TRIES:
+                receipt.upload_blob(b"", overwrite=True, metadata={"tries": str(tries), "done": "false"})
+                return
+            message = {
+                "Type": "BlobTrigger",
+                "FunctionId": f"Host.Functions.{binding.function}",
+                "BlobType": "BlockBlob",
+                "ContainerName": container,
+                "BlobName": name,
+                "ETag": etag,
+            }
+            watch.poison.send_message(base64.b64encode(json.dumps(message).encode()).decode())
+            receipt.upload_blob(b"", overwrite=True, metadata={"tries": str(tries), "done": "true", "poison": "true"})
+            logger.error("blob %s/%s moved to the %s queue after %d tries", container, name, POISON_QUEUE, tries)
+            return
+        receipt.upload_blob(b"", overwrite=True, metadata={"tries": str(tries), "done": "true"})
+        logger.info("Executed 'Functions.%s' (Succeeded, blob %s/%s)", binding.function, container, name)
+
+    # --- HTTP -----------------------------------------------------------------------------------------
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        host = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                # The query string may carry ?code=<key>: log the path only.
+                logger.debug("%s %s", self.command, urlsplit(self.path).path)
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                headers = {"Content-Type": "application/json", **(headers or {})}
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _error(self, status: int, message: str) -> None:
+                self._send(status, json.dumps({"error": {"code": str(status), "message": message}}).encode())
+
+            def _dispatch(self) -> None:
+                parts = urlsplit(self.path)
+                query = dict(parse_qsl(parts.query))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                key = self.headers.get("x-functions-key") or query.get("code")
+                if parts.path.startswith("/admin/functions/"):
+                    self._admin(parts.path.removeprefix("/admin/functions/"), key)
+                    return
+                if not parts.path.startswith("/api/"):
+                    self._error(404, "not found: routes live under /api/")
+                    return
+                route = parts.path.removeprefix("/api/").rstrip("/")
+                matched = [(p.match(route), m, a, b) for p, m, a, b in host.http]
+                matched = [x for x in matched if x[0]]
+                if not matched:
+                    self._error(404, f"no function at /api/{route}")
+                    return
+                allowed = [x for x in matched if self.command in x[1]]
+                if not allowed:
+                    self._error(405, f"method {self.command} is not allowed here")
+                    return
+                match, _, auth, binding = allowed[0]
+                assert match is not None
+                if auth != "anonymous" and key not in (
+                    (host.master_key,) if auth == "admin" else (host.function_key, host.master_key)
+                ):
+                    self._error(401, "a function key is required: x-functions-key header or ?code=")
+                    return
+                request = func.HttpRequest(
+                    self.command,
+                    f"{host.url}{parts.path}",
+                    headers=dict(self.headers.items()),
+                    params={k: v for k, v in query.items() if k != "code"},
+                    route_params=match.groupdict(),
+                    body=body,
+                )
+                try:
+                    response = binding.call(**{binding.trigger["name"]: request})
+                except Exception:
+                    logger.exception("Executed 'Functions.%s' (Failed)", binding.function)
+                    self._error(500, "the function failed; see the host log")
+                    return
+                headers = dict(response.headers.items())
+                headers["Content-Type"] = response.mimetype or headers.get("Content-Type", "text/plain")
+                self._send(response.status_code, response.get_body(), headers)
+
+            def _admin(self, name: str, key: str | None) -> None:
+                if self.command != "POST":
+                    self._error(405, "POST /admin/functions/<name> fires a function")
+                elif key != host.master_key:
+                    self._error(401, "the master key is required")
+                elif name not in host.timers:
+                    self._error(404, f"no timer function named {name}")
+                else:
+                    try:
+                        host.invoke(name)
+                    except Exception as exc:
+                        self._error(500, f"{name} failed: {type(exc).__name__}")
+                        return
+                    self._send(202, json.dumps({"function": name, "status": "completed"}).encode())
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
+
+        return Handler
+
+
+def _blob_client(connection: str, container: str, name: str) -> Any:
+    """The ``BlobClient`` the SDK-type binding gives the function, built by the extension's own converter."""
+    from azurefunctions.extensions.base import Datum
+    from azurefunctions.extensions.bindings.blob import BlobClient
+    from azurefunctions.extensions.bindings.blob.blobClientConverter import BlobClientConverter
+
+    content = json.dumps({"Connection": connection, "ContainerName": container, "BlobName": name})
+    data = SimpleNamespace(version="1.0", source="AzureStorageBlobs", content_type="application/json", content=content)
+    return BlobClientConverter.decode(Datum(data, "model_binding_data"), trigger_metadata={}, pytype=BlobClient)
+
+
+def wait_forever(host: FunctionsHost) -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping", file=sys.stderr)
+        host.stop()

@@ -1,0 +1,116 @@
+"""Registry backups: ``backups/<hub>/<UTC timestamp>/devices.txt`` beside a ``manifest.json``, and retention.
+
+A backup folder without a manifest is incomplete (the export failed or the copy was interrupted) and is never
+counted as a good backup. Retention removes folders older than N days but always keeps the newest complete one,
+so a hub that has failed to export for a month still has its last good backup.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .storage import BlobRef, Storage
+
+logger = logging.getLogger(__name__)
+
+DEVICES_BLOB = "devices.txt"
+MANIFEST_BLOB = "manifest.json"
+STAMP = "%Y%m%dT%H%M%SZ"
+
+
+def backup_folder(hub: str, when: datetime) -> str:
+    return f"{hub}/{when.astimezone(UTC).strftime(STAMP)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    hub: str
+    job_id: str
+    hub_job_id: str | None
+    devices: int
+    sha256: str
+    bytes: int
+    includes_keys: bool
+    created: str
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "hub": self.hub,
+            "jobId": self.job_id,
+            "hubJobId": self.hub_job_id,
+            "devices": self.devices,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "includesKeys": self.includes_keys,
+            "created": self.created,
+            "devicesBlob": DEVICES_BLOB,
+        }
+
+
+def save_backup(
+    storage: Storage,
+    *,
+    source: BlobRef,
+    container: str,
+    folder: str,
+    hub: str,
+    job_id: str,
+    hub_job_id: str | None,
+    includes_keys: bool,
+    now: datetime,
+) -> Manifest:
+    """Stream the hub's export into the backup folder, counting devices and hashing; then write the manifest.
+
+    Idempotent: a folder that already has its manifest is left as it is.
+    """
+    storage.ensure_container(container)
+    existing = storage.properties(BlobRef(container, f"{folder}/{MANIFEST_BLOB}"))
+    if existing is not None:
+        doc = json.loads(b"".join(storage.open_read(BlobRef(container, f"{folder}/{MANIFEST_BLOB}"))))
+        return Manifest(
+            hub, job_id, hub_job_id, doc["devices"], doc["sha256"], doc["bytes"], doc["includesKeys"], doc["created"]
+        )
+    staged = storage.stage(container, f"{folder}/{DEVICES_BLOB}")
+    devices = 0
+    last = b"\n"
+    for chunk in storage.open_read(source):
+        if chunk:
+            staged.write(chunk)
+            devices += chunk.count(b"\n")
+            last = chunk[-1:]
+    if last != b"\n":
+        devices += 1  # a last line without a newline is still a device
+    staged.commit(metadata={"hub": hub, "jobid": job_id})
+    manifest = Manifest(hub, job_id, hub_job_id, devices, staged.sha256, staged.size, includes_keys, now.isoformat())
+    storage.upload_bytes(container, f"{folder}/{MANIFEST_BLOB}", json.dumps(manifest.document(), indent=2).encode())
+    return manifest
+
+
+def apply_retention(storage: Storage, container: str, hub: str, *, days: int, now: datetime) -> list[str]:
+    """Delete backup folders of ``hub`` older than ``days``, never the newest complete one. Returns the folders."""
+    folders: dict[str, list[str]] = {}
+    for name in storage.list_names(container, f"{hub}/"):
+        parts = name.split("/")
+        if len(parts) == 3:
+            folders.setdefault(parts[1], []).append(name)
+    complete = sorted(stamp for stamp, names in folders.items() if f"{hub}/{stamp}/{MANIFEST_BLOB}" in names)
+    keep = complete[-1] if complete else None
+    cutoff = now - timedelta(days=days)
+    removed = []
+    for stamp, names in sorted(folders.items()):
+        try:
+            taken = datetime.strptime(stamp, STAMP).replace(tzinfo=UTC)
+        except ValueError:
+            continue  # not ours: never delete what we did not write
+        if stamp == keep or taken >= cutoff:
+            continue
+        # The manifest goes first: a folder interrupted mid-deletion then reads as incomplete, never as good.
+        for name in sorted(names, key=lambda n: not n.endswith(MANIFEST_BLOB)):
+            storage.delete_blob(BlobRef(container, name))
+        removed.append(f"{hub}/{stamp}")
+        logger.info("retention removed backup %s/%s", hub, stamp)
+    return removed

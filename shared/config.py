@@ -1,0 +1,117 @@
+"""App settings, read once from the environment (Functions app settings or ``local.settings.json`` Values).
+
+Every setting is listed in ``local.settings.sample.json``. A missing or malformed setting raises ``ConfigError``
+whose message names the setting and what to put in it; secrets (connection strings) never appear in a repr.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+
+from .storage import StorageSettings
+
+STORAGE_CONNECTION = "DEVICE_STORAGE"  # the storage account of uploads, reports, backups and the ledger
+_HUB_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+class StorageAuth(StrEnum):
+    KEY_BASED = "keyBased"  # the hub gets container SAS URLs
+    IDENTITY_BASED = "identityBased"  # the hub's managed identity reads/writes the containers
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    name: str
+    connection_string: str | None = field(default=None, repr=False)
+    host_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Containers:
+    uploads: str = "uploads"
+    reports: str = "reports"
+    archive: str = "archive"
+    backups: str = "backups"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    storage: StorageSettings
+    hubs: dict[str, HubSettings]  # in the order configured; the first is the default for uploads
+    storage_auth: StorageAuth = StorageAuth.KEY_BASED
+    sas_lifetime: timedelta = timedelta(hours=24)
+    backup_retention_days: int = 30
+    backup_include_keys: bool = False
+    max_errors: int = 100
+    submit_grace: timedelta = timedelta(minutes=2)
+    ledger_table: str = "jobledger"
+    containers: Containers = field(default_factory=Containers)
+
+    @property
+    def default_hub(self) -> str:
+        return next(iter(self.hubs))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        names = [n.strip() for n in env.get("IOTHUB_HUBS", "").split(",") if n.strip()]
+        if not names:
+            raise ConfigError("IOTHUB_HUBS is empty: list the hub names, e.g. IOTHUB_HUBS=prodhub,testhub")
+        hubs: dict[str, HubSettings] = {}
+        for name in names:
+            if not _HUB_NAME.match(name):
+                raise ConfigError(f"IOTHUB_HUBS: '{name}' is not a hub name (3-50 lowercase letters, digits, '-')")
+            var = name.upper().replace("-", "_")
+            conn = env.get(f"IOTHUB_{var}_CONNECTION_STRING") or None
+            host = env.get(f"IOTHUB_{var}_HOSTNAME") or None
+            if not conn and not host:
+                raise ConfigError(
+                    f"hub '{name}' has no connection: set IOTHUB_{var}_CONNECTION_STRING, or IOTHUB_{var}_HOSTNAME "
+                    "to use the app's managed identity"
+                )
+            hubs[name] = HubSettings(name, conn, host)
+        auth = env.get("IOTHUB_STORAGE_AUTH", StorageAuth.KEY_BASED.value)
+        try:
+            storage_auth = StorageAuth(auth)
+        except ValueError:
+            raise ConfigError(f"IOTHUB_STORAGE_AUTH is '{auth}': use keyBased or identityBased") from None
+        return cls(
+            storage=StorageSettings.from_env(env, STORAGE_CONNECTION),
+            hubs=hubs,
+            storage_auth=storage_auth,
+            sas_lifetime=timedelta(hours=_number(env, "SAS_LIFETIME_HOURS", 24, low=1, high=24 * 7)),
+            backup_retention_days=int(_number(env, "BACKUP_RETENTION_DAYS", 30, low=1, high=3650)),
+            backup_include_keys=_flag(env, "BACKUP_INCLUDE_KEYS"),
+            max_errors=int(_number(env, "MAX_ERRORS_SHOWN", 100, low=1, high=10_000)),
+            submit_grace=timedelta(seconds=_number(env, "SUBMIT_GRACE_SECONDS", 120, low=0, high=3600)),
+            ledger_table=env.get("LEDGER_TABLE", "jobledger"),
+        )
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} is '{raw}': give a number from {low:g} to {high:g}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} is {value:g}: give a number from {low:g} to {high:g}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "false").strip().lower()
+    if raw in ("true", "1", "yes"):
+        return True
+    if raw in ("false", "0", "no", ""):
+        return False
+    raise ConfigError(f"{name} is '{raw}': use true or false")

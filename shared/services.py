@@ -1,0 +1,127 @@
+"""The app's long-lived objects (storage, ledger, hub clients, pipeline), built once per process from settings.
+
+Triggers call ``services()``; it reads the environment on first use, so a missing setting is reported by the
+first invocation (as a clear ``ConfigError``) rather than crashing the host at import time.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from azure.data.tables import TableServiceClient
+
+from .backups import apply_retention
+from .config import Settings, StorageAuth
+from .iothub import IoTHubClient
+from .ledger import Job, JobState, Ledger
+from .pipeline import Pipeline
+from .storage import BlobRef, Storage, StorageSettings
+
+logger = logging.getLogger(__name__)
+
+
+def _table_service(storage: StorageSettings) -> TableServiceClient:
+    if storage.connection_string:
+        return TableServiceClient.from_connection_string(storage.connection_string)
+    if not storage.table_uri:
+        raise ValueError("identity-based storage needs DEVICE_STORAGE__tableServiceUri for the job ledger")
+    return TableServiceClient(storage.table_uri, credential=storage.credential())
+
+
+def _hub_client(hub: str, settings: Settings) -> IoTHubClient:
+    conf = settings.hubs[hub]
+    if conf.connection_string:
+        return IoTHubClient.from_connection_string(conf.connection_string)
+    from azure.identity import DefaultAzureCredential
+
+    assert conf.host_name is not None
+    return IoTHubClient.from_token_credential(conf.host_name, DefaultAzureCredential())
+
+
+@dataclass
+class Services:
+    settings: Settings
+    storage: Storage
+    ledger: Ledger
+    pipeline: Pipeline
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        storage = Storage.from_settings(settings.storage, sas_lifetime=settings.sas_lifetime)
+        ledger = Ledger.from_service(_table_service(settings.storage), settings.ledger_table)
+        hubs = {name: _hub_client(name, settings) for name in settings.hubs}
+        pipeline = Pipeline(
+            ledger,
+            storage,
+            hubs,
+            containers=settings.containers,
+            identity_based=settings.storage_auth is StorageAuth.IDENTITY_BASED,
+            max_errors=settings.max_errors,
+            submit_grace=settings.submit_grace,
+        )
+        for container in (settings.containers.uploads, settings.containers.reports, settings.containers.backups):
+            storage.ensure_container(container)
+        return cls(settings, storage, ledger, pipeline)
+
+    def hub_for_upload(self, name: str) -> str:
+        """The hub an upload is for: its first path segment when that names a configured hub, else the default."""
+        first = name.split("/", 1)[0]
+        return first if "/" in name and first in self.settings.hubs else self.settings.default_hub
+
+    def on_upload(self, container: str, name: str, etag: str) -> Job:
+        """The blob trigger's work: accept the upload (idempotent per version) and start it if the hub is idle."""
+        hub = self.hub_for_upload(name)
+        job = self.pipeline.accept_upload(BlobRef(container, name, etag), hub)
+        logger.info("upload %s/%s is job %s (%s) on hub %s", container, name, job.job_id, job.state, hub)
+        if job.state is JobState.QUEUED:
+            self.pipeline.start_next(hub)
+        return job
+
+    def monitor(self) -> list[Job]:
+        """One pass of the job monitor over every hub; one hub's trouble never stops the others."""
+        changed: list[Job] = []
+        for hub in self.settings.hubs:
+            try:
+                changed.extend(self.pipeline.poll(hub))
+            except Exception:
+                logger.exception("monitor pass over hub %s failed", hub)
+        return changed
+
+    def nightly_backup(self, now: datetime | None = None) -> list[Job]:
+        """Queue an export of every hub (once per hour slot, so a re-fired timer adds nothing) and prune."""
+        now = now or datetime.now(UTC)
+        jobs = []
+        for hub in self.settings.hubs:
+            job, created = self.pipeline.queue_export(
+                hub,
+                include_keys=self.settings.backup_include_keys,
+                source="nightly",
+                key=f"nightly-{hub}-{now:%Y%m%d%H}",
+            )
+            jobs.append(job)
+            if created:
+                self.pipeline.start_next(hub)
+            apply_retention(
+                self.storage,
+                self.settings.containers.backups,
+                hub,
+                days=self.settings.backup_retention_days,
+                now=now,
+            )
+        return jobs
+
+
+@functools.cache
+def _cached(key: tuple[tuple[str, str], ...]) -> Services:
+    return Services.build(Settings.from_env(dict(key)))
+
+
+def services(env: Mapping[str, str] | None = None) -> Services:
+    """The process-wide services for ``env`` (default: the process environment)."""
+    env = os.environ if env is None else env
+    return _cached(tuple(sorted(env.items())))
