@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from .backups import backup_folder, save_backup
+from .backups import apply_retention, backup_folder, save_backup
 from .config import Containers
 from .devices import validate_stream
 from .iothub import IoTHubClient, IoTHubError, IoTHubNotFound, IoTHubServerError, IoTHubUnavailable, JobQuotaExceeded
@@ -70,6 +70,7 @@ class Pipeline:
     max_errors: int = 100
     clock: Callable[[], datetime] = utcnow
     submit_grace: timedelta = SUBMIT_GRACE
+    backup_retention_days: int | None = None  # None: keep every backup
 
     # --- accept ---------------------------------------------------------------------------------------
 
@@ -312,6 +313,11 @@ class Pipeline:
             reports["manifest"] = f"{self.containers.backups}/{folder}/manifest.json"
             changes["lines"] = manifest.devices
             changes["params"] = {**job.params, "sha256": manifest.sha256}
+            if self.backup_retention_days is not None:
+                # A new good backup has landed: older ones past the retention period can go now.
+                apply_retention(
+                    self.storage, self.containers.backups, job.hub, days=self.backup_retention_days, now=self.clock()
+                )
         checkpoint("harvested")
         state = JobState.COMPLETED_WITH_ERRORS if failed else JobState.COMPLETED
         return self._close(job, state, None, failed_devices=failed, reports=reports, progress=100, **changes)

@@ -63,6 +63,7 @@ class Services:
             identity_based=settings.storage_auth is StorageAuth.IDENTITY_BASED,
             max_errors=settings.max_errors,
             submit_grace=settings.submit_grace,
+            backup_retention_days=settings.backup_retention_days,
         )
         for container in (settings.containers.uploads, settings.containers.reports, settings.containers.backups):
             storage.ensure_container(container)
