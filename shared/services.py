@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from azure.data.tables import TableServiceClient
 
 from .backups import apply_retention
-from .config import Settings, StorageAuth
+from .config import ConfigError, Settings, StorageAuth
 from .iothub import IoTHubClient
 from .ledger import Job, JobState, Ledger
 from .pipeline import Pipeline
@@ -36,7 +36,11 @@ def _table_service(storage: StorageSettings) -> TableServiceClient:
 def _hub_client(hub: str, settings: Settings) -> IoTHubClient:
     conf = settings.hubs[hub]
     if conf.connection_string:
-        return IoTHubClient.from_connection_string(conf.connection_string)
+        try:
+            return IoTHubClient.from_connection_string(conf.connection_string)
+        except ValueError as exc:  # the message names the missing part, never the key
+            var = hub.upper().replace("-", "_")
+            raise ConfigError(f"IOTHUB_{var}_CONNECTION_STRING: {exc}") from None
     from azure.identity import DefaultAzureCredential
 
     assert conf.host_name is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
@@ -108,8 +110,16 @@ class App:
 
     # --- talking to it ---------------------------------------------------------------------------
 
-    def call(self, method: str, path: str, *, key: str | None = FUNCTION_KEY, **kw: Any) -> requests.Response:
-        headers = {"x-functions-key": key} if key else {}
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        key: str | None = FUNCTION_KEY,
+        headers: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> requests.Response:
+        headers = {**({"x-functions-key": key} if key else {}), **(headers or {})}
         return requests.request(method, f"{self.url}/api/{path}", headers=headers, timeout=60, **kw)
 
     def fire(self, function: str) -> None:
@@ -160,16 +170,13 @@ class Stack:
     def drop(self, name: str, lines: Iterable[dict[str, Any] | str]) -> str:
         data = "".join((ln if isinstance(ln, str) else json.dumps(ln)) + "\n" for ln in lines).encode()
         blobs = self.blobs
-        try:
-            blobs.create_container("uploads")
-        except Exception:  # noqa: BLE001 - exists already
-            pass
+        ensure(blobs, "uploads")
         return str(blobs.get_blob_client("uploads", name).upload_blob(data, overwrite=True)["etag"])
 
     def names(self, container: str, prefix: str = "") -> list[str]:
         try:
             return [b.name for b in self.blobs.get_container_client(container).list_blobs(name_starts_with=prefix)]
-        except Exception:  # noqa: BLE001 - an absent container holds nothing
+        except Exception:
             return []
 
     def read(self, container: str, name: str) -> bytes:
@@ -189,3 +196,8 @@ def wait_until(condition: Callable[[], object], *, timeout: float = 120) -> None
         if time.monotonic() > end:
             raise TimeoutError("condition not met")
         time.sleep(0.1)
+
+
+def ensure(blobs: BlobServiceClient, container: str) -> None:
+    with contextlib.suppress(ResourceExistsError):
+        blobs.create_container(container)

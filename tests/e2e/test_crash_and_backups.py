@@ -9,7 +9,7 @@ import pytest
 
 from shared.backups import STAMP
 
-from .app import Stack, control
+from .app import Stack, control, ensure
 from .test_imports import dev, hub_jobs, registry
 
 STEPS = ["validated", "accepted", "claimed", "submitted", "running", "harvested"]
@@ -35,10 +35,7 @@ def test_killed_at_each_step_converges_without_running_twice(stack: Stack, step:
 def _old_backup(stack: Stack, when: datetime, *, complete: bool) -> str:
     folder = f"devhub/{when.strftime(STAMP)}"
     blobs = stack.blobs
-    try:
-        blobs.create_container("backups")
-    except Exception:  # noqa: BLE001 - exists
-        pass
+    ensure(blobs, "backups")
     blobs.get_blob_client("backups", f"{folder}/devices.txt").upload_blob(b'{"id":"old"}\n', overwrite=True)
     if complete:
         blobs.get_blob_client("backups", f"{folder}/manifest.json").upload_blob(b'{"devices": 1}', overwrite=True)
