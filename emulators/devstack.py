@@ -1,4 +1,5 @@
-"""``make run``: start the local stack (Azurite, the IoT Hub emulator), run a short demo, serve until Ctrl-C.
+"""``make run``: start the local stack (Azurite, the IoT Hub emulator, the function app under the local Functions
+host), run a short demo through the app, then serve until Ctrl-C.
 
 State lives in ``.devstack/`` so a second run finds the registry it left; ``--fresh`` starts over.
 ``--demo-only`` exits after the demo (used by the tests of this command).
@@ -17,15 +18,20 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import requests
+from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 
 from emulators.azurite import REPO, Azurite, free_port
+from emulators.functions_host import FUNCTION_KEY, MASTER_KEY
+from emulators.functions_host.process import HostProcess, stack_settings
 from emulators.iothub import IoTHubEmulator
-from shared.iothub import IoTHubClient, Job, error_name
-from shared.storage import Storage
+from shared.iothub import IoTHubClient
 
 SAMPLES = REPO / "samples"
+TERMINAL = {"completed", "completed_with_errors", "failed", "cancelled", "rejected"}
 
 
 def _port(preferred: int) -> int:
@@ -42,54 +48,77 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _wait(hub: IoTHubClient, job: Job) -> Job:
-    last = -1
-    while not job.status.is_terminal:
-        if job.progress != last:
-            _say(f"    {job.type} job {job.job_id[:8]}: {job.status} {job.progress}%")
-            last = job.progress
+def _follow(app: HostProcess, hub: str, job_id: str) -> dict[str, Any]:
+    """Print a job's state and progress as they change, until it ends."""
+    seen = None
+    while True:
+        job: dict[str, Any] = app.call("GET", f"jobs/{hub}/{job_id}").json()
+        now = (job["state"], job["progress"])
+        if now != seen:
+            _say(f"    job {job_id}: {job['state']} {job['progress']}%")
+            seen = now
+        if job["state"] in TERMINAL:
+            return job
         time.sleep(0.3)
-        job = hub.get_job(job.job_id)
+
+
+def _drop(service: BlobServiceClient, app: HostProcess, sample: str) -> dict[str, Any]:
+    """Upload a sample into uploads/ and wait for the blob trigger to record its job."""
+    with contextlib.suppress(ResourceExistsError):
+        service.create_container("uploads")
+    blob = service.get_blob_client("uploads", sample)
+    etag = blob.upload_blob((SAMPLES / sample).read_bytes(), overwrite=True)["etag"]
+    _say(f"    uploaded uploads/{sample} (ETag {etag}); waiting for the blob trigger ...")
+    while True:
+        jobs = [
+            j
+            for j in app.call("GET", "jobs", params={"limit": "200"}).json()["jobs"]
+            if j["source"] == f"uploads/{sample}"
+        ]
+        if jobs:
+            return _follow(app, jobs[0]["hub"], jobs[0]["jobId"])
+        time.sleep(0.3)
+
+
+def demo(app: HostProcess, service: BlobServiceClient) -> None:
+    _say("\n== 1. Drop samples/devices-good.jsonl into the uploads container")
+    job = _drop(service, app, "devices-good.jsonl")
+    _say(f"    {job['lines']} lines, modes {job['modes']}; the upload now lives in archive/processed/{job['jobId']}/")
+    if "errors" in job["links"]:
+        _say("    the file was valid, but the hub refused some devices (per-device report reports/<job>/errors.csv):")
+        for line in requests.get(job["links"]["errors"], timeout=10).text.splitlines():
+            row = json.loads(line)
+            _say(f"      {row['deviceId']:<20} {row['errorName']}: {row['message'][:80]}")
+
+    _say("\n== 2. Drop samples/devices-with-mistakes.jsonl: rejected before the hub sees it")
+    job = _drop(service, app, "devices-with-mistakes.jsonl")
+    _say(f"    {job['failureReason']}")
+    report = json.loads(requests.get(job["links"]["rejection"], timeout=10).content)
+    for err in report["errors"][:6]:
+        _say(f"    line {err['line']:>3} {err['code']:<22} {err['message'][:100]}")
+    _say(f"    full report: reports/{job['jobId']}/rejection.json; upload kept in archive/failed/{job['jobId']}/")
+
+    _say("\n== 3. The job ledger (GET /api/jobs)")
+    for j in app.call("GET", "jobs").json()["jobs"]:
+        _say(f"    {j['jobId']}  {j['kind']:<7} {j['state']:<22} {j['lines']:>5} lines  {j['source']}")
+
+    _say("\n== 4. Back up the registry now (POST /api/exports); the nightly timer does the same at 02:00 UTC")
+    queued = app.call("POST", "exports", json={"hub": "devhub"}).json()["jobs"][0]
+    job = _follow(app, "devhub", queued["jobId"])
+    manifest = json.loads(requests.get(job["links"]["manifest"], timeout=10).content)
     _say(
-        f"    {job.type} job {job.job_id[:8]}: {job.status}"
-        + (f" - {job.failure_reason}" if job.failure_reason else "")
+        f"    {job['reports']['backup']}: {manifest['devices']} devices, sha256 {manifest['sha256'][:16]}..., "
+        f"keys included: {manifest['includesKeys']}"
     )
-    return job
 
 
-def demo(hub: IoTHubClient, service: BlobServiceClient) -> None:
-    store = Storage(service)
-    for name in ("demo-in", "demo-out"):
-        with contextlib.suppress(Exception):
-            service.create_container(name)
-    _say("\n== 1. Import samples/devices-good.jsonl through an IoT Hub import job")
-    service.get_blob_client("demo-in", "devices.txt").upload_blob(
-        (SAMPLES / "devices-good.jsonl").read_bytes(), overwrite=True
-    )
-    _wait(
-        hub, hub.create_import_job(store.container_sas_url("demo-in", "rl"), store.container_sas_url("demo-out", "rwd"))
-    )
-    stats = hub.get_registry_statistics()
-    _say(f"    registry: {stats.total} devices ({stats.enabled} enabled, {stats.disabled} disabled)")
-
-    _say("\n== 2. Import samples/devices-with-mistakes.jsonl: the hub reports per-device errors")
-    service.get_blob_client("demo-in", "devices.txt").upload_blob(
-        (SAMPLES / "devices-with-mistakes.jsonl").read_bytes(), overwrite=True
-    )
-    _wait(
-        hub, hub.create_import_job(store.container_sas_url("demo-in", "rl"), store.container_sas_url("demo-out", "rwd"))
-    )
-    log = service.get_blob_client("demo-out", "importErrors.log").download_blob().readall().decode()
-    for line in log.splitlines():
-        entry = json.loads(line)
-        code = entry["errorCode"]
-        device = entry.get("deviceId", "(no id)")
-        _say(f"    {device:18} {error_name(code)} ({code}): {entry['errorStatus'][:90]}")
-
-    _say("\n== 3. Export the registry (keys excluded)")
-    _wait(hub, hub.create_export_job(store.container_sas_url("demo-out", "rwd"), output_blob_name="backup.txt"))
-    lines = service.get_blob_client("demo-out", "backup.txt").download_blob().readall().decode().splitlines()
-    _say(f"    demo-out/backup.txt: {len(lines)} lines; first: {lines[0][:110]}...")
+def _seed(hub_server: IoTHubEmulator) -> None:
+    """A few devices in a new hub, so the first export has something from before the demo."""
+    client = IoTHubClient.from_connection_string(hub_server.connection_string())
+    if client.get_registry_statistics().total == 0:
+        client.bulk_update(
+            [{"id": f"demo-seed-{i:02d}", "importMode": "create", "status": "enabled"} for i in range(5)]
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,15 +136,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     hub_server.start()
     os.environ["REQUESTS_CA_BUNDLE"] = str(hub_server.ca_path)
+    app = HostProcess(args.state / "functions", stack_settings(azurite, hub_server), port=_port(7071))
     try:
-        hub = IoTHubClient.from_connection_string(hub_server.connection_string())
+        _seed(hub_server)
+        _say("Starting the function app under the local Functions host ...")
+        app.start()
         service = BlobServiceClient.from_connection_string(azurite.connection_string)
-        demo(hub, service)
+        demo(app, service)
         _say("\n== The local stack is up")
+        _say(f"    Function app           {app.url}/api  (key: x-functions-key: {FUNCTION_KEY})")
+        _say(f"    list jobs              curl -H 'x-functions-key: {FUNCTION_KEY}' {app.url}/api/jobs")
+        _say(
+            f"    fire the nightly now   curl -X POST -H 'x-functions-key: {MASTER_KEY}' "
+            f"{app.url}/admin/functions/nightly_backup"
+        )
         _say(f"    Azurite (storage)      {azurite.connection_string}")
+        _say(
+            "    drop a file            az storage blob upload -c uploads -f my-devices.jsonl -n my-devices.jsonl "
+            '--connection-string "<the Azurite connection string>"'
+        )
         _say(f"    IoT Hub emulator       {hub_server.url}")
         _say(f"    IoT Hub connection     {hub_server.connection_string()}")
         _say(f"    trust its certificate  export REQUESTS_CA_BUNDLE={hub_server.ca_path}")
+        _say(f"    host log               {app.log_path}")
         if args.demo_only:
             return 0
         _say("\nServing until Ctrl-C.")
@@ -125,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             stop.wait()
         return 0
     finally:
+        app.stop()
         hub_server.stop()
         azurite.stop(remove=False)
 

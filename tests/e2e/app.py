@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -19,114 +14,20 @@ from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
-from emulators.azurite import REPO, Azurite, free_port
-from emulators.functions_host import FUNCTION_KEY, MASTER_KEY
+from emulators.azurite import Azurite
+from emulators.functions_host.process import HostProcess, stack_settings
 from emulators.iothub import IoTHubEmulator
 
 TERMINAL = {"completed", "completed_with_errors", "failed", "cancelled", "rejected"}
 
 
-def settings(azurite: Azurite, hub: IoTHubEmulator, **overrides: str) -> dict[str, str]:
-    values = {
-        "FUNCTIONS_WORKER_RUNTIME": "python",
-        "AzureWebJobsStorage": azurite.connection_string,
-        "DEVICE_STORAGE": azurite.connection_string,
-        "IOTHUB_HUBS": "devhub",
-        "IOTHUB_DEVHUB_CONNECTION_STRING": hub.connection_string("iothubowner"),
-        "IOTHUB_STORAGE_AUTH": "keyBased",
-        "BACKUP_SCHEDULE": "0 0 2 * * *",
-        "BACKUP_RETENTION_DAYS": "7",
-        "MONITOR_SCHEDULE": "* * * * * *",  # every second: tests wait on outcomes, never on fixed sleeps
-        "SUBMIT_GRACE_SECONDS": "1",
-        "REQUESTS_CA_BUNDLE": str(hub.ca_path),
-    }
-    values.update(overrides)
-    return values
+def settings(azurite: Azurite, hub: IoTHubEmulator) -> dict[str, str]:
+    # The monitor every second and a short submission grace: tests wait on outcomes, never on fixed sleeps.
+    return stack_settings(azurite, hub, MONITOR_SCHEDULE="* * * * * *", SUBMIT_GRACE_SECONDS="1")
 
 
-@dataclass
-class App:
-    """One runner process; ``start`` again after ``kill`` to model a restart."""
-
-    workdir: Path
-    values: dict[str, str]
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "host.log"
-
-    def start(self, *extra: str, timeout: float = 60) -> App:
-        path = self.workdir / "local.settings.json"
-        path.write_text(json.dumps({"IsEncrypted": False, "Values": self.values}))
-        env = {k: v for k, v in os.environ.items() if k not in self.values}
-        env["PYTHONPATH"] = str(REPO)
-        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "emulators.functions_host", "--settings", str(path), "--port", str(self.port),
-                 "--blob-poll", "0.3", *extra],
-                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        self.starts += 1
-        end = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the runner exited ({self.proc.returncode}):\n{self.log()}")
-            try:
-                if requests.get(f"{self.url}/api/health", timeout=2).ok:
-                    return self
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > end:
-                raise TimeoutError(f"the runner did not answer:\n{self.log()}")
-            time.sleep(0.1)
-
-    def wait_exit(self, timeout: float = 120) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    # --- talking to it ---------------------------------------------------------------------------
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        key: str | None = FUNCTION_KEY,
-        headers: dict[str, str] | None = None,
-        **kw: Any,
-    ) -> requests.Response:
-        headers = {**({"x-functions-key": key} if key else {}), **(headers or {})}
-        return requests.request(method, f"{self.url}/api/{path}", headers=headers, timeout=60, **kw)
-
-    def fire(self, function: str) -> None:
-        r = requests.post(
-            f"{self.url}/admin/functions/{function}", headers={"x-functions-key": MASTER_KEY}, json={}, timeout=300
-        )
-        assert r.status_code == 202, r.text
+class App(HostProcess):
+    """The app under the local host, with helpers to call its API and fire its timers."""
 
     def jobs(self, **query: str) -> list[dict[str, Any]]:
         r = self.call("GET", "jobs", params={"limit": "200", **query})
