@@ -35,6 +35,8 @@ run: setup
 
 bench: setup
 	$(BIN)/python -m bench.iothub_import_export
+	$(BIN)/python -m bench.validate
+	$(BIN)/python -m bench.app_e2e
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .devstack

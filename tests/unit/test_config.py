@@ -1,0 +1,54 @@
+"""Settings from the environment: defaults, every malformed value named with its fix, no secret in a repr."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from shared.config import ConfigError, Settings, StorageAuth
+
+CONN = "HostName=h.azure-devices.net;SharedAccessKeyName=p;SharedAccessKey=c2VjcmV0c2VjcmV0c2VjcmV0"
+BASE = {
+    "DEVICE_STORAGE": "UseDevelopmentStorage=true",
+    "IOTHUB_HUBS": "prod-hub, test",
+    "IOTHUB_PROD_HUB_CONNECTION_STRING": CONN,
+    "IOTHUB_TEST_HOSTNAME": "t.azure-devices.net",
+}
+
+
+def test_defaults_and_hubs_in_order() -> None:
+    s = Settings.from_env(BASE)
+    assert list(s.hubs) == ["prod-hub", "test"] and s.default_hub == "prod-hub"
+    assert s.hubs["test"].host_name == "t.azure-devices.net" and s.hubs["test"].connection_string is None
+    assert s.storage_auth is StorageAuth.KEY_BASED and s.sas_lifetime == timedelta(hours=24)
+    assert s.backup_retention_days == 30 and s.backup_include_keys is False and s.max_errors == 100
+    assert "c2VjcmV0" not in repr(s) and "UseDevelopmentStorage" not in repr(s)
+
+
+def test_values_are_read() -> None:
+    s = Settings.from_env(
+        {**BASE, "IOTHUB_STORAGE_AUTH": "identityBased", "SAS_LIFETIME_HOURS": "48", "BACKUP_INCLUDE_KEYS": "true",
+         "BACKUP_RETENTION_DAYS": "7", "SUBMIT_GRACE_SECONDS": "5"}
+    )  # fmt: skip
+    assert s.storage_auth is StorageAuth.IDENTITY_BASED and s.sas_lifetime == timedelta(hours=48)
+    assert s.backup_include_keys and s.backup_retention_days == 7 and s.submit_grace == timedelta(seconds=5)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"IOTHUB_HUBS": ""}, "IOTHUB_HUBS is empty"),
+        ({"IOTHUB_HUBS": "Prod Hub"}, "is not a hub name"),
+        ({"IOTHUB_HUBS": "other"}, "IOTHUB_OTHER_CONNECTION_STRING"),
+        ({"IOTHUB_STORAGE_AUTH": "sas"}, "use keyBased or identityBased"),
+        ({"SAS_LIFETIME_HOURS": "long"}, "SAS_LIFETIME_HOURS is 'long'"),
+        ({"SAS_LIFETIME_HOURS": "0"}, "from 1 to 168"),
+        ({"BACKUP_INCLUDE_KEYS": "maybe"}, "use true or false"),
+        ({"DEVICE_STORAGE": ""}, "DEVICE_STORAGE__blobServiceUri"),
+    ],
+)
+def test_bad_settings_are_named_with_the_fix(change: dict[str, str], named: str) -> None:
+    with pytest.raises(ValueError, match=named) as err:
+        Settings.from_env({**BASE, **change})
+    assert isinstance(err.value, ConfigError) or "storage setting" in str(err.value)
