@@ -262,6 +262,11 @@ class Ledger:
         except ResourceNotFoundError:
             raise JobNotFound(f"no job {job_id} for hub {hub}") from None
 
+    def find(self, job_id: str) -> Job | None:
+        """A job by id alone, whatever its hub (for housekeeping, which starts from a container name)."""
+        rows = list(islice(self.table.query_entities("RowKey eq @id", parameters={"id": job_id}), 1))
+        return Job.from_entity(rows[0]) if rows else None
+
     def save(self, job: Job) -> Job:
         """Write ``job`` if its row has not changed since it was read.
 

@@ -273,6 +273,22 @@ class Pipeline:
             changed.append(started)
         return changed
 
+    def sweep_work_containers(self, older_than: timedelta) -> list[str]:
+        """Delete work containers no live job owns: left by a crash between staging and recording the job (the
+        redelivery made a new one), or by a crash after a job ended. Young ones may belong to an upload being
+        accepted right now, so only those older than ``older_than`` go. Returns the names deleted."""
+        cutoff = self.clock() - older_than
+        deleted = []
+        for name, modified in self.storage.containers("job-"):
+            if modified > cutoff:
+                continue
+            job = self.ledger.find(name.removeprefix("job-"))
+            if job is None or job.state.is_terminal:
+                self.storage.delete_container(name)
+                deleted.append(name)
+                logger.info("deleted work container %s (%s)", name, "no job" if job is None else job.state)
+        return deleted
+
     def _follow(self, job: Job) -> Job:
         assert job.hub_job_id is not None
         try:

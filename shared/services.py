@@ -95,6 +95,10 @@ class Services:
                 changed.extend(self.pipeline.poll(hub))
             except Exception:
                 logger.exception("monitor pass over hub %s failed", hub)
+        try:
+            self.pipeline.sweep_work_containers(self.settings.orphan_after)
+        except Exception:
+            logger.exception("sweeping work containers failed; the next pass retries")
         return changed
 
     def nightly_backup(self, now: datetime | None = None) -> list[Job]:

@@ -188,6 +188,13 @@ class Storage:
             raise _explain(exc, f"container {name}") from exc
         return container
 
+    def containers(self, prefix: str) -> list[tuple[str, datetime]]:
+        """(name, last modified) of the containers whose name starts with ``prefix``."""
+        try:
+            return [(c.name, c.last_modified) for c in self.service.list_containers(name_starts_with=prefix)]
+        except AzureError as exc:
+            raise _explain(exc, f"listing containers {prefix}*") from exc
+
     def delete_container(self, name: str) -> None:
         """Delete a container if it exists (uncommitted blocks in it go with it)."""
         try:

@@ -23,7 +23,9 @@ TERMINAL = {"completed", "completed_with_errors", "failed", "cancelled", "reject
 
 def settings(azurite: Azurite, hub: IoTHubEmulator) -> dict[str, str]:
     # The monitor every second and a short submission grace: tests wait on outcomes, never on fixed sleeps.
-    return stack_settings(azurite, hub, MONITOR_SCHEDULE="* * * * * *", SUBMIT_GRACE_SECONDS="1")
+    return stack_settings(
+        azurite, hub, MONITOR_SCHEDULE="* * * * * *", SUBMIT_GRACE_SECONDS="1", ORPHAN_CONTAINER_MINUTES="0.05"
+    )
 
 
 class App(HostProcess):
