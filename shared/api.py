@@ -10,13 +10,13 @@ import json
 import logging
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from .config import ConfigError
 from .iothub import IoTHubError
-from .ledger import JobNotFound, JobState, LedgerConflict, LedgerError
+from .ledger import Job, JobNotFound, JobState, LedgerConflict, LedgerError
 from .pipeline import CannotCancel
 from .services import Services
 from .storage import BlobRef, StorageError
@@ -30,7 +30,6 @@ MAX_PAGE = 200
 class Reply:
     status: int
     body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
 
     def json(self) -> str:
         return json.dumps(self.body, indent=2)
@@ -106,7 +105,7 @@ def _links(svc: Services, reports: Mapping[str, str]) -> dict[str, str]:
     return links
 
 
-def _job_reply(svc: Services, job: Any, status: int = 200) -> Reply:
+def _job_reply(svc: Services, job: Job, status: int = 200) -> Reply:
     body = job.public()
     body["reports"] = dict(job.reports)
     body["links"] = _links(svc, job.reports)
@@ -144,10 +143,7 @@ def start_import(svc: Services, *, body: bytes, content_type: str, query: Mappin
         if props is None:
             raise ApiError(404, "BlobNotFound", f"no blob '{blob}' in storage: upload it first or fix the path")
         ref = BlobRef(container, name, props["etag"])
-    job = svc.pipeline.accept_upload(ref, hub)
-    if job.state is JobState.QUEUED:
-        svc.pipeline.start_next(hub)
-        job = svc.ledger.get(hub, job.job_id)
+    job = svc.on_upload(ref.container, ref.name, str(ref.etag), hub)
     return _job_reply(svc, job, 202 if not job.state.is_terminal else 200)
 
 
@@ -156,17 +152,13 @@ def start_export(svc: Services, *, body: bytes, query: Mapping[str, str]) -> Rep
     """Queue an export now: ``{"hub": ..., "includeKeys": false}``; no hub means every configured hub."""
     doc = _body(body)
     keys = doc.get("includeKeys", query.get("includeKeys", False))
-    if isinstance(keys, str):
-        keys = keys.lower() == "true"
+    if isinstance(keys, str):  # from the query string: only the two words, never a guess
+        keys = {"true": True, "false": False}.get(keys.lower(), keys)
     if not isinstance(keys, bool):
         raise ApiError(400, "InvalidField", '"includeKeys" must be true or false')
     name = doc.get("hub") or query.get("hub")
     hubs = [_hub(svc, name)] if name else list(svc.settings.hubs)
-    jobs = []
-    for hub in hubs:
-        job, _ = svc.pipeline.queue_export(hub, include_keys=keys, source="http")
-        svc.pipeline.start_next(hub)
-        jobs.append(svc.ledger.get(hub, job.job_id).public())
+    jobs = [svc.export(hub, include_keys=keys, source="http").public() for hub in hubs]
     return Reply(202, {"jobs": jobs})
 
 

@@ -365,30 +365,8 @@ class _LineChecker:
                 mid,
             )
             kind = "?"
-        sym = auth.get("symmetricKey")
-        x509 = auth.get("x509Thumbprint")
-        keys: list[Any] = []
-        thumbs: list[Any] = []
-        if sym is not None:
-            if not isinstance(sym, dict):
-                add(
-                    Code.WRONG_TYPE,
-                    "'authentication.symmetricKey' must be an object.",
-                    "authentication.symmetricKey",
-                    mid,
-                )
-            else:
-                keys = [sym.get("primaryKey"), sym.get("secondaryKey")]
-        if x509 is not None:
-            if not isinstance(x509, dict):
-                add(
-                    Code.WRONG_TYPE,
-                    "'authentication.x509Thumbprint' must be an object.",
-                    "authentication.x509Thumbprint",
-                    mid,
-                )
-            else:
-                thumbs = [x509.get("primaryThumbprint"), x509.get("secondaryThumbprint")]
+        keys = _pair(auth, "symmetricKey", ("primaryKey", "secondaryKey"), add, mid)
+        thumbs = _pair(auth, "x509Thumbprint", ("primaryThumbprint", "secondaryThumbprint"), add, mid)
         has_keys = any(k is not None for k in keys)
         has_thumbs = any(t is not None for t in thumbs)
         if has_keys and has_thumbs:
@@ -499,6 +477,19 @@ def _twin_section(section: dict[str, Any], name: str, limit: int, add: Callable[
         for key, value in section.items():
             if key not in _META and isinstance(value, (dict, list, str)) and _size(value) > PROPERTY_VALUE_MAX_BYTES:
                 add(Code.TWIN_TOO_LARGE, f"'{name}.{key[:60]}' exceeds 4 KB.", f"{name}.{key[:60]}", mid)
+
+
+def _pair(
+    auth: dict[str, Any], name: str, fields: tuple[str, str], add: Callable[..., None], mid: str | None
+) -> list[Any]:
+    """The two values of ``authentication.<name>`` (keys or thumbprints); none when it is absent or not an object."""
+    section = auth.get(name)
+    if section is None:
+        return []
+    if not isinstance(section, dict):
+        add(Code.WRONG_TYPE, f"'authentication.{name}' must be an object.", f"authentication.{name}", mid)
+        return []
+    return [section.get(fields[0]), section.get(fields[1])]
 
 
 def _key_problem(key: Any) -> str | None:

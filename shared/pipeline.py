@@ -25,6 +25,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from .backups import apply_retention, backup_folder, save_backup
 from .config import Containers
@@ -76,8 +77,7 @@ class Pipeline:
 
     def accept_upload(self, ref: BlobRef, hub: str) -> Job:
         """Validate an upload while staging it, and record the job. Safe to call twice for one blob version."""
-        if hub not in self.hubs:
-            raise ValueError(f"unknown hub '{hub}': configured hubs are {', '.join(sorted(self.hubs))}")
+        self._check_hub(hub)
         if not ref.etag:
             raise ValueError("an upload must be identified by its ETag")
         key = idempotency_key(ref.container, ref.name, ref.etag)
@@ -85,18 +85,7 @@ class Pipeline:
         if existing is not None:
             self._finish_accept(existing, ref)
             return existing
-        now = self.clock()
-        job = Job(
-            hub,
-            new_job_id(now),
-            JobKind.IMPORT,
-            JobState.QUEUED,
-            now,
-            now,
-            source=ref.path,
-            source_etag=ref.etag,
-            idempotency_key=key,
-        )
+        job = self._new_job(hub, JobKind.IMPORT, source=ref.path, source_etag=ref.etag, idempotency_key=key)
         self.storage.ensure_container(job.work_container)
         staged = self.storage.stage(job.work_container, INPUT_BLOB)
         report = validate_stream(self.storage.open_read(ref), sink=staged.write, max_errors=self.max_errors)
@@ -130,21 +119,18 @@ class Pipeline:
     def queue_export(self, hub: str, *, include_keys: bool, source: str, key: str | None = None) -> tuple[Job, bool]:
         """Queue a registry export of ``hub`` into a new backup folder. ``key`` makes a repeated request (a timer
         fired twice) find the job already queued. Returns (job, created)."""
+        self._check_hub(hub)
+        job = self._new_job(hub, JobKind.EXPORT, source=source, idempotency_key=key)
+        job = replace(job, params={"includeKeys": include_keys, "backup": backup_folder(hub, job.created)})
+        return self.ledger.create(job)
+
+    def _check_hub(self, hub: str) -> None:
         if hub not in self.hubs:
             raise ValueError(f"unknown hub '{hub}': configured hubs are {', '.join(sorted(self.hubs))}")
+
+    def _new_job(self, hub: str, kind: JobKind, **fields: Any) -> Job:
         now = self.clock()
-        job = Job(
-            hub,
-            new_job_id(now),
-            JobKind.EXPORT,
-            JobState.QUEUED,
-            now,
-            now,
-            source=source,
-            idempotency_key=key,
-            params={"includeKeys": include_keys, "backup": backup_folder(hub, now)},
-        )
-        return self.ledger.create(job)
+        return Job(hub, new_job_id(now), kind, JobState.QUEUED, now, now, **fields)
 
     def cancel(self, job: Job) -> Job:
         """Cancel a queued job at once, or ask the hub to cancel a running one (the monitor records the end).

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -78,14 +77,25 @@ class Services:
         first = name.split("/", 1)[0]
         return first if "/" in name and first in self.settings.hubs else self.settings.default_hub
 
-    def on_upload(self, container: str, name: str, etag: str) -> Job:
-        """The blob trigger's work: accept the upload (idempotent per version) and start it if the hub is idle."""
-        hub = self.hub_for_upload(name)
+    def on_upload(self, container: str, name: str, etag: str, hub: str | None = None) -> Job:
+        """Accept an upload (idempotent per version) and start it if the hub is idle: the blob trigger's work, and
+        the HTTP import's. ``hub`` defaults to the one the upload's path names."""
+        hub = hub or self.hub_for_upload(name)
         job = self.pipeline.accept_upload(BlobRef(container, name, etag), hub)
         logger.info("upload %s/%s is job %s (%s) on hub %s", container, name, job.job_id, job.state, hub)
         if job.state is JobState.QUEUED:
-            self.pipeline.start_next(hub)
+            job = self._start(job)
         return job
+
+    def export(self, hub: str, *, include_keys: bool, source: str, key: str | None = None) -> Job:
+        """Queue an export of ``hub`` (``key``: a repeated request finds the queued one) and start it if idle."""
+        job, created = self.pipeline.queue_export(hub, include_keys=include_keys, source=source, key=key)
+        return self._start(job) if created else job
+
+    def _start(self, job: Job) -> Job:
+        """Start the hub's next job now if the hub is idle; ``job`` as it stands afterwards."""
+        started = self.pipeline.start_next(job.hub)
+        return started if started is not None and started.job_id == job.job_id else job
 
     def monitor(self) -> list[Job]:
         """One pass of the job monitor over every hub; one hub's trouble never stops the others."""
@@ -106,15 +116,9 @@ class Services:
         now = now or datetime.now(UTC)
         jobs = []
         for hub in self.settings.hubs:
-            job, created = self.pipeline.queue_export(
-                hub,
-                include_keys=self.settings.backup_include_keys,
-                source="nightly",
-                key=f"nightly-{hub}-{now:%Y%m%d%H}",
-            )
-            jobs.append(job)
-            if created:
-                self.pipeline.start_next(hub)
+            key = f"nightly-{hub}-{now:%Y%m%d%H}"
+            jobs.append(self.export(hub, include_keys=self.settings.backup_include_keys, source="nightly", key=key))
+            # Also here, not only when a backup lands: a hub whose exports keep failing still gets pruned.
             apply_retention(
                 self.storage,
                 self.settings.containers.backups,
@@ -126,11 +130,6 @@ class Services:
 
 
 @functools.cache
-def _cached(key: tuple[tuple[str, str], ...]) -> Services:
-    return Services.build(Settings.from_env(dict(key)))
-
-
-def services(env: Mapping[str, str] | None = None) -> Services:
-    """The process-wide services for ``env`` (default: the process environment)."""
-    env = os.environ if env is None else env
-    return _cached(tuple(sorted(env.items())))
+def services() -> Services:
+    """The process-wide services, built from the environment on first use (a failure is not cached)."""
+    return Services.build(Settings.from_env(os.environ))

@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import requests
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
@@ -84,21 +83,6 @@ class Stack:
 
     def read(self, container: str, name: str) -> bytes:
         return bytes(self.blobs.get_blob_client(container, name).download_blob().readall())
-
-
-def control(hub: IoTHubEmulator, path: str, body: dict[str, Any]) -> None:
-    """Drive the IoT Hub emulator's control plane (faults, pausing jobs)."""
-    r = requests.post(f"{hub.url}/_emulator/{path}", json=body, verify=str(hub.ca_path), timeout=10)
-    r.raise_for_status()
-
-
-def wait_until(condition: Callable[[], object], *, timeout: float = 120) -> None:
-    """Poll until ``condition()`` is truthy; the timeout only stops a hung test."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise TimeoutError("condition not met")
-        time.sleep(0.1)
 
 
 def ensure(blobs: BlobServiceClient, container: str) -> None:

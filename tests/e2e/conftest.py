@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
 from emulators.azurite import Azurite
 from emulators.iothub import IoTHubEmulator
+from tests.integration.helpers import control, running_emulator
 
 from .app import App, Stack, settings
 
@@ -23,18 +23,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def hub_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IoTHubEmulator]:
-    emu = IoTHubEmulator(tmp_path_factory.mktemp("iothub-e2e"), port=0, control_plane=True)
-    emu.start()
-    if not emu.ready.wait(5):
-        pytest.fail("the IoT Hub emulator did not start")
-    yield emu
-    emu.stop()
+    with running_emulator(tmp_path_factory.mktemp("iothub-e2e")) as emu:
+        yield emu
 
 
 @pytest.fixture
 def hub(hub_server: IoTHubEmulator, monkeypatch: pytest.MonkeyPatch) -> IoTHubEmulator:
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(hub_server.ca_path))
-    requests.post(f"{hub_server.url}/_emulator/reset", verify=str(hub_server.ca_path), timeout=10).raise_for_status()
+    control(hub_server, "reset", {})
     return hub_server
 
 

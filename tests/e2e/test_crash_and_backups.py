@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.backups import STAMP
+from tests.integration.helpers import control, wait_until
+from tests.integration.helpers import device_line as dev
 
-from .app import Stack, control, ensure, wait_until
-from .test_imports import dev, hub_jobs, registry
+from .app import Stack, ensure
+from .test_imports import hub_jobs, registry
 
 STEPS = ["validated", "accepted", "claimed", "submitted", "running", "harvested"]
 

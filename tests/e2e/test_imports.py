@@ -8,12 +8,10 @@ from typing import Any
 import requests
 
 from emulators.azurite import REPO
+from tests.integration.helpers import control, wait_until
+from tests.integration.helpers import device_line as dev
 
-from .app import Stack, control, wait_until
-
-
-def dev(device_id: str, mode: str = "createOrUpdate", **extra: Any) -> dict[str, Any]:
-    return {"id": device_id, "importMode": mode, "status": "enabled", **extra}
+from .app import Stack
 
 
 def registry(stack: Stack) -> dict[str, dict[str, Any]]:

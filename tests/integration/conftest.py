@@ -7,13 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from azure.storage.blob import BlobServiceClient
 
 from emulators.azurite import Azurite
 from emulators.iothub import IoTHubEmulator
 
-from .helpers import Storage
+from .helpers import Storage, control, running_emulator
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -32,26 +31,17 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
 
 @pytest.fixture(scope="session")
 def iothub_server(tmp_path_factory: pytest.TempPathFactory, azurite: Azurite) -> Iterator[IoTHubEmulator]:
-    emu = IoTHubEmulator(
-        tmp_path_factory.mktemp("iothub"),
-        port=0,
-        storage_identity=azurite.connection_string,
-        control_plane=True,
-        oauth=True,
-    )
-    emu.start()
-    if not emu.ready.wait(5):
-        pytest.fail("the IoT Hub emulator did not start")
-    yield emu
-    emu.stop()
+    with running_emulator(
+        tmp_path_factory.mktemp("iothub"), storage_identity=azurite.connection_string, oauth=True
+    ) as emu:
+        yield emu
 
 
 @pytest.fixture
 def iothub(iothub_server: IoTHubEmulator, monkeypatch: pytest.MonkeyPatch) -> IoTHubEmulator:
     """The emulator, emptied through its control plane, with its CA trusted by requests-based clients."""
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(iothub_server.ca_path))
-    r = requests.post(f"{iothub_server.url}/_emulator/reset", verify=str(iothub_server.ca_path), timeout=10)
-    r.raise_for_status()
+    control(iothub_server, "reset", {})
     return iothub_server
 
 

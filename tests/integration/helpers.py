@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -74,7 +76,7 @@ def wait_for(get_status: Callable[[], Any], *, deadline: float = 120) -> Any:
         time.sleep(0.05)
 
 
-def wait_until(condition: Callable[[], bool], *, deadline: float = 60) -> None:
+def wait_until(condition: Callable[[], object], *, deadline: float = 60) -> None:
     """Poll ``condition`` until true; the deadline only stops a hung test."""
     end = time.monotonic() + deadline
     while not condition():
@@ -102,7 +104,21 @@ def hub_call(
     )
 
 
+@contextlib.contextmanager
+def running_emulator(data_dir: Path, **options: Any) -> Iterator[IoTHubEmulator]:
+    """The IoT Hub emulator on a free port (``options`` as for ``IoTHubEmulator``), stopped afterwards."""
+    emu = IoTHubEmulator(data_dir, port=0, control_plane=True, **options)
+    emu.start()
+    if not emu.ready.wait(5):
+        raise RuntimeError("the IoT Hub emulator did not start")
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
 def control(emu: IoTHubEmulator, path: str, body: dict[str, Any]) -> None:
+    """Drive the emulator's control plane: ``reset``, ``faults``, ``jobs`` (pause), ``clock``."""
     r = requests.post(f"{emu.url}/_emulator/{path}", json=body, verify=str(emu.ca_path), timeout=10)
     r.raise_for_status()
 
