@@ -86,13 +86,20 @@ class Faults:
             self.config = config
             self._rng = random.Random(config.seed)
 
-    def maybe_fail(self) -> None:
-        """Raise an injected error for this request, or return if it should go through."""
+    def draw(self) -> tuple[int, int] | None:
+        """The (status, Retry-After seconds) this request should fail with, or None if it goes through."""
         with self._lock:
             cfg = self.config
             if cfg.rate <= 0 or self._rng.random() >= cfg.rate:
-                return
-            status = self._rng.choice(cfg.statuses)
+                return None
+            return self._rng.choice(cfg.statuses), cfg.retry_after
+
+    def maybe_fail(self) -> None:
+        """Raise an injected IoT Hub error for this request, or return if it should go through."""
+        drawn = self.draw()
+        if drawn is None:
+            return
+        status, retry_after = drawn
         code, message = _BY_STATUS[status]
-        headers = {"Retry-After": str(cfg.retry_after)} if status in (429, 503) else {}
+        headers = {"Retry-After": str(retry_after)} if status in (429, 503) else {}
         raise ApiError(code, message, headers=headers)

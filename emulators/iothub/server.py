@@ -10,18 +10,18 @@ import base64
 import json
 import logging
 import re
-import socket
 import ssl
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ..tls import TlsHTTPServer, ensure_certificates
 from . import query
 from .auth import Right, authorize, connection_string
 from .blobs import StorageAccess
@@ -31,7 +31,6 @@ from .jobs import JobRunner, iso
 from .model import LineError, device_json, twin_json
 from .registry import Registry
 from .store import Store
-from .tls import ensure_certificates
 
 logger = logging.getLogger(__name__)
 
@@ -373,30 +372,11 @@ class _Handler(BaseHTTPRequestHandler):
         return handler(emu, Request(self.command, path, params, headers, body, pattern.match(path)))
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _Server(TlsHTTPServer):
     emulator: IoTHubEmulator
 
     def __init__(self, addr: tuple[str, int], ctx: ssl.SSLContext | None) -> None:
-        self.ssl_context = ctx
-        super().__init__(addr, _Handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = super().get_request()
-        if self.ssl_context is not None:
-            # Handshake in the handler thread, so a slow client cannot stall accept().
-            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, addr
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.settimeout(30)
-                request.do_handshake()
-            except (ssl.SSLError, OSError):
-                return
-        super().finish_request(request, client_address)
+        super().__init__(addr, _Handler, ctx)
 
 
 class IoTHubEmulator:

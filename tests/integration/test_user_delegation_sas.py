@@ -14,7 +14,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient
 
 from emulators.azurite import Azurite
-from emulators.iothub.tls import TlsFiles, ensure_certificates
+from emulators.tls import TlsFiles, ensure_certificates
 from shared.storage import BlobRef, Storage
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import socket
 import ssl
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -98,3 +101,32 @@ def ensure_certificates(directory: Path, names: tuple[str, ...] = ("localhost", 
     files.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     files.ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     return files
+
+
+class TlsHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server that speaks TLS when given a context, handshaking in the handler thread."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self, addr: tuple[str, int], handler: type[BaseHTTPRequestHandler], ctx: ssl.SSLContext | None
+    ) -> None:
+        self.ssl_context = ctx
+        super().__init__(addr, handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        if self.ssl_context is not None:
+            # Handshake in the handler thread, so a slow client cannot stall accept().
+            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(30)
+                request.do_handshake()
+            except (ssl.SSLError, OSError):
+                return
+        super().finish_request(request, client_address)
