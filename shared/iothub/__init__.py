@@ -1,5 +1,6 @@
 """IoT Hub service API client: import/export jobs, statistics, bulk registry; typed errors (see ``_errors``)."""
 
+from ..retry import RetryPolicy
 from ._auth import Credential, EntraCredential, SasCredential, parse_connection_string, sign_sas
 from ._client import API_VERSION, IoTHubClient
 from ._errors import (
@@ -16,7 +17,6 @@ from ._errors import (
     error_name,
 )
 from ._models import Job, JobStatus, JobType, RegistryStatistics, strip_query
-from ._retry import RetryPolicy
 
 __all__ = [
     "API_VERSION",

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 import requests
-from urllib3.exceptions import NewConnectionError
 
+from ..retry import RetryPolicy, Unreachable, send_with_retries
 from ._auth import Credential, EntraCredential, SasCredential, parse_connection_string
 from ._errors import (
     IoTHubAuthError,
@@ -24,7 +23,6 @@ from ._errors import (
     error_name,
 )
 from ._models import Job, RegistryStatistics
-from ._retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +42,7 @@ class IoTHubClient:
         endpoint: ``https://<hub>.azure-devices.net`` (or the emulator's ``https://127.0.0.1:<port>``).
         credential: a ``SasCredential`` or ``EntraCredential``.
         timeout: (connect, read) seconds, applied to every request.
-        retry: the retry policy (see ``_retry.py``).
+        retry: the retry policy (see ``shared/retry.py``).
         session: a ``requests.Session`` to reuse (connection pooling); one is made if omitted.
     """
 
@@ -179,69 +177,36 @@ class IoTHubClient:
     ) -> requests.Response:
         """One logical call: retries per the policy, then maps the outcome to a typed error."""
         idempotent = method in ("GET", "PUT", "DELETE") if idempotent is None else idempotent
-        url = f"{self.endpoint}{path}"
-        deadline = time.monotonic() + self._retry.total_timeout
-        attempt = 0
-        while True:
-            attempt += 1
-            headers = {"Authorization": self._credential.authorization(), "Accept": "application/json"}
-            data = None
-            if body is not None:
-                headers["Content-Type"] = "application/json; charset=utf-8"
-                data = json.dumps(body).encode()
-            try:
-                response = self._session.request(
-                    method,
-                    url,
-                    params={"api-version": self._api_version},
-                    data=data,
-                    headers=headers,
-                    timeout=self._timeout,
-                )
-            except requests.ConnectionError as exc:
-                # A connect failure means the hub never saw the request; a read failure after a POST might not.
-                safe = idempotent or isinstance(exc, requests.ConnectTimeout) or _never_sent(exc)
-                if safe and attempt <= self._retry.max_retries and time.monotonic() < deadline:
-                    wait = self._retry.delay(attempt)
-                    logger.debug("IoT Hub %s %s: connection failed, retry %d in %.1fs", method, path, attempt, wait)
-                    time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
-                    continue
-                logger.warning("IoT Hub %s %s: unreachable after %d tries", method, path, attempt)
-                raise IoTHubUnavailable(f"IoT Hub {self.host} is unreachable ({type(exc).__name__})") from exc
-            except requests.Timeout as exc:
-                if idempotent and attempt <= self._retry.max_retries and time.monotonic() < deadline:
-                    time.sleep(self._retry.delay(attempt))
-                    continue
-                raise IoTHubUnavailable(f"IoT Hub {self.host} did not answer in time") from exc
-            if response.status_code < 400 or response.status_code in accept:
-                return response
-            if (
-                self._retry.retries_status(response.status_code, idempotent=idempotent)
-                and attempt <= self._retry.max_retries
-            ):
-                wait = self._retry.delay(attempt, response.headers.get("Retry-After"))
-                if time.monotonic() + wait < deadline:
-                    logger.debug(
-                        "IoT Hub %s %s: %d, retry %d in %.1fs", method, path, response.status_code, attempt, wait
-                    )
-                    time.sleep(wait)
-                    continue
-            error = _http_error(response)
-            logger.warning(
-                "IoT Hub %s %s failed: %d %s (request %s)",
+        data = None if body is None else json.dumps(body).encode()
+
+        def headers() -> dict[str, str]:
+            h = {"Authorization": self._credential.authorization(), "Accept": "application/json"}
+            if data is not None:
+                h["Content-Type"] = "application/json; charset=utf-8"
+            return h
+
+        try:
+            response = send_with_retries(
+                self._session,
                 method,
-                path,
-                error.status,
-                error.code_name,
-                error.request_id,
+                f"{self.endpoint}{path}",
+                policy=self._retry,
+                timeout=self._timeout,
+                headers=headers,
+                params={"api-version": self._api_version},
+                data=data,
+                idempotent=idempotent,
+                label=f"IoT Hub {method} {path}",
             )
-            raise error
-
-
-def _never_sent(exc: requests.ConnectionError) -> bool:
-    """True when no connection was made (refused, unresolvable): the hub cannot have seen the request."""
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(reason, NewConnectionError)
+        except Unreachable as exc:
+            raise IoTHubUnavailable(f"IoT Hub {self.host}: {exc}") from exc
+        if response.status_code < 400 or response.status_code in accept:
+            return response
+        error = _http_error(response)
+        logger.warning(
+            "IoT Hub %s %s failed: %d %s (request %s)", method, path, error.status, error.code_name, error.request_id
+        )
+        raise error
 
 
 def _check_id(value: str, name: str) -> None:

@@ -63,7 +63,7 @@ def test_error_parsing_of_both_message_shapes() -> None:
 
 def test_never_sent_tells_a_refused_connection_from_a_broken_one() -> None:
     from emulators.azurite import free_port
-    from shared.iothub._client import _never_sent
+    from shared.retry import _never_sent
 
     with pytest.raises(requests.ConnectionError) as refused:
         requests.get(f"http://127.0.0.1:{free_port()}/", timeout=2)

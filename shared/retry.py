@@ -1,0 +1,105 @@
+"""When and how long to wait before retrying a request to an Azure service (IoT Hub, IoT Central), and the loop
+that does it. The only place retry rules live.
+
+Retried: 408, 429, 500, 502, 503, 504 and connection failures, with exponential backoff and jitter, capped, and
+``Retry-After`` honoured, all under an overall deadline. Requests that are not idempotent (``POST /jobs/create``)
+are retried only where the service cannot have acted: 429, 503 and failures to connect; a 500 or a read timeout
+after such a POST is left to the caller, who reconciles against ``GET /jobs``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import requests
+from urllib3.exceptions import NewConnectionError
+
+logger = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+SAFE_FOR_NON_IDEMPOTENT = frozenset({429, 503})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_retries: int = 5
+    backoff_factor: float = 0.8
+    backoff_max: float = 60.0
+    total_timeout: float = 300.0  # seconds for one operation, all tries included
+
+    def retries_status(self, status: int, *, idempotent: bool) -> bool:
+        allowed = RETRY_STATUSES if idempotent else SAFE_FOR_NON_IDEMPOTENT
+        return status in allowed
+
+    def delay(self, attempt: int, retry_after: str | None = None, *, rng: random.Random | None = None) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based)."""
+        if retry_after:
+            try:
+                return min(max(float(retry_after), 0.0), self.backoff_max)
+            except ValueError:
+                pass  # an HTTP date: fall back to backoff
+        base = min(self.backoff_factor * (2 ** (attempt - 1)), self.backoff_max)
+        jitter: float = (rng or random.Random()).random()
+        return float(base * (0.5 + jitter / 2))  # 50-100 % of the backoff
+
+
+class Unreachable(Exception):
+    """No usable response: the connection failed or timed out, retries included. ``str`` says which."""
+
+
+def send_with_retries(
+    session: requests.Session,
+    method: str,
+    url: str,
+    *,
+    policy: RetryPolicy,
+    timeout: tuple[float, float],
+    headers: Callable[[], dict[str, str]],
+    params: dict[str, str] | None = None,
+    data: bytes | None = None,
+    idempotent: bool,
+    label: str,
+) -> requests.Response:
+    """One logical call: send, and retry per ``policy``; returns the last response, whatever its status.
+
+    ``headers`` is called before every try, so a renewed token is used. ``label`` names the call in logs (never a
+    URL with a query). Raises ``Unreachable`` when no response came back within the retries.
+    """
+    deadline = time.monotonic() + policy.total_timeout
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            response = session.request(method, url, params=params, data=data, headers=headers(), timeout=timeout)
+        except requests.ConnectionError as exc:
+            # A connect failure means the service never saw the request; a read failure after a POST might not.
+            safe = idempotent or isinstance(exc, requests.ConnectTimeout) or _never_sent(exc)
+            if safe and attempt <= policy.max_retries and time.monotonic() < deadline:
+                wait = policy.delay(attempt)
+                logger.debug("%s: connection failed, retry %d in %.1fs", label, attempt, wait)
+                time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+                continue
+            logger.warning("%s: unreachable after %d tries", label, attempt)
+            raise Unreachable(f"unreachable ({type(exc).__name__})") from exc
+        except requests.Timeout as exc:
+            if idempotent and attempt <= policy.max_retries and time.monotonic() < deadline:
+                time.sleep(policy.delay(attempt))
+                continue
+            raise Unreachable("did not answer in time") from exc
+        if policy.retries_status(response.status_code, idempotent=idempotent) and attempt <= policy.max_retries:
+            wait = policy.delay(attempt, response.headers.get("Retry-After"))
+            if time.monotonic() + wait < deadline:
+                logger.debug("%s: %d, retry %d in %.1fs", label, response.status_code, attempt, wait)
+                time.sleep(wait)
+                continue
+        return response
+
+
+def _never_sent(exc: requests.ConnectionError) -> bool:
+    """True when no connection was made (refused, unresolvable): the service cannot have seen the request."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError)
