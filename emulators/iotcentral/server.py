@@ -195,18 +195,17 @@ class IoTCentralEmulator:
             body = merge_patch(self._existing(kind, item_id, current), req.body)
         else:
             raise ApiError(405, "MethodNotAllowed", f"{req.method} is not allowed on {req.path}.")
-        if kind == "destinations":
-            doc = validate_destination(body)
-            immutable = "type"
-        else:
-            doc = validate_export(body, version, set(self.state.data["destinations"]))
-            immutable = "source"
-        if current is not None and current[immutable] != doc[immutable]:
+        immutable = "type" if kind == "destinations" else "source"
+        if current is not None and isinstance(body, dict) and body.get(immutable) != current[immutable]:
             raise ApiError(
                 400,
                 "ImmutableProperty",
-                f"'{immutable}' cannot change ({current[immutable]} -> {doc[immutable]}); delete and create again.",
+                f"'{immutable}' cannot change ({current[immutable]} -> {body.get(immutable)}); delete and create again.",
             )
+        if kind == "destinations":
+            doc = validate_destination(body)
+        else:
+            doc = validate_export(body, version, set(self.state.data["destinations"]))
         items[item_id] = doc
         self.state.save()
         return 200, self._show(kind, item_id, doc)
