@@ -1,8 +1,10 @@
 """Azure Functions entry point (Python v2 model): triggers only; the work lives in ``shared/``.
 
 - ``import_on_upload``: blob trigger on ``uploads/{name}`` (SDK-type ``BlobClient``: the file is streamed, never
-  held in memory) -> validate, stage, record, start.
-- ``nightly_backup``: timer (``BACKUP_SCHEDULE``) -> export every hub into ``backups/``, apply retention.
+  held in memory) -> validate, stage, record, start. ``uploads/central/*.json`` is an IoT Central data-export
+  file instead -> check, plan, apply.
+- ``nightly_backup``: timer (``BACKUP_SCHEDULE``) -> export every hub into ``backups/``, back up IoT Central's
+  data export, apply retention.
 - ``job_monitor``: timer (``MONITOR_SCHEDULE``) -> follow hub jobs, finish them, start the next.
 - HTTP API under ``/api`` (function key), JSON in and out; ``health`` is anonymous.
 """
@@ -76,6 +78,21 @@ def get_job(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="jobs/{hub}/{job_id}/cancel", methods=["POST"])
 def cancel_job(req: func.HttpRequest) -> func.HttpResponse:
     return _respond(api.cancel_job(services, hub=req.route_params["hub"], job_id=req.route_params["job_id"]))
+
+
+@app.route(route="central/plan", methods=["POST"])
+def central_plan(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.central_plan(services, body=req.get_body()))
+
+
+@app.route(route="central/apply", methods=["POST"])
+def central_apply(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.central_apply(services, body=req.get_body()))
+
+
+@app.route(route="central/backups", methods=["POST"])
+def central_backup(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.central_backup(services))
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from .central import PARTITION as CENTRAL
 from .config import ConfigError
+from .dataexport import DocumentError
+from .iotcentral import IoTCentralError
 from .iothub import IoTHubError
 from .ledger import Job, JobNotFound, JobState, LedgerConflict, LedgerError
 from .pipeline import CannotCancel
@@ -64,8 +67,14 @@ def guarded(handler: Callable[..., Reply]) -> Callable[..., Reply]:
             return error(404, "JobNotFound", "no such job: check the hub name and job id (GET /api/jobs lists them)")
         except (CannotCancel, LedgerConflict) as exc:
             return error(409, "Conflict", str(exc) or "the job changed meanwhile; read it again and retry")
+        except DocumentError as exc:
+            reply = error(400, "InvalidDocument", f"{exc}; nothing was changed (see problems)")
+            reply.body["error"]["problems"] = [p.public() for p in exc.problems]
+            return reply
         except IoTHubError as exc:
             return error(502, "IoTHubError", f"the IoT hub refused the request: {exc}")
+        except IoTCentralError as exc:
+            return error(502, "IoTCentralError", f"IoT Central refused the request: {exc}")
         except (StorageError, LedgerError) as exc:
             return error(503, "StorageUnavailable", f"storage is not answering: {exc}; retry shortly")
         except Exception:
@@ -90,6 +99,8 @@ def _body(raw: bytes) -> dict[str, Any]:
 
 def _hub(svc: Services, name: str | None) -> str:
     hub = name or svc.settings.default_hub
+    if hub == CENTRAL and svc.central is not None:
+        return hub  # the ledger partition of IoT Central apply jobs
     if hub not in svc.settings.hubs:
         raise ApiError(
             404, "UnknownHub", f"hub '{hub}' is not configured; configured hubs: {', '.join(svc.settings.hubs)}"
@@ -191,5 +202,41 @@ def get_job(svc: Services, *, hub: str, job_id: str) -> Reply:
 
 @guarded
 def cancel_job(svc: Services, *, hub: str, job_id: str) -> Reply:
+    if _hub(svc, hub) == CENTRAL:
+        raise ApiError(409, "Conflict", "an IoT Central apply runs to its end once started; it cannot be cancelled")
     job = svc.pipeline.cancel(svc.ledger.get(_hub(svc, hub), job_id))
     return _job_reply(svc, job, 202 if not job.state.is_terminal else 200)
+
+
+# --- IoT Central data export ----------------------------------------------------------------------------
+
+
+def _document(body: bytes) -> bytes:
+    if not body.strip():
+        raise ApiError(400, "EmptyBody", "send the data-export file (JSON) as the request body")
+    return body
+
+
+@guarded
+def central_plan(svc: Services, *, body: bytes) -> Reply:
+    """What applying the file in the body would change; changes nothing and records no job."""
+    _, _, plan = svc.require_central().plan(_document(body))
+    return Reply(200, plan.public())
+
+
+@guarded
+def central_apply(svc: Services, *, body: bytes) -> Reply:
+    """Apply the file in the body: it is kept as ``uploads/central/api-<time>.json`` and applied as that upload
+    would be (one ledger job with a report); the reply is the finished job."""
+    svc.require_central()
+    name = f"central/api-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}.json"
+    uploads = svc.settings.containers.uploads
+    etag = svc.storage.upload_bytes(uploads, name, _document(body), overwrite=False)
+    job = svc.on_upload(uploads, name, etag)
+    return _job_reply(svc, job, 200 if job.state.is_terminal else 202)
+
+
+@guarded
+def central_backup(svc: Services) -> Reply:
+    """Back up the app's data-export configuration now (one folder per hour: a repeat finds the same one)."""
+    return Reply(200, svc.require_central().backup(retention_days=svc.settings.backup_retention_days))

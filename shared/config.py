@@ -35,6 +35,15 @@ class HubSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CentralSettings:
+    """The IoT Central app whose data export is backed up and applied (optional: unset, the feature is off)."""
+
+    app_url: str
+    api_token: str | None = field(default=None, repr=False)  # None: the app's managed identity (Entra ID)
+    backup: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Containers:
     uploads: str = "uploads"
     reports: str = "reports"
@@ -55,6 +64,7 @@ class Settings:
     ledger_table: str = "jobledger"
     orphan_after: timedelta = timedelta(hours=1)
     containers: Containers = field(default_factory=Containers)
+    central: CentralSettings | None = None
 
     @property
     def default_hub(self) -> str:
@@ -69,6 +79,8 @@ class Settings:
         for name in names:
             if not _HUB_NAME.match(name):
                 raise ConfigError(f"IOTHUB_HUBS: '{name}' is not a hub name (3-50 lowercase letters, digits, '-')")
+            if name == "central":
+                raise ConfigError("IOTHUB_HUBS: 'central' is reserved for IoT Central (uploads/central/...); rename it")
             var = name.upper().replace("-", "_")
             conn = env.get(f"IOTHUB_{var}_CONNECTION_STRING") or None
             host = env.get(f"IOTHUB_{var}_HOSTNAME") or None
@@ -94,7 +106,27 @@ class Settings:
             submit_grace=timedelta(seconds=_number(env, "SUBMIT_GRACE_SECONDS", 120, low=0, high=3600)),
             ledger_table=env.get("LEDGER_TABLE", "jobledger"),
             orphan_after=timedelta(minutes=_number(env, "ORPHAN_CONTAINER_MINUTES", 60, low=0.01, high=7 * 24 * 60)),
+            central=_central(env),
         )
+
+
+def _central(env: Mapping[str, str]) -> CentralSettings | None:
+    url = env.get("IOTCENTRAL_APP_URL", "").strip()
+    if not url:
+        return None
+    if not re.match(r"^https://[^/\s]+/?$", url):
+        raise ConfigError(f"IOTCENTRAL_APP_URL is '{url}': give the app's URL, e.g. https://myapp.azureiotcentral.com")
+    token = env.get("IOTCENTRAL_API_TOKEN", "").strip() or None
+    if token is not None:
+        from .iotcentral import ApiTokenCredential
+
+        try:
+            credential = ApiTokenCredential(token)
+        except ValueError as exc:
+            raise ConfigError(f"IOTCENTRAL_API_TOKEN: {exc}") from None
+        if credential.expired:
+            raise ConfigError("IOTCENTRAL_API_TOKEN has expired: create a new API token and update the setting")
+    return CentralSettings(url.rstrip("/"), token, _flag(env, "IOTCENTRAL_BACKUP", default=True))
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
@@ -110,8 +142,8 @@ def _number(env: Mapping[str, str], name: str, default: float, *, low: float, hi
     return value
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "false").strip().lower()
+def _flag(env: Mapping[str, str], name: str, *, default: bool = False) -> bool:
+    raw = env.get(name, str(default)).strip().lower()
     if raw in ("true", "1", "yes"):
         return True
     if raw in ("false", "0", "no", ""):

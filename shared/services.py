@@ -9,13 +9,16 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from azure.data.tables import TableServiceClient
 
 from .backups import apply_retention
+from .central import Central, is_central_upload
 from .config import ConfigError, Settings, StorageAuth
+from .iotcentral import IoTCentralClient
 from .iothub import IoTHubClient
 from .ledger import Job, JobState, Ledger
 from .pipeline import Pipeline
@@ -46,15 +49,28 @@ def _hub_client(hub: str, settings: Settings) -> IoTHubClient:
     return IoTHubClient.from_token_credential(conf.host_name, DefaultAzureCredential())
 
 
+def _central_client(settings: Settings) -> IoTCentralClient | None:
+    conf = settings.central
+    if conf is None:
+        return None
+    if conf.api_token:
+        return IoTCentralClient.from_api_token(conf.app_url, conf.api_token)
+    from azure.identity import DefaultAzureCredential
+
+    return IoTCentralClient.from_token_credential(conf.app_url, DefaultAzureCredential())
+
+
 @dataclass
 class Services:
     settings: Settings
     storage: Storage
     ledger: Ledger
     pipeline: Pipeline
+    central: Central | None = None
 
     @classmethod
-    def build(cls, settings: Settings) -> Services:
+    def build(cls, settings: Settings, env: Mapping[str, str] | None = None) -> Services:
+        """``env``: where the data-export file's app-setting references are looked up (default: the process's)."""
         storage = Storage.from_settings(settings.storage, sas_lifetime=settings.sas_lifetime)
         ledger = Ledger.from_service(_table_service(settings.storage), settings.ledger_table)
         hubs = {name: _hub_client(name, settings) for name in settings.hubs}
@@ -70,7 +86,23 @@ class Services:
         )
         for container in (settings.containers.uploads, settings.containers.reports, settings.containers.backups):
             storage.ensure_container(container)
-        return cls(settings, storage, ledger, pipeline)
+        client = _central_client(settings)
+        central = None
+        if client is not None:
+            central = Central(
+                ledger,
+                storage,
+                client,
+                os.environ if env is None else env,
+                settings.containers,
+                stale_after=settings.submit_grace,
+            )
+        return cls(settings, storage, ledger, pipeline, central)
+
+    def require_central(self) -> Central:
+        if self.central is None:
+            raise ConfigError("IOTCENTRAL_APP_URL is not set: give the IoT Central app's URL to use data export")
+        return self.central
 
     def hub_for_upload(self, name: str) -> str:
         """The hub an upload is for: its first path segment when that names a configured hub, else the default."""
@@ -80,6 +112,10 @@ class Services:
     def on_upload(self, container: str, name: str, etag: str, hub: str | None = None) -> Job:
         """Accept an upload (idempotent per version) and start it if the hub is idle: the blob trigger's work, and
         the HTTP import's. ``hub`` defaults to the one the upload's path names."""
+        if hub is None and is_central_upload(name):
+            job = self.require_central().accept(BlobRef(container, name, etag))
+            logger.info("data-export file %s/%s is job %s (%s)", container, name, job.job_id, job.state)
+            return job
         hub = hub or self.hub_for_upload(name)
         job = self.pipeline.accept_upload(BlobRef(container, name, etag), hub)
         logger.info("upload %s/%s is job %s (%s) on hub %s", container, name, job.job_id, job.state, hub)
@@ -109,6 +145,11 @@ class Services:
             self.pipeline.sweep_work_containers(self.settings.orphan_after)
         except Exception:
             logger.exception("sweeping work containers failed; the next pass retries")
+        if self.central is not None:
+            try:
+                changed.extend(self.central.resume_stale())
+            except Exception:
+                logger.exception("resuming interrupted IoT Central applies failed; the next pass retries")
         return changed
 
     def nightly_backup(self, now: datetime | None = None) -> list[Job]:
@@ -126,6 +167,9 @@ class Services:
                 days=self.settings.backup_retention_days,
                 now=now,
             )
+        if self.central is not None and self.settings.central is not None and self.settings.central.backup:
+            # Last, so that an IoT Central outage fails the invocation (visibly) without holding up the hubs.
+            self.central.backup(retention_days=self.settings.backup_retention_days)
         return jobs
 
 

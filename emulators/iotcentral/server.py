@@ -200,7 +200,8 @@ class IoTCentralEmulator:
             raise ApiError(
                 400,
                 "ImmutableProperty",
-                f"'{immutable}' cannot change ({current[immutable]} -> {body.get(immutable)}); delete and create again.",
+                f"'{immutable}' cannot change ({current[immutable]} -> {body.get(immutable)}); "
+                "delete it and create it again.",
             )
         if kind == "destinations":
             doc = validate_destination(body)

@@ -1,0 +1,225 @@
+"""IoT Central data export in the app: apply jobs in the ledger, plans on request, and backups.
+
+An apply is a ledger job of kind ``central_apply`` in the ``central`` partition, keyed like an import by the
+upload's version (``uploads/central/<name>.json``), so a trigger fired twice applies once. The file is read, checked
+and planned before the job is recorded: a bad file becomes a ``rejected`` job with a report and nothing is sent.
+A job then runs its steps and records progress; if the process dies mid-apply the job stays ``running`` and is
+picked up again once it has been quiet for ``stale_after`` (by a redelivery or the monitor). Running it again is
+safe: the plan starts from what the app holds now. The upload is archived before the end is recorded.
+
+Backups: ``backups/central/<UTC hour>/dataexport.json`` (every destination and export as read, so secrets come
+back masked) and ``manifest.json``, written last. One folder per hour, so a timer fired twice writes once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .backups import MANIFEST_BLOB, STAMP, apply_retention
+from .config import Containers
+from .dataexport import Document, DocumentError, Plan, StepResult, apply, make_plan, parse, read_app, resolve
+from .dataexport.document import MAX_BYTES
+from .dataexport.plan import Outcome
+from .iotcentral import IoTCentralClient
+from .ledger import Job, JobKind, JobState, Ledger, idempotency_key, new_job_id
+from .storage import ArchiveKind, BlobRef, Storage
+
+logger = logging.getLogger(__name__)
+
+PARTITION = "central"  # the ledger partition of apply jobs (hub names may not take it)
+UPLOAD_PREFIX = "central/"
+DOCUMENT_BLOB = "dataexport.json"
+
+
+def is_central_upload(name: str) -> bool:
+    """``uploads/central/<anything>.json`` is a data-export file; everything else is a devices file."""
+    return name.startswith(UPLOAD_PREFIX) and name.endswith(".json")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Central:
+    ledger: Ledger
+    storage: Storage
+    client: IoTCentralClient
+    env: Mapping[str, str]  # where {"appSetting": NAME} references are looked up (the app settings)
+    containers: Containers
+    clock: Callable[[], datetime] = utcnow
+    stale_after: timedelta = timedelta(minutes=2)
+
+    # --- plan -----------------------------------------------------------------------------------------
+
+    def plan(self, raw: bytes) -> tuple[Document, dict[str, dict[str, Any]], Plan]:
+        """Check the file, resolve its secrets and plan against the app; changes nothing.
+
+        Raises:
+            DocumentError: the file cannot be applied (every problem listed).
+        """
+        doc = parse(raw)
+        resolved = resolve(doc, self.env)
+        destinations, exports = read_app(self.client)
+        return doc, resolved, make_plan(doc, resolved, destinations, exports)
+
+    # --- apply ----------------------------------------------------------------------------------------
+
+    def accept(self, ref: BlobRef) -> Job:
+        """Apply one version of an uploaded file, once. Safe to call again for the same version."""
+        if not ref.etag:
+            raise ValueError("an upload must be identified by its ETag")
+        key = idempotency_key(ref.container, ref.name, ref.etag)
+        existing = self.ledger.find_by_key(PARTITION, key)
+        if existing is not None:
+            return self._resume(existing, ref)
+        raw = self._read(ref)
+        now = self.clock()
+        job = Job(
+            PARTITION,
+            new_job_id(now),
+            JobKind.CENTRAL_APPLY,
+            JobState.RUNNING,
+            now,
+            now,
+            source=ref.path,
+            source_etag=ref.etag,
+            idempotency_key=key,
+        )
+        try:
+            doc, resolved, plan = self.plan(raw)
+        except DocumentError as exc:
+            return self._reject(job, ref, exc)
+        job, created = self.ledger.create(replace(job, lines=len(plan.steps), modes=plan.summary()))
+        if not created:
+            return self._resume(job, ref)
+        return self._run(job, ref, doc, resolved, plan)
+
+    def resume_stale(self) -> list[Job]:
+        """The monitor's part: run again the applies left ``running`` by a process that died."""
+        done = []
+        for job in self.ledger.iter_active(PARTITION):
+            if job.source and job.source_etag and self.clock() - job.updated >= self.stale_after:
+                container, _, name = job.source.partition("/")
+                done.append(self._resume(job, BlobRef(container, name, job.source_etag)))
+        return done
+
+    def _resume(self, job: Job, ref: BlobRef) -> Job:
+        if job.state.is_terminal:
+            self._archive(job, ref)  # a crash may have come between the end and the archive: idempotent
+            return job
+        if self.clock() - job.updated < self.stale_after:
+            return job  # another instance is applying it right now
+        logger.info("apply job %s was interrupted; planning again from what the app holds now", job.job_id)
+        try:
+            doc, resolved, plan = self.plan(self._read(ref))
+        except DocumentError as exc:  # e.g. an app setting removed meanwhile
+            return self._finish(job, ref, JobState.FAILED, str(exc), {"problems": [p.public() for p in exc.problems]})
+        job = self.ledger.save(replace(job, updated=self.clock(), attempts=job.attempts + 1))
+        return self._run(job, ref, doc, resolved, plan)
+
+    def _run(self, job: Job, ref: BlobRef, doc: Document, resolved: dict[str, dict[str, Any]], plan: Plan) -> Job:
+        secrets = [self.env.get(name, "") for name in doc.settings()]
+        state = {"job": job}
+
+        def progress(i: int, result: StepResult) -> None:
+            # Each step refreshes the row, so a live apply never looks stale to another instance.
+            pct = int(100 * (i + 1) / max(len(plan.steps), 1))
+            state["job"] = self.ledger.save(replace(state["job"], progress=pct, updated=self.clock()))
+
+        results = apply(plan, self.client, secrets=secrets, after_step=progress)
+        failed = [r for r in results if r.outcome is Outcome.FAILED]
+        report = {"plan": plan.public(), "results": [r.public() for r in results]}
+        if failed:
+            done = sum(r.outcome is Outcome.DONE for r in results)
+            reason = (
+                f"{done} of {len(results)} step(s) applied; {failed[0].step} failed: {failed[0].error}. "
+                "Fix the cause and apply the file again: the new plan starts from what the app holds."
+            )
+            return self._finish(state["job"], ref, JobState.FAILED, reason, report)
+        return self._finish(state["job"], ref, JobState.COMPLETED, None, report)
+
+    def _reject(self, job: Job, ref: BlobRef, exc: DocumentError) -> Job:
+        path = f"{job.job_id}/central-rejection.json"
+        doc = {"file": ref.path, "problems": [p.public() for p in exc.problems], "applied": "nothing"}
+        self._write_report(path, doc)
+        job = replace(
+            job,
+            state=JobState.REJECTED,
+            validation_errors=len(exc.problems),
+            failure_reason=f"{len(exc.problems)} problem(s) in the file; nothing was changed",
+            reports={"rejection": f"{self.containers.reports}/{path}"},
+        )
+        job, _ = self.ledger.create(job)
+        self._archive(job, ref)
+        return job
+
+    def _finish(self, job: Job, ref: BlobRef, state: JobState, reason: str | None, report: dict[str, Any]) -> Job:
+        path = f"{job.job_id}/central-apply.json"
+        self._write_report(path, {"file": ref.path, "state": str(state), "reason": reason, **report})
+        job = replace(job, reports={"result": f"{self.containers.reports}/{path}"})
+        self._archive(job, ref, failed=state is not JobState.COMPLETED)
+        return self.ledger.move(job, state, now=self.clock(), failure_reason=reason, progress=100)
+
+    def _write_report(self, path: str, doc: dict[str, Any]) -> None:
+        self.storage.ensure_container(self.containers.reports)
+        self.storage.upload_bytes(self.containers.reports, path, json.dumps(doc, indent=2).encode())
+
+    def _archive(self, job: Job, ref: BlobRef, *, failed: bool | None = None) -> None:
+        if failed is None:
+            failed = job.state is not JobState.COMPLETED
+        kind = ArchiveKind.FAILED if failed else ArchiveKind.PROCESSED
+        self.storage.archive(ref, kind, archive_container=self.containers.archive, job_id=job.job_id)
+
+    def _read(self, ref: BlobRef) -> bytes:
+        chunks, size = [], 0
+        for chunk in self.storage.open_read(ref):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_BYTES:
+                break  # parse() says the file is too big; no need to read the rest
+        return b"".join(chunks)
+
+    # --- backup ---------------------------------------------------------------------------------------
+
+    def backup(self, *, retention_days: int | None = None) -> dict[str, Any]:
+        """Write the app's data-export configuration to ``backups/central/<hour>/``; returns the manifest."""
+        now = self.clock()
+        folder = f"{PARTITION}/{now.replace(minute=0, second=0, microsecond=0).strftime(STAMP)}"
+        container = self.containers.backups
+        self.storage.ensure_container(container)
+        manifest_ref = BlobRef(container, f"{folder}/{MANIFEST_BLOB}")
+        if self.storage.properties(manifest_ref) is not None:
+            manifest: dict[str, Any] = json.loads(b"".join(self.storage.open_read(manifest_ref)))
+            return manifest
+        destinations, exports = read_app(self.client)
+        doc = {
+            "app": self.client.app_url,
+            "apiVersion": self.client.api_version,
+            "takenAt": now.isoformat(),
+            "destinations": {k: {f: v for f, v in d.items() if f != "id"} for k, d in destinations.items()},
+            "exports": {k: {f: v for f, v in e.items() if f != "id"} for k, e in exports.items()},
+        }
+        data = json.dumps(doc, indent=2).encode()
+        self.storage.upload_bytes(container, f"{folder}/{DOCUMENT_BLOB}", data)
+        manifest = {
+            "app": self.client.app_url,
+            "apiVersion": self.client.api_version,
+            "destinations": len(destinations),
+            "exports": len(exports),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+            "created": now.isoformat(),
+            "documentBlob": DOCUMENT_BLOB,
+        }
+        self.storage.upload_bytes(container, manifest_ref.name, json.dumps(manifest, indent=2).encode())
+        logger.info("IoT Central backup %s: %d destinations, %d exports", folder, len(destinations), len(exports))
+        if retention_days is not None:
+            apply_retention(self.storage, container, PARTITION, days=retention_days, now=now)
+        return manifest
