@@ -15,13 +15,17 @@ from typing import Any
 import requests
 
 from emulators.azurite import REPO, Azurite, free_port
+from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
 
 from .host import FUNCTION_KEY, MASTER_KEY
 
 
-def stack_settings(azurite: Azurite, hub: IoTHubEmulator, **overrides: str) -> dict[str, str]:
-    """Settings for the app on a local Azurite and IoT Hub emulator (the same names as in production)."""
+def stack_settings(
+    azurite: Azurite, hub: IoTHubEmulator, central: IoTCentralEmulator | None = None, **overrides: str
+) -> dict[str, str]:
+    """Settings for the app on a local Azurite, IoT Hub emulator and (optionally) IoT Central emulator, with the
+    same names as in production. The IoT Central emulator must share the hub's CA (``tls_dir``)."""
     values = {
         "FUNCTIONS_WORKER_RUNTIME": "python",
         "AzureWebJobsStorage": azurite.connection_string,
@@ -34,6 +38,12 @@ def stack_settings(azurite: Azurite, hub: IoTHubEmulator, **overrides: str) -> d
         "MONITOR_SCHEDULE": "*/2 * * * * *",
         "REQUESTS_CA_BUNDLE": str(hub.ca_path),
     }
+    if central is not None:
+        values["IOTCENTRAL_APP_URL"] = central.url
+        values["IOTCENTRAL_API_TOKEN"] = central.api_token()
+        # The app settings the sample data-export file refers to (local development values only).
+        values["CENTRAL_ARCHIVE_STORAGE"] = azurite.connection_string
+        values["CENTRAL_ALERTS_API_KEY"] = "local-dev-alerts-api-key-0000"
     values.update(overrides)
     return values
 

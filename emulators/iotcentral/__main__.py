@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8444, help="port (0 picks a free one; default 8444)")
     p.add_argument("--data-dir", type=Path, default=Path(".iotcentral-emulator"), help="state and TLS files")
+    p.add_argument("--tls-dir", type=Path, help="CA and certificate dir to share (e.g. the IoT Hub emulator's)")
     p.add_argument("--page-size", type=int, default=25, help="items per page of a list (default 25)")
     p.add_argument(
         "--faults",
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         faults=faults,
         control_plane=args.control_plane,
         oauth=args.oauth,
+        tls_dir=args.tls_dir,
     )
     emu.start()
     print(f"IoT Central emulator listening on {emu.url}", flush=True)

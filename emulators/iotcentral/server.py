@@ -92,7 +92,10 @@ class IoTCentralEmulator:
         faults: FaultConfig | None = None,
         control_plane: bool = False,
         oauth: bool = False,
+        tls_dir: Path | None = None,
     ) -> None:
+        """``tls_dir``: where the CA and server certificate live (default ``<data_dir>/tls``); give the IoT Hub
+        emulator's so one CA bundle (REQUESTS_CA_BUNDLE) trusts both."""
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.bind_host = host
@@ -102,7 +105,7 @@ class IoTCentralEmulator:
         self.faults = Faults(faults or FaultConfig())
         self.state = AppState(self.data_dir / "dataexport.json")
         self.requests: deque[dict[str, Any]] = deque(maxlen=2000)  # for tests, through the control plane
-        self._tls = ensure_certificates(self.data_dir / "tls")
+        self._tls = ensure_certificates(tls_dir or self.data_dir / "tls")
         self._server = _Server((host, port), self._tls.server_context())
         self._server.emulator = self
         self._thread: threading.Thread | None = None

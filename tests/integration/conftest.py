@@ -10,7 +10,10 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 
 from emulators.azurite import Azurite
+from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
+from shared.iotcentral import IoTCentralClient
+from shared.retry import RetryPolicy
 
 from .helpers import Storage, control, running_emulator
 
@@ -50,3 +53,28 @@ def storage(azurite: Azurite) -> Storage:
     """Azurite, with a fresh container prefix per test."""
     service = BlobServiceClient.from_connection_string(azurite.connection_string)
     return Storage(service, prefix=f"t{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture(scope="session")
+def iotcentral_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IoTCentralEmulator]:
+    emu = IoTCentralEmulator(tmp_path_factory.mktemp("iotcentral"), port=0, control_plane=True, oauth=True)
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def iotcentral(iotcentral_server: IoTCentralEmulator, monkeypatch: pytest.MonkeyPatch) -> IoTCentralEmulator:
+    """The IoT Central emulator, emptied (faults off, request log cleared), its CA trusted."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(iotcentral_server.ca_path))
+    control(iotcentral_server, "reset", {})
+    control(iotcentral_server, "pageSize", {"pageSize": 25})
+    return iotcentral_server
+
+
+@pytest.fixture
+def central(iotcentral: IoTCentralEmulator) -> IoTCentralClient:
+    """A client with the emulator's operator token and quick retries."""
+    return IoTCentralClient.from_api_token(
+        iotcentral.url, iotcentral.api_token(), retry=RetryPolicy(max_retries=6, backoff_factor=0.01, backoff_max=0.05)
+    )

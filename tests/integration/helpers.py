@@ -15,6 +15,7 @@ import requests
 from azure.iot.hub.models import JobProperties
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
+from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import POLICIES, IoTHubEmulator
 from emulators.iothub.auth import sign
 
@@ -117,8 +118,8 @@ def running_emulator(data_dir: Path, **options: Any) -> Iterator[IoTHubEmulator]
         emu.stop()
 
 
-def control(emu: IoTHubEmulator, path: str, body: dict[str, Any]) -> None:
-    """Drive the emulator's control plane: ``reset``, ``faults``, ``jobs`` (pause), ``clock``."""
+def control(emu: IoTHubEmulator | IoTCentralEmulator, path: str, body: dict[str, Any]) -> None:
+    """Drive an emulator's control plane: ``reset``, ``faults``; the hub's also ``jobs`` (pause), ``clock``."""
     r = requests.post(f"{emu.url}/_emulator/{path}", json=body, verify=str(emu.ca_path), timeout=10)
     r.raise_for_status()
 
@@ -129,3 +130,17 @@ def device_line(device_id: str, mode: str | None = None, **extra: Any) -> dict[s
         line["importMode"] = mode
     line.update(extra)
     return line
+
+
+def request_log(emu: IoTCentralEmulator) -> list[dict[str, Any]]:
+    """Every data-export request the IoT Central emulator served since its reset: method, path, body, status,
+    response."""
+    r = requests.get(f"{emu.url}/_emulator/requests", verify=str(emu.ca_path), timeout=10)
+    r.raise_for_status()
+    log: list[dict[str, Any]] = r.json()
+    return log
+
+
+def writes(log: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(method, path) of the requests that change something."""
+    return [(e["method"], e["path"]) for e in log if e["method"] != "GET"]
