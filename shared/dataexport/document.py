@@ -87,7 +87,8 @@ class DocumentError(Exception):
     """The file cannot be applied; ``problems`` says every reason found."""
 
     def __init__(self, problems: list[Problem]) -> None:
-        super().__init__(f"{len(problems)} problem(s) in the data-export file")
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"{len(problems)} problem(s) in the data-export file: {problems[0]}{more}")
         self.problems = problems
 
 
