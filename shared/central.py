@@ -28,6 +28,7 @@ from .dataexport.document import MAX_BYTES
 from .dataexport.plan import Outcome
 from .iotcentral import IoTCentralClient
 from .ledger import Job, JobKind, JobState, Ledger, idempotency_key, new_job_id
+from .pipeline import checkpoint
 from .storage import ArchiveKind, BlobRef, Storage
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class Central:
             # Each step refreshes the row, so a live apply never looks stale to another instance.
             pct = int(100 * (i + 1) / max(len(plan.steps), 1))
             state["job"] = self.ledger.save(replace(state["job"], progress=pct, updated=self.clock()))
+            checkpoint("central_step")
 
         results = apply(plan, self.client, secrets=secrets, after_step=progress)
         failed = [r for r in results if r.outcome is Outcome.FAILED]

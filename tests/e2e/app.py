@@ -15,15 +15,21 @@ from azure.storage.blob import BlobServiceClient
 
 from emulators.azurite import Azurite
 from emulators.functions_host.process import HostProcess, stack_settings
+from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
 
 TERMINAL = {"completed", "completed_with_errors", "failed", "cancelled", "rejected"}
 
 
-def settings(azurite: Azurite, hub: IoTHubEmulator) -> dict[str, str]:
+def settings(azurite: Azurite, hub: IoTHubEmulator, central: IoTCentralEmulator | None = None) -> dict[str, str]:
     # The monitor every second and a short submission grace: tests wait on outcomes, never on fixed sleeps.
     return stack_settings(
-        azurite, hub, MONITOR_SCHEDULE="* * * * * *", SUBMIT_GRACE_SECONDS="1", ORPHAN_CONTAINER_MINUTES="0.05"
+        azurite,
+        hub,
+        central,
+        MONITOR_SCHEDULE="* * * * * *",
+        SUBMIT_GRACE_SECONDS="1",
+        ORPHAN_CONTAINER_MINUTES="0.05",
     )
 
 
@@ -60,6 +66,7 @@ class Stack:
     azurite: Azurite
     hub: IoTHubEmulator
     app: App
+    central: IoTCentralEmulator | None = None
 
     @property
     def blobs(self) -> BlobServiceClient:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from emulators.azurite import Azurite
+from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
 from tests.integration.helpers import control, running_emulator
 
@@ -45,4 +46,28 @@ def azurite(tmp_path: Path) -> Iterator[Azurite]:
 def stack(tmp_path: Path, azurite: Azurite, hub: IoTHubEmulator) -> Iterator[Stack]:
     app = App(tmp_path, settings(azurite, hub))
     yield Stack(azurite, hub, app)
+    app.stop()
+
+
+@pytest.fixture(scope="session")
+def central_server(
+    tmp_path_factory: pytest.TempPathFactory, hub_server: IoTHubEmulator
+) -> Iterator[IoTCentralEmulator]:
+    # The hub's CA and certificate, so that the app's one REQUESTS_CA_BUNDLE trusts both emulators.
+    emu = IoTCentralEmulator(
+        tmp_path_factory.mktemp("iotcentral-e2e"), port=0, control_plane=True, tls_dir=hub_server.data_dir / "tls"
+    )
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def central_stack(
+    tmp_path: Path, azurite: Azurite, hub: IoTHubEmulator, central_server: IoTCentralEmulator
+) -> Iterator[Stack]:
+    """The stack with IoT Central configured (IOTCENTRAL_APP_URL, an API token, the sample's secret settings)."""
+    control(central_server, "reset", {})
+    app = App(tmp_path, settings(azurite, hub, central_server))
+    yield Stack(azurite, hub, app, central_server)
     app.stop()
