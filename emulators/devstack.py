@@ -1,5 +1,5 @@
-"""``make run``: start the local stack (Azurite, the IoT Hub emulator, the function app under the local Functions
-host), run a short demo through the app, then serve until Ctrl-C.
+"""``make run``: start the local stack (Azurite, the IoT Hub and IoT Central emulators, the function app under the
+local Functions host), run a short demo through the app, then serve until Ctrl-C.
 
 State lives in ``.devstack/`` so a second run finds the registry it left; ``--fresh`` starts over.
 ``--demo-only`` exits after the demo (used by the tests of this command).
@@ -27,7 +27,9 @@ from azure.storage.blob import BlobServiceClient
 from emulators.azurite import REPO, Azurite, free_port
 from emulators.functions_host import FUNCTION_KEY, MASTER_KEY
 from emulators.functions_host.process import HostProcess, stack_settings
+from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
+from shared.iotcentral import DESTINATIONS, EXPORTS, IoTCentralClient
 from shared.iothub import IoTHubClient
 
 SAMPLES = REPO / "samples"
@@ -112,6 +114,65 @@ def demo(app: HostProcess, service: BlobServiceClient) -> None:
     )
 
 
+def central_demo(app: HostProcess, service: BlobServiceClient) -> None:
+    _say("\n== 5. Back up IoT Central's data export (POST /api/central/backups; also nightly)")
+    manifest = app.call("POST", "central/backups").json()
+    _say(f"    {manifest['destinations']} destination(s), {manifest['exports']} export(s) from {manifest['app']}")
+    folders = sorted({n.rsplit("/", 1)[0] for n in _names(service, "backups", "central/")})
+    _say(f"    written to backups/{folders[-1]}/dataexport.json (secrets come back masked: *****)")
+
+    sample = (SAMPLES / "central" / "dataexport.json").read_bytes()
+    _say("\n== 6. Plan samples/central/dataexport.json (POST /api/central/plan: changes nothing)")
+    plan = app.call("POST", "central/plan", data=sample).json()
+    _show_steps(plan["steps"])
+    _say(f"    summary {plan['summary']}; kept, not in the file (no prune): {plan['unmanaged']}")
+
+    _say("\n== 7. Apply it: drop it into uploads/central/dataexport.json")
+    job = _drop(service, app, "central/dataexport.json")
+    result = json.loads(requests.get(job["links"]["result"], timeout=10).content)
+    _show_steps(result["results"])
+    _say(f"    job {job['jobId']}: {job['state']}; report reports/{job['jobId']}/central-apply.json")
+
+    _say("\n== 8. Plan the same file again: nothing left to change")
+    plan = app.call("POST", "central/plan", data=sample).json()
+    _say(f"    {plan['changes']} change(s)")
+
+
+def _show_steps(steps: list[dict[str, Any]]) -> None:
+    if not steps:
+        _say("    (no changes: the app already matches the file)")
+    for step in steps:
+        changes = f" [{', '.join(step['changes'])}]" if step.get("changes") else ""
+        outcome = f" -> {step['outcome']}" if "outcome" in step else ""
+        _say(f"    {step['action']:<8} {step['kind']:<11} {step['id']:<16}{changes}{outcome}")
+
+
+def _names(service: BlobServiceClient, container: str, prefix: str) -> list[str]:
+    return [b.name for b in service.get_container_client(container).list_blobs(name_starts_with=prefix)]
+
+
+def _seed_central(central: IoTCentralEmulator) -> None:
+    """A destination and an export made by hand before the app manages the others: the backup has them, and the
+    plan keeps them (no prune)."""
+    client = IoTCentralClient.from_api_token(central.url, central.api_token())
+    if client.find(DESTINATIONS, "legacy-webhook") is None:
+        client.put(
+            DESTINATIONS,
+            "legacy-webhook",
+            {"displayName": "Legacy", "type": "webhook@v1", "url": "https://legacy.example.com"},
+        )
+        client.put(
+            EXPORTS,
+            "legacy-export",
+            {
+                "displayName": "Legacy",
+                "enabled": False,
+                "source": "properties",
+                "destinations": [{"id": "legacy-webhook"}],
+            },
+        )
+
+
 def _seed(hub_server: IoTHubEmulator) -> None:
     """A few devices in a new hub, so the first export has something from before the demo."""
     client = IoTHubClient.from_connection_string(hub_server.connection_string())
@@ -136,13 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     hub_server.start()
     os.environ["REQUESTS_CA_BUNDLE"] = str(hub_server.ca_path)
-    app = HostProcess(args.state / "functions", stack_settings(azurite, hub_server), port=_port(7071))
+    central = IoTCentralEmulator(args.state / "iotcentral", port=_port(8444), tls_dir=hub_server.data_dir / "tls")
+    central.start()
+    app = HostProcess(args.state / "functions", stack_settings(azurite, hub_server, central), port=_port(7071))
     try:
         _seed(hub_server)
+        _seed_central(central)
         _say("Starting the function app under the local Functions host ...")
         app.start()
         service = BlobServiceClient.from_connection_string(azurite.connection_string)
         demo(app, service)
+        central_demo(app, service)
         _say("\n== The local stack is up")
         _say(f"    Function app           {app.url}/api  (key: x-functions-key: {FUNCTION_KEY})")
         _say(f"    list jobs              curl -H 'x-functions-key: {FUNCTION_KEY}' {app.url}/api/jobs")
@@ -157,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         _say(f"    IoT Hub emulator       {hub_server.url}")
         _say(f"    IoT Hub connection     {hub_server.connection_string()}")
-        _say(f"    trust its certificate  export REQUESTS_CA_BUNDLE={hub_server.ca_path}")
+        _say(f"    IoT Central emulator   {central.url}  (API token: {central.api_token()})")
+        _say(f"    trust their cert       export REQUESTS_CA_BUNDLE={hub_server.ca_path}")
+        _say(
+            f"    plan a file            curl -H 'x-functions-key: {FUNCTION_KEY}' --data-binary "
+            f"@samples/central/dataexport.json {app.url}/api/central/plan"
+        )
         _say(f"    host log               {app.log_path}")
         if args.demo_only:
             return 0
@@ -169,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         app.stop()
+        central.stop()
         hub_server.stop()
         azurite.stop(remove=False)
 

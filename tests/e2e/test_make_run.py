@@ -10,7 +10,7 @@ from pathlib import Path
 from emulators.azurite import REPO
 
 
-def test_make_run_demo_imports_rejects_and_backs_up(tmp_path: Path) -> None:
+def test_make_run_demo_imports_rejects_backs_up_and_applies_central(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("REQUESTS_CA_BUNDLE", None)
     out = subprocess.run(
@@ -22,4 +22,7 @@ def test_make_run_demo_imports_rejects_and_backs_up(tmp_path: Path) -> None:
     assert "completed_with_errors 100%" in text and "DeviceNotFound" in text
     assert "rejected" in text and "INVALID_IMPORT_MODE" in text and "line   2" in text
     assert "backups/devhub/" in text and "keys included: False" in text
+    assert "1 destination(s), 1 export(s)" in text and "backups/central/" in text
+    assert "kept, not in the file (no prune)" in text and "'create': 7" in text
+    assert text.count("-> done") == 7 and "0 change(s)" in text
     assert "x-functions-key" in text and "Traceback" not in text + out.stderr
