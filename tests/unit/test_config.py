@@ -52,3 +52,42 @@ def test_bad_settings_are_named_with_the_fix(change: dict[str, str], named: str)
     with pytest.raises(ValueError, match=named) as err:
         Settings.from_env({**BASE, **change})
     assert isinstance(err.value, ConfigError) or "storage setting" in str(err.value)
+
+
+TOKEN = "SharedAccessSignature sr=app&sig=abc%3D&skn=operator&se=4102444800000"
+
+
+def test_iot_central_is_optional_and_its_token_stays_out_of_reprs() -> None:
+    assert Settings.from_env(BASE).central is None
+    s = Settings.from_env(
+        {**BASE, "IOTCENTRAL_APP_URL": "https://fleet.azureiotcentral.com/", "IOTCENTRAL_API_TOKEN": TOKEN}
+    )
+    assert s.central is not None and s.central.app_url == "https://fleet.azureiotcentral.com"
+    assert s.central.api_token == TOKEN and s.central.backup is True and "abc%3D" not in repr(s)
+    identity = Settings.from_env(
+        {**BASE, "IOTCENTRAL_APP_URL": "https://a.azureiotcentral.com", "IOTCENTRAL_BACKUP": "no"}
+    )
+    assert identity.central is not None and identity.central.api_token is None and identity.central.backup is False
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"IOTCENTRAL_APP_URL": "fleet.azureiotcentral.com"}, "IOTCENTRAL_APP_URL is 'fleet.azureiotcentral.com'"),
+        ({"IOTCENTRAL_APP_URL": "https://a.azureiotcentral.com/api/x"}, "give the app's URL"),
+        ({"IOTCENTRAL_APP_URL": "https://a.b", "IOTCENTRAL_API_TOKEN": "Bearer x"}, "IOTCENTRAL_API_TOKEN: an IoT"),
+        (
+            {
+                "IOTCENTRAL_APP_URL": "https://a.b",
+                "IOTCENTRAL_API_TOKEN": TOKEN.replace("4102444800000", "1600000000000"),
+            },
+            "IOTCENTRAL_API_TOKEN has expired",
+        ),
+        ({"IOTHUB_HUBS": "central", "IOTHUB_CENTRAL_HOSTNAME": "c.azure-devices.net"}, "'central' is reserved"),
+    ],
+)
+def test_iot_central_settings_errors_say_what_to_change(change: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**BASE, **change})
+    assert message in str(caught.value)
+    assert "sig=" not in str(caught.value)
