@@ -12,10 +12,8 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from emulators.functions_host import FUNCTION_KEY, MASTER_KEY
 from emulators.functions_host.process import HostProcess, stack_settings
 from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
+from emulators.serving import wait_until_stopped
 from shared.iotcentral import DESTINATIONS, EXPORTS, IoTCentralClient
 from shared.iothub import IoTHubClient
 
@@ -232,10 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.demo_only:
             return 0
         _say("\nServing until Ctrl-C.")
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
+        wait_until_stopped()
         return 0
     finally:
         app.stop()

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from ..iothub.faults import FaultConfig
+from ..serving import wait_until_stopped
 from .auth import ROLES, api_token
 from .server import IoTCentralEmulator
 
@@ -53,10 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CA certificate (trust it with REQUESTS_CA_BUNDLE): {emu.ca_path}", flush=True)
     for name, role in ROLES.items():
         print(f"  {name} ({role}): {api_token(name)}", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with contextlib.suppress(KeyboardInterrupt):
-        stop.wait()
+    wait_until_stopped()
     emu.stop()
     return 0
 

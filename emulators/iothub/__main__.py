@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
+from ..serving import wait_until_stopped
 from .auth import POLICIES
 from .faults import FaultConfig
 from .server import IoTHubEmulator
@@ -59,10 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CA certificate (trust it with REQUESTS_CA_BUNDLE): {emu.ca_path}", flush=True)
     for name in POLICIES:
         print(f"  {name}: {emu.connection_string(name)}", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with contextlib.suppress(KeyboardInterrupt):
-        stop.wait()
+    wait_until_stopped()
     emu.stop()
     return 0
 
