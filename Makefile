@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python -m bench.iothub_import_export
 	$(BIN)/python -m bench.validate
 	$(BIN)/python -m bench.app_e2e
+	$(BIN)/python -m bench.central_apply
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .devstack

@@ -1,7 +1,7 @@
 """Azure Functions entry point (Python v2 model): triggers only; the work lives in ``shared/``.
 
 - ``import_on_upload``: blob trigger on ``uploads/{name}`` (SDK-type ``BlobClient``: the file is streamed, never
-  held in memory) -> validate, stage, record, start. ``uploads/central/*.json`` is an IoT Central data-export
+  held in memory) -> validate, stage, record, start. ``uploads/central/...`` is an IoT Central data-export
   file instead -> check, plan, apply.
 - ``nightly_backup``: timer (``BACKUP_SCHEDULE``) -> export every hub into ``backups/``, back up IoT Central's
   data export, apply retention.

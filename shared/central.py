@@ -39,8 +39,9 @@ DOCUMENT_BLOB = "dataexport.json"
 
 
 def is_central_upload(name: str) -> bool:
-    """``uploads/central/<anything>.json`` is a data-export file; everything else is a devices file."""
-    return name.startswith(UPLOAD_PREFIX) and name.endswith(".json")
+    """Everything under ``uploads/central/`` is a data-export file (one that is not JSON is rejected as such, never
+    taken for a devices file); everything else is a devices file."""
+    return name.startswith(UPLOAD_PREFIX)
 
 
 def utcnow() -> datetime:

@@ -178,3 +178,12 @@ def test_merge_diff_is_a_merge_patch() -> None:
         "auth": {"old": None, "type": "y"},
     }
     assert merge_diff(current, desired, {("auth", "key")}, True)["auth"]["key"] == "k"
+
+
+def test_everything_under_central_is_a_data_export_file() -> None:
+    from shared.central import is_central_upload
+
+    assert is_central_upload("central/dataexport.json") and is_central_upload("central/notes.txt")
+    assert not is_central_upload("devhub/central/x.json") and not is_central_upload("central.jsonl")
+    with pytest.raises(DocumentError, match="not valid JSON"):
+        parse(b"id,status\nsensor-1,enabled\n")
