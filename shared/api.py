@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .central import PARTITION as CENTRAL
+from .central import is_central_upload
 from .config import ConfigError
 from .dataexport import DocumentError
 from .iotcentral import IoTCentralError
@@ -98,14 +99,18 @@ def _body(raw: bytes) -> dict[str, Any]:
 
 
 def _hub(svc: Services, name: str | None) -> str:
+    """A configured IoT hub (default: the first), for the calls that start hub jobs."""
     hub = name or svc.settings.default_hub
-    if hub == CENTRAL and svc.central is not None:
-        return hub  # the ledger partition of IoT Central apply jobs
     if hub not in svc.settings.hubs:
         raise ApiError(
             404, "UnknownHub", f"hub '{hub}' is not configured; configured hubs: {', '.join(svc.settings.hubs)}"
         )
     return hub
+
+
+def _partition(svc: Services, name: str) -> str:
+    """A ledger partition to read jobs from: a hub, or ``central`` (IoT Central applies) when it is configured."""
+    return CENTRAL if name == CENTRAL and svc.central is not None else _hub(svc, name)
 
 
 def _links(svc: Services, reports: Mapping[str, str]) -> dict[str, str]:
@@ -149,6 +154,12 @@ def start_import(svc: Services, *, body: bytes, content_type: str, query: Mappin
                 "with Content-Type: application/x-ndjson",
             )
         container, _, name = blob.partition("/")
+        if is_central_upload(name):
+            raise ApiError(
+                400,
+                "NotADevicesFile",
+                f"'{blob}' is under central/, where IoT Central data-export files go: use POST /api/central/apply",
+            )
         hub = _hub(svc, doc.get("hub") or query.get("hub") or svc.hub_for_upload(name))
         props = svc.storage.properties(BlobRef(container, name))
         if props is None:
@@ -176,7 +187,7 @@ def start_export(svc: Services, *, body: bytes, query: Mapping[str, str]) -> Rep
 @guarded
 def list_jobs(svc: Services, *, query: Mapping[str, str]) -> Reply:
     """``?hub=&state=running,queued&limit=50&after=<job id>``: newest first; ``next`` is the next page's after."""
-    hub = _hub(svc, query["hub"]) if query.get("hub") else None
+    hub = _partition(svc, query["hub"]) if query.get("hub") else None
     states: set[JobState] | None = None
     if query.get("state"):
         try:
@@ -197,12 +208,12 @@ def list_jobs(svc: Services, *, query: Mapping[str, str]) -> Reply:
 
 @guarded
 def get_job(svc: Services, *, hub: str, job_id: str) -> Reply:
-    return _job_reply(svc, svc.ledger.get(_hub(svc, hub), job_id))
+    return _job_reply(svc, svc.ledger.get(_partition(svc, hub), job_id))
 
 
 @guarded
 def cancel_job(svc: Services, *, hub: str, job_id: str) -> Reply:
-    if _hub(svc, hub) == CENTRAL:
+    if _partition(svc, hub) == CENTRAL:
         raise ApiError(409, "Conflict", "an IoT Central apply runs to its end once started; it cannot be cancelled")
     job = svc.pipeline.cancel(svc.ledger.get(_hub(svc, hub), job_id))
     return _job_reply(svc, job, 202 if not job.state.is_terminal else 200)

@@ -111,8 +111,9 @@ class Services:
 
     def on_upload(self, container: str, name: str, etag: str, hub: str | None = None) -> Job:
         """Accept an upload (idempotent per version) and start it if the hub is idle: the blob trigger's work, and
-        the HTTP import's. ``hub`` defaults to the one the upload's path names."""
-        if hub is None and is_central_upload(name):
+        the HTTP import's. ``hub`` defaults to the one the upload's path names. A file under ``central/`` is an IoT
+        Central data-export file and is applied instead."""
+        if is_central_upload(name):  # by name alone: no hub ever imports a data-export file
             job = self.require_central().accept(BlobRef(container, name, etag))
             logger.info("data-export file %s/%s is job %s (%s)", container, name, job.job_id, job.state)
             return job

@@ -15,7 +15,8 @@ from tests.integration.helpers import request_log, wait_until, writes
 from .app import Stack, ensure
 
 SAMPLE = (Path(__file__).resolve().parents[2] / "samples/central/dataexport.json").read_bytes()
-ALERTS_KEY = "local-dev-alerts-api-key-0000"  # CENTRAL_ALERTS_API_KEY in stack_settings
+ALERTS_KEY = "local-dev-alerts-api-key-0000"
+NDJSON = {"content-type": "application/x-ndjson"}  # CENTRAL_ALERTS_API_KEY in stack_settings
 
 
 def drop(stack: Stack, name: str, data: bytes) -> None:
@@ -99,6 +100,14 @@ def test_http_plan_apply_and_a_rejected_file(central_stack: Stack) -> None:
     assert r.json()["changes"] == 0 and r.json()["steps"] == []
     r = stack.app.call("POST", f"jobs/central/{rejected['jobId']}/cancel")
     assert r.status_code == 409
+    # "central" names the ledger partition of applies, never a hub to import into or export from.
+    r = stack.app.call("POST", "exports", json={"hub": "central"})
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "UnknownHub"), r.text
+    r = stack.app.call("POST", "imports?hub=central", data=b'{"id":"d1"}\n', headers=NDJSON)
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "UnknownHub"), r.text
+    drop(stack, "central/kept.json", SAMPLE)
+    r = stack.app.call("POST", "imports", json={"blob": "uploads/central/kept.json", "hub": "devhub"})
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "NotADevicesFile"), r.text
 
 
 def test_killed_mid_apply_the_job_resumes_and_converges(central_stack: Stack) -> None:
