@@ -1,5 +1,5 @@
-"""When and how long to wait before retrying a request to an Azure service (IoT Hub, IoT Central), and the loop
-that does it. The only place retry rules live.
+"""How the service clients (IoT Hub, IoT Central) send: ``Transport`` (credential, timeouts, session) and the retry
+loop under it, with when and how long to wait. The only place retry rules live.
 
 Retried: 408, 429, 500, 502, 503, 504 and connection failures, with exponential backoff and jitter, capped, and
 ``Retry-After`` honoured, all under an overall deadline. Requests that are not idempotent (``POST /jobs/create``)
@@ -9,11 +9,13 @@ after such a POST is left to the caller, who reconciles against ``GET /jobs``.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import requests
 from urllib3.exceptions import NewConnectionError
@@ -45,6 +47,56 @@ class RetryPolicy:
         base = min(self.backoff_factor * (2 ** (attempt - 1)), self.backoff_max)
         jitter: float = (rng or random.Random()).random()
         return float(base * (0.5 + jitter / 2))  # 50-100 % of the backoff
+
+
+class Credential(Protocol):
+    def authorization(self) -> str:
+        """The value of the Authorization header for the next request."""
+        ...
+
+
+@dataclass
+class Transport:
+    """What a service client sends with: its credential, timeouts, retry policy and pooled session."""
+
+    credential: Credential
+    timeout: tuple[float, float] = (10.0, 60.0)  # (connect, read) seconds, for every request
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: dict[str, str],
+        body: Any = None,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+        idempotent: bool,
+        label: str,
+    ) -> requests.Response:
+        """``body`` as JSON, a fresh Authorization header on every try; see ``send_with_retries``."""
+        data = None if body is None else json.dumps(body).encode()
+
+        def all_headers() -> dict[str, str]:
+            h = {"Authorization": self.credential.authorization(), "Accept": "application/json", **(headers or {})}
+            if data is not None:
+                h["Content-Type"] = content_type
+            return h
+
+        return send_with_retries(
+            self.session,
+            method,
+            url,
+            policy=self.retry,
+            timeout=self.timeout,
+            headers=all_headers,
+            params=params,
+            data=data,
+            idempotent=idempotent,
+            label=label,
+        )
 
 
 class Unreachable(Exception):

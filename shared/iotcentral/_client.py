@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -10,8 +9,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import requests
 
-from ..iothub import Credential
-from ..retry import RetryPolicy, Unreachable, send_with_retries
+from ..retry import Credential, RetryPolicy, Transport, Unreachable
 from ._auth import ApiTokenCredential, entra_credential
 from ._errors import IoTCentralHTTPError, IoTCentralNotFound, IoTCentralUnavailable, error_class
 
@@ -54,10 +52,7 @@ class IoTCentralClient:
         if not app_url.startswith("https://"):
             raise ValueError("the IoT Central app URL must be an https:// URL")
         self.app_url = app_url.rstrip("/").removesuffix("/api")
-        self._credential = credential
-        self._timeout = timeout
-        self._retry = retry or RetryPolicy()
-        self._session = session or requests.Session()
+        self._transport = Transport(credential, timeout, retry or RetryPolicy(), session or requests.Session())
         self.api_version = api_version
 
     @classmethod
@@ -140,25 +135,15 @@ class IoTCentralClient:
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
         params["api-version"] = self.api_version
         url = parts._replace(query="").geturl()
-        data = None if body is None else json.dumps(body).encode()
-
-        def headers() -> dict[str, str]:
-            h = {"Authorization": self._credential.authorization(), "Accept": "application/json", **extra}
-            if data is not None:
-                h["Content-Type"] = content_type
-            return h
-
         label = f"IoT Central {method} {parts.path}"
         try:
-            response = send_with_retries(
-                self._session,
+            response = self._transport.send(
                 method,
                 url,
-                policy=self._retry,
-                timeout=self._timeout,
-                headers=headers,
                 params=params,
-                data=data,
+                body=body,
+                content_type=content_type,
+                headers=extra,
                 # PUT, PATCH (a merge patch) and DELETE give the same end state when repeated.
                 idempotent=True,
                 label=label,

@@ -1,7 +1,7 @@
 """IoT Hub service API client: import/export jobs, statistics, bulk registry; typed errors (see ``_errors``)."""
 
-from ..retry import RetryPolicy
-from ._auth import Credential, EntraCredential, SasCredential, parse_connection_string, sign_sas
+from ..retry import Credential, RetryPolicy
+from ._auth import EntraCredential, SasCredential, parse_connection_string, sign_sas
 from ._client import API_VERSION, IoTHubClient
 from ._errors import (
     ERROR_NAMES,

@@ -14,16 +14,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote_plus
 
 ENTRA_SCOPE = "https://iothubs.azure.net/.default"
-
-
-class Credential(Protocol):
-    def authorization(self) -> str:
-        """The value of the Authorization header for the next request."""
-        ...
 
 
 def parse_connection_string(conn_str: str) -> dict[str, str]:

@@ -8,8 +8,8 @@ from typing import Any
 
 import requests
 
-from ..retry import RetryPolicy, Unreachable, send_with_retries
-from ._auth import Credential, EntraCredential, SasCredential, parse_connection_string
+from ..retry import Credential, RetryPolicy, Transport, Unreachable
+from ._auth import EntraCredential, SasCredential, parse_connection_string
 from ._errors import (
     IoTHubAuthError,
     IoTHubError,
@@ -59,10 +59,7 @@ class IoTHubClient:
         if not endpoint.startswith("https://"):
             raise ValueError("the IoT Hub endpoint must be an https:// URL")
         self.endpoint = endpoint.rstrip("/")
-        self._credential = credential
-        self._timeout = timeout
-        self._retry = retry or RetryPolicy()
-        self._session = session or requests.Session()
+        self._transport = Transport(credential, timeout, retry or RetryPolicy(), session or requests.Session())
         self._api_version = api_version
 
     @classmethod
@@ -177,24 +174,13 @@ class IoTHubClient:
     ) -> requests.Response:
         """One logical call: retries per the policy, then maps the outcome to a typed error."""
         idempotent = method in ("GET", "PUT", "DELETE") if idempotent is None else idempotent
-        data = None if body is None else json.dumps(body).encode()
-
-        def headers() -> dict[str, str]:
-            h = {"Authorization": self._credential.authorization(), "Accept": "application/json"}
-            if data is not None:
-                h["Content-Type"] = "application/json; charset=utf-8"
-            return h
-
         try:
-            response = send_with_retries(
-                self._session,
+            response = self._transport.send(
                 method,
                 f"{self.endpoint}{path}",
-                policy=self._retry,
-                timeout=self._timeout,
-                headers=headers,
                 params={"api-version": self._api_version},
-                data=data,
+                body=body,
+                content_type="application/json; charset=utf-8",
                 idempotent=idempotent,
                 label=f"IoT Hub {method} {path}",
             )
