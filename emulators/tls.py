@@ -10,6 +10,7 @@ import datetime as dt
 import ipaddress
 import socket
 import ssl
+import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -113,7 +114,23 @@ class TlsHTTPServer(ThreadingHTTPServer):
         self, addr: tuple[str, int], handler: type[BaseHTTPRequestHandler], ctx: ssl.SSLContext | None
     ) -> None:
         self.ssl_context = ctx
+        self._thread: threading.Thread | None = None
         super().__init__(addr, handler)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def serve_in_background(self, name: str) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving, close the socket and wait for the serving thread."""
+        self.shutdown()
+        self.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = super().get_request()

@@ -108,11 +108,10 @@ class IoTCentralEmulator:
         self._tls = ensure_certificates(tls_dir or self.data_dir / "tls")
         self._server = _Server((host, port), self._tls.server_context())
         self._server.emulator = self
-        self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return self._server.port
 
     @property
     def url(self) -> str:
@@ -128,14 +127,10 @@ class IoTCentralEmulator:
         return api_token(name)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="iotcentral-http", daemon=True)
-        self._thread.start()
+        self._server.serve_in_background("iotcentral-http")
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._server.close()
 
     # --- the API ------------------------------------------------------------------------------------------
 

@@ -418,7 +418,6 @@ class IoTHubEmulator:
         self._tls = ensure_certificates(self.data_dir / "tls") if tls else None
         self._server = _Server((host, port), self._tls.server_context() if self._tls else None)
         self._server.emulator = self
-        self._thread: threading.Thread | None = None
         self.ready = threading.Event()
 
     def now(self) -> datetime:
@@ -426,7 +425,7 @@ class IoTHubEmulator:
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return self._server.port
 
     @property
     def host_name(self) -> str:
@@ -446,15 +445,11 @@ class IoTHubEmulator:
 
     def start(self) -> None:
         self.jobs.start()
-        self._thread = threading.Thread(target=self._server.serve_forever, name="iothub-http", daemon=True)
-        self._thread.start()
+        self._server.serve_in_background("iothub-http")
         self.ready.set()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()
         self.jobs.close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
         self.store.close()
         self.ready.clear()
