@@ -18,17 +18,27 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from .backups import MANIFEST_BLOB, STAMP, apply_retention
 from .config import Containers
-from .dataexport import Document, DocumentError, Plan, StepResult, apply, make_plan, parse, read_app, resolve
+from .dataexport import (
+    Document,
+    DocumentError,
+    Outcome,
+    Plan,
+    StepResult,
+    apply,
+    make_plan,
+    parse,
+    read_app,
+    resolve,
+)
 from .dataexport.document import MAX_BYTES
-from .dataexport.plan import Outcome
 from .iotcentral import IoTCentralClient
-from .ledger import Job, JobKind, JobState, Ledger, idempotency_key, new_job_id
-from .pipeline import checkpoint
+from .ledger import Job, JobKind, JobState, Ledger, idempotency_key
+from .pipeline import checkpoint, utcnow
 from .storage import ArchiveKind, BlobRef, Storage
 
 logger = logging.getLogger(__name__)
@@ -42,10 +52,6 @@ def is_central_upload(name: str) -> bool:
     """Everything under ``uploads/central/`` is a data-export file (one that is not JSON is rejected as such, never
     taken for a devices file); everything else is a devices file."""
     return name.startswith(UPLOAD_PREFIX)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -82,14 +88,11 @@ class Central:
         if existing is not None:
             return self._resume(existing, ref)
         raw = self._read(ref)
-        now = self.clock()
-        job = Job(
+        job = Job.new(
             PARTITION,
-            new_job_id(now),
             JobKind.CENTRAL_APPLY,
-            JobState.RUNNING,
-            now,
-            now,
+            self.clock(),
+            state=JobState.RUNNING,
             source=ref.path,
             source_etag=ref.etag,
             idempotency_key=key,
@@ -128,12 +131,12 @@ class Central:
 
     def _run(self, job: Job, ref: BlobRef, doc: Document, resolved: dict[str, dict[str, Any]], plan: Plan) -> Job:
         secrets = [self.env.get(name, "") for name in doc.settings()]
-        state = {"job": job}
 
         def progress(i: int, result: StepResult) -> None:
+            nonlocal job
             # Each step refreshes the row, so a live apply never looks stale to another instance.
             pct = int(100 * (i + 1) / max(len(plan.steps), 1))
-            state["job"] = self.ledger.save(replace(state["job"], progress=pct, updated=self.clock()))
+            job = self.ledger.save(replace(job, progress=pct, updated=self.clock()))
             checkpoint("central_step")
 
         results = apply(plan, self.client, secrets=secrets, after_step=progress)
@@ -145,8 +148,8 @@ class Central:
                 f"{done} of {len(results)} step(s) applied; {failed[0].step} failed: {failed[0].error}. "
                 "Fix the cause and apply the file again: the new plan starts from what the app holds."
             )
-            return self._finish(state["job"], ref, JobState.FAILED, reason, report)
-        return self._finish(state["job"], ref, JobState.COMPLETED, None, report)
+            return self._finish(job, ref, JobState.FAILED, reason, report)
+        return self._finish(job, ref, JobState.COMPLETED, None, report)
 
     def _reject(self, job: Job, ref: BlobRef, exc: DocumentError) -> Job:
         path = f"{job.job_id}/central-rejection.json"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 
+from .iotcentral import ApiTokenCredential
 from .storage import StorageSettings
 
 STORAGE_CONNECTION = "DEVICE_STORAGE"  # the storage account of uploads, reports, backups and the ledger
@@ -118,8 +119,6 @@ def _central(env: Mapping[str, str]) -> CentralSettings | None:
         raise ConfigError(f"IOTCENTRAL_APP_URL is '{url}': give the app's URL, e.g. https://myapp.azureiotcentral.com")
     token = env.get("IOTCENTRAL_API_TOKEN", "").strip() or None
     if token is not None:
-        from .iotcentral import ApiTokenCredential
-
         try:
             credential = ApiTokenCredential(token)
         except ValueError as exc:

@@ -119,6 +119,11 @@ class Job:
     attempts: int = 0
     etag: str | None = field(default=None, compare=False)  # the table row's ETag, never persisted
 
+    @classmethod
+    def new(cls, hub: str, kind: JobKind, now: datetime, *, state: JobState = JobState.QUEUED, **fields: Any) -> Job:
+        """A job not yet recorded, with a fresh newest-first id."""
+        return cls(hub, new_job_id(now), kind, state, now, now, **fields)
+
     @property
     def work_container(self) -> str:
         """The per-job container the hub reads from and writes to (SAS-scoped to this job only)."""

@@ -25,7 +25,6 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from .backups import apply_retention, backup_folder, save_backup
 from .config import Containers
@@ -33,7 +32,7 @@ from .devices import validate_stream
 from .iothub import IoTHubClient, IoTHubError, IoTHubNotFound, IoTHubServerError, IoTHubUnavailable, JobQuotaExceeded
 from .iothub import Job as HubJob
 from .iothub import JobStatus as HubStatus
-from .ledger import Job, JobKind, JobState, Ledger, LedgerConflict, idempotency_key, new_job_id
+from .ledger import Job, JobKind, JobState, Ledger, LedgerConflict, idempotency_key
 from .reports import harvest_import_errors, rejection_document, summary_document
 from .storage import ArchiveKind, BlobRef, Storage, StorageError
 
@@ -85,7 +84,7 @@ class Pipeline:
         if existing is not None:
             self._finish_accept(existing, ref)
             return existing
-        job = self._new_job(hub, JobKind.IMPORT, source=ref.path, source_etag=ref.etag, idempotency_key=key)
+        job = Job.new(hub, JobKind.IMPORT, self.clock(), source=ref.path, source_etag=ref.etag, idempotency_key=key)
         self.storage.ensure_container(job.work_container)
         staged = self.storage.stage(job.work_container, INPUT_BLOB)
         report = validate_stream(self.storage.open_read(ref), sink=staged.write, max_errors=self.max_errors)
@@ -120,17 +119,13 @@ class Pipeline:
         """Queue a registry export of ``hub`` into a new backup folder. ``key`` makes a repeated request (a timer
         fired twice) find the job already queued. Returns (job, created)."""
         self._check_hub(hub)
-        job = self._new_job(hub, JobKind.EXPORT, source=source, idempotency_key=key)
+        job = Job.new(hub, JobKind.EXPORT, self.clock(), source=source, idempotency_key=key)
         job = replace(job, params={"includeKeys": include_keys, "backup": backup_folder(hub, job.created)})
         return self.ledger.create(job)
 
     def _check_hub(self, hub: str) -> None:
         if hub not in self.hubs:
             raise ValueError(f"unknown hub '{hub}': configured hubs are {', '.join(sorted(self.hubs))}")
-
-    def _new_job(self, hub: str, kind: JobKind, **fields: Any) -> Job:
-        now = self.clock()
-        return Job(hub, new_job_id(now), kind, JobState.QUEUED, now, now, **fields)
 
     def cancel(self, job: Job) -> Job:
         """Cancel a queued job at once, or ask the hub to cancel a running one (the monitor records the end).

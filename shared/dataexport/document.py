@@ -24,6 +24,7 @@ change; a file with any problem is applied not at all.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import re
@@ -305,7 +306,7 @@ def resolve(doc: Document, env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     problems: list[Problem] = []
     resolved: dict[str, dict[str, Any]] = {}
     for item_id, body in doc.destinations.items():
-        out = json.loads(json.dumps(body))
+        out = copy.deepcopy(body)
         for path in sorted(secret_paths(body)):
             ref = _get(body, path)
             name = ref["appSetting"] if isinstance(ref, dict) else ""

@@ -81,14 +81,13 @@ class Plan:
     prune: bool
 
     def summary(self) -> dict[str, int]:
+        """Changes by kind: a replacement counts once (an export's is two steps), detach/reattach not at all."""
         counts = {"create": 0, "update": 0, "replace": 0, "delete": 0}
         for step in self.steps:
             if step.action is Action.REPLACE or (step.replaces and step.action is Action.CREATE):
                 counts["replace"] += 1
-            elif step.action in (Action.CREATE, Action.DELETE) and not step.replaces:
+            elif str(step.action) in counts and not step.replaces:
                 counts[str(step.action)] += 1
-            elif step.action is Action.UPDATE:
-                counts["update"] += 1
         return counts
 
     def public(self) -> dict[str, Any]:
@@ -284,7 +283,7 @@ def _leaves(patch: Mapping[str, Any], secrets: set[tuple[str, ...]], path: tuple
     out: list[str] = []
     for key, value in patch.items():
         here = (*path, key)
-        if isinstance(value, dict) and value and key != "destinations":
+        if isinstance(value, dict) and value:
             out.extend(_leaves(value, secrets, here))
         else:
             label = ".".join(here)
