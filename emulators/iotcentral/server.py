@@ -99,7 +99,7 @@ class IoTCentralEmulator:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.bind_host = host
-        self.page_size = page_size
+        self.page_size = self.default_page_size = page_size
         self.control_plane = control_plane
         self.oauth = oauth
         self.faults = Faults(faults or FaultConfig())
@@ -249,6 +249,7 @@ class IoTCentralEmulator:
         if req.path == "/_emulator/reset" and req.method == "POST":
             self.state.reset()
             self.faults.set(FaultConfig())
+            self.page_size = self.default_page_size
             self.requests.clear()
             return 204, None
         if req.path == "/_emulator/faults" and req.method == "POST":

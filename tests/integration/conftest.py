@@ -65,10 +65,9 @@ def iotcentral_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IoTC
 
 @pytest.fixture
 def iotcentral(iotcentral_server: IoTCentralEmulator, monkeypatch: pytest.MonkeyPatch) -> IoTCentralEmulator:
-    """The IoT Central emulator, emptied (faults off, request log cleared), its CA trusted."""
+    """The IoT Central emulator, emptied (faults off, default page size, request log cleared), its CA trusted."""
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(iotcentral_server.ca_path))
     control(iotcentral_server, "reset", {})
-    control(iotcentral_server, "pageSize", {"pageSize": 25})
     return iotcentral_server
 
 

@@ -67,6 +67,13 @@ def validate(body: Any, definition: str) -> None:
     jsonschema.Draft4Validator(schema).validate(body)
 
 
+def concrete_type(body: dict[str, Any], base: str) -> str:
+    """The definition a body is an instance of: the subtype its discriminator names, or ``base`` itself."""
+    if base != "Destination":
+        return base
+    return next(n for n, d in _definitions().items() if d.get("x-ms-discriminator-value") == body["type"])
+
+
 def writable_properties(definition: str) -> set[str]:
     """Every property a concrete type declares (its own and its bases'), for "nothing unknown" checks."""
     defs = _definitions()
