@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from .backups import MANIFEST_BLOB, STAMP, apply_retention
+from .backups import MANIFEST_BLOB, apply_retention, backup_folder
 from .config import Containers
 from .dataexport import (
     Document,
@@ -197,7 +197,7 @@ class Central:
     def backup(self, *, retention_days: int | None = None) -> dict[str, Any]:
         """Write the app's data-export configuration to ``backups/central/<hour>/``; returns the manifest."""
         now = self.clock()
-        folder = f"{PARTITION}/{now.replace(minute=0, second=0, microsecond=0).strftime(STAMP)}"
+        folder = backup_folder(PARTITION, now.replace(minute=0, second=0, microsecond=0))
         container = self.containers.backups
         self.storage.ensure_container(container)
         manifest_ref = BlobRef(container, f"{folder}/{MANIFEST_BLOB}")
