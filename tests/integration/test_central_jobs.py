@@ -1,0 +1,81 @@
+"""shared.central against Azurite and the IoT Central emulator: an apply interrupted mid-way is left running, is not
+touched while fresh, and is finished by the monitor's pass once stale."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from azure.data.tables import TableServiceClient
+
+from emulators.azurite import Azurite
+from emulators.iotcentral import IoTCentralEmulator
+from shared import pipeline
+from shared.central import Central
+from shared.config import Containers
+from shared.iotcentral import IoTCentralClient
+from shared.ledger import JobState, Ledger
+from shared.storage import BlobRef, Storage, StorageSettings
+
+from .helpers import request_log, writes
+from .test_dataexport_apply import ENV
+from .test_pipeline import Clock
+
+SAMPLE = (Path(__file__).resolve().parents[2] / "samples/central/dataexport.json").read_bytes()
+
+
+class Crash(Exception):
+    """Stands for the process dying right after a checkpoint."""
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def central_jobs(azurite: Azurite, central: IoTCentralClient, clock: Clock) -> Central:
+    prefix = f"c{uuid.uuid4().hex[:8]}"
+    tables = TableServiceClient.from_connection_string(azurite.connection_string)
+    storage = Storage.from_settings(StorageSettings(connection_string=azurite.connection_string))
+    containers = Containers(f"{prefix}-uploads", f"{prefix}-reports", f"{prefix}-archive", f"{prefix}-backups")
+    storage.ensure_container(containers.uploads)
+    return Central(Ledger.from_service(tables, f"{prefix}jobs"), storage, central, ENV, containers, clock=clock)
+
+
+def test_the_monitor_finishes_an_apply_a_crash_left_running(
+    central_jobs: Central, iotcentral: IoTCentralEmulator, clock: Clock
+) -> None:
+    c = central_jobs
+    etag = c.storage.upload_bytes(c.containers.uploads, "central/dataexport.json", SAMPLE)
+    ref = BlobRef(c.containers.uploads, "central/dataexport.json", etag)
+    crash = _Once()
+    pipeline.CHECKPOINTS.append(crash)
+    try:
+        with pytest.raises(Crash):
+            c.accept(ref)
+    finally:
+        pipeline.CHECKPOINTS.remove(crash)
+    (job,) = list(c.ledger.iter_active("central"))
+    assert job.state is JobState.RUNNING and job.progress == 14  # 1 of 7 steps
+    assert c.resume_stale() == [], "a fresh job may belong to a live instance: left alone"
+    clock.advance(minutes=3)
+    (done,) = c.resume_stale()
+    assert done.state is JobState.COMPLETED and done.attempts == 1 and done.job_id == job.job_id
+    assert list(c.ledger.iter_active("central")) == []
+    assert c.storage.list_names(c.containers.archive, "") == [f"processed/{job.job_id}/central/dataexport.json"]
+    log = request_log(iotcentral)
+    assert len([w for w in writes(log) if w[0] == "PUT"]) == 7, "the step done before the crash is not repeated"
+
+
+class _Once:
+    """A checkpoint observer that crashes after the first apply step, once."""
+
+    def __init__(self) -> None:
+        self.fired = False
+
+    def __call__(self, step: str) -> None:
+        if step == "central_step" and not self.fired:
+            self.fired = True
+            raise Crash
