@@ -11,7 +11,7 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .central import PARTITION as CENTRAL
@@ -28,6 +28,7 @@ from .storage import BlobRef, StorageError
 logger = logging.getLogger(__name__)
 
 MAX_PAGE = 200
+APPLY_WAIT = timedelta(seconds=60)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,12 +239,14 @@ def central_plan(svc: Services, *, body: bytes) -> Reply:
 @guarded
 def central_apply(svc: Services, *, body: bytes) -> Reply:
     """Apply the file in the body: it is kept as ``uploads/central/api-<time>.json`` and applied as that upload
-    would be (one ledger job with a report); the reply is the finished job."""
-    svc.require_central()
+    would be (one ledger job with a report); the reply is the finished job (202 with the running one if it takes
+    longer than ``APPLY_WAIT``)."""
+    central = svc.require_central()
     name = f"central/api-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}.json"
     uploads = svc.settings.containers.uploads
     etag = svc.storage.upload_bytes(uploads, name, _document(body), overwrite=False)
-    job = svc.on_upload(uploads, name, etag)
+    # The blob trigger sees the same upload and may be applying it already: then wait for that instance to finish.
+    job = central.wait(svc.on_upload(uploads, name, etag), APPLY_WAIT)
     return _job_reply(svc, job, 200 if job.state.is_terminal else 202)
 
 

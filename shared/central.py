@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -114,6 +115,14 @@ class Central:
                 container, _, name = job.source.partition("/")
                 done.append(self._resume(job, BlobRef(container, name, job.source_etag)))
         return done
+
+    def wait(self, job: Job, timeout: timedelta, *, poll: float = 0.2) -> Job:
+        """``job`` once it has ended, or as it stands after ``timeout`` (when another instance is applying it)."""
+        deadline = time.monotonic() + timeout.total_seconds()
+        while not job.state.is_terminal and time.monotonic() < deadline:
+            time.sleep(poll)
+            job = self.ledger.get(job.hub, job.job_id)
+        return job
 
     def _resume(self, job: Job, ref: BlobRef) -> Job:
         if job.state.is_terminal:

@@ -130,9 +130,14 @@ class Services:
         return self._start(job) if created else job
 
     def _start(self, job: Job) -> Job:
-        """Start the hub's next job now if the hub is idle; ``job`` as it stands afterwards."""
+        """Start the hub's next job now if the hub is idle; ``job`` as it stands afterwards.
+
+        When this call did not move it, another instance may be (the blob trigger also sees an upload made through
+        the API): the job is read again, so a reply never shows ``queued`` for a job already being submitted."""
         started = self.pipeline.start_next(job.hub)
-        return started if started is not None and started.job_id == job.job_id else job
+        if started is not None and started.job_id == job.job_id:
+            return started
+        return self.ledger.get(job.hub, job.job_id)
 
     def monitor(self) -> list[Job]:
         """One pass of the job monitor over every hub; one hub's trouble never stops the others."""

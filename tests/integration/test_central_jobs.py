@@ -3,7 +3,9 @@ touched while fresh, and is finished by the monitor's pass once stale."""
 
 from __future__ import annotations
 
+import threading
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from shared import pipeline
 from shared.central import Central
 from shared.config import Containers
 from shared.iotcentral import IoTCentralClient
-from shared.ledger import JobState, Ledger
+from shared.ledger import Job, JobState, Ledger
 from shared.storage import BlobRef, Storage, StorageSettings
 
 from .helpers import request_log, writes
@@ -60,9 +62,17 @@ def test_the_monitor_finishes_an_apply_a_crash_left_running(
     (job,) = list(c.ledger.iter_active("central"))
     assert job.state is JobState.RUNNING and job.progress == 14  # 1 of 7 steps
     assert c.resume_stale() == [], "a fresh job may belong to a live instance: left alone"
+    assert c.wait(job, timedelta(seconds=0.3)).state is JobState.RUNNING  # nobody finishes it: as it stands
     clock.advance(minutes=3)
-    (done,) = c.resume_stale()
+    # The monitor finishes it in another thread while an HTTP apply of the same upload waits for the end.
+    resumed: list[Job] = []
+    monitor = threading.Thread(target=lambda: resumed.extend(c.resume_stale()))
+    monitor.start()
+    waited = c.wait(job, timedelta(seconds=60))
+    monitor.join()
+    (done,) = resumed
     assert done.state is JobState.COMPLETED and done.attempts == 1 and done.job_id == job.job_id
+    assert waited.state is JobState.COMPLETED
     assert list(c.ledger.iter_active("central")) == []
     assert c.storage.list_names(c.containers.archive, "") == [f"processed/{job.job_id}/central/dataexport.json"]
     log = request_log(iotcentral)
