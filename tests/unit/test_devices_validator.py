@@ -5,15 +5,31 @@ from __future__ import annotations
 import base64
 import io
 import json
-from typing import Any
+from typing import Any, get_args
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.devices import MAX_LINE_BYTES, Code, ValidationReport, _LineChecker, validate_stream
+from shared.devices import (
+    AUTH_TYPES,
+    IMPORT_MODES,
+    MAX_LINE_BYTES,
+    STATUSES,
+    Code,
+    LineChecker,
+    ValidationReport,
+    fast,
+    validate_stream,
+)
+from shared.devices.fast import accept
+from shared.devices.rules import DEVICE_ID_RE, ETAG_MODES, TWIN_ETAG_MODES
 
 KEY = base64.b64encode(b"k" * 32).decode()
+SHORT_KEY = base64.b64encode(b"k" * 15).decode()
+LONG_KEY = base64.b64encode(b"k" * 65).decode()
+ID_ALPHABET = "abcXYZ019-.%_*?!(),:=@$'"
 THUMB = "ab" * 20
 
 
@@ -206,6 +222,13 @@ def test_duplicates_name_both_lines() -> None:
     assert "line 1" in dupes[1].message and "line 3" in dupes[0].message
 
 
+def test_many_repeats_keep_the_first_findings_and_count_them_all() -> None:
+    report = run(*[dev("a")] * 500, dev("b"), dev("b"), max_errors=10)
+    assert report.error_count == report.lines_with_errors == 500
+    assert [f.line for f in report.errors] == list(range(2, 12))
+    assert all(f.code == Code.DUPLICATE_ID and "line 1" in f.message for f in report.errors)
+
+
 def test_bom_crlf_and_blank_lines_are_tolerated_and_normalized() -> None:
     out: list[bytes] = []
     body = b'\xef\xbb\xbf{"id":"a","status":"enabled"}\r\n\r\n  \n{"id":"b","status":"enabled"}'
@@ -263,6 +286,10 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
     max_leaves=8,
 )
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=6)
+)
+twin_keys = st.text(alphabet="ab1_ .$\x01\x85é", max_size=4)
 field_values = {
     "id": st.one_of(st.text(max_size=10), st.sampled_from(["d1", "d 2", "x" * 130]), st.integers()),
     "moduleId": st.one_of(st.none(), st.sampled_from(["m", "$edgeHub", "bad m"])),
@@ -313,14 +340,170 @@ field_values = {
 lines_strategy = st.fixed_dictionaries({}, optional=field_values)
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
-@given(lines_strategy)
-def test_fast_path_never_accepts_what_the_full_check_rejects(line: dict[str, Any]) -> None:
-    fast = _LineChecker(ValidationReport()).check(line, 1)
-    full_report = ValidationReport()
-    full = _LineChecker(full_report)._full_check(line, 1)
-    assert (fast is None) == (full is None)
-    assert (full is None) == (full_report.error_count > 0)
+def full_verdict(raw: bytes) -> tuple[str | None, str | None, str] | None:
+    """What the full check says of one line (None: it has findings)."""
+    report = ValidationReport()
+    result = LineChecker(report).check(orjson.loads(raw), 1)
+    assert (result is None) == (report.error_count > 0)
+    return result
+
+
+def assert_fast_agrees(raw: bytes) -> None:
+    """The fast path's contract: what it accepts, the full check accepts too, with the same id and mode."""
+    fast = accept(raw)
+    if fast is not None:
+        assert full_verdict(raw) == (fast[0], None, fast[1]), raw
+
+
+def mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``good`` about four times in five: near-valid lines exercise the fast path's accepting branch too."""
+    return st.one_of(good, good, good, good, bad)
+
+
+flat_twin = st.dictionaries(st.text(alphabet="ab1_", min_size=1, max_size=4), scalars, max_size=3)
+# Lines near the fast path's shapes, so that both its accepting and its declining branches are exercised.
+near_fast_lines = st.fixed_dictionaries(
+    {
+        "id": mostly(
+            st.text(alphabet=ID_ALPHABET, min_size=1, max_size=6),
+            st.one_of(st.text(alphabet=ID_ALPHABET + " #+é\n", max_size=6), st.just("x" * 129)),
+        ),
+        "status": mostly(st.sampled_from(["enabled", "disabled"]), st.sampled_from(["Disabled", None])),
+    },
+    optional={
+        "importMode": mostly(
+            st.sampled_from(["create", "createOrUpdate", "update", "delete", "updateTwin"]),
+            st.sampled_from(["Create", "updateIfMatchETag", None]),
+        ),
+        "authentication": mostly(
+            st.one_of(
+                st.fixed_dictionaries(
+                    {"symmetricKey": st.fixed_dictionaries({"primaryKey": st.just(KEY), "secondaryKey": st.just(KEY)})},
+                    optional={"type": st.just("sas")},
+                ),
+                st.fixed_dictionaries(
+                    {
+                        "x509Thumbprint": st.fixed_dictionaries(
+                            {"primaryThumbprint": st.sampled_from([THUMB, "CD" * 32])}
+                        )
+                    },
+                    optional={"type": st.just("selfSigned")},
+                ),
+                st.fixed_dictionaries({"type": st.sampled_from(["sas", "certificateAuthority", "none"])}),
+            ),
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "type": st.sampled_from(["sas", "selfSigned", "certificateAuthority", "none", "x", None]),
+                    "symmetricKey": st.one_of(
+                        st.none(),
+                        st.fixed_dictionaries(
+                            {},
+                            optional={
+                                "primaryKey": st.sampled_from([KEY, SHORT_KEY, LONG_KEY, "bm9wZQ==", "Zm9v", "é", 1]),
+                                "secondaryKey": st.sampled_from([KEY, None, "!!"]),
+                            },
+                        ),
+                    ),
+                    "x509Thumbprint": st.one_of(
+                        st.none(),
+                        st.fixed_dictionaries(
+                            {},
+                            optional={
+                                "primaryThumbprint": st.sampled_from([THUMB, "ab" * 19, "g" * 40, None]),
+                                "secondaryThumbprint": st.sampled_from([THUMB, "xyz", None]),
+                            },
+                        ),
+                    ),
+                },
+            ),
+        ),
+        "tags": mostly(flat_twin, st.one_of(st.none(), st.dictionaries(twin_keys, scalars, max_size=3), json_values)),
+        "properties": mostly(
+            st.fixed_dictionaries({}, optional={"desired": flat_twin, "reported": flat_twin}),
+            st.one_of(
+                st.none(),
+                json_values,
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "desired": st.one_of(st.none(), st.dictionaries(twin_keys, scalars, max_size=3)),
+                        "reported": json_values,
+                    },
+                ),
+            ),
+        ),
+        "moduleId": st.sampled_from(["m", "$edgeHub"]),
+        "eTag": st.just("MA=="),
+    },
+)
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(lines_strategy, near_fast_lines), st.sampled_from(["compact", "spaced", "ascii"]))
+def test_fast_path_never_accepts_what_the_full_check_rejects(line: dict[str, Any], form: str) -> None:
+    if form == "compact":
+        raw = json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode()
+    elif form == "spaced":
+        raw = json.dumps(line, indent=1, ensure_ascii=False).replace("\n", " ").encode()
+    else:
+        raw = json.dumps(line).encode()  # escapes for non-ASCII: always the full check's
+    assert_fast_agrees(raw)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(VALID_LINES),
+    st.integers(min_value=0, max_value=400),
+    st.binary(min_size=0, max_size=3),
+    st.integers(min_value=0, max_value=3),
+)
+def test_fast_path_holds_its_contract_on_mutated_bytes(line: dict[str, Any], at: int, junk: bytes, cut: int) -> None:
+    raw = bytearray(json.dumps(line, separators=(",", ":")).encode())
+    pos = min(at, len(raw))
+    raw[pos : pos + cut] = junk
+    try:
+        orjson.loads(bytes(raw))
+    except orjson.JSONDecodeError:
+        assert accept(bytes(raw)) is None  # what does not parse is never accepted
+        return
+    assert_fast_agrees(bytes(raw))
+
+
+def test_common_shapes_take_the_fast_path() -> None:
+    """The bench's speed rests on this: the usual lines never reach the full check."""
+    fast = [line for line in VALID_LINES if accept(json.dumps(line, separators=(",", ":")).encode())]
+    assert [line["id"] for line in fast] == ["d1", "d2", "d3", "d6", "A-1.%_*?!(),:=@$'"]
+    assert accept(b'{"id":"d1","status":"enabled","tags":{"site":"oslo","n":1.5},"properties":{"desired":{"x":null}}}')
+    assert accept(b'{"id":"d1","status":"enabled","authentication":{"type":"none"}}')
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"id":"d1"}',  # no status with createOrUpdate
+        b'{"id":"d1","status":null}',
+        b'{"id":"d1","status":"enabled","authentication":{"type":"selfSigned"}}',
+        b'{"id":"d1","status":"enabled","tags":{"a.b":1}}',
+        b'{"id":"d1","status":"enabled","properties":{"desired":{"$version":1}}}',
+        b'{"id":"d1","status":"enabled","tags":{"a":{"b":1}}}',  # nested: the full check measures depth
+        b'{"id":"d1","status":"enabled","id":"d 2"}',  # a repeated key: the last one counts, in both parsers
+        b'{"id":"d\\u00e9","status":"enabled"}',
+        b'{"id":"d1","status":"enabled"} x',
+        b'{"id":"d1","status":"enabled","Status":"enabled"}',
+    ],
+)
+def test_fast_path_declines(raw: bytes) -> None:
+    assert accept(raw) is None
+
+
+def test_fast_path_tables_match_the_rules() -> None:
+    for code in range(128):
+        char = chr(code)
+        assert (char in fast._ID_CHARS) == bool(DEVICE_ID_RE.fullmatch(char)), repr(char)
+    assert set(get_args(fast.FastMode)) == set(IMPORT_MODES) - set(ETAG_MODES) - TWIN_ETAG_MODES
+    assert set(get_args(fast.FastStatus)) == set(STATUSES)
+    assert set(get_args(fast.FastAuthType)) == set(AUTH_TYPES)
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])

@@ -1,10 +1,7 @@
-"""The ExportImportDevice JSON-lines format and its streaming validator.
+"""The rules of the ExportImportDevice JSON-lines format, and the full check that explains every finding.
 
-``validate_stream`` reads any byte stream (a blob download, a local file) in chunks and never holds the file:
-memory stays flat whether the file has ten lines or ten million. Every rule of the import format is checked (see
-``../shared/reference/iothub-api.md``); each finding carries the line number, the device id, the field, a stable code
-and a message that says what to change. Valid lines can be handed, normalized, to a ``sink`` in the same pass, so
-validating and staging the copy the hub will read cost one read of the upload.
+Every rule of the import format is here (see ``../shared/reference/iothub-api.md``); each finding carries the line
+number, the device id, the field, a stable code and a message that says what to change.
 """
 
 from __future__ import annotations
@@ -12,14 +9,11 @@ from __future__ import annotations
 import binascii
 import json
 import re
-import sqlite3
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 
@@ -68,8 +62,6 @@ PROPERTY_VALUE_MAX_BYTES = 4 * 1024
 TWIN_MAX_DEPTH = 10
 STATUS_REASON_MAX = 128
 MAX_LINE_BYTES = 128 * 1024  # twin limits (8 + 32 + 32 KB) plus identity fit well below this
-CHUNK = 1024 * 1024
-_BOM = b"\xef\xbb\xbf"
 
 
 class Code(StrEnum):
@@ -217,34 +209,18 @@ def _size(obj: Any) -> int:
     return len(_dumps(obj))
 
 
-class _LineChecker:
-    """Checks one decoded line; appends findings to the report. Kept as a class to bind the report once."""
+class LineChecker:
+    """Checks one decoded line and explains every problem; appends findings to the report.
+
+    This is the full check: every rule, every finding with what to change. Most lines never reach it, because
+    ``fast.accept`` proves them valid first (see ``stream.validate_stream``).
+    """
 
     def __init__(self, report: ValidationReport) -> None:
         self.report = report
 
     def check(self, obj: Any, n: int) -> tuple[str | None, str | None, str] | None:
         """Return (device id, module id, mode) for a line without findings, else None."""
-        # Fast path for the common shapes (id, importMode, status, authentication, tags, properties): it only
-        # ever accepts; anything it cannot prove valid goes to the full check, which explains what is wrong.
-        if type(obj) is dict and _COMMON.issuperset(obj):
-            dev = obj.get("id")
-            mode = obj.get("importMode", DEFAULT_MODE)
-            status = obj.get("status")
-            if (
-                type(dev) is str
-                and mode in _PLAIN_MODES
-                and (status in _STATUS_SET or (status is None and mode in NO_STATUS_MODES))
-                and _ID_MATCH(dev)
-            ):
-                auth = obj.get("authentication")
-                if (auth is None or _auth_fast(auth)) and (
-                    ("tags" not in obj and "properties" not in obj) or not _twin_findings(obj)
-                ):
-                    return dev, None, mode
-        return self._full_check(obj, n)
-
-    def _full_check(self, obj: Any, n: int) -> tuple[str | None, str | None, str] | None:
         report = self.report
         if not isinstance(obj, dict):
             report.lines_with_errors += 1
@@ -506,244 +482,3 @@ def _key_problem(key: Any) -> str | None:
 
 _KNOWN = frozenset(FIELDS)
 _MODES = frozenset(IMPORT_MODES)
-_STATUS_SET = frozenset(STATUSES)
-_COMMON = frozenset({"id", "importMode", "status", "authentication", "tags", "properties"})
-_PLAIN_MODES = _MODES - set(ETAG_MODES) - TWIN_ETAG_MODES
-_ID_MATCH = DEVICE_ID_RE.fullmatch
-_THUMB_MATCH = THUMBPRINT_RE.fullmatch
-_BAD_KEY = TWIN_KEY_BAD.search
-
-
-def _auth_fast(auth: Any) -> bool:
-    """True only for authentication objects of the usual shapes that are certainly valid."""
-    if type(auth) is not dict or not _AUTH_FIELDS.issuperset(auth):
-        return False
-    kind = auth.get("type")
-    sym = auth.get("symmetricKey")
-    x509 = auth.get("x509Thumbprint")
-    if x509 is None and type(sym) is dict and kind in (None, "sas"):
-        p, s = sym.get("primaryKey"), sym.get("secondaryKey")
-        return type(p) is str and type(s) is str and _key_ok(p) and _key_ok(s)
-    if sym is None and type(x509) is dict and kind in (None, "selfSigned"):
-        p, s = x509.get("primaryThumbprint"), x509.get("secondaryThumbprint")
-        return type(p) is str and bool(_THUMB_MATCH(p)) and (s is None or (type(s) is str and bool(_THUMB_MATCH(s))))
-    return sym is None and x509 is None and kind in ("sas", "certificateAuthority", "none", None)
-
-
-_AUTH_FIELDS = frozenset({"type", "symmetricKey", "x509Thumbprint"})
-_B64_MATCH = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?").fullmatch
-
-
-def _key_ok(key: str) -> bool:
-    # Canonical base64 by regex and its decoded length by arithmetic: cheaper than decoding on the hot path.
-    size = len(key) // 4 * 3 - key.count("=", -2)
-    return MIN_KEY_BYTES <= size <= MAX_KEY_BYTES and _B64_MATCH(key) is not None
-
-
-def _twin_findings(obj: dict[str, Any]) -> bool:
-    tags, props = obj.get("tags"), obj.get("properties")
-    if (tags is None or _flat_small(tags)) and (
-        props is None
-        or (
-            type(props) is dict
-            and (props.get("desired") is None or _flat_small(props["desired"]))
-            and (props.get("reported") is None or _flat_small(props["reported"]))
-        )
-    ):
-        return False
-    found: list[object] = []
-    _LineChecker._twin(obj, lambda *a: found.append(a), None)
-    return bool(found)
-
-
-def _flat_small(section: Any) -> bool:
-    """A twin section that is certainly valid: an object under 4 KB, no nested objects, plain keys."""
-    if type(section) is not dict or "$metadata" in section or "$version" in section:
-        return False
-    try:
-        dumped = orjson.dumps(section)  # hot path: no fallback wrapper; what orjson refuses goes to the full check
-    except TypeError:
-        return False
-    return len(dumped) <= PROPERTY_VALUE_MAX_BYTES and dumped.count(b"{") == 1 and not _BAD_KEY("".join(section))
-
-
-# --- duplicates -----------------------------------------------------------------------------------------
-
-
-class _Seen:
-    """Ids seen so far, spooled to a temporary SQLite file so memory does not grow with the file.
-
-    ``INSERT OR IGNORE`` into a table keyed by the id leaves a repeated id out; only a batch that lost rows is
-    looked at again. Files are usually sorted by id, which makes the inserts sequential.
-    """
-
-    def __init__(self) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="devices-ids-")
-        self._db = sqlite3.connect(Path(self._dir.name) / "ids.db")
-        self._db.execute("PRAGMA journal_mode=OFF")
-        self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute("PRAGMA cache_size=-8000")  # 8 MB, whatever the file size
-        self._db.execute("CREATE TABLE ids (k TEXT PRIMARY KEY, line INTEGER NOT NULL) WITHOUT ROWID")
-        self._found: dict[str, list[int]] = {}
-
-    def extend(self, keys: list[tuple[str, int]]) -> None:
-        cur = self._db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?)", keys)
-        if cur.rowcount == len(keys):
-            return
-        for k, n in keys:
-            stored = self._db.execute("SELECT line FROM ids WHERE k = ?", (k,)).fetchone()
-            if stored is not None and stored[0] != n:
-                self._found.setdefault(k, [stored[0]]).append(n)
-
-    def duplicates(self) -> Iterator[tuple[str, list[int]]]:
-        """(key, line numbers) of every key seen more than once; the first line number comes first."""
-        yield from self._found.items()
-
-    def close(self) -> None:
-        self._db.close()
-        self._dir.cleanup()
-
-
-# --- the stream -----------------------------------------------------------------------------------------
-
-
-def _chunks(stream: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
-    if hasattr(stream, "read"):
-        while chunk := stream.read(CHUNK):
-            yield chunk
-    else:
-        yield from stream
-
-
-def iter_batches(stream: BinaryIO | Iterable[bytes]) -> Iterator[tuple[int, list[bytes | None]]]:
-    """(number of the first line, lines) per chunk read: BOM and CR stripped, ``None`` for an over-long line.
-
-    An over-long line is skipped without ever being held whole in memory. Batches (not single lines) keep the
-    per-line cost of the hot loop low.
-    """
-    n = 0
-    carry = b""
-    skipping = False
-    first = True
-    for chunk in _chunks(stream):
-        if first:
-            chunk = chunk.removeprefix(_BOM)  # noqa: PLW2901 - the BOM is only tolerated at the start
-            first = False
-        parts = chunk.split(b"\n")
-        last = parts.pop()
-        if parts:
-            if skipping:
-                parts[0] = None  # type: ignore[call-overload]
-                skipping = False
-            elif carry:
-                parts[0] = carry + parts[0]
-            batch: list[bytes | None] = [
-                None if p is None or len(p) > MAX_LINE_BYTES else (p[:-1] if p.endswith(b"\r") else p) for p in parts
-            ]
-            yield n + 1, batch
-            n += len(batch)
-            carry = last
-        elif not skipping:
-            carry += last
-        if not skipping and len(carry) > MAX_LINE_BYTES:
-            carry = b""
-            skipping = True
-    if skipping:
-        yield n + 1, [None]
-    elif carry:
-        yield n + 1, [carry.removesuffix(b"\r")]
-
-
-def validate_stream(
-    stream: BinaryIO | Iterable[bytes],
-    *,
-    max_errors: int = 100,
-    sink: Callable[[bytes], None] | None = None,
-) -> ValidationReport:
-    """Validate a devices file; optionally pass the valid, normalized lines (LF-terminated) to ``sink``.
-
-    ``sink`` receives batches of whole lines; when the report is not valid, what it received must be discarded.
-    """
-    report = ValidationReport(max_errors=max_errors)
-    check = _LineChecker(report).check
-    add = report.add
-    seen = _Seen()
-    loads = orjson.loads
-    decode_error = orjson.JSONDecodeError
-    modes: dict[str, int] = {}
-    blank = module_lines = total = 0
-    try:
-        for first, batch in iter_batches(stream):
-            out: list[bytes] | None = [] if sink is not None else None
-            ids: list[tuple[str, int]] = []
-            n = first - 1
-            for raw in batch:
-                n += 1
-                if raw is None:
-                    report.lines_with_errors += 1
-                    add(Finding(n, Code.LINE_TOO_LONG, _TOO_LONG))
-                    continue
-                if not raw or raw.isspace():
-                    blank += 1
-                    continue
-                try:
-                    obj = loads(raw)
-                except decode_error as exc:
-                    report.lines_with_errors += 1
-                    try:
-                        raw.decode("utf-8")
-                    except UnicodeDecodeError:
-                        add(Finding(n, Code.NOT_UTF8, "The line is not valid UTF-8: save the file as UTF-8."))
-                        continue
-                    add(Finding(n, Code.INVALID_JSON, f"Not valid JSON: {exc}. Each line must be one JSON object."))
-                    continue
-                ok = check(obj, n)
-                if ok is None:
-                    continue
-                did, mid, mode = ok
-                modes[mode] = modes.get(mode, 0) + 1
-                if mid is not None:
-                    module_lines += 1
-                if did is not None:
-                    ids.append((did if mid is None else f"{did}\x00{mid}", n))
-                if out is not None:
-                    out.append(raw)
-            total = n
-            seen.extend(ids)
-            if sink is not None and out:
-                sink(b"\n".join(out) + b"\n")
-        dupes = list(_duplicate_findings(seen))
-    finally:
-        seen.close()
-    report.lines = total - blank
-    report.blank_lines = blank
-    report.module_lines = module_lines
-    report.modes.update(modes)
-    if dupes:
-        report.error_count += len(dupes)
-        report.lines_with_errors += len(dupes)
-        report.errors = sorted(report.errors + dupes, key=lambda f: f.line)[: report.max_errors]
-    if report.lines == 0:
-        report.add(Finding(0, Code.EMPTY_FILE, "The file holds no devices: add one JSON object per line."))
-    return report
-
-
-_TOO_LONG = (
-    f"Line is longer than {MAX_LINE_BYTES // 1024} KB: a device line cannot be this large (twin limits are "
-    "8 KB tags, 32 KB desired, 32 KB reported)."
-)
-
-
-def _duplicate_findings(seen: _Seen) -> Iterator[Finding]:
-    for key, lines in seen.duplicates():
-        did, _, mid = key.partition("\x00")
-        what = f"Device '{did}'" + (f" module '{mid}'" if mid else "")
-        for line in lines[1:]:
-            yield Finding(
-                line,
-                Code.DUPLICATE_ID,
-                f"{what} already appears on line {lines[0]}: give each device (and module) one line per file.",
-                did,
-                mid or None,
-                "id",
-            )

@@ -1,0 +1,34 @@
+"""The ExportImportDevice JSON-lines format: its rules, and a streaming validator of files of any size.
+
+``rules`` holds the format and the full check that explains every finding; ``fast`` proves the usual lines valid
+cheaply; ``seen`` finds repeated ids with bounded memory; ``stream`` reads a file in chunks and ties them together.
+"""
+
+from .rules import (
+    AUTH_TYPES,
+    DEFAULT_MODE,
+    EDGE_SYSTEM_MODULES,
+    IMPORT_MODES,
+    MAX_LINE_BYTES,
+    STATUSES,
+    Code,
+    Finding,
+    LineChecker,
+    ValidationReport,
+)
+from .stream import iter_batches, validate_stream
+
+__all__ = [
+    "AUTH_TYPES",
+    "DEFAULT_MODE",
+    "EDGE_SYSTEM_MODULES",
+    "IMPORT_MODES",
+    "MAX_LINE_BYTES",
+    "STATUSES",
+    "Code",
+    "Finding",
+    "LineChecker",
+    "ValidationReport",
+    "iter_batches",
+    "validate_stream",
+]

@@ -1,0 +1,141 @@
+"""The ids of a file seen so far, to find a device given twice without holding every id in memory.
+
+Ids are spread over ``BUCKETS`` spool files by hash as they arrive (appends only, so the order of the file does not
+matter: a sorted export and a shuffled one cost the same), and each bucket is checked on its own at the end. Only
+one bucket's distinct ids are in memory at a time, about 1/64 of the file's. A bucket with more than
+``max_distinct`` distinct ids (a file of several million lines) is spread again with a salted hash before it is
+checked, so memory stays bounded whatever the size of the file.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from array import array
+from collections.abc import Iterator, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import BinaryIO
+
+BUCKETS = 64
+MAX_DISTINCT = 100_000  # distinct ids of one bucket held at once: about 13 MB
+_READ_BATCH = 65_536
+_LINE_TYPE = "Q"
+
+
+class _Buckets:
+    """Up to ``BUCKETS`` pairs of spool files: the ids (one per line) and their line numbers (machine integers).
+
+    A bucket's files are created when it first gets an id, so a small file costs a few files, not 128.
+    """
+
+    def __init__(self, folder: Path, name: str) -> None:
+        self._folder = folder
+        self.name = name
+        self.paths: dict[int, tuple[Path, Path]] = {}
+        self._files: dict[int, tuple[BinaryIO, BinaryIO]] = {}
+
+    def spread(self, keys: Sequence[str | bytes], lines: Sequence[int], salt: int) -> None:
+        """Append ids to their buckets: new ids as text without a newline, or ids read back (bytes, with it)."""
+        ids: list[list[str | bytes]] = [[] for _ in range(BUCKETS)]
+        numbers = [array(_LINE_TYPE) for _ in range(BUCKETS)]
+        mask = BUCKETS - 1
+        if salt:
+            for key, n in zip(keys, lines, strict=True):
+                b = hash((salt, key)) & mask
+                ids[b].append(key)
+                numbers[b].append(n)
+        else:
+            for key, n in zip(keys, lines, strict=True):
+                b = hash(key) & mask
+                ids[b].append(key)
+                numbers[b].append(n)
+        for b, (bucket_ids, bucket_lines) in enumerate(zip(ids, numbers, strict=True)):
+            if bucket_ids:
+                id_file, line_file = self._files.get(b) or self._open(b)
+                id_file.write(_joined(bucket_ids))
+                bucket_lines.tofile(line_file)
+
+    def _open(self, b: int) -> tuple[BinaryIO, BinaryIO]:
+        paths = self.paths[b] = (self._folder / f"{self.name}-{b}.ids", self._folder / f"{self.name}-{b}.lines")
+        files = self._files[b] = (paths[0].open("wb"), paths[1].open("wb"))
+        return files
+
+    def close(self) -> None:
+        for id_file, line_file in self._files.values():
+            id_file.close()
+            line_file.close()
+        self._files.clear()
+
+
+def _joined(ids: list[str | bytes]) -> bytes:
+    if isinstance(ids[0], bytes):
+        return b"".join(ids)  # type: ignore[arg-type]  # one bucket holds one kind
+    return ("\n".join(ids) + "\n").encode()  # type: ignore[arg-type]
+
+
+def _read(paths: tuple[Path, Path]) -> Iterator[tuple[list[bytes], array[int]]]:
+    """A bucket's (ids, line numbers) in batches, in the order they were written."""
+    with paths[0].open("rb") as id_file, paths[1].open("rb") as line_file:
+        while keys := list(islice(id_file, _READ_BATCH)):
+            lines = array(_LINE_TYPE)
+            lines.fromfile(line_file, len(keys))
+            yield keys, lines
+
+
+class SeenIds:
+    """Add ids with their line numbers; ``duplicates`` then gives every id seen twice with all its line numbers."""
+
+    def __init__(self, *, max_distinct: int = MAX_DISTINCT) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="devices-ids-")
+        self._folder = Path(self._dir.name)
+        self._buckets = _Buckets(self._folder, "0")
+        self.max_distinct = max_distinct
+        self.respread = 0  # buckets spread again because they held too many distinct ids
+
+    def extend(self, keys: list[str], lines: list[int]) -> None:
+        """Ids are ``device`` or ``device\\x00module``; valid ids hold no newline, so they are stored one per line."""
+        if keys:
+            self._buckets.spread(keys, lines, 0)
+
+    def duplicates(self) -> Iterator[tuple[str, list[int]]]:
+        """(id, line numbers) of every id seen more than once; the first line number comes first."""
+        self._buckets.close()
+        yield from self._check(self._buckets, 0)
+
+    def _check(self, buckets: _Buckets, depth: int) -> Iterator[tuple[str, list[int]]]:
+        for i, paths in sorted(buckets.paths.items()):
+            found = self._bucket_duplicates(paths, limit=self.max_distinct if depth < 4 else None)
+            if found is None:
+                self.respread += 1
+                inner = _Buckets(self._folder, f"{buckets.name}-{i}")
+                for keys, numbers in _read(paths):
+                    inner.spread(keys, numbers, depth + 1)
+                inner.close()
+                yield from self._check(inner, depth + 1)
+            else:
+                for key, lines in found.items():
+                    yield key[:-1].decode(), lines
+            for path in paths:
+                path.unlink()
+
+    @staticmethod
+    def _bucket_duplicates(paths: tuple[Path, Path], limit: int | None) -> dict[bytes, list[int]] | None:
+        """The bucket's repeated ids, or None when it holds more than ``limit`` distinct ids."""
+        first: dict[bytes, int] = {}
+        found: dict[bytes, list[int]] = {}
+        for keys, lines in _read(paths):
+            # In C: the batch's first occurrences, and whether any id repeats; the Python loop runs only then.
+            batch = dict(zip(reversed(keys), reversed(lines), strict=True))
+            if len(batch) == len(keys) and first.keys().isdisjoint(batch):
+                first.update(batch)
+            else:
+                for key, n in zip(keys, lines, strict=True):
+                    if (at := first.setdefault(key, n)) != n:
+                        found.setdefault(key, [at]).append(n)
+            if limit is not None and len(first) > limit:
+                return None
+        return found
+
+    def close(self) -> None:
+        self._buckets.close()
+        self._dir.cleanup()
