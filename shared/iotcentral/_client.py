@@ -153,7 +153,9 @@ class IoTCentralClient:
         if response.status_code < 400:
             return response
         error = _http_error(response)
-        logger.warning("%s failed: %d %s (request %s)", label, error.status, error.code, error.request_id)
+        # A 404 is often the answer the caller asked for (find, a repeated delete): not worth a warning.
+        level = logging.DEBUG if isinstance(error, IoTCentralNotFound) else logging.WARNING
+        logger.log(level, "%s failed: %d %s (request %s)", label, error.status, error.code, error.request_id)
         raise error
 
 

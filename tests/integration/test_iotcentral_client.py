@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -242,10 +243,16 @@ def test_published_examples_give_the_published_responses(example: Path, iotcentr
     assert json.loads(json.dumps(got).replace("[namespance]", "[namespace]")) == expected
 
 
-def test_errors_are_typed_with_the_service_shape(central: IoTCentralClient, iotcentral: IoTCentralEmulator) -> None:
+def test_errors_are_typed_with_the_service_shape(
+    central: IoTCentralClient, iotcentral: IoTCentralEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="shared.iotcentral")
     with pytest.raises(IoTCentralNotFound) as missing:
         central.get(DESTINATIONS, "nope")
     assert missing.value.code == "NotFound" and missing.value.request_id
+    assert central.find(EXPORTS, "nope") is None and central.delete(EXPORTS, "nope") is False
+    # a 404 is often the answer asked for: logged for debugging, never as a warning
+    assert [r.levelno for r in caplog.records if "404" in r.getMessage()] == [logging.DEBUG] * 3
     central.put(DESTINATIONS, "d", {"displayName": "d", "type": "webhook@v1", "url": "https://example.com/a"})
     with pytest.raises(IoTCentralRejected) as no_dest:
         central.put(
@@ -260,6 +267,7 @@ def test_errors_are_typed_with_the_service_shape(central: IoTCentralClient, iotc
     with pytest.raises(IoTCentralRejected) as in_use:
         central.delete(DESTINATIONS, "d")
     assert (in_use.value.status, in_use.value.code) == (409, "DestinationInUse")
+    assert any(r.levelno == logging.WARNING and "409 DestinationInUse" in r.getMessage() for r in caplog.records)
     with pytest.raises(IoTCentralRejected, match="'type' cannot change"):
         central.put(DESTINATIONS, "d", {"displayName": "d", **DESTINATION_BODIES["blob-mi"]})
     with pytest.raises(IoTCentralRejected, match="'source' cannot change"):
