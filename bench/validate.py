@@ -3,20 +3,23 @@
 Generates a realistic N-line devices file (keys, x509, twins, modes), validates it in a child process (peak RSS
 from wait4), times `jq -c . FILE > /dev/null` on the same file, and times `jsonschema` on the first
 ``--schema-sample`` lines (it is too slow for the whole file; its rate is compared per line). Then runs ours on
-the same lines shuffled (repeated ids are found by hash, so order must not matter) and on a file 4x larger to show
-memory stays flat. Prints one JSON line.
+the same lines shuffled (repeated ids are found by hash, so order must not matter), on N/5 lines shaped as a hub
+exports them (restoring a backup), and on a file 4x larger to show memory stays flat. Prints one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -114,6 +117,37 @@ open(sys.argv[2], 'wb').writelines(lines)
 """
 
 
+def exported_lines(count: int, *, seed: int) -> Iterator[str]:
+    """The export format of a hub with keys included, twins with metadata (one device per line)."""
+    rng = random.Random(seed)
+    stamp = "2026-11-21T02:00:00.0000000Z"
+    for i in range(count):
+        keys = [base64.b64encode(rng.randbytes(32)).decode() for _ in range(2)]
+        interval = rng.choice([10, 30, 60])
+        line = {
+            "id": f"dev-{i:07d}",
+            "eTag": base64.b64encode(str(rng.randrange(1 << 30)).encode()).decode(),
+            "status": "enabled",
+            "authentication": {
+                "symmetricKey": {"primaryKey": keys[0], "secondaryKey": keys[1]},
+                "x509Thumbprint": {"primaryThumbprint": None, "secondaryThumbprint": None},
+                "type": "sas",
+            },
+            "twinETag": "AAAAAAAAAAE=",
+            "tags": {"site": rng.choice(["oslo", "lyon", "porto"])},
+            "properties": {
+                "desired": {
+                    "interval": interval,
+                    "$metadata": {"$lastUpdated": stamp, "interval": {"$lastUpdated": stamp}},
+                    "$version": 2,
+                },
+                "reported": {"$metadata": {"$lastUpdated": stamp}, "$version": 1},
+            },
+            "capabilities": {"iotEdge": False},
+        }
+        yield json.dumps(line, separators=(",", ":"))
+
+
 def ours(path: Path) -> dict[str, Any]:
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(path)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -187,6 +221,14 @@ def main() -> None:
         assert mine_shuffled["valid"], mine_shuffled
         shuffled.unlink()
         result["ours_shuffled_s"] = round(mine_shuffled["seconds"], 2)
+        # Lines as a hub exports them (a backup being restored): ETags, twin metadata, null thumbprints.
+        exported = Path(tmp) / "devices-exported.txt"
+        write_file(exported, exported_lines(args.lines // 5, seed=args.seed))
+        mine_exported = ours(exported)
+        assert mine_exported["valid"], mine_exported
+        exported.unlink()
+        result["exported_lines"] = args.lines // 5
+        result["ours_exported_lines_per_s"] = round(mine_exported["lines"] / mine_exported["seconds"])
         if not args.no_4x:
             path.unlink()
             big = Path(tmp) / "devices-4x.txt"

@@ -1,7 +1,8 @@
 """The fast path: proves a line of the usual shapes valid without building a Python dict for it.
 
 Almost every line of a real devices file is one of a few shapes: an id, a status and an import mode, with or
-without keys or thumbprints, with or without flat tags and desired properties. ``accept`` decodes such a line
+without keys or thumbprints, with or without flat tags and desired properties; or a line exported from a hub, with
+ETags, capabilities and twin metadata. ``accept`` decodes such a line
 straight into typed structs (msgspec, in C: types, enums and unknown fields are checked while parsing) and then
 checks what a type cannot say (id characters, base64 keys, thumbprints, twin key characters) with C-level string
 methods. It only ever accepts: anything it cannot prove valid, it leaves to ``rules.LineChecker``, which explains
@@ -11,24 +12,41 @@ what is wrong. A property test holds the two to that contract (``tests/unit/test
 from __future__ import annotations
 
 import binascii
-from typing import Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 
 from .rules import (
+    DEFAULT_MODE,
+    ETAG_MODES,
     MAX_KEY_BYTES,
     MIN_KEY_BYTES,
     NO_STATUS_MODES,
     PROPERTY_VALUE_MAX_BYTES,
+    STATUS_REASON_MAX,
+    TWIN_ETAG_MODES,
     TWIN_KEY_BAD,
 )
 
-# The modes, statuses and auth types a fast line may have. Literal types must be spelt out for the type checker;
-# a unit test checks them against the rules' tuples.
-FastMode = Literal["createOrUpdate", "create", "update", "delete", "updateTwin"]
-FastStatus = Literal["enabled", "disabled"]
-FastAuthType = Literal["sas", "selfSigned", "certificateAuthority", "none"]
+# The modes, statuses and auth types of the format. Literal types must be spelt out for the type checker; a unit
+# test checks them against the rules' tuples.
+Mode = Literal[
+    "createOrUpdate",
+    "create",
+    "update",
+    "updateIfMatchETag",
+    "createOrUpdateIfMatchETag",
+    "delete",
+    "deleteIfMatchETag",
+    "updateTwin",
+    "updateTwinIfMatchETag",
+]
+Status = Literal["enabled", "disabled"]
+AuthType = Literal["sas", "selfSigned", "certificateAuthority", "none"]
 Scalar = str | int | float | bool | None
+# Exports carry twin metadata: "$metadata" maps property names to {"$lastUpdated": ...} objects, one level down.
+MetaValue = Scalar | dict[str, Scalar | dict[str, Scalar]]
+V = TypeVar("V")
 
 # A float can print up to 4.5 times longer than it is written ("1e15" is 1000000000000000.0), and nothing else in a
 # line grows when the full check re-serializes it. A line this short therefore cannot hold a twin section or value
@@ -40,39 +58,55 @@ _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.%_*
 _HEX = "0123456789abcdefABCDEF"
 _BAD_TWIN_KEY = TWIN_KEY_BAD.search
 _a2b = binascii.a2b_base64
+_NEEDS_TWIN_ETAG = frozenset(TWIN_ETAG_MODES)
+_IF_MATCH_MODES = frozenset(ETAG_MODES) | _NEEDS_TWIN_ETAG  # the modes that need eTag, or twinETag
+_META = ("$metadata", "$version")
 
 
 class _SymmetricKey(msgspec.Struct, forbid_unknown_fields=True):
-    primaryKey: str
-    secondaryKey: str
+    primaryKey: str | None = None
+    secondaryKey: str | None = None
 
 
 class _X509(msgspec.Struct, forbid_unknown_fields=True):
-    primaryThumbprint: str
+    primaryThumbprint: str | None = None
     secondaryThumbprint: str | None = None
 
 
 class _Authentication(msgspec.Struct, forbid_unknown_fields=True):
-    type: FastAuthType | None = None
+    type: AuthType | None = None
     symmetricKey: _SymmetricKey | None = None
     x509Thumbprint: _X509 | None = None
 
 
-class _Properties(msgspec.Struct, forbid_unknown_fields=True):
-    desired: dict[str, Scalar] | None = None
-    reported: dict[str, Scalar] | None = None
+class _Capabilities(msgspec.Struct, forbid_unknown_fields=True):
+    iotEdge: bool = False
 
 
-class _Line(msgspec.Struct, forbid_unknown_fields=True):
+class _Properties(msgspec.Struct, Generic[V], forbid_unknown_fields=True):
+    desired: dict[str, V] | None = None
+    reported: dict[str, V] | None = None
+
+
+class _Line(msgspec.Struct, Generic[V], forbid_unknown_fields=True):
     id: str
-    importMode: FastMode = "createOrUpdate"
-    status: FastStatus | None = None
+    importMode: Mode | None = None
+    status: Status | None = None
+    statusReason: Annotated[str, msgspec.Meta(max_length=STATUS_REASON_MAX)] | None = None
+    eTag: str | None = None
+    twinETag: str | None = None
     authentication: _Authentication | None = None
-    tags: dict[str, Scalar] | None = None
-    properties: _Properties | None = None
+    tags: dict[str, V] | None = None
+    properties: _Properties[V] | None = None
+    capabilities: _Capabilities | None = None
+    deviceScope: str | None = None
+    parentScopes: list[str] | None = None
 
 
-_decode = msgspec.json.Decoder(_Line).decode
+# Two decoders: flat twins for the usual lines, and twins with "$metadata" for lines exported from a hub (a backup
+# being restored), told apart by a substring search so that the usual lines pay nothing for the second shape.
+_decode = msgspec.json.Decoder(_Line[Scalar]).decode
+_decode_exported = msgspec.json.Decoder(_Line[MetaValue]).decode
 _NOT_FAST = (msgspec.DecodeError, ValueError)  # a ValidationError is a DecodeError; bad UTF-8 a ValueError
 
 
@@ -81,43 +115,81 @@ def accept(raw: bytes) -> tuple[str, str] | None:
     # Escapes go to the full check: one could hide a lone surrogate, which the two parsers do not treat alike.
     if len(raw) > FAST_LINE_MAX or b"\\" in raw:
         return None
+    exported = False
     try:
-        line = _decode(raw)
+        line: _Line[Any] = _decode(raw)
     except _NOT_FAST:
-        return None
+        # Only a line that fails the usual shape pays for the exported one.
+        if b'"$metadata"' not in raw:
+            return None
+        try:
+            line = _decode_exported(raw)
+        except _NOT_FAST:
+            return None
+        exported = True
     dev = line.id
     if not 0 < len(dev) <= 128 or dev.strip(_ID_CHARS):
         return None
-    mode = line.importMode
+    mode = line.importMode or DEFAULT_MODE
     if line.status is None and mode not in NO_STATUS_MODES:
         return None
-    auth = line.authentication
-    if auth is not None:
-        keys, thumbs, kind = auth.symmetricKey, auth.x509Thumbprint, auth.type
-        if keys is not None:
-            if thumbs is not None or kind not in (None, "sas"):
-                return None
-            if not (_key_ok(keys.primaryKey) and _key_ok(keys.secondaryKey)):
-                return None
-        elif thumbs is not None:
-            if kind not in (None, "selfSigned") or not _thumb_ok(thumbs.primaryThumbprint):
-                return None
-            if thumbs.secondaryThumbprint is not None and not _thumb_ok(thumbs.secondaryThumbprint):
-                return None
-        elif kind == "selfSigned":
+    if mode in _IF_MATCH_MODES and not (line.twinETag if mode in _NEEDS_TWIN_ETAG else line.eTag):
+        return None
+    if line.authentication is not None and not _authentication_ok(line.authentication):
+        return None
+    # Twin keys: values are scalars by type, so the top-level keys of each section are all its keys.
+    tags, props = line.tags, line.properties
+    if exported:
+        keys_text = _exported_twin_keys(tags, props)
+        if keys_text is None:
             return None
-    # Twin keys: the sections are flat (their values are scalars by type), so checking the top-level keys of each
-    # is checking them all. '$metadata' and '$version' fall to the full check through the '$'.
-    keys_text = "".join(line.tags) if line.tags else ""
-    props = line.properties
-    if props is not None:
-        if props.desired:
-            keys_text += "".join(props.desired)
-        if props.reported:
-            keys_text += "".join(props.reported)
+    else:
+        keys_text = "".join(tags) if tags else ""
+        if props is not None:
+            if props.desired:
+                keys_text += "".join(props.desired)
+            if props.reported:
+                keys_text += "".join(props.reported)
     if keys_text and not keys_text.isalnum() and _BAD_TWIN_KEY(keys_text):
         return None
     return dev, mode
+
+
+def _authentication_ok(auth: _Authentication) -> bool:
+    """The full check's authentication rules, for what the types let through; the usual shapes are decided first."""
+    kind, keys, thumbs = auth.type, auth.symmetricKey, auth.x509Thumbprint
+    k1, k2 = (None, None) if keys is None else (keys.primaryKey, keys.secondaryKey)
+    if thumbs is None or (thumbs.primaryThumbprint is None and thumbs.secondaryThumbprint is None):
+        if k1 is None and k2 is None:
+            return kind != "selfSigned"  # it needs a primary thumbprint
+        return kind in (None, "sas") and k1 is not None and k2 is not None and _key_ok(k1) and _key_ok(k2)
+    if k1 is not None or k2 is not None or kind not in (None, "selfSigned"):
+        return False
+    t1, t2 = thumbs.primaryThumbprint, thumbs.secondaryThumbprint
+    if t1 is None:
+        return kind is None and t2 is not None and _thumb_ok(t2)
+    return _thumb_ok(t1) and (t2 is None or _thumb_ok(t2))
+
+
+def _exported_twin_keys(tags: dict[str, MetaValue] | None, props: _Properties[MetaValue] | None) -> str | None:
+    """The keys to check in an exported line's twin, or None when a section holds an object outside "$metadata".
+
+    The full check skips "$metadata" and "$version" at the top of a section and does not look into them; so does this.
+    """
+    keys_text = ""
+    for section in (tags, props and props.desired, props and props.reported):
+        if section:
+            if not _metadata_only(section):
+                return None
+            keys_text += "".join(k for k in section if k not in _META)
+    return keys_text
+
+
+def _metadata_only(section: dict[str, MetaValue]) -> bool:
+    """No object in the section but under "$metadata" (which the full check does not look into); the types let
+    exported lines have objects anywhere, one level deep, so this keeps every other value a scalar."""
+    objects = list(map(type, section.values())).count(dict)
+    return objects == 0 or (objects == 1 and type(section.get("$metadata")) is dict)
 
 
 def _key_ok(key: str) -> bool:

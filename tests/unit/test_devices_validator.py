@@ -24,7 +24,7 @@ from shared.devices import (
     validate_stream,
 )
 from shared.devices.fast import accept
-from shared.devices.rules import DEVICE_ID_RE, ETAG_MODES, TWIN_ETAG_MODES
+from shared.devices.rules import DEVICE_ID_RE
 
 KEY = base64.b64encode(b"k" * 32).decode()
 SHORT_KEY = base64.b64encode(b"k" * 15).decode()
@@ -71,6 +71,31 @@ VALID_LINES: list[dict[str, Any]] = [
     dev("d9", authentication={"symmetricKey": {"primaryKey": None, "secondaryKey": None}, "type": "sas"}),
     dev("A-1.%_*?!(),:=@$'"),
 ]
+
+
+# A line as a hub exports it (a backup being restored): ETags, null thumbprints beside keys, twin metadata.
+EXPORTED_LINE: dict[str, Any] = {
+    "id": "dev-42",
+    "eTag": "MTIzNDU2Nzg=",
+    "status": "enabled",
+    "statusReason": "ok",
+    "authentication": {
+        "symmetricKey": {"primaryKey": KEY, "secondaryKey": KEY},
+        "x509Thumbprint": {"primaryThumbprint": None, "secondaryThumbprint": None},
+        "type": "sas",
+    },
+    "twinETag": "AAAAAAAAAAE=",
+    "tags": {"site": "oslo"},
+    "properties": {
+        "desired": {
+            "interval": 30,
+            "$metadata": {"$lastUpdated": "2026-11-21T00:00:00Z", "interval": {"$lastUpdated": "2026-11-21T00:00:00Z"}},
+            "$version": 2,
+        },
+        "reported": {"$metadata": {"$lastUpdated": "2026-11-21T00:00:00Z"}, "$version": 1},
+    },
+    "capabilities": {"iotEdge": False},
+}
 
 
 def test_valid_lines_pass_with_counts() -> None:
@@ -356,8 +381,44 @@ def assert_fast_agrees(raw: bytes) -> None:
 
 
 def mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """``good`` about four times in five: near-valid lines exercise the fast path's accepting branch too."""
-    return st.one_of(good, good, good, good, bad)
+    """``good`` about nine times in ten: near-valid lines exercise the fast path's accepting branch too."""
+    return st.one_of(*[good] * 9, bad)
+
+
+metadata = st.dictionaries(
+    st.sampled_from(["$lastUpdated", "a", "a.b"]),
+    mostly(
+        st.one_of(st.text(max_size=3), st.dictionaries(st.just("$lastUpdated"), st.text(max_size=3))),
+        st.dictionaries(st.just("$lastUpdated"), json_values),
+    ),
+    max_size=2,
+)
+
+
+def with_metadata(line: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """Sometimes give the line's twin sections "$metadata" and "$version", as an export does."""
+    sections = [s for s in (line.get("tags"), *_property_sections(line)) if isinstance(s, dict)]
+    if not sections:
+        return st.just(line)
+
+    def add(meta: dict[str, Any], version: Any, which: int) -> dict[str, Any]:
+        copy = json.loads(json.dumps(line))
+        target = [s for s in (copy.get("tags"), *_property_sections(copy)) if isinstance(s, dict)][which]
+        target["$metadata"] = meta
+        if version is not None:
+            target["$version"] = version
+        return copy
+
+    return st.one_of(
+        st.just(line),
+        st.builds(add, metadata, st.sampled_from([1, None, {"x": 1}]), st.integers(0, len(sections) - 1)),
+        st.builds(add, metadata, st.just(1), st.integers(0, len(sections) - 1)),
+    )
+
+
+def _property_sections(line: dict[str, Any]) -> list[Any]:
+    props = line.get("properties")
+    return [props.get("desired"), props.get("reported")] if isinstance(props, dict) else []
 
 
 flat_twin = st.dictionaries(st.text(alphabet="ab1_", min_size=1, max_size=4), scalars, max_size=3)
@@ -379,8 +440,12 @@ near_fast_lines = st.fixed_dictionaries(
             st.one_of(
                 st.fixed_dictionaries(
                     {"symmetricKey": st.fixed_dictionaries({"primaryKey": st.just(KEY), "secondaryKey": st.just(KEY)})},
-                    optional={"type": st.just("sas")},
+                    optional={
+                        "type": st.just("sas"),
+                        "x509Thumbprint": st.just({"primaryThumbprint": None, "secondaryThumbprint": None}),
+                    },
                 ),
+                st.just({"symmetricKey": {"primaryKey": None, "secondaryKey": None}, "type": "selfSigned"}),
                 st.fixed_dictionaries(
                     {
                         "x509Thumbprint": st.fixed_dictionaries(
@@ -433,10 +498,20 @@ near_fast_lines = st.fixed_dictionaries(
                 ),
             ),
         ),
-        "moduleId": st.sampled_from(["m", "$edgeHub"]),
-        "eTag": st.just("MA=="),
+        "eTag": mostly(st.just("MA=="), st.sampled_from(["", None, 1])),
+        "twinETag": mostly(st.just("AAAAAAAAAAE="), st.sampled_from(["", None])),
+        "statusReason": mostly(
+            st.text(alphabet="aé😀", max_size=128),
+            st.one_of(st.none(), st.integers(), st.text(alphabet="aé😀", min_size=129, max_size=130)),
+        ),
+        "capabilities": mostly(
+            st.fixed_dictionaries({}, optional={"iotEdge": st.booleans()}),
+            st.one_of(st.none(), st.just({"iotEdge": 1}), st.just({"other": True})),
+        ),
+        "parentScopes": mostly(st.lists(st.just("s"), max_size=2), st.one_of(st.none(), st.just([1]))),
+        "deviceScope": mostly(st.just("scope"), st.sampled_from([2, None])),
     },
-)
+).flatmap(with_metadata)
 
 
 @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
@@ -449,6 +524,43 @@ def test_fast_path_never_accepts_what_the_full_check_rejects(line: dict[str, Any
     else:
         raw = json.dumps(line).encode()  # escapes for non-ASCII: always the full check's
     assert_fast_agrees(raw)
+
+
+# Edits of an exported line (path, candidate values; None deletes): most keep it valid, some break one rule.
+EXPORT_EDITS: list[tuple[tuple[str, ...], list[Any]]] = [
+    (("properties", "desired", "$metadata"), [{}, {"a": {"$lastUpdated": "t"}}, {"a": {"b": {"c": 1}}}, 1, None]),
+    (("properties", "desired", "interval"), [30, 1.5, "s", {"x": 1}, [1], None]),
+    (("properties", "desired", "a.b"), [1, None]),
+    (("properties", "reported", "$version"), [1, {"x": 1}, None]),
+    (("tags",), [{"site": "oslo"}, {"a": {"b": 1}}, {"$metadata": {}}, {"$metadata": {"a": {}}, "x y": 1}, None]),
+    (("authentication", "x509Thumbprint"), [{"primaryThumbprint": None}, {"primaryThumbprint": THUMB}, None]),
+    (("authentication", "symmetricKey"), [{"primaryKey": None, "secondaryKey": None}, {"primaryKey": KEY}, None]),
+    (("authentication", "type"), ["sas", "selfSigned", "none", "certificateAuthority", None]),
+    (("eTag",), ["MA==", "", None]),
+    (("twinETag",), ["AAAAAAAAAAE=", "", None]),
+    (("importMode",), [*IMPORT_MODES, None]),
+    (("status",), ["enabled", None]),
+    (("statusReason",), ["r" * 128, "r" * 129, None]),
+    (("capabilities",), [{"iotEdge": True}, {"iotEdge": 1}, {}, None]),
+    (("parentScopes",), [["s"], [1], None]),
+]
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, len(EXPORT_EDITS) - 1), st.integers(0, 9)), max_size=3))
+def test_fast_path_contract_on_exported_lines(edits: list[tuple[int, int]]) -> None:
+    line = json.loads(json.dumps(EXPORTED_LINE))
+    for which, choice in edits:
+        path, values = EXPORT_EDITS[which]
+        parent = line
+        for key in path[:-1]:
+            parent = parent.setdefault(key, {})
+        value = values[choice % len(values)]
+        if value is None:
+            parent.pop(path[-1], None)
+        else:
+            parent[path[-1]] = value
+    assert_fast_agrees(json.dumps(line, separators=(",", ":")).encode())
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
@@ -473,9 +585,13 @@ def test_fast_path_holds_its_contract_on_mutated_bytes(line: dict[str, Any], at:
 def test_common_shapes_take_the_fast_path() -> None:
     """The bench's speed rests on this: the usual lines never reach the full check."""
     fast = [line for line in VALID_LINES if accept(json.dumps(line, separators=(",", ":")).encode())]
-    assert [line["id"] for line in fast] == ["d1", "d2", "d3", "d6", "A-1.%_*?!(),:=@$'"]
+    assert [line["id"] for line in fast] == ["d1", "d2", "d3", "d4", "d5", "d6", "d7", "d9", "A-1.%_*?!(),:=@$'"]
+    assert accept(json.dumps(EXPORTED_LINE, separators=(",", ":")).encode()) == ("dev-42", "createOrUpdate")
     assert accept(b'{"id":"d1","status":"enabled","tags":{"site":"oslo","n":1.5},"properties":{"desired":{"x":null}}}')
     assert accept(b'{"id":"d1","status":"enabled","authentication":{"type":"none"}}')
+    only_secondary = b'{"id":"d1","status":"enabled","authentication":{"x509Thumbprint":{"secondaryThumbprint":"%s"}}}'
+    assert accept(only_secondary % THUMB.encode()) == ("d1", "createOrUpdate")
+    assert_fast_agrees(only_secondary % THUMB.encode())
 
 
 @pytest.mark.parametrize(
@@ -491,6 +607,19 @@ def test_common_shapes_take_the_fast_path() -> None:
         b'{"id":"d\\u00e9","status":"enabled"}',
         b'{"id":"d1","status":"enabled"} x',
         b'{"id":"d1","status":"enabled","Status":"enabled"}',
+        b'{"id":"d1","importMode":"updateIfMatchETag","status":"enabled","eTag":""}',
+        b'{"id":"d1","importMode":"updateTwinIfMatchETag","eTag":"MA=="}',
+        b'{"id":"d1","status":"enabled","authentication":{"symmetricKey":{"primaryKey":null,"secondaryKey":"'
+        + KEY.encode()
+        + b'"}}}',
+        # metadata lines: an object outside "$metadata", or a bad key beside one, go to the full check
+        b'{"id":"d1","status":"enabled","tags":{"a":{"b.c":1}},"properties":{"desired":{"$metadata":{}}}}',
+        b'{"id":"d1","status":"enabled","properties":{"desired":{"a b":1,"$metadata":{}}}}',
+        b'{"id":"d1","status":"enabled","properties":{"desired":{"$metadata":{"a":{"b":{"c":1}}}}}}',
+        b'{"id":"d1","status":"enabled","statusReason":"' + b"r" * 129 + b'"}',
+        b'{"id":"d1","status":"enabled","authentication":{"type":"selfSigned","x509Thumbprint":{"secondaryThumbprint":"'
+        + THUMB.encode()
+        + b'"}}}',
     ],
 )
 def test_fast_path_declines(raw: bytes) -> None:
@@ -501,9 +630,9 @@ def test_fast_path_tables_match_the_rules() -> None:
     for code in range(128):
         char = chr(code)
         assert (char in fast._ID_CHARS) == bool(DEVICE_ID_RE.fullmatch(char)), repr(char)
-    assert set(get_args(fast.FastMode)) == set(IMPORT_MODES) - set(ETAG_MODES) - TWIN_ETAG_MODES
-    assert set(get_args(fast.FastStatus)) == set(STATUSES)
-    assert set(get_args(fast.FastAuthType)) == set(AUTH_TYPES)
+    assert get_args(fast.Mode) == IMPORT_MODES
+    assert get_args(fast.Status) == STATUSES
+    assert get_args(fast.AuthType) == AUTH_TYPES
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
