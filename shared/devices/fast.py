@@ -12,7 +12,7 @@ what is wrong. A property test holds the two to that contract (``tests/unit/test
 from __future__ import annotations
 
 import binascii
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 
@@ -26,23 +26,11 @@ from .rules import (
     STATUS_REASON_MAX,
     TWIN_ETAG_MODES,
     TWIN_KEY_BAD,
+    AuthType,
+    ImportMode,
+    Status,
 )
 
-# The modes, statuses and auth types of the format. Literal types must be spelt out for the type checker; a unit
-# test checks them against the rules' tuples.
-Mode = Literal[
-    "createOrUpdate",
-    "create",
-    "update",
-    "updateIfMatchETag",
-    "createOrUpdateIfMatchETag",
-    "delete",
-    "deleteIfMatchETag",
-    "updateTwin",
-    "updateTwinIfMatchETag",
-]
-Status = Literal["enabled", "disabled"]
-AuthType = Literal["sas", "selfSigned", "certificateAuthority", "none"]
 Scalar = str | int | float | bool | None
 # Exports carry twin metadata: "$metadata" maps property names to {"$lastUpdated": ...} objects, one level down.
 MetaValue = Scalar | dict[str, Scalar | dict[str, Scalar]]
@@ -90,7 +78,7 @@ class _Properties(msgspec.Struct, Generic[V], forbid_unknown_fields=True):
 
 class _Line(msgspec.Struct, Generic[V], forbid_unknown_fields=True):
     id: str
-    importMode: Mode | None = None
+    importMode: ImportMode | None = None
     status: Status | None = None
     statusReason: Annotated[str, msgspec.Meta(max_length=STATUS_REASON_MAX)] | None = None
     eTag: str | None = None

@@ -13,11 +13,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal, get_args
 
 import orjson
 
-IMPORT_MODES = (
+# The enumerations of the format as types (the fast path decodes into them) and as the tuples the checks use.
+ImportMode = Literal[
     "createOrUpdate",
     "create",
     "update",
@@ -27,10 +28,13 @@ IMPORT_MODES = (
     "deleteIfMatchETag",
     "updateTwin",
     "updateTwinIfMatchETag",
-)
+]
+Status = Literal["enabled", "disabled"]
+AuthType = Literal["sas", "selfSigned", "certificateAuthority", "none"]
+IMPORT_MODES: tuple[str, ...] = get_args(ImportMode)
+STATUSES: tuple[str, ...] = get_args(Status)
+AUTH_TYPES: tuple[str, ...] = get_args(AuthType)
 DEFAULT_MODE = "createOrUpdate"
-AUTH_TYPES = ("sas", "selfSigned", "certificateAuthority", "none")
-STATUSES = ("enabled", "disabled")
 FIELDS = (
     "id",
     "moduleId",
