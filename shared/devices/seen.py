@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import tempfile
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 BUCKETS = 64
-MAX_DISTINCT = 100_000  # distinct ids of one bucket held at once: about 13 MB
+MAX_DISTINCT = 100_000  # distinct ids of one bucket held at once: 12.8 MB for 11-character ids (tracemalloc)
+MAX_DEPTH = 4  # spreads of one bucket; past it a bucket is checked whatever its size (only repeats keep it large)
 _READ_BATCH = 65_536
 _LINE_TYPE = "Q"
 
@@ -32,32 +33,27 @@ class _Buckets:
         self._folder = folder
         self.name = name
         self.paths: dict[int, tuple[Path, Path]] = {}
-        self._files: dict[int, tuple[BinaryIO, BinaryIO]] = {}
+        self._files: dict[int, tuple[TextIO, BinaryIO]] = {}
 
-    def spread(self, keys: Sequence[str | bytes], lines: Sequence[int], salt: int) -> None:
-        """Append ids to their buckets: new ids as text without a newline, or ids read back (bytes, with it)."""
-        ids: list[list[str | bytes]] = [[] for _ in range(BUCKETS)]
+    def spread(self, keys: Sequence[str], lines: Sequence[int], salt: int) -> None:
+        """Append ids (valid ids hold no newline) to the buckets their hash, salted when spreading again, picks."""
+        ids: list[list[str]] = [[] for _ in range(BUCKETS)]
         numbers = [array(_LINE_TYPE) for _ in range(BUCKETS)]
         mask = BUCKETS - 1
-        if salt:
-            for key, n in zip(keys, lines, strict=True):
-                b = hash((salt, key)) & mask
-                ids[b].append(key)
-                numbers[b].append(n)
-        else:
-            for key, n in zip(keys, lines, strict=True):
-                b = hash(key) & mask
-                ids[b].append(key)
-                numbers[b].append(n)
+        bucket_of: Callable[[str], int] = (lambda key: hash((salt, key))) if salt else hash
+        for key, n in zip(keys, lines, strict=True):
+            b = bucket_of(key) & mask
+            ids[b].append(key)
+            numbers[b].append(n)
         for b, (bucket_ids, bucket_lines) in enumerate(zip(ids, numbers, strict=True)):
             if bucket_ids:
                 id_file, line_file = self._files.get(b) or self._open(b)
-                id_file.write(_joined(bucket_ids))
+                id_file.write("\n".join(bucket_ids) + "\n")
                 bucket_lines.tofile(line_file)
 
-    def _open(self, b: int) -> tuple[BinaryIO, BinaryIO]:
+    def _open(self, b: int) -> tuple[TextIO, BinaryIO]:
         paths = self.paths[b] = (self._folder / f"{self.name}-{b}.ids", self._folder / f"{self.name}-{b}.lines")
-        files = self._files[b] = (paths[0].open("wb"), paths[1].open("wb"))
+        files = self._files[b] = (paths[0].open("w", encoding="utf-8", newline="\n"), paths[1].open("wb"))
         return files
 
     def close(self) -> None:
@@ -67,16 +63,12 @@ class _Buckets:
         self._files.clear()
 
 
-def _joined(ids: list[str | bytes]) -> bytes:
-    if isinstance(ids[0], bytes):
-        return b"".join(ids)  # type: ignore[arg-type]  # one bucket holds one kind
-    return ("\n".join(ids) + "\n").encode()  # type: ignore[arg-type]
-
-
-def _read(paths: tuple[Path, Path]) -> Iterator[tuple[list[bytes], array[int]]]:
+def _read(paths: tuple[Path, Path]) -> Iterator[tuple[list[str], array[int]]]:
     """A bucket's (ids, line numbers) in batches, in the order they were written."""
-    with paths[0].open("rb") as id_file, paths[1].open("rb") as line_file:
-        while keys := list(islice(id_file, _READ_BATCH)):
+    with paths[0].open(encoding="utf-8", newline="\n") as id_file, paths[1].open("rb") as line_file:
+        while batch := list(islice(id_file, _READ_BATCH)):
+            keys = "".join(batch).split("\n")  # in C, where stripping each line would be a Python loop
+            keys.pop()
             lines = array(_LINE_TYPE)
             lines.fromfile(line_file, len(keys))
             yield keys, lines
@@ -93,7 +85,7 @@ class SeenIds:
         self.respread = 0  # buckets spread again because they held too many distinct ids
 
     def extend(self, keys: list[str], lines: list[int]) -> None:
-        """Ids are ``device`` or ``device\\x00module``; valid ids hold no newline, so they are stored one per line."""
+        """Ids are ``device`` or ``device\\x00module``."""
         if keys:
             self._buckets.spread(keys, lines, 0)
 
@@ -104,7 +96,7 @@ class SeenIds:
 
     def _check(self, buckets: _Buckets, depth: int) -> Iterator[tuple[str, list[int]]]:
         for i, paths in sorted(buckets.paths.items()):
-            found = self._bucket_duplicates(paths, limit=self.max_distinct if depth < 4 else None)
+            found = self._bucket_duplicates(paths, limit=self.max_distinct if depth < MAX_DEPTH else None)
             if found is None:
                 self.respread += 1
                 inner = _Buckets(self._folder, f"{buckets.name}-{i}")
@@ -113,16 +105,15 @@ class SeenIds:
                 inner.close()
                 yield from self._check(inner, depth + 1)
             else:
-                for key, lines in found.items():
-                    yield key[:-1].decode(), lines
+                yield from found.items()
             for path in paths:
                 path.unlink()
 
     @staticmethod
-    def _bucket_duplicates(paths: tuple[Path, Path], limit: int | None) -> dict[bytes, list[int]] | None:
+    def _bucket_duplicates(paths: tuple[Path, Path], limit: int | None) -> dict[str, list[int]] | None:
         """The bucket's repeated ids, or None when it holds more than ``limit`` distinct ids."""
-        first: dict[bytes, int] = {}
-        found: dict[bytes, list[int]] = {}
+        first: dict[str, int] = {}
+        found: dict[str, list[int]] = {}
         for keys, lines in _read(paths):
             # In C: the batch's first occurrences, and whether any id repeats; the Python loop runs only then.
             batch = dict(zip(reversed(keys), reversed(lines), strict=True))

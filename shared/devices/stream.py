@@ -138,16 +138,7 @@ def validate_stream(
             seen.extend(ids, id_lines)
             if sink is not None and out:
                 sink(b"\n".join(out) + b"\n")
-        # Only the first findings are kept, so a file of nothing but repeats does not fill memory with them.
-        dupe_count = 0
-
-        def counted(findings: Iterator[Finding]) -> Iterator[Finding]:
-            nonlocal dupe_count
-            for finding in findings:
-                dupe_count += 1
-                yield finding
-
-        dupes = heapq.nsmallest(max_errors, counted(_duplicate_findings(seen)), key=lambda f: f.line)
+        dupes, dupe_count = _first_duplicates(seen, max_errors)
     finally:
         seen.close()
     report.lines = total - blank
@@ -169,16 +160,27 @@ _TOO_LONG = (
 )
 
 
-def _duplicate_findings(seen: SeenIds) -> Iterator[Finding]:
-    for key, lines in seen.duplicates():
-        did, _, mid = key.partition("\x00")
-        what = f"Device '{did}'" + (f" module '{mid}'" if mid else "")
-        for line in lines[1:]:
-            yield Finding(
-                line,
-                Code.DUPLICATE_ID,
-                f"{what} already appears on line {lines[0]}: give each device (and module) one line per file.",
-                did,
-                mid or None,
-                "id",
-            )
+def _first_duplicates(seen: SeenIds, keep: int) -> tuple[list[Finding], int]:
+    """The first ``keep`` repeated-id findings in line order, and how many there are in all.
+
+    Only ``keep`` are held at a time, so a file of nothing but repeats does not fill memory with findings.
+    """
+    count = 0
+
+    def findings() -> Iterator[Finding]:
+        nonlocal count
+        for key, lines in seen.duplicates():
+            did, _, mid = key.partition("\x00")
+            what = f"Device '{did}'" + (f" module '{mid}'" if mid else "")
+            for line in lines[1:]:
+                count += 1
+                yield Finding(
+                    line,
+                    Code.DUPLICATE_ID,
+                    f"{what} already appears on line {lines[0]}: give each device (and module) one line per file.",
+                    did,
+                    mid or None,
+                    "id",
+                )
+
+    return heapq.nsmallest(keep, findings(), key=lambda f: f.line), count

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from shared.devices.seen import SeenIds
+from shared.devices.seen import MAX_DEPTH, SeenIds
 
 
 def duplicates(ids: list[str], *, batch: int = 1000, max_distinct: int = 100_000) -> tuple[dict[str, list[int]], int]:
@@ -42,9 +42,13 @@ def test_a_bucket_with_too_many_ids_is_spread_again_and_nothing_is_missed() -> N
     assert respread >= 64
 
 
-def test_one_id_repeated_cannot_be_spread_and_is_still_counted() -> None:
-    found, _ = duplicates(["same"] * 3_000, max_distinct=1)
+def test_a_bucket_that_spreading_cannot_shrink_is_checked_past_the_depth_limit() -> None:
+    # One id repeated always hashes to one bucket: with no distinct id allowed, each level spreads it again until
+    # the depth limit, where it is checked whatever its size (without the limit this would never end).
+    found, respread = duplicates(["same"] * 3_000 + ["other"], max_distinct=0)
     assert found == {"same": list(range(1, 3_001))}
+    # the bucket of "same" at every level, and that of "other" too unless the (per-process) hash put them together
+    assert MAX_DEPTH <= respread <= 2 * MAX_DEPTH
 
 
 def test_nothing_seen_nothing_found() -> None:
