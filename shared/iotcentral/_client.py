@@ -11,7 +11,7 @@ import requests
 
 from ..retry import Credential, RetryPolicy, Transport, Unreachable
 from ._auth import ApiTokenCredential, entra_credential
-from ._errors import IoTCentralHTTPError, IoTCentralNotFound, IoTCentralUnavailable, error_class
+from ._errors import IoTCentralHTTPError, IoTCentralUnavailable, error_class
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +80,9 @@ class IoTCentralClient:
         return self._json(self._send("GET", _path(kind, item_id)))
 
     def find(self, kind: str, item_id: str) -> dict[str, Any] | None:
-        try:
-            return self.get(kind, item_id)
-        except IoTCentralNotFound:
-            return None
+        """None when it does not exist (an answer, not an error: nothing is logged)."""
+        response = self._send("GET", _path(kind, item_id), accept=(404,))
+        return None if response.status_code == 404 else self._json(response)
 
     def put(self, kind: str, item_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create or replace (the service answers 200 for both)."""
@@ -94,17 +93,13 @@ class IoTCentralClient:
         headers = {"If-Match": if_match} if if_match else {}
         return self._json(
             self._send(
-                "PATCH", _path(kind, item_id), body=patch, content_type="application/merge-patch+json", **headers
+                "PATCH", _path(kind, item_id), body=patch, content_type="application/merge-patch+json", headers=headers
             )
         )
 
     def delete(self, kind: str, item_id: str) -> bool:
         """Delete; False if it did not exist (so a retried or repeated delete is not an error)."""
-        try:
-            self._send("DELETE", _path(kind, item_id))
-        except IoTCentralNotFound:
-            return False
-        return True
+        return self._send("DELETE", _path(kind, item_id), accept=(404,)).status_code != 404
 
     # --- transport ----------------------------------------------------------------------------------
 
@@ -127,9 +122,19 @@ class IoTCentralClient:
         return body
 
     def _send(
-        self, method: str, target: str, *, body: Any = None, content_type: str = "application/json", **extra: str
+        self,
+        method: str,
+        target: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        accept: tuple[int, ...] = (),
+        headers: dict[str, str] | None = None,
     ) -> requests.Response:
-        """``target`` is a path under the app, or a full ``nextLink`` (whose own query is kept, api-version added)."""
+        """``target`` is a path under the app, or a full ``nextLink`` (whose own query is kept, api-version added).
+
+        A status in ``accept`` is an answer the caller expects: returned, not raised nor logged.
+        """
         url = target if target.startswith("https://") else f"{self.app_url}{target}"
         parts = urlsplit(url)
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -143,19 +148,17 @@ class IoTCentralClient:
                 params=params,
                 body=body,
                 content_type=content_type,
-                headers=extra,
+                headers=headers,
                 # PUT, PATCH (a merge patch) and DELETE give the same end state when repeated.
                 idempotent=True,
                 label=label,
             )
         except Unreachable as exc:
             raise IoTCentralUnavailable(f"IoT Central {urlsplit(self.app_url).netloc}: {exc}") from exc
-        if response.status_code < 400:
+        if response.status_code < 400 or response.status_code in accept:
             return response
         error = _http_error(response)
-        # A 404 is often the answer the caller asked for (find, a repeated delete): not worth a warning.
-        level = logging.DEBUG if isinstance(error, IoTCentralNotFound) else logging.WARNING
-        logger.log(level, "%s failed: %d %s (request %s)", label, error.status, error.code, error.request_id)
+        logger.warning("%s failed: %d %s (request %s)", label, error.status, error.code, error.request_id)
         raise error
 
 
