@@ -17,12 +17,12 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 from ..iothub.faults import FaultConfig, Faults
+from ..serving import JsonHandler
 from ..tls import TlsHTTPServer, ensure_certificates
 from .auth import api_token, authorize
 from .model import ApiError, mask_destination, merge_patch, validate_destination, validate_export
@@ -277,35 +277,18 @@ def error_body(exc: ApiError, request_id: str) -> dict[str, Any]:
     }
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(JsonHandler):
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s %s", self.address_string(), format % args)
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    do_PUT = do_PATCH = do_DELETE = do_POST = do_GET
-
-    def _dispatch(self) -> None:
+    def dispatch(self) -> None:
         emu = self.server.emulator
         request_id = str(uuid.uuid4())
-        parts = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        raw = self.read_request()
+        req = Request(raw.method, raw.path, raw.params, raw.headers, None)
         headers: dict[str, str] = {}
-        req = Request(
-            self.command,
-            parts.path.rstrip("/") or "/",
-            {k: v[-1] for k, v in parse_qs(parts.query).items()},
-            {k.lower(): v for k, v in self.headers.items()},
-            None,
-        )
         try:
             try:
-                req.body = json.loads(raw) if raw.strip() else None
+                req.body = json.loads(raw.body) if raw.body.strip() else None
             except ValueError:
                 raise ApiError(400, "InvalidBody", "The request body is not valid JSON.") from None
             status, body = emu.handle(req)
@@ -316,7 +299,7 @@ class _Handler(BaseHTTPRequestHandler):
                 {"x-ms-error-code": exc.code, **exc.headers},
             )
         except Exception:
-            logger.exception("unhandled error in %s %s", self.command, parts.path)
+            logger.exception("unhandled error in %s %s", raw.method, raw.path)
             internal = ApiError(500, "InternalServerError", "Internal error in the emulator.")
             status, body, headers = 500, error_body(internal, request_id), {"x-ms-error-code": internal.code}
         if not req.path.startswith("/_emulator/"):
@@ -324,23 +307,7 @@ class _Handler(BaseHTTPRequestHandler):
                 {"method": req.method, "path": req.path, "query": req.params, "body": req.body}
                 | {"status": status, "response": body}
             )
-        self._reply(status, body, headers, request_id)
-
-    def _reply(self, status: int, body: Any, headers: dict[str, str], request_id: str) -> None:
-        payload = b"" if body is None else json.dumps(body).encode()
-        try:
-            self.send_response(status)
-            self.send_header("x-ms-request-id", request_id)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            if payload:
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if payload:
-                self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
-            self.close_connection = True
+        self.send_json(status, body, headers, request_id)
 
 
 class _Server(TlsHTTPServer):

@@ -16,11 +16,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
+from ..serving import JsonHandler, RawRequest
 from ..tls import TlsHTTPServer, ensure_certificates
 from . import query
 from .auth import Right, authorize, connection_string
@@ -281,12 +281,8 @@ def advance_clock(emu: IoTHubEmulator, req: Request) -> Response:
 # --- the server -----------------------------------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(JsonHandler):
     server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s %s", self.address_string(), format % args)
 
     def finish(self) -> None:
         try:
@@ -294,61 +290,27 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.emulator.store.release()  # one thread per client connection: free its SQLite connection
 
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
-    def do_PATCH(self) -> None:
-        self._dispatch()
-
-    def _dispatch(self) -> None:
-        emu = self.server.emulator
+    def dispatch(self) -> None:
         tracking = uuid.uuid4().hex
         try:
-            response = self._handle(emu)
+            response = self._handle(self.server.emulator, self.read_request())
         except ApiError as exc:
-            headers = {"iothub-errorcode": exc.name, **exc.headers}
-            response = Response(exc.status, exc.body(tracking), headers)
+            response = Response(exc.status, exc.body(tracking), {"iothub-errorcode": exc.name, **exc.headers})
         except Exception:
             logger.exception("unhandled error in %s %s", self.command, urlsplit(self.path).path)
             internal = ApiError(500001, "Internal error in the emulator.")
             response = Response(500, internal.body(tracking), {"iothub-errorcode": internal.name})
-        payload = b"" if response.body is None else json.dumps(response.body).encode()
-        try:
-            self.send_response(response.status)
-            self.send_header("x-ms-request-id", tracking)
-            for k, v in response.headers.items():
-                self.send_header(k, v)
-            if payload:
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if payload:
-                self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
-            self.close_connection = True
+        self.send_json(response.status, response.body, response.headers, tracking)
 
-    def _handle(self, emu: IoTHubEmulator) -> Response:
-        parts = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        path = parts.path.rstrip("/") or "/"
-        params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        headers = {k.lower(): v for k, v in self.headers.items()}
+    @staticmethod
+    def _handle(emu: IoTHubEmulator, raw: RawRequest) -> Response:
+        path, params, headers = raw.path, raw.params, raw.headers
         candidates = [r for r in _ROUTES if r[1].match(path)]
         if not candidates:
             raise ApiError(404001 if path.startswith("/devices") else 400004, f"No such resource: {path}.")
-        matched = [r for r in candidates if r[0] == self.command]
+        matched = [r for r in candidates if r[0] == raw.method]
         if not matched:
-            raise ApiError(405001, f"{self.command} is not allowed on {path}.")
+            raise ApiError(405001, f"{raw.method} is not allowed on {path}.")
         _, pattern, right, handler = matched[0]
         if right is None:
             if not emu.control_plane:
@@ -366,10 +328,10 @@ class _Handler(BaseHTTPRequestHandler):
                 oauth=emu.oauth,
             )
         try:
-            body = json.loads(raw) if raw.strip() else None
+            body = json.loads(raw.body) if raw.body.strip() else None
         except ValueError:
             raise ApiError(400006, "The request body is not valid JSON.") from None
-        return handler(emu, Request(self.command, path, params, headers, body, pattern.match(path)))
+        return handler(emu, Request(raw.method, path, params, headers, body, pattern.match(path)))
 
 
 class _Server(TlsHTTPServer):
