@@ -10,7 +10,7 @@ import pytest
 from emulators.azurite import Azurite
 from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
-from tests.integration.helpers import control, running_emulator
+from tests.integration.helpers import control, emptied, running_central, running_emulator
 
 from .app import App, Stack, settings
 
@@ -30,9 +30,7 @@ def hub_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IoTHubEmula
 
 @pytest.fixture
 def hub(hub_server: IoTHubEmulator, monkeypatch: pytest.MonkeyPatch) -> IoTHubEmulator:
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(hub_server.ca_path))
-    control(hub_server, "reset", {})
-    return hub_server
+    return emptied(hub_server, monkeypatch)
 
 
 @pytest.fixture
@@ -54,12 +52,8 @@ def central_server(
     tmp_path_factory: pytest.TempPathFactory, hub_server: IoTHubEmulator
 ) -> Iterator[IoTCentralEmulator]:
     # The hub's CA and certificate, so that the app's one REQUESTS_CA_BUNDLE trusts both emulators.
-    emu = IoTCentralEmulator(
-        tmp_path_factory.mktemp("iotcentral-e2e"), port=0, control_plane=True, tls_dir=hub_server.data_dir / "tls"
-    )
-    emu.start()
-    yield emu
-    emu.stop()
+    with running_central(tmp_path_factory.mktemp("iotcentral-e2e"), tls_dir=hub_server.data_dir / "tls") as emu:
+        yield emu
 
 
 @pytest.fixture

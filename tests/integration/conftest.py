@@ -15,7 +15,7 @@ from emulators.iothub import IoTHubEmulator
 from shared.iotcentral import IoTCentralClient
 from shared.retry import RetryPolicy
 
-from .helpers import Storage, control, running_emulator
+from .helpers import Clock, Storage, emptied, running_central, running_emulator
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -43,9 +43,7 @@ def iothub_server(tmp_path_factory: pytest.TempPathFactory, azurite: Azurite) ->
 @pytest.fixture
 def iothub(iothub_server: IoTHubEmulator, monkeypatch: pytest.MonkeyPatch) -> IoTHubEmulator:
     """The emulator, emptied through its control plane, with its CA trusted by requests-based clients."""
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(iothub_server.ca_path))
-    control(iothub_server, "reset", {})
-    return iothub_server
+    return emptied(iothub_server, monkeypatch)
 
 
 @pytest.fixture
@@ -57,18 +55,14 @@ def storage(azurite: Azurite) -> Storage:
 
 @pytest.fixture(scope="session")
 def iotcentral_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IoTCentralEmulator]:
-    emu = IoTCentralEmulator(tmp_path_factory.mktemp("iotcentral"), port=0, control_plane=True, oauth=True)
-    emu.start()
-    yield emu
-    emu.stop()
+    with running_central(tmp_path_factory.mktemp("iotcentral"), oauth=True) as emu:
+        yield emu
 
 
 @pytest.fixture
 def iotcentral(iotcentral_server: IoTCentralEmulator, monkeypatch: pytest.MonkeyPatch) -> IoTCentralEmulator:
     """The IoT Central emulator, emptied (faults off, default page size, request log cleared), its CA trusted."""
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(iotcentral_server.ca_path))
-    control(iotcentral_server, "reset", {})
-    return iotcentral_server
+    return emptied(iotcentral_server, monkeypatch)
 
 
 @pytest.fixture
@@ -77,3 +71,8 @@ def central(iotcentral: IoTCentralEmulator) -> IoTCentralClient:
     return IoTCentralClient.from_api_token(
         iotcentral.url, iotcentral.api_token(), retry=RetryPolicy(max_retries=6, backoff_factor=0.01, backoff_max=0.05)
     )
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()

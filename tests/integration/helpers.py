@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import pytest
 import requests
 from azure.iot.hub.models import JobProperties
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
@@ -116,6 +117,40 @@ def running_emulator(data_dir: Path, **options: Any) -> Iterator[IoTHubEmulator]
         yield emu
     finally:
         emu.stop()
+
+
+@contextlib.contextmanager
+def running_central(data_dir: Path, **options: Any) -> Iterator[IoTCentralEmulator]:
+    """The IoT Central emulator on a free port (``options`` as for ``IoTCentralEmulator``), stopped afterwards."""
+    emu = IoTCentralEmulator(data_dir, port=0, control_plane=True, **options)
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+Emulator = TypeVar("Emulator", IoTHubEmulator, IoTCentralEmulator)
+
+
+def emptied(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> Emulator:
+    """The emulator reset through its control plane, with its CA trusted by requests-based clients."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(emu.ca_path))
+    control(emu, "reset", {})
+    return emu
+
+
+class Clock:
+    """A settable clock for the code under test (``clock=``), starting at a fixed instant."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, minutes: float) -> None:
+        self.now += timedelta(minutes=minutes)
 
 
 def control(emu: IoTHubEmulator | IoTCentralEmulator, path: str, body: dict[str, Any]) -> None:

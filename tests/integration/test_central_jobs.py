@@ -20,20 +20,14 @@ from shared.iotcentral import IoTCentralClient
 from shared.ledger import Job, JobState, Ledger
 from shared.storage import BlobRef, Storage, StorageSettings
 
-from .helpers import request_log, writes
+from .helpers import Clock, request_log, writes
 from .test_dataexport_apply import ENV
-from .test_pipeline import Clock
 
 SAMPLE = (Path(__file__).resolve().parents[2] / "samples/central/dataexport.json").read_bytes()
 
 
 class Crash(Exception):
     """Stands for the process dying right after a checkpoint."""
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

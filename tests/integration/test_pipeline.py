@@ -6,7 +6,6 @@ import base64
 import json
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,26 +19,10 @@ from shared.ledger import Job, JobState, Ledger
 from shared.pipeline import Containers, Pipeline
 from shared.storage import BlobRef, Storage, StorageSettings
 
-from .helpers import control
+from .helpers import Clock, control
 
 FAST = RetryPolicy(max_retries=6, backoff_factor=0.01, backoff_max=0.05, total_timeout=30)
 KEY = base64.b64encode(b"secret-device-key-0123456789abcd").decode()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, minutes: float) -> None:
-        self.now += timedelta(minutes=minutes)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
