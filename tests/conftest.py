@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -13,6 +14,18 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, deadline=None)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+SUITE_MARKS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its suite's folder (``-m integration``, ``-m "not e2e"``)."""
+    here = Path(__file__).parent
+    for item in items:
+        folder = Path(str(item.fspath)).relative_to(here).parts[0]
+        if folder in SUITE_MARKS:
+            item.add_marker(SUITE_MARKS[folder])
 
 
 @pytest.fixture(autouse=True)

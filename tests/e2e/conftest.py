@@ -15,13 +15,6 @@ from tests.integration.helpers import control, emptied, running_central, running
 from .app import App, Stack, settings
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.e2e)
-
-
 @pytest.fixture(scope="session")
 def hub_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IoTHubEmulator]:
     with running_emulator(tmp_path_factory.mktemp("iothub-e2e")) as emu:

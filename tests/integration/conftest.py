@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
@@ -16,13 +15,6 @@ from shared.iotcentral import IoTCentralClient
 from shared.retry import RetryPolicy
 
 from .helpers import Clock, Storage, emptied, running_central, running_emulator
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
