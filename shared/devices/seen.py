@@ -19,7 +19,7 @@ from typing import BinaryIO, TextIO
 BUCKETS = 64
 MAX_DISTINCT = 100_000  # distinct ids of one bucket held at once: 12.8 MB for 11-character ids (tracemalloc)
 MAX_DEPTH = 4  # spreads of one bucket; past it a bucket is checked whatever its size (only repeats keep it large)
-_READ_BATCH = 65_536
+_READ_BATCH = 16_384  # ids read back at a time: the text, its join and its split are held together
 _LINE_TYPE = "Q"
 
 
