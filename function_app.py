@@ -19,6 +19,7 @@ from azurefunctions.extensions.bindings import blob
 
 from shared import api
 from shared.services import services
+from shared.storage import UploadChanged
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 logger = logging.getLogger("function_app")
@@ -36,7 +37,11 @@ def import_on_upload(client: blob.BlobClient) -> None:
         # Already archived by an earlier delivery of this blob: its job records what happened.
         logger.info("upload %s/%s is gone (already processed)", client.container_name, client.blob_name)
         return
-    services().on_upload(client.container_name, client.blob_name, etag)
+    try:
+        services().on_upload(client.container_name, client.blob_name, etag)
+    except UploadChanged:
+        # Replaced between this delivery and our snapshot: the new version has a delivery of its own.
+        logger.info("upload %s/%s was replaced; its new version is handled", client.container_name, client.blob_name)
 
 
 @app.timer_trigger(arg_name="timer", schedule="%BACKUP_SCHEDULE%", use_monitor=True)

@@ -90,14 +90,31 @@ def save_backup(
     return manifest
 
 
-def apply_retention(storage: Storage, container: str, hub: str, *, days: int, now: datetime) -> list[str]:
-    """Delete backup folders of ``hub`` older than ``days``, never the newest complete one. Returns the folders."""
+def _folders(storage: Storage, container: str, hub: str) -> dict[str, list[str]]:
+    """Backup folders of ``hub``: stamp -> the blob names in it."""
     folders: dict[str, list[str]] = {}
     for name in storage.list_names(container, f"{hub}/"):
         parts = name.split("/")
         if len(parts) == 3:
             folders.setdefault(parts[1], []).append(name)
-    complete = sorted(stamp for stamp, names in folders.items() if f"{hub}/{stamp}/{MANIFEST_BLOB}" in names)
+    return folders
+
+
+def _complete(hub: str, folders: dict[str, list[str]]) -> list[str]:
+    """The stamps of the folders that have their manifest (written last), oldest first."""
+    return sorted(stamp for stamp, names in folders.items() if f"{hub}/{stamp}/{MANIFEST_BLOB}" in names)
+
+
+def latest_backup(storage: Storage, container: str, hub: str) -> str | None:
+    """``<hub>/<stamp>`` of the newest complete backup of ``hub``, if any."""
+    complete = _complete(hub, _folders(storage, container, hub))
+    return f"{hub}/{complete[-1]}" if complete else None
+
+
+def apply_retention(storage: Storage, container: str, hub: str, *, days: int, now: datetime) -> list[str]:
+    """Delete backup folders of ``hub`` older than ``days``, never the newest complete one. Returns the folders."""
+    folders = _folders(storage, container, hub)
+    complete = _complete(hub, folders)
     keep = complete[-1] if complete else None
     cutoff = now - timedelta(days=days)
     removed = []

@@ -40,7 +40,8 @@ from .dataexport.document import MAX_BYTES
 from .iotcentral import IoTCentralClient
 from .ledger import Job, JobKind, JobState, Ledger, idempotency_key
 from .pipeline import checkpoint, utcnow
-from .storage import ArchiveKind, BlobRef, Storage
+from .storage import ArchiveKind, BlobRef, Storage, fitted_name
+from .uploads import move_to_archive
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +50,71 @@ UPLOAD_PREFIX = "central/"
 DOCUMENT_BLOB = "dataexport.json"
 
 
+NOT_CONFIGURED = (
+    "IoT Central is not configured: set IOTCENTRAL_APP_URL (and IOTCENTRAL_API_TOKEN, or give the app's identity "
+    "a role in the IoT Central app), then upload the file again"
+)
+
+
 def is_central_upload(name: str) -> bool:
     """Everything under ``uploads/central/`` is a data-export file (one that is not JSON is rejected as such, never
     taken for a devices file); everything else is a devices file."""
     return name.startswith(UPLOAD_PREFIX)
+
+
+def _source(job: Job) -> BlobRef:
+    """The upload version (and its snapshot) a job read."""
+    assert job.source is not None
+    return replace(BlobRef.parse(job.source, job.source_etag), snapshot=job.source_snapshot)
+
+
+def _write_report(storage: Storage, containers: Containers, path: str, doc: dict[str, Any]) -> str:
+    storage.ensure_container(containers.reports)
+    storage.upload_bytes(containers.reports, path, json.dumps(doc, indent=2).encode())
+    return f"{containers.reports}/{path}"
+
+
+def _archive(storage: Storage, ledger: Ledger, containers: Containers, job: Job, *, failed: bool) -> str | None:
+    kind = ArchiveKind.FAILED if failed else ArchiveKind.PROCESSED
+    return move_to_archive(storage, ledger, _source(job), kind, archive_container=containers.archive, job_id=job.job_id)
+
+
+def _archive_path(containers: Containers, job: Job, *, failed: bool) -> str:
+    kind = ArchiveKind.FAILED if failed else ArchiveKind.PROCESSED
+    assert job.source is not None
+    return f"{containers.archive}/{fitted_name(f'{kind}/{job.job_id}', job.source.split('/', 1)[1])}"
+
+
+def reject_unconfigured(ledger: Ledger, storage: Storage, containers: Containers, ref: BlobRef, now: datetime) -> Job:
+    """An upload under ``uploads/central/`` while IoT Central is off: a ``rejected`` job that says so, with the file
+    archived, instead of a trigger failing until its poison queue. Idempotent per upload version."""
+    assert ref.etag is not None
+    key = idempotency_key(ref.container, ref.name, ref.etag)
+    job = ledger.find_by_key(PARTITION, key)
+    if job is None:
+        ref = storage.pin(ref)
+        job = Job.new(
+            PARTITION,
+            JobKind.CENTRAL_APPLY,
+            now,
+            state=JobState.REJECTED,
+            source=ref.path,
+            source_etag=ref.etag,
+            source_snapshot=ref.snapshot,
+            idempotency_key=key,
+            validation_errors=1,
+            failure_reason=NOT_CONFIGURED,
+        )
+        report = _write_report(
+            storage,
+            containers,
+            f"{job.job_id}/central-rejection.json",
+            {"file": ref.path, "problems": [{"message": NOT_CONFIGURED}], "applied": "nothing"},
+        )
+        job = replace(job, reports={"rejection": report}, archived=_archive_path(containers, job, failed=True))
+        job, _ = ledger.create(job)
+    _archive(storage, ledger, containers, job, failed=True)
+    return job
 
 
 @dataclass
@@ -87,7 +149,8 @@ class Central:
         key = idempotency_key(ref.container, ref.name, ref.etag)
         existing = self.ledger.find_by_key(PARTITION, key)
         if existing is not None:
-            return self._resume(existing, ref)
+            return self._resume(existing)
+        ref = self.storage.pin(ref)  # the bytes applied and archived are this version's, whatever comes after
         raw = self._read(ref)
         job = Job.new(
             PARTITION,
@@ -96,6 +159,8 @@ class Central:
             state=JobState.RUNNING,
             source=ref.path,
             source_etag=ref.etag,
+            source_snapshot=ref.snapshot,
+            source_sha256=hashlib.sha256(raw).hexdigest(),
             idempotency_key=key,
         )
         try:
@@ -104,7 +169,7 @@ class Central:
             return self._reject(job, ref, exc)
         job, created = self.ledger.create(replace(job, lines=len(plan.steps), modes=plan.summary()))
         if not created:
-            return self._resume(job, ref)
+            return self._resume(job)
         return self._run(job, ref, doc, resolved, plan)
 
     def resume_stale(self) -> list[Job]:
@@ -112,8 +177,7 @@ class Central:
         done = []
         for job in self.ledger.iter_active(PARTITION):
             if job.source and job.source_etag and self.clock() - job.updated >= self.stale_after:
-                container, _, name = job.source.partition("/")
-                done.append(self._resume(job, BlobRef(container, name, job.source_etag)))
+                done.append(self._resume(job))
         return done
 
     def wait(self, job: Job, timeout: timedelta, *, poll: float = 0.2) -> Job:
@@ -124,9 +188,11 @@ class Central:
             job = self.ledger.get(job.hub, job.job_id)
         return job
 
-    def _resume(self, job: Job, ref: BlobRef) -> Job:
+    def _resume(self, job: Job) -> Job:
+        ref = _source(job)
         if job.state.is_terminal:
-            self._archive(job, ref)  # a crash may have come between the end and the archive: idempotent
+            # a crash may have come between the end and the archive: idempotent
+            _archive(self.storage, self.ledger, self.containers, job, failed=job.state is not JobState.COMPLETED)
             return job
         if self.clock() - job.updated < self.stale_after:
             return job  # another instance is applying it right now
@@ -161,36 +227,26 @@ class Central:
         return self._finish(job, ref, JobState.COMPLETED, None, report)
 
     def _reject(self, job: Job, ref: BlobRef, exc: DocumentError) -> Job:
-        path = f"{job.job_id}/central-rejection.json"
         doc = {"file": ref.path, "problems": [p.public() for p in exc.problems], "applied": "nothing"}
-        self._write_report(path, doc)
+        report = _write_report(self.storage, self.containers, f"{job.job_id}/central-rejection.json", doc)
         job = replace(
             job,
             state=JobState.REJECTED,
             validation_errors=len(exc.problems),
             failure_reason=f"{len(exc.problems)} problem(s) in the file; nothing was changed",
-            reports={"rejection": f"{self.containers.reports}/{path}"},
+            reports={"rejection": report},
+            archived=_archive_path(self.containers, job, failed=True),
         )
         job, _ = self.ledger.create(job)
-        self._archive(job, ref)
+        _archive(self.storage, self.ledger, self.containers, job, failed=True)
         return job
 
     def _finish(self, job: Job, ref: BlobRef, state: JobState, reason: str | None, report: dict[str, Any]) -> Job:
-        path = f"{job.job_id}/central-apply.json"
-        self._write_report(path, {"file": ref.path, "state": str(state), "reason": reason, **report})
-        job = replace(job, reports={"result": f"{self.containers.reports}/{path}"})
-        self._archive(job, ref, failed=state is not JobState.COMPLETED)
-        return self.ledger.move(job, state, now=self.clock(), failure_reason=reason, progress=100)
-
-    def _write_report(self, path: str, doc: dict[str, Any]) -> None:
-        self.storage.ensure_container(self.containers.reports)
-        self.storage.upload_bytes(self.containers.reports, path, json.dumps(doc, indent=2).encode())
-
-    def _archive(self, job: Job, ref: BlobRef, *, failed: bool | None = None) -> None:
-        if failed is None:
-            failed = job.state is not JobState.COMPLETED
-        kind = ArchiveKind.FAILED if failed else ArchiveKind.PROCESSED
-        self.storage.archive(ref, kind, archive_container=self.containers.archive, job_id=job.job_id)
+        doc = {"file": ref.path, "state": str(state), "reason": reason, **report}
+        path = _write_report(self.storage, self.containers, f"{job.job_id}/central-apply.json", doc)
+        job = replace(job, reports={"result": path})
+        archived = _archive(self.storage, self.ledger, self.containers, job, failed=state is not JobState.COMPLETED)
+        return self.ledger.move(job, state, now=self.clock(), failure_reason=reason, progress=100, archived=archived)
 
     def _read(self, ref: BlobRef) -> bytes:
         chunks, size = [], 0

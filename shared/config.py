@@ -62,6 +62,7 @@ class Settings:
     backup_include_keys: bool = False
     max_errors: int = 100
     submit_grace: timedelta = timedelta(minutes=2)
+    retry_backoff: timedelta = timedelta(seconds=30)
     ledger_table: str = "jobledger"
     orphan_after: timedelta = timedelta(hours=1)
     containers: Containers = field(default_factory=Containers)
@@ -105,6 +106,7 @@ class Settings:
             backup_include_keys=_flag(env, "BACKUP_INCLUDE_KEYS"),
             max_errors=int(_number(env, "MAX_ERRORS_SHOWN", 100, low=1, high=10_000)),
             submit_grace=timedelta(seconds=_number(env, "SUBMIT_GRACE_SECONDS", 120, low=0, high=3600)),
+            retry_backoff=timedelta(seconds=_number(env, "RETRY_BACKOFF_SECONDS", 30, low=0.1, high=3600)),
             ledger_table=env.get("LEDGER_TABLE", "jobledger"),
             orphan_after=timedelta(minutes=_number(env, "ORPHAN_CONTAINER_MINUTES", 60, low=0.01, high=7 * 24 * 60)),
             central=_central(env),

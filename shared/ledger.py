@@ -51,7 +51,13 @@ class JobState(StrEnum):
 class JobKind(StrEnum):
     IMPORT = "import"
     EXPORT = "export"
+    RESTORE = "restore"  # an import of a backup folder, read in place (never moved)
     CENTRAL_APPLY = "central_apply"
+
+    @property
+    def imports(self) -> bool:
+        """The hub job this kind submits is an import (it reads a staged devices file)."""
+        return self in (JobKind.IMPORT, JobKind.RESTORE)
 
 
 _TERMINAL = frozenset(
@@ -106,6 +112,10 @@ class Job:
     updated: datetime
     source: str | None = None  # container/name of the upload, or "http" for a request body
     source_etag: str | None = None
+    source_snapshot: str | None = None  # the snapshot of the upload version the job read (uploads only)
+    source_sha256: str | None = None  # of the bytes read from the source, exactly as they were
+    archived: str | None = None  # container/name the upload was moved to (may be a fitted name: see storage)
+    retry_at: datetime | None = None  # a queued job waits until then after a passing fault (throttling, 5xx)
     idempotency_key: str | None = None
     hub_job_id: str | None = None
     progress: int = 0
@@ -140,6 +150,10 @@ class Job:
             "Updated": self.updated,
             "Source": self.source,
             "SourceEtag": self.source_etag,
+            "SourceSnapshot": self.source_snapshot,
+            "SourceSha256": self.source_sha256,
+            "Archived": self.archived,
+            "RetryAt": self.retry_at,
             "IdempotencyKey": self.idempotency_key,
             "HubJobId": self.hub_job_id,
             "Progress": self.progress,
@@ -164,6 +178,10 @@ class Job:
             updated=_utc(e["Updated"]),
             source=e.get("Source"),
             source_etag=e.get("SourceEtag"),
+            source_snapshot=e.get("SourceSnapshot"),
+            source_sha256=e.get("SourceSha256"),
+            archived=e.get("Archived"),
+            retry_at=_utc(e["RetryAt"]) if e.get("RetryAt") else None,
             idempotency_key=e.get("IdempotencyKey"),
             hub_job_id=e.get("HubJobId"),
             progress=int(e.get("Progress") or 0),
@@ -188,6 +206,9 @@ class Job:
             "created": self.created.isoformat(),
             "updated": self.updated.isoformat(),
             "source": self.source,
+            "sourceSha256": self.source_sha256,
+            "archived": self.archived,
+            "retryAt": self.retry_at.isoformat() if self.retry_at else None,
             "hubJobId": self.hub_job_id,
             "progress": self.progress,
             "lines": self.lines,
@@ -196,6 +217,7 @@ class Job:
             "failedDevices": self.failed_devices,
             "failureReason": self.failure_reason,
             "attempts": self.attempts,
+            "notes": list(self.params.get("notes", [])),
         }
 
 
@@ -266,6 +288,18 @@ class Ledger:
             return Job.from_entity(self.table.get_entity(hub, job_id))
         except ResourceNotFoundError:
             raise JobNotFound(f"no job {job_id} for hub {hub}") from None
+
+    def find_key_anywhere(self, key: str) -> Job | None:
+        """The job of an upload version, whatever partition (hub) it went to."""
+        rows = list(islice(self.table.query_entities("RowKey eq @k", parameters={"k": KEY_PREFIX + key}), 1))
+        return self.get(rows[0]["PartitionKey"], rows[0]["JobId"]) if rows else None
+
+    def snapshot_in_use(self, source: str, snapshot: str) -> bool:
+        """True if a job read ``source`` from this snapshot and has not archived it yet (it still needs it)."""
+        rows = self.table.query_entities(
+            "Type eq 'job' and Source eq @src and SourceSnapshot eq @snap", parameters={"src": source, "snap": snapshot}
+        )
+        return any(not (j := Job.from_entity(r)).state.is_terminal or not j.archived for r in rows)
 
     def find(self, job_id: str) -> Job | None:
         """A job by id alone, whatever its hub (for housekeeping, which starts from a container name)."""

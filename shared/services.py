@@ -6,22 +6,23 @@ first invocation (as a clear ``ConfigError``) rather than crashing the host at i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from azure.data.tables import TableServiceClient
 
 from .backups import apply_retention
-from .central import Central, is_central_upload
+from .central import Central, is_central_upload, reject_unconfigured
 from .config import ConfigError, Settings, StorageAuth
 from .iotcentral import IoTCentralClient
 from .iothub import IoTHubClient
 from .ledger import Job, JobState, Ledger
-from .pipeline import Pipeline
+from .pipeline import TRANSIENT, Pipeline
 from .storage import BlobRef, Storage, StorageSettings
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Services:
             max_errors=settings.max_errors,
             submit_grace=settings.submit_grace,
             backup_retention_days=settings.backup_retention_days,
+            retry_base=settings.retry_backoff,
         )
         for container in (settings.containers.uploads, settings.containers.reports, settings.containers.backups):
             storage.ensure_container(container)
@@ -114,7 +116,11 @@ class Services:
         the HTTP import's. ``hub`` defaults to the one the upload's path names. A file under ``central/`` is an IoT
         Central data-export file and is applied instead."""
         if is_central_upload(name):  # by name alone: no hub ever imports a data-export file
-            job = self.require_central().accept(BlobRef(container, name, etag))
+            ref = BlobRef(container, name, etag)
+            if self.central is None:
+                job = reject_unconfigured(self.ledger, self.storage, self.settings.containers, ref, datetime.now(UTC))
+            else:
+                job = self.central.accept(ref)
             logger.info("data-export file %s/%s is job %s (%s)", container, name, job.job_id, job.state)
             return job
         hub = hub or self.hub_for_upload(name)
@@ -143,19 +149,13 @@ class Services:
         """One pass of the job monitor over every hub; one hub's trouble never stops the others."""
         changed: list[Job] = []
         for hub in self.settings.hubs:
-            try:
+            with _pass(f"monitor pass over hub {hub}"):
                 changed.extend(self.pipeline.poll(hub))
-            except Exception:
-                logger.exception("monitor pass over hub %s failed", hub)
-        try:
+        with _pass("sweeping work containers"):
             self.pipeline.sweep_work_containers(self.settings.orphan_after)
-        except Exception:
-            logger.exception("sweeping work containers failed; the next pass retries")
         if self.central is not None:
-            try:
+            with _pass("resuming interrupted IoT Central applies"):
                 changed.extend(self.central.resume_stale())
-            except Exception:
-                logger.exception("resuming interrupted IoT Central applies failed; the next pass retries")
         return changed
 
     def nightly_backup(self, now: datetime | None = None) -> list[Job]:
@@ -177,6 +177,18 @@ class Services:
             # Last, so that an IoT Central outage fails the invocation (visibly) without holding up the hubs.
             self.central.backup(retention_days=self.settings.backup_retention_days)
         return jobs
+
+
+@contextlib.contextmanager
+def _pass(what: str) -> Iterator[None]:
+    """One part of a monitor pass: a passing fault is one warning line, anything else an error with its traceback;
+    neither stops the other parts, and the next pass tries again."""
+    try:
+        yield
+    except TRANSIENT as exc:
+        logger.warning("%s: %s; the next pass retries", what, exc)
+    except Exception:
+        logger.exception("%s failed; the next pass retries", what)
 
 
 @functools.cache

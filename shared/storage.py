@@ -13,6 +13,7 @@ key when there is one, else with a user delegation key obtained with the app's i
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import logging
 import uuid
@@ -23,7 +24,13 @@ from enum import StrEnum
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 from azure.storage.blob import (
     BlobBlock,
     BlobClient,
@@ -47,6 +54,15 @@ class StorageError(Exception):
 class ArchiveKind(StrEnum):
     PROCESSED = "processed"
     FAILED = "failed"
+
+
+class Removal(StrEnum):
+    """What ``Storage.delete_version`` did."""
+
+    DELETED = "deleted"
+    GONE = "gone"  # nothing there (an earlier attempt deleted it)
+    REPLACED = "replaced"  # a newer version is there now: kept
+    SNAPSHOTS_LEFT = "snapshots_left"  # other snapshots (pins of other jobs, or a crash's orphans) keep it there
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,15 +169,55 @@ class StagedBlob:
         return str(result.get("etag", ""))
 
 
+# Azure's blob naming rules (Naming and Referencing Containers, Blobs, and Metadata): a name is 1-1,024
+# characters and has at most 254 path segments. Azurite does not enforce either, so the app checks its own names.
+MAX_BLOB_NAME = 1024
+MAX_SEGMENTS = 254
+
+
+class UploadChanged(StorageError):
+    """The upload was replaced (or deleted) since its ETag was read: that version is gone; a newer one gets its
+    own delivery."""
+
+
 @dataclass(frozen=True, slots=True)
 class BlobRef:
     container: str
     name: str
     etag: str | None = None
+    snapshot: str | None = None  # a read-only point-in-time copy of this version (see ``Storage.pin``)
 
     @property
     def path(self) -> str:
         return f"{self.container}/{self.name}"
+
+    @classmethod
+    def parse(cls, path: str, etag: str | None = None) -> BlobRef:
+        """``"container/name"`` -> BlobRef.
+
+        Raises:
+            ValueError: the path has no container or no name.
+        """
+        container, _, name = path.partition("/")
+        if not container or not name:
+            raise ValueError(f"'{path}' is not <container>/<blob name>")
+        return cls(container, name, etag)
+
+
+def within_limits(name: str) -> bool:
+    """True if Azure can store a blob of this name (length and number of path segments)."""
+    return 0 < len(name) <= MAX_BLOB_NAME and name.count("/") < MAX_SEGMENTS
+
+
+def fitted_name(prefix: str, name: str) -> str:
+    """``prefix/name`` when Azure can store it, else ``prefix/<hash>-<tail of the last segment>``: always within
+    Azure's limits, distinct per name, and still recognisable. The caller records the mapping (the ledger does)."""
+    full = f"{prefix}/{name}"
+    if within_limits(full):
+        return full
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    tail = name.rsplit("/", 1)[-1][-(MAX_BLOB_NAME - len(prefix) - len(digest) - 2) :]
+    return f"{prefix}/{digest}-{tail}"
 
 
 class Storage:
@@ -205,15 +261,36 @@ class Storage:
             raise _explain(exc, f"deleting container {name}") from exc
 
     def open_read(self, ref: BlobRef) -> Iterator[bytes]:
-        """Stream a blob in chunks; with ``ref.etag``, only that version (a newer upload fails the read)."""
-        blob = self.service.get_blob_client(ref.container, ref.name)
+        """Stream a blob in chunks: its snapshot when ``ref.snapshot`` is set (immune to a newer upload), else with
+        ``ref.etag`` only that version (a newer upload fails the read with ``UploadChanged``)."""
+        blob = self.service.get_blob_client(ref.container, ref.name, snapshot=ref.snapshot)
         try:
             kwargs: dict[str, Any] = {}
-            if ref.etag:
+            if ref.etag and not ref.snapshot:
                 kwargs = {"etag": ref.etag, "match_condition": MatchConditions.IfNotModified}
             yield from blob.download_blob(**kwargs).chunks()
+        except ResourceModifiedError as exc:
+            raise UploadChanged(f"{ref.path} changed while it was read") from exc
         except AzureError as exc:
             raise _explain(exc, f"reading {ref.path}") from exc
+
+    def pin(self, ref: BlobRef) -> BlobRef:
+        """Take a snapshot of exactly the version ``ref.etag`` names, so the bytes a job validates, sends and
+        archives stay the same even if the upload is overwritten meanwhile. Returns ``ref`` with the snapshot.
+
+        Raises:
+            UploadChanged: the blob is no longer that version.
+        """
+        if not ref.etag:
+            raise ValueError("only a known version (ETag) can be pinned")
+        blob = self.service.get_blob_client(ref.container, ref.name)
+        try:
+            snap = blob.create_snapshot(etag=ref.etag, match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceNotFoundError) as exc:
+            raise UploadChanged(f"{ref.path} was replaced or removed before it could be read") from exc
+        except AzureError as exc:
+            raise _explain(exc, f"pinning {ref.path}") from exc
+        return dataclasses.replace(ref, snapshot=str(snap["snapshot"]))
 
     def stage(self, container: str, name: str) -> StagedBlob:
         return StagedBlob(self.service.get_blob_client(container, name))
@@ -251,33 +328,76 @@ class Storage:
 
     # --- archiving ----------------------------------------------------------------------------------
 
-    def archive(self, ref: BlobRef, kind: ArchiveKind, *, archive_container: str, job_id: str) -> BlobRef:
-        """Move an upload to ``<archive>/<kind>/<job>/<name>``: copy, check, then delete only that version.
+    def archive(self, ref: BlobRef, kind: ArchiveKind, *, archive_container: str, job_id: str) -> BlobRef | None:
+        """Copy one version of an upload to ``<archive>/<kind>/<job>/<name>`` (a fitted name when that would be too
+        long for Azure), from its snapshot when the job pinned one, then drop that snapshot. The upload itself is
+        removed by ``delete_version``, once no other job still needs it (see ``shared.uploads``).
 
-        The source is deleted with If-Match on its ETag, so a newer upload under the same name is never lost;
-        a repeated call (after a crash) finds the copy in place and completes.
+        A repeated call (after a crash) finds the copy in place and completes. Returns where it went (None: an
+        unpinned version that was replaced before it could be copied; that version no longer exists anywhere).
         """
         self.ensure_container(archive_container)
-        target = BlobRef(archive_container, f"{kind}/{job_id}/{ref.name}")
-        src = self.service.get_blob_client(ref.container, ref.name)
+        target = BlobRef(archive_container, fitted_name(f"{kind}/{job_id}", ref.name))
         dst = self.service.get_blob_client(target.container, target.name)
         try:
             if self.properties(target) is None:
-                copy = dst.start_copy_from_url(self._blob_read_url(src), requires_sync=True)
+                origin = self.service.get_blob_client(ref.container, ref.name, snapshot=ref.snapshot)
+                kw: dict[str, Any] = {}
+                if ref.etag and not ref.snapshot:
+                    kw = {"source_etag": ref.etag, "source_match_condition": MatchConditions.IfNotModified}
+                copy = dst.start_copy_from_url(self._blob_read_url(origin), requires_sync=True, **kw)
                 if copy.get("copy_status") not in ("success", None):
                     raise StorageError(f"archiving {ref.path} did not complete ({copy.get('copy_status')})")
-            if ref.etag:
-                src.delete_blob(etag=ref.etag, match_condition=MatchConditions.IfNotModified)
-            else:
-                src.delete_blob()
         except ResourceNotFoundError:
-            pass  # already moved by an earlier attempt
+            logger.info("upload %s is gone and was not archived again (an earlier attempt moved it)", ref.path)
+            return target
+        except ResourceModifiedError:
+            logger.warning("upload %s was replaced before it was archived; the new version is kept", ref.path)
+            return None
         except AzureError as exc:
-            if getattr(exc, "status_code", None) == 412:
-                logger.warning("upload %s changed since it was read; the new version is kept", ref.path)
-                return target
             raise _explain(exc, f"archiving {ref.path}") from exc
+        if ref.snapshot:
+            self._delete(self.service.get_blob_client(ref.container, ref.name, snapshot=ref.snapshot), ref)
         return target
+
+    def delete_version(self, ref: BlobRef, *, with_snapshots: bool = False) -> Removal:
+        """Delete the blob if it is still the version ``ref.etag`` names. Snapshots (other jobs' pins) are kept
+        unless ``with_snapshots``: while one exists, the blob stays (``SNAPSHOTS_LEFT``)."""
+        blob = self.service.get_blob_client(ref.container, ref.name)
+        kw: dict[str, Any] = {"delete_snapshots": "include"} if with_snapshots else {}
+        if ref.etag:
+            kw.update(etag=ref.etag, match_condition=MatchConditions.IfNotModified)
+        try:
+            blob.delete_blob(**kw)
+        except ResourceNotFoundError:
+            return Removal.GONE
+        except ResourceModifiedError:
+            return Removal.REPLACED
+        except HttpResponseError as exc:
+            if exc.status_code == 409 and "snapshot" in str(getattr(exc, "error_code", "") or "").lower():
+                return Removal.SNAPSHOTS_LEFT
+            raise _explain(exc, f"deleting {ref.path}") from exc
+        except AzureError as exc:
+            raise _explain(exc, f"deleting {ref.path}") from exc
+        return Removal.DELETED
+
+    def snapshots(self, container: str, name: str) -> list[str]:
+        """The snapshot ids of one blob."""
+        try:
+            listed = self.service.get_container_client(container).list_blobs(
+                name_starts_with=name, include=["snapshots"]
+            )
+            return [str(b.snapshot) for b in listed if b.name == name and b.snapshot]
+        except AzureError as exc:
+            raise _explain(exc, f"listing the snapshots of {container}/{name}") from exc
+
+    def _delete(self, blob: BlobClient, ref: BlobRef) -> None:
+        try:
+            blob.delete_blob()
+        except ResourceNotFoundError:
+            pass
+        except AzureError as exc:
+            raise _explain(exc, f"deleting {ref.path}") from exc
 
     # --- SAS ----------------------------------------------------------------------------------------
 
@@ -324,13 +444,13 @@ class Storage:
 
     def _blob_read_url(self, blob: BlobClient, lifetime: timedelta = timedelta(hours=1)) -> str:
         expiry = datetime.now(UTC) + lifetime
-        kw: dict[str, Any] = {"permission": "r", "expiry": expiry}
+        kw: dict[str, Any] = {"permission": "r", "expiry": expiry, "snapshot": blob.snapshot}
         if self._has_key():
             kw["account_key"] = self.service.credential.account_key
         else:
             kw["user_delegation_key"] = self._delegation_key(expiry)
         token = generate_blob_sas(str(self.service.account_name), blob.container_name, blob.blob_name, **kw)
-        return f"{blob.url}?{token}"
+        return f"{blob.url}{'&' if '?' in blob.url else '?'}{token}"
 
     def read_link(self, ref: BlobRef, *, lifetime: timedelta = timedelta(minutes=15)) -> str:
         """A short-lived read-only link to one blob (for reports in the HTTP API)."""

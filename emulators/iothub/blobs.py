@@ -125,6 +125,17 @@ class BlockWriter:
         self._blocks.append(block_id)
         self._buf.clear()
 
+    def checkpoint(self) -> None:
+        """Make what was written so far visible (and keep writing): as the service's error log grows while an
+        import runs (inferred: a cancelled job's log holds the refusals up to the cancellation)."""
+        if not self._buf:
+            return
+        self._flush()
+        try:
+            self.blob.commit_block_list([BlobBlock(block_id=b) for b in self._blocks])
+        except AzureError as exc:
+            raise explain(exc, what=self.what, needs="Write") from exc
+
     def commit(self) -> None:
         try:
             if not self._blocks:

@@ -239,9 +239,14 @@ class JobRunner:
                 if len(batch) >= BATCH:
                     self._apply(batch, errors)
                     batch = []
+                    errors.checkpoint()
                     self._step(job, min(99, consumed * 100 // download.size))
         except AzureError as exc:
             raise explain(exc, what=what, needs="Read") from exc
+        except _Cancelled:
+            # The lines applied before the cancellation stay applied, and their refusals stay in the log.
+            errors.commit()
+            raise
         if batch:
             self._apply(batch, errors)
         errors.commit()

@@ -29,6 +29,7 @@ def settings(azurite: Azurite, hub: IoTHubEmulator, central: IoTCentralEmulator 
         central,
         MONITOR_SCHEDULE="* * * * * *",
         SUBMIT_GRACE_SECONDS="1",
+        RETRY_BACKOFF_SECONDS="0.5",
         ORPHAN_CONTAINER_MINUTES="0.05",
     )
 

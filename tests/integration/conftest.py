@@ -6,15 +6,21 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
 from emulators.azurite import Azurite
 from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
 from shared.iotcentral import IoTCentralClient
+from shared.iothub import IoTHubClient
+from shared.ledger import Ledger
+from shared.pipeline import Containers, Pipeline
 from shared.retry import RetryPolicy
+from shared.storage import Storage as LiveStorage
+from shared.storage import StorageSettings
 
-from .helpers import Clock, Storage, emptied, running_central, running_emulator
+from .helpers import FAST, Clock, Storage, emptied, running_central, running_emulator
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +74,20 @@ def central(iotcentral: IoTCentralEmulator) -> IoTCentralClient:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+@pytest.fixture
+def pipeline(azurite: Azurite, iothub: IoTHubEmulator, clock: Clock) -> Pipeline:
+    """The import pipeline on its own containers and ledger table, with one hub (``devhub``) and quick retries."""
+    prefix = f"p{uuid.uuid4().hex[:8]}"
+    tables = TableServiceClient.from_connection_string(azurite.connection_string)
+    storage = LiveStorage.from_settings(StorageSettings(connection_string=azurite.connection_string))
+    hub = IoTHubClient.from_connection_string(iothub.connection_string(), retry=FAST)
+    containers = Containers(
+        uploads=f"{prefix}-uploads",
+        reports=f"{prefix}-reports",
+        archive=f"{prefix}-archive",
+        backups=f"{prefix}-backups",
+    )
+    storage.ensure_container(containers.uploads)
+    return Pipeline(Ledger.from_service(tables, f"{prefix}jobs"), storage, {"devhub": hub}, containers, clock=clock)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import time
@@ -19,6 +20,10 @@ from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, gener
 from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import POLICIES, IoTHubEmulator
 from emulators.iothub.auth import sign
+from shared.ledger import Job
+from shared.pipeline import Pipeline
+from shared.retry import RetryPolicy
+from shared.storage import BlobRef
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -179,3 +184,37 @@ def request_log(emu: IoTCentralEmulator) -> list[dict[str, Any]]:
 def writes(log: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(method, path) of the requests that change something."""
     return [(e["method"], e["path"]) for e in log if e["method"] != "GET"]
+
+
+# --- the import pipeline under test ---------------------------------------------------------------------
+
+FAST = RetryPolicy(max_retries=6, backoff_factor=0.01, backoff_max=0.05, total_timeout=30)
+KEY = base64.b64encode(b"secret-device-key-0123456789abcd").decode()
+
+
+def upload(p: Pipeline, name: str, lines: list[dict[str, Any] | str]) -> BlobRef:
+    data = "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines).encode()
+    etag = p.storage.upload_bytes(p.containers.uploads, name, data)
+    return BlobRef(p.containers.uploads, name, etag)
+
+
+def devices(n: int, prefix: str = "d", **extra: Any) -> list[dict[str, Any] | str]:
+    return [{"id": f"{prefix}-{i}", "status": "enabled", **extra} for i in range(n)]
+
+
+def run_to_end(p: Pipeline, job: Job, clock: Clock, deadline: float = 60) -> Job:
+    """Monitor passes (the clock advancing 30 s each) until ``job`` ends; the deadline only stops a hung test."""
+    end = time.monotonic() + deadline
+    while True:
+        p.poll(job.hub)
+        job = p.ledger.get(job.hub, job.job_id)
+        if job.state.is_terminal:
+            return job
+        if time.monotonic() > end:
+            raise TimeoutError(f"job still {job.state}")
+        clock.advance(0.5)
+        time.sleep(0.05)
+
+
+def hub_count(p: Pipeline) -> int:
+    return p.hubs["devhub"].get_registry_statistics().total

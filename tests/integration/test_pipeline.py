@@ -2,65 +2,19 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 import uuid
-from typing import Any
 
-import pytest
-from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
 from emulators.azurite import Azurite
 from emulators.iothub import IoTHubEmulator
-from shared.iothub import IoTHubClient, RetryPolicy
-from shared.ledger import Job, JobState, Ledger
-from shared.pipeline import Containers, Pipeline
-from shared.storage import BlobRef, Storage, StorageSettings
+from shared.ledger import JobState
+from shared.pipeline import Pipeline
+from shared.storage import BlobRef
 
-from .helpers import Clock, control
-
-FAST = RetryPolicy(max_retries=6, backoff_factor=0.01, backoff_max=0.05, total_timeout=30)
-KEY = base64.b64encode(b"secret-device-key-0123456789abcd").decode()
-
-
-@pytest.fixture
-def pipeline(azurite: Azurite, iothub: IoTHubEmulator, clock: Clock) -> Pipeline:
-    prefix = f"p{uuid.uuid4().hex[:8]}"
-    tables = TableServiceClient.from_connection_string(azurite.connection_string)
-    storage = Storage.from_settings(StorageSettings(connection_string=azurite.connection_string))
-    hub = IoTHubClient.from_connection_string(iothub.connection_string(), retry=FAST)
-    containers = Containers(uploads=f"{prefix}-uploads", reports=f"{prefix}-reports", archive=f"{prefix}-archive")
-    storage.ensure_container(containers.uploads)
-    return Pipeline(Ledger.from_service(tables, f"{prefix}jobs"), storage, {"devhub": hub}, containers, clock=clock)
-
-
-def upload(p: Pipeline, name: str, lines: list[dict[str, Any] | str]) -> BlobRef:
-    data = "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines).encode()
-    etag = p.storage.upload_bytes(p.containers.uploads, name, data)
-    return BlobRef(p.containers.uploads, name, etag)
-
-
-def devices(n: int, prefix: str = "d", **extra: Any) -> list[dict[str, Any] | str]:
-    return [{"id": f"{prefix}-{i}", "status": "enabled", **extra} for i in range(n)]
-
-
-def run_to_end(p: Pipeline, job: Job, clock: Clock, deadline: float = 60) -> Job:
-    end = time.monotonic() + deadline
-    while True:
-        p.poll(job.hub)
-        job = p.ledger.get(job.hub, job.job_id)
-        if job.state.is_terminal:
-            return job
-        if time.monotonic() > end:
-            raise TimeoutError(f"job still {job.state}")
-        clock.advance(0.5)
-        time.sleep(0.05)
-
-
-def hub_count(p: Pipeline) -> int:
-    return p.hubs["devhub"].get_registry_statistics().total
+from .helpers import KEY, Clock, control, devices, hub_count, run_to_end, upload
 
 
 def test_good_upload_is_imported_and_archived(pipeline: Pipeline, clock: Clock) -> None:

@@ -13,7 +13,17 @@ from azure.storage.blob import BlobClient, ContainerClient
 
 from emulators.azurite import Azurite
 from shared.reports import harvest_import_errors, summary_document
-from shared.storage import ArchiveKind, BlobRef, Storage, StorageError, StorageSettings
+from shared.storage import (
+    ArchiveKind,
+    BlobRef,
+    Removal,
+    Storage,
+    StorageError,
+    StorageSettings,
+    UploadChanged,
+    fitted_name,
+    within_limits,
+)
 
 from .helpers import Storage as Containers
 
@@ -81,18 +91,62 @@ def test_archive_moves_an_upload_and_never_loses_a_newer_version(store: Storage,
     moved = store.archive(
         BlobRef(uploads, "a.txt", etag), ArchiveKind.PROCESSED, archive_container=archive, job_id="j1"
     )
-    assert moved.path == f"{archive}/processed/j1/a.txt"
+    assert moved is not None and moved.path == f"{archive}/processed/j1/a.txt"
     assert b"".join(store.open_read(moved)) == b"v1"
+    assert store.delete_version(BlobRef(uploads, "a.txt", etag)) is Removal.DELETED
     assert store.properties(BlobRef(uploads, "a.txt")) is None
     # a repeated call after a crash completes without error
     store.archive(BlobRef(uploads, "a.txt", etag), ArchiveKind.PROCESSED, archive_container=archive, job_id="j1")
 
+    # Pinned (as every job pins its upload): replaced after our read, the archive still holds what we read.
     old = store.upload_bytes(uploads, "b.txt", b"old")
-    store.upload_bytes(uploads, "b.txt", b"new")  # replaced after our read
-    store.archive(BlobRef(uploads, "b.txt", old), ArchiveKind.FAILED, archive_container=archive, job_id="j2")
+    pinned = store.pin(BlobRef(uploads, "b.txt", old))
+    store.upload_bytes(uploads, "b.txt", b"new")
+    moved = store.archive(pinned, ArchiveKind.FAILED, archive_container=archive, job_id="j2")
+    assert moved is not None and b"".join(store.open_read(moved)) == b"old"
+    assert store.delete_version(BlobRef(uploads, "b.txt", old)) is Removal.REPLACED
     assert b"".join(store.open_read(BlobRef(uploads, "b.txt"))) == b"new"
     with pytest.raises(StorageError):
         b"".join(store.open_read(BlobRef(uploads, "b.txt", old)))  # that version is gone from uploads
+    # our snapshot went with the archive; the new version has none left over
+    listed = store.service.get_container_client(uploads).list_blobs(name_starts_with="b.txt", include=["snapshots"])
+    assert [(b.name, b.snapshot) for b in listed] == [("b.txt", None)]
+
+    # Not pinned and replaced: that version exists nowhere, and the new one is never taken for it.
+    old = store.upload_bytes(uploads, "c.txt", b"old")
+    store.upload_bytes(uploads, "c.txt", b"new")
+    assert (
+        store.archive(BlobRef(uploads, "c.txt", old), ArchiveKind.FAILED, archive_container=archive, job_id="j3")
+        is None
+    )
+    assert b"".join(store.open_read(BlobRef(uploads, "c.txt"))) == b"new"
+    assert store.properties(BlobRef(archive, "failed/j3/c.txt")) is None
+
+
+def test_pin_refuses_a_version_that_is_gone(store: Storage, storage: Containers) -> None:
+    uploads = storage.container("uploads")
+    old = store.upload_bytes(uploads, "p.txt", b"v1")
+    store.upload_bytes(uploads, "p.txt", b"v2")
+    with pytest.raises(UploadChanged):
+        store.pin(BlobRef(uploads, "p.txt", old))
+
+
+def test_archive_names_stay_within_azure_limits(store: Storage, storage: Containers) -> None:
+    uploads, archive = storage.container("uploads"), f"{storage.prefix}-archive"
+    long_name = "hub/" + "x" * 990 + ".jsonl"  # 1,000 characters: allowed for an upload
+    deep_name = "/".join(["d"] * 253) + "/f.jsonl"  # 254 segments: the most Azure allows
+    for i, name in enumerate((long_name, deep_name)):
+        assert within_limits(name)
+        etag = store.upload_bytes(uploads, name, b"data")
+        moved = store.archive(
+            BlobRef(uploads, name, etag), ArchiveKind.PROCESSED, archive_container=archive, job_id=f"0000000000000-j{i}"
+        )
+        assert moved is not None and within_limits(moved.name), (len(moved.name), moved.name.count("/"))
+        assert moved.name.startswith(f"processed/0000000000000-j{i}/") and moved.name.endswith("f.jsonl"[-6:])
+        assert b"".join(store.open_read(moved)) == b"data"
+    short = fitted_name("processed/j", "a/b.jsonl")
+    assert short == "processed/j/a/b.jsonl"  # names that fit keep their path
+    assert fitted_name("p/j", long_name) != fitted_name("p/j", long_name.replace("x", "y", 1))  # distinct per name
 
 
 class _Sink:
