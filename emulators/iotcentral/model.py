@@ -4,8 +4,8 @@ Shapes follow ``iotcentral-2022-06-30-preview.json`` plus the 2022-10-31-preview
 not shared with ``shared/`` (the app's own checks): the emulator plays the service, and a mistake in the app's
 rules must show up as a test failure rather than be mirrored by the service it is tested against.
 
-Where the spec is silent the emulator picks the strict reading and says so (UNVERIFIED in
-``../shared/reference/iotcentral-api.md``): unknown properties are refused rather than dropped, an export naming a
+Where the published spec and docs are silent the emulator picks the strict reading and says so (see its
+README, "unverified"): unknown properties are refused rather than dropped, an export naming a
 missing destination is a 400 ``DestinationNotFound``, deleting a destination still in use is a 409
 ``DestinationInUse``, and a webhook's header authorization value is masked like the other secrets.
 """

@@ -3,7 +3,8 @@
 Swagger 2.0 models polymorphism with ``discriminator`` and ``x-ms-discriminator-value``, which JSON Schema does
 not know: each reference to a polymorphic base is replaced by a ``oneOf`` over its subtypes, each pinned to its
 discriminator value, so a body must match exactly one concrete type. ``audit`` is added to the export source enum
-(iotcentral-api.md section 3). Copied from ``../shared/reference`` so the suite runs on a clean checkout.
+(the 2022-10-31-preview API adds it). The spec and examples live in ``tests/data/iotcentral`` so the suite runs on a
+clean checkout.
 """
 
 from __future__ import annotations
