@@ -4,10 +4,12 @@ message saying what to change, never a 500, an HTML page or a dropped connection
 from __future__ import annotations
 
 import socket
+from datetime import UTC, datetime
 
 import requests
 
 from emulators.functions_host import FUNCTION_KEY
+from shared.ledger import Job, JobKind, JobState, Ledger
 
 from .app import Stack
 
@@ -66,4 +68,72 @@ def test_the_host_refuses_bad_requests_as_azure_does(stack: Stack) -> None:
     # A chunked body reaches the function (it used to arrive empty).
     r = stack.app.call("POST", "exports", data=iter([b'{"hub"', b': "nohub"}']))
     assert "nohub" in assert_error(r, 404, "UnknownHub")
+    assert_alive(stack)
+
+
+def test_hostile_bodies_and_queries_are_refused_with_what_to_change(stack: Stack) -> None:
+    stack.app.start()
+    # Nested 100,000 deep: over the JSON body cap, never parsed; 30,000 deep fits the cap but not the parser's stack.
+    r = stack.app.call("POST", "exports", data=b"[" * 100_000 + b"]" * 100_000)
+    assert "64 KiB" in assert_error(r, 413, "BodyTooLarge")
+    r = stack.app.call("POST", "exports", data=b'{"hub": ' + b"[" * 30_000 + b"]" * 30_000 + b"}")
+    assert "nested too deeply" in assert_error(r, 400, "InvalidJson")
+    assert_error(stack.app.call("POST", "exports", data=b"\0" * 20 * 2**20), 413, "BodyTooLarge")
+    for hub in (["devhub"], {"name": "devhub"}, 7):
+        r = stack.app.call("POST", "imports", json={"blob": "uploads/x.jsonl", "hub": hub})
+        assert assert_error(r, 400, "InvalidField").startswith('"hub" in the body must be the name of a configured')
+        assert r.json()["error"]["field"] == "hub"
+        assert_error(stack.app.call("POST", "exports", json={"hub": hub}), 400, "InvalidField")
+    for blob in ("uploads/", "/x.jsonl", "Bad_Container!/x.jsonl", "nothere.jsonl", "uploads/x\u0000.jsonl"):
+        message = assert_error(stack.app.call("POST", "imports", json={"blob": blob}), 400, "InvalidField")
+        assert '"<container>/<name>"' in message and "container name is 3-63 lowercase letters" in message, blob
+    message = assert_error(stack.app.call("POST", "exports", json={"hubb": "devhub"}), 400, "UnknownField")
+    assert message == 'unknown field "hubb" in the body: did you mean "hub"?'
+    message = assert_error(stack.app.call("GET", "jobs", params={"after": "garbage"}), 400, "InvalidField")
+    assert "after" in message
+    assert_error(stack.app.call("GET", "jobs", params={"limt": "5"}), 400, "UnknownField")
+    assert_error(stack.app.call("GET", "jobs/devhub/garbage"), 400, "InvalidField")
+    assert_error(stack.app.call("POST", "jobs/devhub/garbage/cancel"), 400, "InvalidField")
+    # The ndjson body has its own cap, below Azure's 100 MB, with the way around it.
+    r = stack.app.call(
+        "POST", "imports", data=b"\n" * (64 * 2**20 + 1), headers={"content-type": "application/x-ndjson"}
+    )
+    assert "uploads/ container" in assert_error(r, 413, "BodyTooLarge")
+    assert stack.app.jobs() == [], "nothing refused started a job"
+    assert "Traceback" not in stack.app.log()
+    assert_alive(stack)
+
+
+def test_iot_central_off_is_a_404_saying_how_to_turn_it_on_and_its_jobs_stay_readable(stack: Stack) -> None:
+    stack.app.start()
+    for path in ("central/plan", "central/apply", "central/backups"):
+        message = assert_error(stack.app.call("POST", path, data=b"{}"), 404, "CentralNotConfigured")
+        assert "IOTCENTRAL_APP_URL" in message
+    # An upload under uploads/central/ while IoT Central is off is recorded as a rejected job in the central
+    # partition: users read it like any other job.
+    ledger = Ledger.from_service(stack.tables)
+    job, _ = ledger.create(
+        Job.new(
+            "central",
+            JobKind.CENTRAL_APPLY,
+            datetime.now(UTC),
+            state=JobState.REJECTED,
+            source="uploads/central/x.json",
+        )
+    )
+    assert stack.app.job("central", job.job_id)["state"] == "rejected"
+    assert [j["jobId"] for j in stack.app.jobs(hub="central")] == [job.job_id]
+    assert_alive(stack)
+
+
+def test_data_export_files_are_capped_and_a_deep_one_is_a_bad_document(central_stack: Stack) -> None:
+    stack = central_stack
+    stack.app.start()
+    r = stack.app.call("POST", "central/plan", data=b"[" * 100_000 + b"]" * 100_000)
+    assert "nested too deeply" in assert_error(r, 400, "InvalidDocument")
+    r = stack.app.call(
+        "POST", "central/plan", data=b" " * (4 * 2**20 + 1), headers={"content-type": "application/json"}
+    )
+    assert "4 MiB" in assert_error(r, 413, "BodyTooLarge")
+    assert_error(stack.app.call("POST", "central/backups", json={"now": True}), 400, "UnknownField")
     assert_alive(stack)
