@@ -77,12 +77,12 @@ def list_jobs(req: func.HttpRequest) -> func.HttpResponse:
     return _respond(api.list_jobs(services, _request(req)))
 
 
-@app.route(route="jobs/{hub}/{jobId}", methods=["GET"])
+@app.route(route="jobs/{hub}/{job_id}", methods=["GET"])
 def get_job(req: func.HttpRequest) -> func.HttpResponse:
     return _respond(api.get_job(services, _request(req)))
 
 
-@app.route(route="jobs/{hub}/{jobId}/cancel", methods=["POST"])
+@app.route(route="jobs/{hub}/{job_id}/cancel", methods=["POST"])
 def cancel_job(req: func.HttpRequest) -> func.HttpResponse:
     return _respond(api.cancel_job(services, _request(req)))
 

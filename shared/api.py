@@ -208,12 +208,12 @@ def list_jobs(svc: Services, inp: Inputs) -> Reply:
 
 @handles(schemas.GET_JOB)
 def get_job(svc: Services, inp: Inputs) -> Reply:
-    return _job_reply(svc, svc.ledger.get(_partition(svc, inp.path["hub"]), inp.path["jobId"]))
+    return _job_reply(svc, svc.ledger.get(_partition(svc, inp.path["hub"]), inp.path["job_id"]))
 
 
 @handles(schemas.CANCEL_JOB)
 def cancel_job(svc: Services, inp: Inputs) -> Reply:
-    hub, job_id = inp.path["hub"], inp.path["jobId"]
+    hub, job_id = inp.path["hub"], inp.path["job_id"]
     if _partition(svc, hub) == CENTRAL:
         raise ApiError(409, "Conflict", "an IoT Central apply runs to its end once started; it cannot be cancelled")
     job = svc.pipeline.cancel(svc.ledger.get(_hub(svc, hub), job_id))

@@ -133,9 +133,9 @@ BLOB_FIELD: dict[str, Any] = {
     "digit, and the name is 1-1024 characters, not ending in /",
 }
 JOB_PATH = fields(
-    ("hub", "jobId"),
+    ("hub", "job_id"),
     hub=PARTITION,
-    jobId={"type": "string", "pattern": JOB_ID, "description": "must be a job id such as 8234567890123-0a1b2c"},
+    job_id={"type": "string", "pattern": JOB_ID, "description": "must be a job id such as 8234567890123-0a1b2c"},
 )
 
 IMPORTS = Route(
@@ -177,8 +177,8 @@ LIST_JOBS = Route(
         },
     ),
 )
-GET_JOB = Route("GET /api/jobs/{hub}/{jobId}", path=JOB_PATH)
-CANCEL_JOB = Route("POST /api/jobs/{hub}/{jobId}/cancel", path=JOB_PATH)
+GET_JOB = Route("GET /api/jobs/{hub}/{job_id}", path=JOB_PATH)
+CANCEL_JOB = Route("POST /api/jobs/{hub}/{job_id}/cancel", path=JOB_PATH)
 _DOCUMENT = RawBody(
     DOCUMENT_MAX_BYTES,
     f"a data-export file may be at most {DOCUMENT_MAX_BYTES // 2**20} MiB; is it the right one?",

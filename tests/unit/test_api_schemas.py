@@ -47,10 +47,10 @@ def test_every_route_declares_valid_schemas_and_function_app_uses_each() -> None
 
 def test_job_ids_the_ledger_makes_pass_the_job_id_pattern() -> None:
     job_id = new_job_id(datetime.now(UTC))
-    assert check(schemas.GET_JOB, Request(path={"hub": "devhub", "jobId": job_id})).path["jobId"] == job_id
+    assert check(schemas.GET_JOB, Request(path={"hub": "devhub", "job_id": job_id})).path["job_id"] == job_id
     for bad in ("garbage", JOB + "0", JOB.upper(), "' or ''='"):
-        e = refused(schemas.GET_JOB, path={"hub": "devhub", "jobId": bad})
-        assert (e.status, e.code, e.extra["field"]) == (400, "InvalidField", "jobId")
+        e = refused(schemas.GET_JOB, path={"hub": "devhub", "job_id": bad})
+        assert (e.status, e.code, e.extra["field"]) == (400, "InvalidField", "job_id")
 
 
 @pytest.mark.parametrize(
@@ -163,7 +163,7 @@ def test_query_values_are_typed_by_their_schema() -> None:
         assert (e.code, e.extra["field"]) == ("InvalidField", field) and says in e.message, query
     e = refused(schemas.LIST_JOBS, query={"stat": "queued"})
     assert (e.code, e.message) == ("UnknownField", 'unknown field "stat" in the query: did you mean "state"?')
-    assert refused(schemas.GET_JOB, path={"hub": "devhub", "jobId": JOB}, query={"x": "1"}).code == "UnknownField"
+    assert refused(schemas.GET_JOB, path={"hub": "devhub", "job_id": JOB}, query={"x": "1"}).code == "UnknownField"
 
 
 # --- the endpoints: checks before services, and the replies -----------------------------------------------
@@ -225,6 +225,6 @@ def test_central_off_its_calls_are_404_with_the_setting_and_its_jobs_stay_readab
         assert reply.status == 404 and reply.body["error"]["code"] == "CentralNotConfigured"
         assert "IOTCENTRAL_APP_URL" in reply.body["error"]["message"]
     assert api.list_jobs(svc, Request(query={"hub": "central"})).status == 200  # type: ignore[arg-type]
-    reply = api.get_job(svc, Request(path={"hub": "central", "jobId": JOB}))  # type: ignore[arg-type]
+    reply = api.get_job(svc, Request(path={"hub": "central", "job_id": JOB}))  # type: ignore[arg-type]
     assert reply.body["error"]["code"] == "JobNotFound"  # looked up, not refused as an unknown hub
     assert svc.read == [("central", None), ("central", JOB)]
