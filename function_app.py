@@ -25,6 +25,17 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 logger = logging.getLogger("function_app")
 
 
+def _request(req: func.HttpRequest) -> api.Request:
+    """The request's parts as plain values, for the checks and handlers in shared/ (route parameters named as
+    the route declares them)."""
+    return api.Request(
+        body=req.get_body(),
+        content_type=req.headers.get("content-type", ""),
+        query=dict(req.params),
+        path=dict(req.route_params),
+    )
+
+
 def _respond(reply: api.Reply) -> func.HttpResponse:
     return func.HttpResponse(reply.json(), status_code=reply.status, mimetype="application/json")
 
@@ -58,49 +69,45 @@ def job_monitor(timer: func.TimerRequest) -> None:
 
 @app.route(route="imports", methods=["POST"])
 def start_import(req: func.HttpRequest) -> func.HttpResponse:
-    return _respond(
-        api.start_import(
-            services, body=req.get_body(), content_type=req.headers.get("content-type", ""), query=req.params
-        )
-    )
+    return _respond(api.start_import(services, _request(req)))
 
 
 @app.route(route="exports", methods=["POST"])
 def start_export(req: func.HttpRequest) -> func.HttpResponse:
-    return _respond(api.start_export(services, body=req.get_body(), query=req.params))
+    return _respond(api.start_export(services, _request(req)))
 
 
 @app.route(route="jobs", methods=["GET"])
 def list_jobs(req: func.HttpRequest) -> func.HttpResponse:
-    return _respond(api.list_jobs(services, query=req.params))
+    return _respond(api.list_jobs(services, _request(req)))
 
 
 @app.route(route="jobs/{hub}/{job_id}", methods=["GET"])
 def get_job(req: func.HttpRequest) -> func.HttpResponse:
-    return _respond(api.get_job(services, hub=req.route_params["hub"], job_id=req.route_params["job_id"]))
+    return _respond(api.get_job(services, _request(req)))
 
 
 @app.route(route="jobs/{hub}/{job_id}/cancel", methods=["POST"])
 def cancel_job(req: func.HttpRequest) -> func.HttpResponse:
-    return _respond(api.cancel_job(services, hub=req.route_params["hub"], job_id=req.route_params["job_id"]))
+    return _respond(api.cancel_job(services, _request(req)))
 
 
 @app.route(route="central/plan", methods=["POST"])
 def central_plan(req: func.HttpRequest) -> func.HttpResponse:
-    return _respond(api.central_plan(services, body=req.get_body()))
+    return _respond(api.central_plan(services, _request(req)))
 
 
 @app.route(route="central/apply", methods=["POST"])
 def central_apply(req: func.HttpRequest) -> func.HttpResponse:
-    return _respond(api.central_apply(services, body=req.get_body()))
+    return _respond(api.central_apply(services, _request(req)))
 
 
 @app.route(route="central/backups", methods=["POST"])
 def central_backup(req: func.HttpRequest) -> func.HttpResponse:
-    return _respond(api.central_backup(services))
+    return _respond(api.central_backup(services, _request(req)))
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     """Liveness probe: answers without touching storage or the hub."""
-    return _respond(api.Reply(200, {"status": "ok"}))
+    return _respond(api.health(_request(req)))

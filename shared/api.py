@@ -1,5 +1,9 @@
 """The HTTP API's logic, free of ``azure.functions``: each handler takes plain values and returns ``Reply``.
 
+Each handler is declared with its route's schemas (``@handles(schemas.EXPORTS)``, see ``api_schemas``): it runs
+only with inputs that passed them. Adding a route: a ``Route`` in ``api_schemas``, a handler here, a trigger in
+``function_app.py`` that hands over ``Request`` and answers the ``Reply``.
+
 Errors are JSON ``{"error": {"code": ..., "message": ...}}`` with a message that says what to change; nothing
 internal (stack traces, keys, SAS) ever reaches a reply. Report links are read-only SAS links valid 15 minutes.
 """
@@ -14,8 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from . import api_schemas as schemas
+from .api_schemas import ApiError, Inputs, Request, Route
 from .central import PARTITION as CENTRAL
-from .central import is_central_upload
+from .central import Central, is_central_upload
 from .config import ConfigError
 from .dataexport import DocumentError
 from .iotcentral import IoTCentralError
@@ -25,10 +31,12 @@ from .pipeline import CannotCancel
 from .services import Services
 from .storage import BlobRef, StorageError
 
+__all__ = ["ApiError", "Reply", "Request", "error"]
+
 logger = logging.getLogger(__name__)
 
-MAX_PAGE = 200
 APPLY_WAIT = timedelta(seconds=60)
+CENTRAL_SETTING = "IOTCENTRAL_APP_URL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,63 +48,67 @@ class Reply:
         return json.dumps(self.body, indent=2)
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+def error(status: int, code: str, message: str, **extra: Any) -> Reply:
+    return Reply(status, {"error": {"code": code, "message": message, **extra}})
 
 
-def error(status: int, code: str, message: str) -> Reply:
-    return Reply(status, {"error": {"code": code, "message": message}})
+Handler = Callable[[Services, Inputs], Reply]
+Endpoint = Callable[[Services | Callable[[], Services], Request], Reply]
 
 
-def guarded(handler: Callable[..., Reply]) -> Callable[..., Reply]:
-    """Turn every failure into a JSON error reply; unexpected ones are logged, never shown.
+def handles(route: Route) -> Callable[[Handler], Endpoint]:
+    """Make ``handler`` the endpoint of ``route``: its request is checked against the route's schemas, then the
+    handler runs with the services and the checked inputs, all under ``guarded``.
 
-    The first argument may be the ``services`` factory itself, so that a configuration error met while building
-    the services is answered as JSON too.
+    The endpoint's first argument may be the ``services`` factory itself: it is called only once the request has
+    passed its checks (bad input is a 4xx whatever the configuration), and a configuration error met while
+    building the services is answered as JSON too.
     """
 
-    def run(svc: Services | Callable[[], Services], /, **kwargs: Any) -> Reply:
-        try:
-            return handler(svc if isinstance(svc, Services) else svc(), **kwargs)
-        except ApiError as exc:
-            return error(exc.status, exc.code, exc.message)
-        except ConfigError as exc:
-            logger.error("configuration: %s", exc)
-            return error(500, "Misconfigured", f"the app is misconfigured: {exc}")
-        except JobNotFound:
-            return error(404, "JobNotFound", "no such job: check the hub name and job id (GET /api/jobs lists them)")
-        except (CannotCancel, LedgerConflict) as exc:
-            return error(409, "Conflict", str(exc) or "the job changed meanwhile; read it again and retry")
-        except DocumentError as exc:
-            reply = error(400, "InvalidDocument", f"{exc}; nothing was changed (see problems)")
-            reply.body["error"]["problems"] = [p.public() for p in exc.problems]
-            return reply
-        except IoTHubError as exc:
-            return error(502, "IoTHubError", f"the IoT hub refused the request: {exc}")
-        except IoTCentralError as exc:
-            return error(502, "IoTCentralError", f"IoT Central refused the request: {exc}")
-        except (StorageError, LedgerError) as exc:
-            return error(503, "StorageUnavailable", f"storage is not answering: {exc}; retry shortly")
-        except Exception:
-            logger.exception("unexpected error in %s", handler.__name__)
-            return error(500, "InternalError", "unexpected error; the app's log has the details")
+    def wrap(handler: Handler) -> Endpoint:
+        def run(svc: Services | Callable[[], Services], request: Request, /) -> Reply:
+            def work(inputs: Inputs) -> Reply:
+                return handler(svc if isinstance(svc, Services) else svc(), inputs)
 
-    run.__name__ = handler.__name__
-    return run
+            return guarded(route, request, work, handler.__name__)
+
+        run.__name__ = handler.__name__
+        run.__doc__ = handler.__doc__
+        return run
+
+    return wrap
 
 
-def _body(raw: bytes) -> dict[str, Any]:
-    if not raw.strip():
-        return {}
+def guarded(route: Route, request: Request, work: Callable[[Inputs], Reply], where: str) -> Reply:
+    """``work`` on the request's checked inputs; every failure becomes a JSON error reply: the domain errors their
+    4xx/5xx, anything unexpected a 500 that is logged and shows nothing."""
     try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise ApiError(400, "InvalidJson", f"the request body is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ApiError(400, "InvalidJson", "the request body must be a JSON object")
-    return doc
+        return work(schemas.check(route, request))
+    except ApiError as exc:
+        return error(exc.status, exc.code, exc.message, **exc.extra)
+    except ConfigError as exc:
+        logger.error("configuration: %s", exc)
+        return error(500, "Misconfigured", f"the app is misconfigured: {exc}")
+    except JobNotFound:
+        return error(404, "JobNotFound", "no such job: check the hub name and job id (GET /api/jobs lists them)")
+    except (CannotCancel, LedgerConflict) as exc:
+        return error(409, "Conflict", str(exc) or "the job changed meanwhile; read it again and retry")
+    except DocumentError as exc:
+        reply = error(400, "InvalidDocument", f"{exc}; nothing was changed (see problems)")
+        reply.body["error"]["problems"] = [p.public() for p in exc.problems]
+        return reply
+    except IoTHubError as exc:
+        return error(502, "IoTHubError", f"the IoT hub refused the request: {exc}")
+    except IoTCentralError as exc:
+        return error(502, "IoTCentralError", f"IoT Central refused the request: {exc}")
+    except (StorageError, LedgerError) as exc:
+        return error(503, "StorageUnavailable", f"storage is not answering: {exc}; retry shortly")
+    except RecursionError:  # input nested deeper than a parser past the schema check could follow
+        logger.warning("input nested too deeply in %s", where)
+        return error(400, "InvalidJson", "the request is nested too deeply to be read")
+    except Exception:
+        logger.exception("unexpected error in %s", where)
+        return error(500, "InternalError", "unexpected error; the app's log has the details")
 
 
 def _hub(svc: Services, name: str | None) -> str:
@@ -110,8 +122,21 @@ def _hub(svc: Services, name: str | None) -> str:
 
 
 def _partition(svc: Services, name: str) -> str:
-    """A ledger partition to read jobs from: a hub, or ``central`` (IoT Central applies) when it is configured."""
-    return CENTRAL if name == CENTRAL and svc.central is not None else _hub(svc, name)
+    """A ledger partition to read jobs from: a hub, or ``central`` (IoT Central applies). ``central`` is readable
+    also while IoT Central is not configured: a data-export upload is then recorded there as a rejected job."""
+    return CENTRAL if name == CENTRAL else _hub(svc, name)
+
+
+def _central(svc: Services) -> Central:
+    """IoT Central, for the calls that use it; an optional feature that is off is a 404 saying how to turn it on."""
+    if svc.central is None:
+        raise ApiError(
+            404,
+            "CentralNotConfigured",
+            f"IoT Central data export is not configured in this app: set {CENTRAL_SETTING} to the IoT Central "
+            "app's URL (and IOTCENTRAL_API_TOKEN, or give the app's managed identity access) to use it",
+        )
+    return svc.central
 
 
 def _links(svc: Services, reports: Mapping[str, str]) -> dict[str, str]:
@@ -129,31 +154,21 @@ def _job_reply(svc: Services, job: Job, status: int = 200) -> Reply:
     return Reply(status, body)
 
 
-# --- handlers -------------------------------------------------------------------------------------------
+# --- handlers: one per route, each declared with its schemas (api_schemas) -------------------------------
 
 
-@guarded
-def start_import(svc: Services, *, body: bytes, content_type: str, query: Mapping[str, str]) -> Reply:
+@handles(schemas.IMPORTS)
+def start_import(svc: Services, inp: Inputs) -> Reply:
     """Start an import from a blob already in storage (JSON ``{"blob": "container/name", "hub": ...}``), or from
     the request body itself (``Content-Type: application/x-ndjson``, ``?hub=``)."""
     uploads = svc.settings.containers.uploads
-    if content_type.split(";", maxsplit=1)[0].strip() in ("application/x-ndjson", "application/jsonl", "text/plain"):
-        if not body.strip():
-            raise ApiError(400, "EmptyBody", "the request body holds no devices: send one JSON object per line")
-        hub = _hub(svc, query.get("hub"))
+    if inp.raw is not None:
+        hub = _hub(svc, inp.query.get("hub"))
         name = f"{hub}/api-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}.jsonl"
-        etag = svc.storage.upload_bytes(uploads, name, body, overwrite=False)
+        etag = svc.storage.upload_bytes(uploads, name, inp.raw, overwrite=False)
         ref = BlobRef(uploads, name, etag)
     else:
-        doc = _body(body)
-        blob = doc.get("blob")
-        if not isinstance(blob, str) or "/" not in blob:
-            raise ApiError(
-                400,
-                "MissingBlob",
-                'give "blob": "<container>/<name>" of a devices file in storage, or send the file itself '
-                "with Content-Type: application/x-ndjson",
-            )
+        blob: str = inp.body["blob"]
         container, _, name = blob.partition("/")
         if is_central_upload(name):
             raise ApiError(
@@ -161,7 +176,7 @@ def start_import(svc: Services, *, body: bytes, content_type: str, query: Mappin
                 "NotADevicesFile",
                 f"'{blob}' is under central/, where IoT Central data-export files go: use POST /api/central/apply",
             )
-        hub = _hub(svc, doc.get("hub") or query.get("hub") or svc.hub_for_upload(name))
+        hub = _hub(svc, inp.body.get("hub") or inp.query.get("hub") or svc.hub_for_upload(name))
         props = svc.storage.properties(BlobRef(container, name))
         if props is None:
             raise ApiError(404, "BlobNotFound", f"no blob '{blob}' in storage: upload it first or fix the path")
@@ -170,87 +185,73 @@ def start_import(svc: Services, *, body: bytes, content_type: str, query: Mappin
     return _job_reply(svc, job, 202 if not job.state.is_terminal else 200)
 
 
-@guarded
-def start_export(svc: Services, *, body: bytes, query: Mapping[str, str]) -> Reply:
+@handles(schemas.EXPORTS)
+def start_export(svc: Services, inp: Inputs) -> Reply:
     """Queue an export now: ``{"hub": ..., "includeKeys": false}``; no hub means every configured hub."""
-    doc = _body(body)
-    keys = doc.get("includeKeys", query.get("includeKeys", False))
-    if isinstance(keys, str):  # from the query string: only the two words, never a guess
-        keys = {"true": True, "false": False}.get(keys.lower(), keys)
-    if not isinstance(keys, bool):
-        raise ApiError(400, "InvalidField", '"includeKeys" must be true or false')
-    name = doc.get("hub") or query.get("hub")
+    keys: bool = inp.body.get("includeKeys", inp.query.get("includeKeys", False))
+    name = inp.body.get("hub") or inp.query.get("hub")
     hubs = [_hub(svc, name)] if name else list(svc.settings.hubs)
     jobs = [svc.export(hub, include_keys=keys, source="http").public() for hub in hubs]
     return Reply(202, {"jobs": jobs})
 
 
-@guarded
-def list_jobs(svc: Services, *, query: Mapping[str, str]) -> Reply:
+@handles(schemas.LIST_JOBS)
+def list_jobs(svc: Services, inp: Inputs) -> Reply:
     """``?hub=&state=running,queued&limit=50&after=<job id>``: newest first; ``next`` is the next page's after."""
-    hub = _partition(svc, query["hub"]) if query.get("hub") else None
-    states: set[JobState] | None = None
-    if query.get("state"):
-        try:
-            states = {JobState(s.strip()) for s in query["state"].split(",") if s.strip()}
-        except ValueError:
-            raise ApiError(
-                400, "InvalidState", f"state must be among: {', '.join(s.value for s in JobState)}"
-            ) from None
-    try:
-        limit = int(query.get("limit", "50"))
-    except ValueError:
-        raise ApiError(400, "InvalidLimit", f"limit must be a number from 1 to {MAX_PAGE}") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise ApiError(400, "InvalidLimit", f"limit must be a number from 1 to {MAX_PAGE}")
-    page, after = svc.ledger.list_jobs(hub, states=states, limit=limit, after=query.get("after") or None)
+    hub = _partition(svc, inp.query["hub"]) if "hub" in inp.query else None
+    states = {JobState(s) for s in inp.query["state"]} if inp.query.get("state") else None
+    page, after = svc.ledger.list_jobs(
+        hub, states=states, limit=inp.query.get("limit", 50), after=inp.query.get("after")
+    )
     return Reply(200, {"jobs": [j.public() for j in page], "next": after})
 
 
-@guarded
-def get_job(svc: Services, *, hub: str, job_id: str) -> Reply:
-    return _job_reply(svc, svc.ledger.get(_partition(svc, hub), job_id))
+@handles(schemas.GET_JOB)
+def get_job(svc: Services, inp: Inputs) -> Reply:
+    return _job_reply(svc, svc.ledger.get(_partition(svc, inp.path["hub"]), inp.path["job_id"]))
 
 
-@guarded
-def cancel_job(svc: Services, *, hub: str, job_id: str) -> Reply:
+@handles(schemas.CANCEL_JOB)
+def cancel_job(svc: Services, inp: Inputs) -> Reply:
+    hub, job_id = inp.path["hub"], inp.path["job_id"]
     if _partition(svc, hub) == CENTRAL:
         raise ApiError(409, "Conflict", "an IoT Central apply runs to its end once started; it cannot be cancelled")
     job = svc.pipeline.cancel(svc.ledger.get(_hub(svc, hub), job_id))
     return _job_reply(svc, job, 202 if not job.state.is_terminal else 200)
 
 
+def health(request: Request) -> Reply:
+    """Liveness: answers without building the services (no settings, storage or hub needed)."""
+    return guarded(schemas.HEALTH, request, lambda _: Reply(200, {"status": "ok"}), "health")
+
+
 # --- IoT Central data export ----------------------------------------------------------------------------
 
 
-def _document(body: bytes) -> bytes:
-    if not body.strip():
-        raise ApiError(400, "EmptyBody", "send the data-export file (JSON) as the request body")
-    return body
-
-
-@guarded
-def central_plan(svc: Services, *, body: bytes) -> Reply:
+@handles(schemas.CENTRAL_PLAN)
+def central_plan(svc: Services, inp: Inputs) -> Reply:
     """What applying the file in the body would change; changes nothing and records no job."""
-    _, _, plan = svc.require_central().plan(_document(body))
+    assert inp.raw is not None  # the route takes every body as the file
+    _, _, plan = _central(svc).plan(inp.raw)
     return Reply(200, plan.public())
 
 
-@guarded
-def central_apply(svc: Services, *, body: bytes) -> Reply:
+@handles(schemas.CENTRAL_APPLY)
+def central_apply(svc: Services, inp: Inputs) -> Reply:
     """Apply the file in the body: it is kept as ``uploads/central/api-<time>.json`` and applied as that upload
     would be (one ledger job with a report); the reply is the finished job (202 with the running one if it takes
     longer than ``APPLY_WAIT``)."""
-    central = svc.require_central()
+    assert inp.raw is not None
+    central = _central(svc)
     name = f"central/api-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}.json"
     uploads = svc.settings.containers.uploads
-    etag = svc.storage.upload_bytes(uploads, name, _document(body), overwrite=False)
+    etag = svc.storage.upload_bytes(uploads, name, inp.raw, overwrite=False)
     # The blob trigger sees the same upload and may be applying it already: then wait for that instance to finish.
     job = central.wait(svc.on_upload(uploads, name, etag), APPLY_WAIT)
     return _job_reply(svc, job, 200 if job.state.is_terminal else 202)
 
 
-@guarded
-def central_backup(svc: Services) -> Reply:
+@handles(schemas.CENTRAL_BACKUP)
+def central_backup(svc: Services, inp: Inputs) -> Reply:
     """Back up the app's data-export configuration now (one folder per hour: a repeat finds the same one)."""
-    return Reply(200, svc.require_central().backup(retention_days=svc.settings.backup_retention_days))
+    return Reply(200, _central(svc).backup(retention_days=svc.settings.backup_retention_days))

@@ -10,8 +10,12 @@ It reads the app's own metadata (``app.get_functions()``) and calls the user fun
   done, as the real host's receipts do; a failing blob is retried on later scans and after five failures a
   message goes to the ``webjobs-blobtrigger-poison`` queue and the blob is left alone.
 
-Differences from the real host, on purpose: the admin endpoint answers when the invocation has finished (the
-real one answers 202 at once), which keeps tests free of waits; keys are fixed development keys unless given.
+Requests are refused as the real host refuses them: a method no function takes on a route (TRACE, FOO, HEAD on
+a GET route, GET on a POST route) is 404, not 405; a bad Content-Length is 400 and a body over Azure's 100 MB limit
+413, both without reading the body. Differences on purpose: errors are JSON ``{"error": {"code", "message"}}``
+(PascalCase codes, as the app's; the real host answers 401/404 with an empty body), the admin endpoint answers
+when the invocation has finished (the real one answers 202 at once), which keeps tests free of waits; keys are
+fixed development keys unless given.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import Any
@@ -50,6 +55,10 @@ MASTER_KEY = "local-dev-master-key-00000000000000000000000000"
 HOSTS_CONTAINER = "azure-webjobs-hosts"
 POISON_QUEUE = "webjobs-blobtrigger-poison"
 MAX_TRIES = 5
+# Azure's limit on an HTTP request to a function app; a larger body is refused before it is read.
+MAX_REQUEST_BYTES = 100 * 1024 * 1024
+TOO_LARGE = "the request body is over Azure's 100 MB limit for HTTP requests; upload large files to storage instead"
+READ_TIMEOUT_SECONDS = 60
 _SETTING = re.compile(r"%([^%]+)%")
 
 
@@ -180,6 +189,14 @@ class FunctionsHost:
         for binding in self.blobs:
             yield f"{binding.function}: blobTrigger {binding.trigger['path']}"
 
+    def route(self, method: str, route: str) -> tuple[re.Match[str], str, Binding] | None:
+        """The HTTP function taking ``method`` on ``route`` (under /api/): its match, auth level and binding."""
+        for pattern, methods, auth, binding in self.http:
+            match = pattern.match(route)
+            if match and method in methods:
+                return match, auth, binding
+        return None
+
     # --- invoking -------------------------------------------------------------------------------------
 
     def invoke(self, name: str) -> None:
@@ -303,52 +320,126 @@ class FunctionsHost:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # A client that stops sending mid-request must not hold a thread forever.
+            timeout = READ_TIMEOUT_SECONDS
 
             def log_message(self, format: str, *args: Any) -> None:
                 # The query string may carry ?code=<key>: log the path only.
-                logger.debug("%s %s", self.command, urlsplit(self.path).path)
+                # A request line too bad to parse leaves no path.
+                logger.debug("%s %s", self.command, urlsplit(getattr(self, "path", "")).path)
+
+            def __getattr__(self, name: str) -> Any:
+                # Every method, known or not (TRACE, FOO), reaches the router, which answers a method no function
+                # takes as the real host does (404), instead of http.server's HTML 501 page.
+                if name.startswith("do_"):
+                    return self._dispatch
+                raise AttributeError(name)
+
+            def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+                # http.server's own refusals (a bad request line, headers too large) as JSON, never its HTML page.
+                self.close_connection = True
+                self._error(code, _code_name(code), message or HTTPStatus(code).phrase)
 
             def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
                 headers = {"Content-Type": "application/json", **(headers or {})}
                 for k, v in headers.items():
                     self.send_header(k, v)
+                if self.close_connection:  # a refused request's body is left unread: the connection cannot go on
+                    self.send_header("Connection", "close")
+                if self.command == "HEAD":  # a HEAD reply has headers only
+                    body = b""
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
 
-            def _error(self, status: int, message: str) -> None:
-                self._send(status, json.dumps({"error": {"code": str(status), "message": message}}).encode())
+            def _error(self, status: int, code: str, message: str) -> None:
+                self._send(status, json.dumps({"error": {"code": code, "message": message}}).encode())
+
+            def _body_length(self) -> int | None:
+                """The declared body size, or None once a refusal is sent (a bad or negative Content-Length, or a
+                body over Azure's 100 MB limit: refused before reading it)."""
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                    return -1
+                raw = (self.headers.get("Content-Length") or "0").strip()
+                if not (raw.isascii() and raw.isdigit()):  # isdigit alone takes '²', and int() refuses it
+                    self.close_connection = True
+                    self._error(400, "InvalidContentLength", f"Content-Length '{raw[:40]}' is not a byte count")
+                    return None
+                # Compared as text first: int() refuses over 4300 digits.
+                if len(raw.lstrip("0")) > 12 or int(raw) > MAX_REQUEST_BYTES:
+                    self.close_connection = True
+                    self._error(413, "BodyTooLarge", TOO_LARGE)
+                    return None
+                return int(raw)
+
+            def _read_body(self, length: int) -> bytes | None:
+                """The body (``length`` -1: chunked), or None once a refusal is sent."""
+                try:
+                    return self._read_chunked() if length < 0 else self.rfile.read(length)
+                except _Refused as exc:
+                    self.close_connection = True
+                    self._error(exc.status, exc.code, exc.message)
+                except TimeoutError:
+                    self.close_connection = True
+                    self._error(408, "RequestTimeout", f"the body did not arrive within {READ_TIMEOUT_SECONDS} s")
+                return None
+
+            def _read_chunked(self) -> bytes:
+                chunks: list[bytes] = []
+                size = 0
+                while True:
+                    line = self.rfile.readline(1024).split(b";", 1)[0].strip()
+                    try:
+                        n = int(line, 16)
+                    except ValueError:
+                        raise _Refused(400, "InvalidChunk", "the chunked body is malformed") from None
+                    if n < 0:
+                        raise _Refused(400, "InvalidChunk", "the chunked body is malformed")
+                    size += n
+                    if size > MAX_REQUEST_BYTES:
+                        raise _Refused(413, "BodyTooLarge", TOO_LARGE)
+                    if n == 0:
+                        while self.rfile.readline(8192).strip():  # trailers, up to the blank line
+                            pass
+                        return b"".join(chunks)
+                    chunks.append(self.rfile.read(n))
+                    self.rfile.readline(8)  # the CRLF after the chunk
 
             def _dispatch(self) -> None:
                 parts = urlsplit(self.path)
                 query = dict(parse_qsl(parts.query))
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                length = self._body_length()
+                if length is None:
+                    return
+                # Until the body is read, a refusal leaves it on the wire: close the connection after it.
+                self.close_connection = length != 0
                 key = self.headers.get("x-functions-key") or query.get("code")
                 if parts.path.startswith("/admin/functions/"):
-                    self._admin(parts.path.removeprefix("/admin/functions/"), key)
+                    body = self._read_body(length)
+                    if body is not None:
+                        self.close_connection = False
+                        self._admin(parts.path.removeprefix("/admin/functions/"), key)
                     return
-                if not parts.path.startswith("/api/"):
-                    self._error(404, "not found: routes live under /api/")
+                route = parts.path.removeprefix("/api/").rstrip("/") if parts.path.startswith("/api/") else None
+                # As the real host: a route no function takes with this method (or at all) is 404, never 405.
+                found = host.route(self.command, route) if route is not None else None
+                if found is None:
+                    self._error(404, "NotFound", f"no function takes {self.command} {parts.path}")
                     return
-                route = parts.path.removeprefix("/api/").rstrip("/")
-                matched = [(p.match(route), m, a, b) for p, m, a, b in host.http]
-                matched = [x for x in matched if x[0]]
-                if not matched:
-                    self._error(404, f"no function at /api/{route}")
+                match, auth, binding = found
+                if auth != "anonymous":
+                    keys = (host.master_key,) if auth == "admin" else (host.function_key, host.master_key)
+                    if not key:
+                        self._error(401, "MissingFunctionKey", "a function key is required: x-functions-key or ?code=")
+                        return
+                    if key not in keys:
+                        self._error(401, "InvalidFunctionKey", "the function key is not valid for this function")
+                        return
+                body = self._read_body(length)
+                if body is None:
                     return
-                allowed = [x for x in matched if self.command in x[1]]
-                if not allowed:
-                    self._error(405, f"method {self.command} is not allowed here")
-                    return
-                match, _, auth, binding = allowed[0]
-                assert match is not None
-                if auth != "anonymous" and key not in (
-                    (host.master_key,) if auth == "admin" else (host.function_key, host.master_key)
-                ):
-                    self._error(401, "a function key is required: x-functions-key header or ?code=")
-                    return
+                self.close_connection = False
                 request = func.HttpRequest(
                     self.command,
                     f"{host.url}{parts.path}",
@@ -361,7 +452,7 @@ class FunctionsHost:
                     response = binding.call(**{binding.trigger["name"]: request})
                 except Exception:
                     logger.exception("Executed 'Functions.%s' (Failed)", binding.function)
-                    self._error(500, "the function failed; see the host log")
+                    self._error(500, "InternalError", "the function failed; see the host log")
                     return
                 headers = dict(response.headers.items())
                 headers["Content-Type"] = response.mimetype or headers.get("Content-Type", "text/plain")
@@ -369,22 +460,33 @@ class FunctionsHost:
 
             def _admin(self, name: str, key: str | None) -> None:
                 if self.command != "POST":
-                    self._error(405, "POST /admin/functions/<name> fires a function")
+                    self._error(404, "NotFound", "POST /admin/functions/<name> fires a function")
+                elif not key:
+                    self._error(401, "MissingMasterKey", "the master key is required: x-functions-key or ?code=")
                 elif key != host.master_key:
-                    self._error(401, "the master key is required")
+                    self._error(401, "InvalidMasterKey", "the key given is not the master key")
                 elif name not in host.timers:
-                    self._error(404, f"no timer function named {name}")
+                    self._error(404, "NotFound", f"no timer function named {name}")
                 else:
                     try:
                         host.invoke(name)
                     except Exception as exc:
-                        self._error(500, f"{name} failed: {type(exc).__name__}")
+                        self._error(500, "InternalError", f"{name} failed: {type(exc).__name__}")
                         return
                     self._send(202, json.dumps({"function": name, "status": "completed"}).encode())
 
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
-
         return Handler
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _code_name(status: int) -> str:
+    """A status as a PascalCase error code, as the app names its own (414 -> UriTooLong)."""
+    return "".join(word.capitalize() for word in HTTPStatus(status).phrase.replace("-", " ").split())
 
 
 def _blob_client(connection: str, container: str, name: str) -> Any:

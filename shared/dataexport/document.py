@@ -113,6 +113,8 @@ def parse(raw: bytes) -> Document:
         raise DocumentError(
             [Problem("(file)", f"not valid JSON: {exc.msg} (column {exc.colno})", exc.lineno)]
         ) from None
+    except RecursionError:  # nested thousands deep: the parser's stack runs out long before the size cap
+        raise DocumentError([Problem("(file)", "nested too deeply to be a data-export file")]) from None
     checker = _Checker(text)
     doc = checker.document(top)
     if checker.problems:

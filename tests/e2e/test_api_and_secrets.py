@@ -22,14 +22,15 @@ from .test_imports import hub_jobs
 def test_api_needs_a_key_and_answers_errors_as_json(stack: Stack) -> None:
     stack.app.start()
     assert stack.app.call("GET", "health", key=None).json() == {"status": "ok"}
-    assert stack.app.call("GET", "jobs", key=None).status_code == 401
-    assert stack.app.call("GET", "jobs", key="wrong").status_code == 401
+    for key, code in ((None, "MissingFunctionKey"), ("wrong", "InvalidFunctionKey")):
+        r = stack.app.call("GET", "jobs", key=key)
+        assert (r.status_code, r.json()["error"]["code"]) == (401, code)
     cases = [
-        ("GET", "jobs?state=done", 400, "InvalidState"),
-        ("GET", "jobs?limit=0", 400, "InvalidLimit"),
+        ("GET", "jobs?state=done", 400, "InvalidField"),
+        ("GET", "jobs?limit=0", 400, "InvalidField"),
         ("GET", "jobs?hub=nohub", 404, "UnknownHub"),
         ("GET", "jobs/devhub/0000000000000-000000", 404, "JobNotFound"),
-        ("POST", "imports", 400, "MissingBlob"),
+        ("POST", "imports", 400, "MissingField"),
         ("POST", "exports?includeKeys=perhaps", 400, "InvalidField"),
     ]
     for method, path, status, code in cases:

@@ -30,6 +30,9 @@ def test_syntax_errors_give_the_line() -> None:
     ]
     assert problems(b"\xff\xfe") == ["(file): not UTF-8 (byte 0); save the file as UTF-8"]
     assert problems([]) == ['(file): must be a JSON object with "destinations" and "exports"']
+    # Under the size cap but deeper than the parser's stack (a RecursionError, once a 500 from the API and a
+    # failing blob trigger): a problem like any other.
+    assert problems(b"[" * 100_000 + b"]" * 100_000) == ["(file): nested too deeply to be a data-export file"]
 
 
 def test_literal_and_masked_secrets_are_refused_without_echoing_them() -> None:
