@@ -77,6 +77,11 @@ def start_export(req: func.HttpRequest) -> func.HttpResponse:
     return _respond(api.start_export(services, _request(req)))
 
 
+@app.route(route="restores", methods=["POST"])
+def start_restore(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.start_restore(services, _request(req)))
+
+
 @app.route(route="jobs", methods=["GET"])
 def list_jobs(req: func.HttpRequest) -> func.HttpResponse:
     return _respond(api.list_jobs(services, _request(req)))

@@ -27,9 +27,9 @@ from .dataexport import DocumentError
 from .iotcentral import IoTCentralError
 from .iothub import IoTHubError
 from .ledger import Job, JobNotFound, JobState, LedgerConflict, LedgerError
-from .pipeline import CannotCancel
+from .pipeline import CannotCancel, NotABackup
 from .services import Services
-from .storage import BlobRef, StorageError
+from .storage import BlobRef, StorageError, UploadChanged
 
 __all__ = ["ApiError", "Reply", "Request", "error"]
 
@@ -93,6 +93,10 @@ def guarded(route: Route, request: Request, work: Callable[[Inputs], Reply], whe
         return error(404, "JobNotFound", "no such job: check the hub name and job id (GET /api/jobs lists them)")
     except (CannotCancel, LedgerConflict) as exc:
         return error(409, "Conflict", str(exc) or "the job changed meanwhile; read it again and retry")
+    except NotABackup as exc:
+        return error(404, "NotABackup", str(exc))
+    except UploadChanged:
+        return error(409, "BlobChanged", "the blob was replaced while it was being read: send the request again")
     except DocumentError as exc:
         reply = error(400, "InvalidDocument", f"{exc}; nothing was changed (see problems)")
         reply.body["error"]["problems"] = [p.public() for p in exc.problems]
@@ -193,6 +197,13 @@ def start_export(svc: Services, inp: Inputs) -> Reply:
     hubs = [_hub(svc, name)] if name else list(svc.settings.hubs)
     jobs = [svc.export(hub, include_keys=keys, source="http").public() for hub in hubs]
     return Reply(202, {"jobs": jobs})
+
+
+@handles(schemas.RESTORES)
+def start_restore(svc: Services, inp: Inputs) -> Reply:
+    """Restore a backup of a hub: ``{"hub": ..., "backup": "<stamp>" | "latest"}`` (no hub: the default one)."""
+    job = svc.restore(_hub(svc, inp.body.get("hub")), inp.body["backup"])
+    return _job_reply(svc, job, 202 if not job.state.is_terminal else 200)
 
 
 @handles(schemas.LIST_JOBS)

@@ -154,6 +154,19 @@ EXPORTS = Route(
     query=fields(hub=HUB, includeKeys=INCLUDE_KEYS),
     body=fields(hub=HUB, includeKeys=INCLUDE_KEYS),
 )
+RESTORES = Route(
+    "POST /api/restores",
+    body=fields(
+        ("backup",),
+        hub=HUB,
+        backup={
+            "type": "string",
+            "pattern": r"^[A-Za-z0-9/_.-]{1,200}$",
+            "description": "must name a backup folder of the hub: its UTC stamp (20261201T020000Z), "
+            "<hub>/<stamp>, or latest",
+        },
+    ),
+)
 LIST_JOBS = Route(
     "GET /api/jobs",
     query=fields(

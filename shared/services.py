@@ -135,6 +135,11 @@ class Services:
         job, created = self.pipeline.queue_export(hub, include_keys=include_keys, source=source, key=key)
         return self._start(job) if created else job
 
+    def restore(self, hub: str, backup: str) -> Job:
+        """Queue a restore of a backup folder of ``hub`` and start it if the hub is idle."""
+        job = self.pipeline.accept_restore(hub, backup)
+        return self._start(job) if job.state is JobState.QUEUED else job
+
     def _start(self, job: Job) -> Job:
         """Start the hub's next job now if the hub is idle; ``job`` as it stands afterwards.
 
