@@ -75,13 +75,16 @@ def validate_stream(
     stream: BinaryIO | Iterable[bytes],
     *,
     max_errors: int = 100,
+    max_warnings: int | None = None,
     sink: Callable[[bytes], None] | None = None,
 ) -> ValidationReport:
     """Validate a devices file; optionally pass the valid, normalized lines (LF-terminated) to ``sink``.
 
+    The report keeps the first ``max_errors`` errors and ``max_warnings`` (by default as many) warnings.
+
     ``sink`` receives batches of whole lines; when the report is not valid, what it received must be discarded.
     """
-    report = ValidationReport(max_errors=max_errors)
+    report = ValidationReport(max_errors=max_errors, max_warnings=max_errors if max_warnings is None else max_warnings)
     check = LineChecker(report).check
     add = report.add
     seen = SeenIds()
