@@ -1,7 +1,9 @@
 """The ExportImportDevice JSON-lines format: its rules, and a streaming validator of files of any size.
 
-``rules`` holds the format and the full check that explains every finding; ``fast`` proves the usual lines valid
-cheaply; ``seen`` finds repeated ids with bounded memory; ``stream`` reads a file in chunks and ties them together.
+``rules`` holds the format and the full check that explains every finding; ``fields`` the keys of each object of
+the format and what an unknown one is a slip of; ``fast`` proves the usual lines valid cheaply; ``seen`` finds
+repeated ids with bounded memory; ``sniff`` tells a compressed or UTF-16 file from its first bytes; ``stream`` reads
+a file in chunks and ties them together.
 """
 
 from .rules import (

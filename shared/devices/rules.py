@@ -287,8 +287,10 @@ class LineChecker:
                     )
 
         check_keys(obj, LINE)
-        if dev is None or dev == "":
+        if dev is None:
             add(Code.MISSING_FIELD, "The line has no 'id': every line needs the device id.", "id")
+        elif dev == "":
+            add(Code.INVALID_DEVICE_ID, "deviceId is empty: 'id' must hold the device id (1-128 characters).", "id")
         elif not isinstance(dev, str):
             add(Code.WRONG_TYPE, "'id' must be a string.", "id")
         elif not DEVICE_ID_RE.fullmatch(dev):
@@ -301,7 +303,9 @@ class LineChecker:
         mod = raw_mod
         mid = None
         if mod is not None:
-            if not isinstance(mod, str) or not MODULE_ID_RE.fullmatch(mod):
+            if mod == "":
+                add(Code.INVALID_MODULE_ID, "moduleId is empty: give the module id, or leave it out.", "moduleId")
+            elif not isinstance(mod, str) or not MODULE_ID_RE.fullmatch(mod):
                 add(Code.INVALID_MODULE_ID, f"Module id {_dumps(mod).decode()[:140]} is invalid.", "moduleId")
             elif mod in EDGE_SYSTEM_MODULES:
                 add(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import codecs
+import gzip
 import io
 import json
 from typing import Any
@@ -109,6 +111,8 @@ def test_valid_lines_pass_with_counts() -> None:
     ("line", "code", "field", "hint"),
     [
         ({"status": "enabled"}, Code.MISSING_FIELD, "id", "device id"),
+        (dev(""), Code.INVALID_DEVICE_ID, "id", "deviceId is empty"),
+        ({"id": "d", "moduleId": ""}, Code.INVALID_MODULE_ID, "moduleId", "moduleId is empty"),
         (dev(importMode="CreateOrUpdate"), Code.INVALID_IMPORT_MODE, "importMode", "use 'createOrUpdate'"),
         (dev(importMode="upsert"), Code.INVALID_IMPORT_MODE, "importMode", "one of"),
         (dev(status="Enabled"), Code.INVALID_STATUS, "status", "use 'enabled'"),
@@ -431,6 +435,49 @@ def test_bom_crlf_and_blank_lines_are_tolerated_and_normalized() -> None:
 def test_not_utf8() -> None:
     report = run(raw=b'{"id":"a","status":"enabled"}\n{"id":"\xff\xfe","status":"enabled"}\n')
     assert [(f.line, f.code) for f in report.errors] == [(2, Code.NOT_UTF8)]
+
+
+GOOD_BODY = "".join(json.dumps(dev(f"d{i}")) + "\n" for i in range(200))
+
+
+def in_chunks(body: bytes, size: int) -> list[bytes]:
+    return [body[i : i + size] for i in range(0, len(body), size)]
+
+
+@pytest.mark.parametrize("size", [1, 5, 1 << 20])
+def test_a_gzip_file_gets_one_finding_that_says_so(size: int) -> None:
+    out: list[bytes] = []
+    report = validate_stream(in_chunks(gzip.compress(GOOD_BODY.encode()), size), sink=out.append)
+    assert [(f.line, f.code) for f in report.errors] == [(0, Code.COMPRESSED_FILE)]
+    assert report.error_count == 1 and not report.valid and out == []
+    assert "the file is gzip-compressed: upload it uncompressed" in report.errors[0].message.lower()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "bom", "named"),
+    [
+        ("utf-16-le", codecs.BOM_UTF16_LE, "UTF-16 (little-endian)"),
+        ("utf-16-be", codecs.BOM_UTF16_BE, "UTF-16 (big-endian)"),
+        ("utf-16-le", b"", "UTF-16 (little-endian)"),  # no BOM: told by its NUL bytes
+        ("utf-16-be", b"", "UTF-16 (big-endian)"),
+        ("utf-32-le", codecs.BOM_UTF32_LE, "UTF-32 (little-endian)"),
+        ("utf-32-be", b"", "UTF-32 (big-endian)"),
+    ],
+)
+@pytest.mark.parametrize("size", [1, 1 << 20])
+def test_a_utf16_file_gets_one_finding_for_the_file(encoding: str, bom: bytes, named: str, size: int) -> None:
+    report = validate_stream(in_chunks(bom + GOOD_BODY.encode(encoding), size))
+    assert [(f.line, f.code) for f in report.errors] == [(0, Code.WRONG_ENCODING)]
+    assert report.error_count == 1 and report.lines_with_errors == 0
+    assert f"The file is {named} text: save it as UTF-8" in report.errors[0].message
+
+
+def test_short_files_and_a_bad_line_later_are_still_judged_line_by_line() -> None:
+    assert run(raw=b'{"id":"a","status":"enabled"}').valid
+    assert codes(run(raw=b"{}")) == ["MISSING_FIELD", "MISSING_FIELD"]  # no id, no status: not taken for UTF-16
+    later = GOOD_BODY.encode() + '{"id":"x","status":"enabled"}\n'.encode("utf-16-le")
+    # the UTF-16 newline is "\n\x00": its NUL starts one more line
+    assert [(f.line, f.code) for f in run(raw=later).errors] == [(201, Code.INVALID_JSON), (202, Code.INVALID_JSON)]
 
 
 def test_over_long_line_is_skipped_without_holding_it() -> None:
@@ -832,7 +879,8 @@ def test_random_files_never_crash_and_errors_are_line_numbered(lines: list[str],
     for finding in report.errors:
         assert 0 <= finding.line <= total_lines
         assert finding.message
-    assert (report.lines == 0) <= (Code.EMPTY_FILE in codes(report))
+    # no lines: an empty file, or one that is not text of lines at all (one finding for the file)
+    assert (report.lines == 0) <= bool({"EMPTY_FILE", "WRONG_ENCODING", "COMPRESSED_FILE"} & set(codes(report)))
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
