@@ -11,12 +11,12 @@ from .rules import Code, Finding
 HEAD_BYTES = 16  # enough for every signature below and for the pattern of NULs of a few characters
 
 _GZIP = b"\x1f\x8b"
-# Longest first: the UTF-32 little-endian BOM starts with the UTF-16 one.
+# Longest first: the UTF-32 little-endian BOM starts with the UTF-16 one. The width is that of a character.
 _BOMS = (
-    (b"\xff\xfe\x00\x00", "UTF-32 (little-endian)"),
-    (b"\x00\x00\xfe\xff", "UTF-32 (big-endian)"),
-    (b"\xff\xfe", "UTF-16 (little-endian)"),
-    (b"\xfe\xff", "UTF-16 (big-endian)"),
+    (b"\xff\xfe\x00\x00", "UTF-32 (little-endian)", 4),
+    (b"\x00\x00\xfe\xff", "UTF-32 (big-endian)", 4),
+    (b"\xff\xfe", "UTF-16 (little-endian)", 2),
+    (b"\xfe\xff", "UTF-16 (big-endian)", 2),
 )
 
 
@@ -38,6 +38,19 @@ def _nul_pattern(head: bytes) -> str | None:
     return None
 
 
+def _encoding(head: bytes) -> str | None:
+    """UTF-16 or UTF-32 with its byte order, or None for a start that may be UTF-8.
+
+    A BOM counts when what follows it agrees (a devices file starts with ASCII: '{', a space, a newline), or when too
+    little follows to tell: two stray bytes that look like a BOM before UTF-8 lines leave the file to the line checks.
+    """
+    for bom, name, width in _BOMS:
+        if head.startswith(bom):
+            rest = head[len(bom) :]
+            return name if len(rest) < 2 * width or _nul_pattern(rest) == name else None
+    return _nul_pattern(head)
+
+
 def sniff(head: bytes) -> Finding | None:
     """The finding for a file that starts with ``head`` (its first ``HEAD_BYTES`` bytes, or all of a shorter one),
     when those bytes show it is compressed or not UTF-8; None when it may be a devices file."""
@@ -47,7 +60,7 @@ def sniff(head: bytes) -> Finding | None:
             Code.COMPRESSED_FILE,
             "The file is gzip-compressed: upload it uncompressed (one JSON object per line, UTF-8).",
         )
-    encoding = next((name for bom, name in _BOMS if head.startswith(bom)), None) or _nul_pattern(head)
+    encoding = _encoding(head)
     if encoding is None:
         return None
     return Finding(

@@ -475,6 +475,8 @@ def test_a_utf16_file_gets_one_finding_for_the_file(encoding: str, bom: bytes, n
 def test_short_files_and_a_bad_line_later_are_still_judged_line_by_line() -> None:
     assert run(raw=b'{"id":"a","status":"enabled"}').valid
     assert codes(run(raw=b"{}")) == ["MISSING_FIELD", "MISSING_FIELD"]  # no id, no status: not taken for UTF-16
+    # two stray bytes that look like a UTF-16 BOM before UTF-8 lines: the first line is what is wrong
+    assert [(f.line, f.code) for f in run(raw=b"\xfe\xff" + GOOD_BODY.encode()).errors] == [(1, Code.NOT_UTF8)]
     later = GOOD_BODY.encode() + '{"id":"x","status":"enabled"}\n'.encode("utf-16-le")
     # the UTF-16 newline is "\n\x00": its NUL starts one more line
     assert [(f.line, f.code) for f in run(raw=later).errors] == [(201, Code.INVALID_JSON), (202, Code.INVALID_JSON)]
