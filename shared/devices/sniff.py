@@ -54,6 +54,7 @@ def _encoding(head: bytes) -> str | None:
 def sniff(head: bytes) -> Finding | None:
     """The finding for a file that starts with ``head`` (its first ``HEAD_BYTES`` bytes, or all of a shorter one),
     when those bytes show it is compressed or not UTF-8; None when it may be a devices file."""
+    head = head[:HEAD_BYTES]  # callers may pass a whole first chunk (1 MB): the checks below would copy all of it
     if head.startswith(_GZIP):
         return Finding(
             0,
