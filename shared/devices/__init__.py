@@ -1,7 +1,10 @@
 """The ExportImportDevice JSON-lines format: its rules, and a streaming validator of files of any size.
 
-``rules`` holds the format and the full check that explains every finding; ``fast`` proves the usual lines valid
-cheaply; ``seen`` finds repeated ids with bounded memory; ``stream`` reads a file in chunks and ties them together.
+``rules`` holds the format and the full check that explains every finding; ``fields`` the keys of each object of
+the format and what an unknown one is a slip of; ``fast`` proves the usual lines valid cheaply; ``seen`` finds
+repeated ids with bounded memory, in spool folders that ``spool`` keeps and removes once their process is gone
+(``sweep_dead_spools``); ``sniff`` tells a compressed or UTF-16 file from its first bytes; ``stream`` reads
+a file in chunks and ties them together.
 """
 
 from .rules import (
@@ -16,6 +19,7 @@ from .rules import (
     LineChecker,
     ValidationReport,
 )
+from .spool import sweep_dead_spools
 from .stream import iter_batches, validate_stream
 
 __all__ = [
@@ -30,5 +34,6 @@ __all__ = [
     "LineChecker",
     "ValidationReport",
     "iter_batches",
+    "sweep_dead_spools",
     "validate_stream",
 ]

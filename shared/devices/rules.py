@@ -17,6 +17,18 @@ from typing import Any, Literal, get_args
 
 import orjson
 
+from .fields import (
+    AUTHENTICATION,
+    CAPABILITIES,
+    LINE,
+    PROPERTIES,
+    SYMMETRIC_KEY,
+    X509_THUMBPRINT,
+    Miss,
+    Shape,
+    unknown_keys,
+)
+
 # The enumerations of the format as types (the fast path decodes into them) and as the tuples the checks use.
 ImportMode = Literal[
     "createOrUpdate",
@@ -35,21 +47,7 @@ IMPORT_MODES: tuple[str, ...] = get_args(ImportMode)
 STATUSES: tuple[str, ...] = get_args(Status)
 AUTH_TYPES: tuple[str, ...] = get_args(AuthType)
 DEFAULT_MODE = "createOrUpdate"
-FIELDS = (
-    "id",
-    "moduleId",
-    "eTag",
-    "importMode",
-    "status",
-    "statusReason",
-    "authentication",
-    "twinETag",
-    "tags",
-    "properties",
-    "capabilities",
-    "deviceScope",
-    "parentScopes",
-)
+FIELDS = LINE.fields
 ETAG_MODES = {"updateIfMatchETag": "eTag", "createOrUpdateIfMatchETag": "eTag", "deleteIfMatchETag": "eTag"}
 TWIN_ETAG_MODES = {"updateTwinIfMatchETag"}
 NO_STATUS_MODES = {"delete", "deleteIfMatchETag", "updateTwin", "updateTwinIfMatchETag"}
@@ -73,12 +71,16 @@ class Code(StrEnum):
 
     EMPTY_FILE = "EMPTY_FILE"
     NOT_UTF8 = "NOT_UTF8"
+    WRONG_ENCODING = "WRONG_ENCODING"  # the whole file: UTF-16 or UTF-32
+    COMPRESSED_FILE = "COMPRESSED_FILE"  # the whole file: gzip
     LINE_TOO_LONG = "LINE_TOO_LONG"
     INVALID_JSON = "INVALID_JSON"
     NOT_AN_OBJECT = "NOT_AN_OBJECT"
     MISSING_FIELD = "MISSING_FIELD"
     WRONG_TYPE = "WRONG_TYPE"
     FIELD_NAME_CASE = "FIELD_NAME_CASE"
+    MISSPELLED_FIELD = "MISSPELLED_FIELD"
+    UNKNOWN_FIELD = "UNKNOWN_FIELD"  # a warning: the hub ignores the field
     INVALID_DEVICE_ID = "INVALID_DEVICE_ID"
     INVALID_MODULE_ID = "INVALID_MODULE_ID"
     EDGE_SYSTEM_MODULE = "EDGE_SYSTEM_MODULE"
@@ -122,7 +124,12 @@ class Finding:
 
 @dataclass
 class ValidationReport:
-    """The outcome: counts, and the first ``max_errors`` findings in line order with the total."""
+    """The outcome: counts, and the first ``max_errors`` errors and ``max_warnings`` warnings in line order with
+    their totals.
+
+    An error makes the file invalid (the hub would refuse or mis-import the line); a warning does not (the hub would
+    ignore what it points at, such as an unknown field), so a file with only warnings is imported.
+    """
 
     lines: int = 0  # lines holding a device or module (blank lines excluded)
     blank_lines: int = 0
@@ -132,6 +139,10 @@ class ValidationReport:
     error_count: int = 0
     lines_with_errors: int = 0
     max_errors: int = 100
+    warnings: list[Finding] = field(default_factory=list)
+    warning_count: int = 0
+    lines_with_warnings: int = 0
+    max_warnings: int = 100
 
     @property
     def valid(self) -> bool:
@@ -141,6 +152,11 @@ class ValidationReport:
         self.error_count += 1
         if len(self.errors) < self.max_errors:
             self.errors.append(finding)
+
+    def warn(self, finding: Finding) -> None:
+        self.warning_count += 1
+        if len(self.warnings) < self.max_warnings:
+            self.warnings.append(finding)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -153,6 +169,10 @@ class ValidationReport:
             "linesWithErrors": self.lines_with_errors,
             "errors": [f.as_dict() for f in self.errors],
             "errorsShown": len(self.errors),
+            "warningCount": self.warning_count,
+            "linesWithWarnings": self.lines_with_warnings,
+            "warnings": [f.as_dict() for f in self.warnings],
+            "warningsShown": len(self.warnings),
         }
 
 
@@ -172,9 +192,6 @@ def _enum_message(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if isinstance(value, str) and (hint := _near(value, choices)):
         return f"{name} '{value}' is not valid: use '{hint}' (the exact casing matters)."
     return f"{name} {_dumps(value).decode()} is not valid: use one of {', '.join(choices)}."
-
-
-_FIELD_BY_SQUASH = {_squash(f): f for f in FIELDS}
 
 
 # --- line rules -----------------------------------------------------------------------------------------
@@ -230,18 +247,50 @@ class LineChecker:
             report.lines_with_errors += 1
             report.add(Finding(n, Code.NOT_AN_OBJECT, "Each line must be one JSON object describing a device."))
             return None
-        before = report.error_count
+        before, warnings_before = report.error_count, report.warning_count
         dev = obj.get("id")
         did = dev if isinstance(dev, str) else None
+        raw_mod = obj.get("moduleId")
+        module = raw_mod if isinstance(raw_mod, str) else None
 
         def add(code: Code, msg: str, fld: str | None = None, mid: str | None = None) -> None:
             report.add(Finding(n, code, msg, did, mid, fld))
 
-        for key in obj:
-            if key not in _KNOWN and (known := _FIELD_BY_SQUASH.get(_squash(key))):
-                add(Code.FIELD_NAME_CASE, f"Field '{key}' is not recognised: did you mean '{known}'?", key)
-        if dev is None or dev == "":
+        def check_keys(section: dict[str, Any], shape: Shape, skip: frozenset[str] = frozenset()) -> None:
+            """Findings for the keys of ``section`` the format does not know at ``shape`` (see ``fields``)."""
+            for key, miss, meant in unknown_keys(section, shape):
+                if key in skip:
+                    continue
+                where = f" in {shape.path}" if shape.path else ""
+                at = shape.where(key)
+                if miss is Miss.CASE:
+                    msg = f"Field '{key}'{where} is not recognised: did you mean '{meant}'?"
+                    add(Code.FIELD_NAME_CASE, msg, at, module)
+                elif miss is Miss.NEAR:
+                    add(
+                        Code.MISSPELLED_FIELD,
+                        f"Field '{key}'{where} is not known; did you mean '{meant}'? The hub would drop it silently.",
+                        at,
+                        module,
+                    )
+                else:
+                    report.warn(
+                        Finding(
+                            n,
+                            Code.UNKNOWN_FIELD,
+                            f"Field '{key}'{where} is not part of the format: the hub ignores it (remove it, or check "
+                            "its name).",
+                            did,
+                            module,
+                            at,
+                        )
+                    )
+
+        check_keys(obj, LINE)
+        if dev is None:
             add(Code.MISSING_FIELD, "The line has no 'id': every line needs the device id.", "id")
+        elif dev == "":
+            add(Code.INVALID_DEVICE_ID, "deviceId is empty: 'id' must hold the device id (1-128 characters).", "id")
         elif not isinstance(dev, str):
             add(Code.WRONG_TYPE, "'id' must be a string.", "id")
         elif not DEVICE_ID_RE.fullmatch(dev):
@@ -251,10 +300,12 @@ class LineChecker:
                 "(no spaces, + or #).",
                 "id",
             )
-        mod = obj.get("moduleId")
+        mod = raw_mod
         mid = None
         if mod is not None:
-            if not isinstance(mod, str) or not MODULE_ID_RE.fullmatch(mod):
+            if mod == "":
+                add(Code.INVALID_MODULE_ID, "moduleId is empty: give the module id, or leave it out.", "moduleId")
+            elif not isinstance(mod, str) or not MODULE_ID_RE.fullmatch(mod):
                 add(Code.INVALID_MODULE_ID, f"Module id {_dumps(mod).decode()[:140]} is invalid.", "moduleId")
             elif mod in EDGE_SYSTEM_MODULES:
                 add(
@@ -310,24 +361,32 @@ class LineChecker:
         caps = obj.get("capabilities")
         if caps is not None and (not isinstance(caps, dict) or not isinstance(caps.get("iotEdge", False), bool)):
             add(Code.WRONG_TYPE, "'capabilities' must be {\"iotEdge\": true|false}.", "capabilities", mid)
+        if isinstance(caps, dict):
+            check_keys(caps, CAPABILITIES)
         parents = obj.get("parentScopes")
         if parents is not None and (not isinstance(parents, list) or not all(isinstance(p, str) for p in parents)):
             add(Code.WRONG_TYPE, "'parentScopes' must be a list of strings.", "parentScopes", mid)
         auth = obj.get("authentication")
         if auth is not None:
-            self._auth(auth, add, mid)
+            self._auth(auth, add, check_keys, mid)
         if "tags" in obj or "properties" in obj:
-            self._twin(obj, add, mid)
+            self._twin(obj, add, check_keys, mid)
+        if report.warning_count != warnings_before:
+            report.lines_with_warnings += 1
         if report.error_count != before:
             report.lines_with_errors += 1
             return None
         return did, mid, mode
 
     @staticmethod
-    def _auth(auth: Any, add: Callable[..., None], mid: str | None) -> None:
+    def _auth(auth: Any, add: Callable[..., None], check_keys: Callable[..., None], mid: str | None) -> None:
         if not isinstance(auth, dict):
             add(Code.WRONG_TYPE, "'authentication' must be an object.", "authentication", mid)
             return
+        check_keys(auth, AUTHENTICATION, skip=_SAID_BELOW)
+        for name, shape in _AUTH_SECTIONS:
+            if isinstance(section := auth.get(name), dict):
+                check_keys(section, shape)
         if "thumbprint" in auth:
             add(
                 Code.FIELD_NAME_CASE,
@@ -401,7 +460,7 @@ class LineChecker:
             )
 
     @staticmethod
-    def _twin(obj: dict[str, Any], add: Callable[..., None], mid: str | None) -> None:
+    def _twin(obj: dict[str, Any], add: Callable[..., None], check_keys: Callable[..., None], mid: str | None) -> None:
         tags = obj.get("tags")
         if tags is not None:
             if not isinstance(tags, dict):
@@ -414,6 +473,7 @@ class LineChecker:
         if not isinstance(props, dict):
             add(Code.WRONG_TYPE, "'properties' must be an object with 'desired' and/or 'reported'.", "properties", mid)
             return
+        check_keys(props, PROPERTIES)
         for part in ("desired", "reported"):
             section = props.get(part)
             if section is None:
@@ -484,5 +544,7 @@ def _key_problem(key: Any) -> str | None:
     return None
 
 
-_KNOWN = frozenset(FIELDS)
+# 'thumbprint' in authentication has its own finding with the shape to use, in ``_auth``.
+_SAID_BELOW = frozenset({"thumbprint"})
+_AUTH_SECTIONS = (("symmetricKey", SYMMETRIC_KEY), ("x509Thumbprint", X509_THUMBPRINT))
 _MODES = frozenset(IMPORT_MODES)

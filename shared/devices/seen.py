@@ -9,12 +9,13 @@ checked, so memory stays bounded whatever the size of the file.
 
 from __future__ import annotations
 
-import tempfile
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, TextIO
+
+from .spool import SpoolDir
 
 BUCKETS = 64
 MAX_DISTINCT = 100_000  # distinct ids of one bucket held at once: 12.8 MB for 11-character ids (tracemalloc)
@@ -78,8 +79,9 @@ class SeenIds:
     """Add ids with their line numbers; ``duplicates`` then gives every id seen twice with all its line numbers."""
 
     def __init__(self, *, max_distinct: int = MAX_DISTINCT) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="devices-ids-")
-        self._folder = Path(self._dir.name)
+        # A spool folder of a process killed mid-check is removed by the next process that makes one (see spool).
+        self._dir = SpoolDir()
+        self._folder = self._dir.path
         self._buckets = _Buckets(self._folder, "0")
         self.max_distinct = max_distinct
         self.respread = 0  # buckets spread again because they held too many distinct ids

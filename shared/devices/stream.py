@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Iterator
+from itertools import chain
 from typing import BinaryIO
 
 import orjson
@@ -18,6 +19,7 @@ import orjson
 from .fast import accept
 from .rules import MAX_LINE_BYTES, Code, Finding, LineChecker, ValidationReport
 from .seen import SeenIds
+from .sniff import HEAD_BYTES, sniff
 
 CHUNK = 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
@@ -29,6 +31,16 @@ def _chunks(stream: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
             yield chunk
     else:
         yield from stream
+
+
+def _head(chunks: Iterator[bytes]) -> bytes:
+    """The first ``HEAD_BYTES`` bytes or more (all of a shorter stream), however small the chunks are."""
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= HEAD_BYTES:
+            break
+    return head
 
 
 def iter_batches(stream: BinaryIO | Iterable[bytes]) -> Iterator[tuple[int, list[bytes | None]]]:
@@ -75,13 +87,22 @@ def validate_stream(
     stream: BinaryIO | Iterable[bytes],
     *,
     max_errors: int = 100,
+    max_warnings: int | None = None,
     sink: Callable[[bytes], None] | None = None,
 ) -> ValidationReport:
     """Validate a devices file; optionally pass the valid, normalized lines (LF-terminated) to ``sink``.
 
+    The report keeps the first ``max_errors`` errors and ``max_warnings`` (by default as many) warnings.
+
     ``sink`` receives batches of whole lines; when the report is not valid, what it received must be discarded.
     """
-    report = ValidationReport(max_errors=max_errors)
+    report = ValidationReport(max_errors=max_errors, max_warnings=max_errors if max_warnings is None else max_warnings)
+    chunks = _chunks(stream)
+    head = _head(chunks)
+    if (wrong := sniff(head)) is not None:
+        # Not a text file of lines at all: the one reason, instead of a finding on every line.
+        report.add(wrong)
+        return report
     check = LineChecker(report).check
     add = report.add
     seen = SeenIds()
@@ -90,7 +111,7 @@ def validate_stream(
     modes: dict[str, int] = {}
     blank = module_lines = total = 0
     try:
-        for first, batch in iter_batches(stream):
+        for first, batch in iter_batches(chain((head,), chunks)):
             out: list[bytes] | None = [] if sink is not None else None
             ids: list[str] = []
             id_lines: list[int] = []

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import codecs
+import gzip
 import io
 import json
+import tracemalloc
 from typing import Any
 
 import orjson
@@ -12,10 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from emulators.iothub import model
 from shared.devices import (
     IMPORT_MODES,
     MAX_LINE_BYTES,
     Code,
+    Finding,
     LineChecker,
     ValidationReport,
     fast,
@@ -23,6 +28,7 @@ from shared.devices import (
 )
 from shared.devices.fast import accept
 from shared.devices.rules import DEVICE_ID_RE
+from shared.devices.sniff import sniff
 
 KEY = base64.b64encode(b"k" * 32).decode()
 SHORT_KEY = base64.b64encode(b"k" * 15).decode()
@@ -107,6 +113,8 @@ def test_valid_lines_pass_with_counts() -> None:
     ("line", "code", "field", "hint"),
     [
         ({"status": "enabled"}, Code.MISSING_FIELD, "id", "device id"),
+        (dev(""), Code.INVALID_DEVICE_ID, "id", "deviceId is empty"),
+        ({"id": "d", "moduleId": ""}, Code.INVALID_MODULE_ID, "moduleId", "moduleId is empty"),
         (dev(importMode="CreateOrUpdate"), Code.INVALID_IMPORT_MODE, "importMode", "use 'createOrUpdate'"),
         (dev(importMode="upsert"), Code.INVALID_IMPORT_MODE, "importMode", "one of"),
         (dev(status="Enabled"), Code.INVALID_STATUS, "status", "use 'enabled'"),
@@ -230,6 +238,172 @@ def test_each_rule(line: Any, code: Code, field: str | None, hint: str) -> None:
     assert report.lines_with_errors == 1
 
 
+# --- field names: the hub drops what it does not know, so a slip must not pass silently ------------------------
+
+PAIR = {"primaryKey": KEY, "secondaryKey": KEY}
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "field", "meant"),
+    [
+        (dev(tag={"site": "oslo"}), Code.MISSPELLED_FIELD, "tag", "tags"),
+        (dev(capabilites={"iotEdge": True}), Code.MISSPELLED_FIELD, "capabilites", "capabilities"),
+        (dev(statuss="enabled", status=None), Code.MISSPELLED_FIELD, "statuss", "status"),
+        (dev(parentScope=["s"]), Code.MISSPELLED_FIELD, "parentScope", "parentScopes"),
+        ({"id": "d1", "module": "m"}, Code.MISSPELLED_FIELD, "module", "moduleId"),
+        (dev(properties={"desierd": {"a": 1}}), Code.MISSPELLED_FIELD, "properties.desierd", "desired"),
+        (dev(properties={"reportd": {}}), Code.MISSPELLED_FIELD, "properties.reportd", "reported"),
+        (
+            dev(authentication={"symetricKey": PAIR}),
+            Code.MISSPELLED_FIELD,
+            "authentication.symetricKey",
+            "symmetricKey",
+        ),
+        (dev(authentication={"tpye": "sas"}), Code.MISSPELLED_FIELD, "authentication.tpye", "type"),
+        (
+            dev(authentication={"symmetricKey": {"primaryKey": KEY, "secondary": KEY}}),
+            Code.MISSPELLED_FIELD,
+            "authentication.symmetricKey.secondary",
+            "secondaryKey",
+        ),
+        (
+            dev(authentication={"x509Thumbprint": {"primaryThumbprnt": THUMB}}),
+            Code.MISSPELLED_FIELD,
+            "authentication.x509Thumbprint.primaryThumbprnt",
+            "primaryThumbprint",
+        ),
+        (dev(capabilities={"iotEgde": True}), Code.MISSPELLED_FIELD, "capabilities.iotEgde", "iotEdge"),
+        # a difference of case (or of punctuation) is its own finding, at any depth
+        (dev(Tags={"a": 1}), Code.FIELD_NAME_CASE, "Tags", "tags"),
+        (
+            dev(authentication={"SymmetricKey": PAIR}),
+            Code.FIELD_NAME_CASE,
+            "authentication.SymmetricKey",
+            "symmetricKey",
+        ),
+        (
+            dev(authentication={"symmetricKey": {"primary_key": KEY, "secondaryKey": KEY}}),
+            Code.FIELD_NAME_CASE,
+            "authentication.symmetricKey.primary_key",
+            "primaryKey",
+        ),
+        (dev(properties={"Desired": {}}), Code.FIELD_NAME_CASE, "properties.Desired", "desired"),
+    ],
+)
+def test_a_near_miss_of_a_field_is_an_error_with_the_field_meant(
+    line: dict[str, Any], code: Code, field: str, meant: str
+) -> None:
+    line = {k: v for k, v in line.items() if v is not None}
+    report = run(dev("before"), line, dev("after"))
+    assert not report.valid
+    finding = next(f for f in report.errors if f.code == code)
+    assert (finding.line, finding.field, finding.device_id) == (2, field, line["id"])
+    key = field.rpartition(".")[2]
+    assert f"Field '{key}'" in finding.message and f"did you mean '{meant}'?" in finding.message
+    where = field.rpartition(".")[0]
+    assert (f" in {where} " in finding.message) == bool(where)
+
+
+def test_the_message_says_where_the_field_is() -> None:
+    report = run(*[dev(f"d{i}") for i in range(6)], dev("d7", authentication={"symetricKey": PAIR}))
+    assert [(f.line, f.message) for f in report.errors] == [
+        (
+            7,
+            "Field 'symetricKey' in authentication is not known; did you mean 'symmetricKey'? The hub would drop it "
+            "silently.",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        (dev(site="oslo"), "site"),
+        (dev(twin={"tags": {"a": 1}}), "twin"),  # the format has no 'twin': its parts are top-level
+        (dev(properties={"desired": {}, "extra": 1}), "properties.extra"),
+        (dev(authentication={"type": "sas", "kind": "x"}), "authentication.kind"),
+        (dev(capabilities={"iotEdge": False, "other": True}), "capabilities.other"),
+        (dev(state="on"), "state"),  # like 'status', but the line has its real 'status': other data, not a slip
+        (dev(ip="10.0.0.1"), "ip"),  # one edit from 'id', but two-letter names are only matched by case
+    ],
+)
+def test_other_unknown_fields_are_line_numbered_warnings_and_the_file_stays_valid(
+    line: dict[str, Any], field: str
+) -> None:
+    report = run(dev("before"), line, dev("after"))
+    assert report.valid, codes(report)
+    assert [(f.line, f.code, f.field, f.device_id) for f in report.warnings] == [(2, Code.UNKNOWN_FIELD, field, "d1")]
+    assert report.warning_count == report.lines_with_warnings == 1
+    assert "the hub ignores it" in report.warnings[0].message
+
+
+def test_warnings_are_counted_all_kept_first_and_summarized() -> None:
+    lines = [dev(f"d{i}", site="x", floor=1) for i in range(30)]
+    report = run(*lines, dev("bad", tag={}), max_errors=5, max_warnings=4)
+    assert not report.valid and codes(report) == ["MISSPELLED_FIELD"]
+    assert report.warning_count == 60 and report.lines_with_warnings == 30
+    assert [(f.line, f.field) for f in report.warnings] == [(1, "site"), (1, "floor"), (2, "site"), (2, "floor")]
+    summary = report.summary()
+    assert (summary["warningCount"], summary["warningsShown"], summary["linesWithWarnings"]) == (60, 4, 30)
+    assert summary["warnings"][0] == report.warnings[0].as_dict() and summary["warnings"][0]["line"] == 1
+    assert summary["errorCount"] == 1 and summary["valid"] is False
+
+
+def test_twin_data_names_are_the_users_own_and_never_judged() -> None:
+    report = run(
+        dev(
+            tags={"tag": 1, "statuss": 2, "anything": {"desierd": 3}},
+            properties={"desired": {"symetricKey": 1, "reportd": {"x": 1}}, "reported": {"capabilites": 2}},
+        )
+    )
+    assert report.valid and report.warning_count == 0, report.summary()
+
+
+SERVICE_WRITTEN = {
+    "statusUpdatedTime": "2026-11-21T00:00:00Z",
+    "connectionState": "Disconnected",
+    "connectionStateUpdatedTime": "0001-01-01T00:00:00Z",
+    "lastActivityTime": "0001-01-01T00:00:00Z",
+    "cloudToDeviceMessageCount": 0,
+    "generationId": "638000000000000000",
+    "version": 3,
+    "deviceScope": "ms-azure-iot-edge://edge-1-638000000000000000",
+    "parentScopes": ["ms-azure-iot-edge://edge-1-638000000000000000"],
+}
+
+
+def test_what_the_service_writes_in_exports_is_known_and_never_flagged() -> None:
+    exported = {**EXPORTED_LINE, **SERVICE_WRITTEN}
+    module = {
+        "id": "dev-42",
+        "moduleId": "telemetry",
+        "managedBy": "iotEdge",
+        "eTag": "MA==",
+        "status": "enabled",
+        "authentication": None,
+        "twinETag": "AAAAAAAAAAE=",
+        "tags": {},
+        "properties": EXPORTED_LINE["properties"],
+        **SERVICE_WRITTEN,
+    }
+    del module["deviceScope"], module["parentScopes"]
+    report = run(EXPORTED_LINE, exported | {"id": "dev-43"}, module, dev("d1", importMode="createOrUpdate"))
+    assert report.valid and report.warning_count == 0, report.summary()
+
+
+@pytest.mark.parametrize("exclude_keys", [False, True])
+def test_lines_exported_by_the_hub_emulator_pass_without_a_finding(exclude_keys: bool) -> None:
+    now = "2026-11-21T00:00:00Z"
+    records = [
+        model.apply(dev("d1", tags={"site": "oslo"}, properties={"desired": {"n": 1}}), None, now=now),
+        model.apply(dev("e1", capabilities={"iotEdge": True}, deviceScope="s", parentScopes=["p"]), None, now=now),
+        model.apply({"id": "d1", "moduleId": "m1", "managedBy": "iotEdge"}, None, now=now, module=True),
+    ]
+    assert all(isinstance(r, dict) for r in records)
+    report = run(*[model.export_line(r, exclude_keys=exclude_keys) for r in records if isinstance(r, dict)])
+    assert report.valid and report.lines == 3 and report.warning_count == 0, report.summary()
+
+
 def test_depth_limit() -> None:
     deep: dict[str, Any] = {"v": 1}
     for _ in range(10):
@@ -263,6 +437,64 @@ def test_bom_crlf_and_blank_lines_are_tolerated_and_normalized() -> None:
 def test_not_utf8() -> None:
     report = run(raw=b'{"id":"a","status":"enabled"}\n{"id":"\xff\xfe","status":"enabled"}\n')
     assert [(f.line, f.code) for f in report.errors] == [(2, Code.NOT_UTF8)]
+
+
+GOOD_BODY = "".join(json.dumps(dev(f"d{i}")) + "\n" for i in range(200))
+
+
+def in_chunks(body: bytes, size: int) -> list[bytes]:
+    return [body[i : i + size] for i in range(0, len(body), size)]
+
+
+@pytest.mark.parametrize("size", [1, 5, 1 << 20])
+def test_a_gzip_file_gets_one_finding_that_says_so(size: int) -> None:
+    out: list[bytes] = []
+    report = validate_stream(in_chunks(gzip.compress(GOOD_BODY.encode()), size), sink=out.append)
+    assert [(f.line, f.code) for f in report.errors] == [(0, Code.COMPRESSED_FILE)]
+    assert report.error_count == 1 and not report.valid and out == []
+    assert "the file is gzip-compressed: upload it uncompressed" in report.errors[0].message.lower()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "bom", "named"),
+    [
+        ("utf-16-le", codecs.BOM_UTF16_LE, "UTF-16 (little-endian)"),
+        ("utf-16-be", codecs.BOM_UTF16_BE, "UTF-16 (big-endian)"),
+        ("utf-16-le", b"", "UTF-16 (little-endian)"),  # no BOM: told by its NUL bytes
+        ("utf-16-be", b"", "UTF-16 (big-endian)"),
+        ("utf-32-le", codecs.BOM_UTF32_LE, "UTF-32 (little-endian)"),
+        ("utf-32-be", b"", "UTF-32 (big-endian)"),
+    ],
+)
+@pytest.mark.parametrize("size", [1, 1 << 20])
+def test_a_utf16_file_gets_one_finding_for_the_file(encoding: str, bom: bytes, named: str, size: int) -> None:
+    report = validate_stream(in_chunks(bom + GOOD_BODY.encode(encoding), size))
+    assert [(f.line, f.code) for f in report.errors] == [(0, Code.WRONG_ENCODING)]
+    assert report.error_count == 1 and report.lines_with_errors == 0
+    assert f"The file is {named} text: save it as UTF-8" in report.errors[0].message
+
+
+def test_sniffing_looks_at_the_first_bytes_only() -> None:
+    # validate_stream hands over its whole first chunk (1 MB): cutting it into characters cost 37 MB of peak RSS
+    first_chunk = GOOD_BODY.encode() * 160
+    assert len(first_chunk) > 1 << 20
+    tracemalloc.start()
+    try:
+        assert sniff(first_chunk) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10_000
+
+
+def test_short_files_and_a_bad_line_later_are_still_judged_line_by_line() -> None:
+    assert run(raw=b'{"id":"a","status":"enabled"}').valid
+    assert codes(run(raw=b"{}")) == ["MISSING_FIELD", "MISSING_FIELD"]  # no id, no status: not taken for UTF-16
+    # two stray bytes that look like a UTF-16 BOM before UTF-8 lines: the first line is what is wrong
+    assert [(f.line, f.code) for f in run(raw=b"\xfe\xff" + GOOD_BODY.encode()).errors] == [(1, Code.NOT_UTF8)]
+    later = GOOD_BODY.encode() + '{"id":"x","status":"enabled"}\n'.encode("utf-16-le")
+    # the UTF-16 newline is "\n\x00": its NUL starts one more line
+    assert [(f.line, f.code) for f in run(raw=later).errors] == [(201, Code.INVALID_JSON), (202, Code.INVALID_JSON)]
 
 
 def test_over_long_line_is_skipped_without_holding_it() -> None:
@@ -371,11 +603,19 @@ def full_verdict(raw: bytes) -> tuple[str | None, str | None, str] | None:
     return result
 
 
+def full_warnings(raw: bytes) -> list[Finding]:
+    report = ValidationReport()
+    LineChecker(report).check(orjson.loads(raw), 1)
+    return report.warnings
+
+
 def assert_fast_agrees(raw: bytes) -> None:
-    """The fast path's contract: what it accepts, the full check accepts too, with the same id and mode."""
+    """The fast path's contract: what it accepts, the full check accepts too, with the same id and mode, and
+    without a warning (an accepted line never reaches the full check, so a warning would be lost)."""
     fast = accept(raw)
     if fast is not None:
         assert full_verdict(raw) == (fast[0], None, fast[1]), raw
+        assert full_warnings(raw) == [], raw
 
 
 def mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -541,6 +781,13 @@ EXPORT_EDITS: list[tuple[tuple[str, ...], list[Any]]] = [
     (("statusReason",), ["r" * 128, "r" * 129, None]),
     (("capabilities",), [{"iotEdge": True}, {"iotEdge": 1}, {}, None]),
     (("parentScopes",), [["s"], [1], None]),
+    # what the service writes beside the format (known, never flagged), and slips of the format's own names
+    (("connectionState",), ["Disconnected", None]),
+    (("statusUpdatedTime",), ["2026-11-21T00:00:00Z", None]),
+    (("capabilities", "iotEgde"), [True, None]),
+    (("authentication", "symetricKey"), [{"primaryKey": KEY, "secondaryKey": KEY}, None]),
+    (("properties", "desierd"), [{"a": 1}, None]),
+    (("site",), ["oslo", None]),
 ]
 
 
@@ -605,6 +852,15 @@ def test_common_shapes_take_the_fast_path() -> None:
         b'{"id":"d\\u00e9","status":"enabled"}',
         b'{"id":"d1","status":"enabled"} x',
         b'{"id":"d1","status":"enabled","Status":"enabled"}',
+        # unknown keys at any depth: the full check names them (the fast path forbids them, so they reach it)
+        b'{"id":"d1","status":"enabled","tag":{"a":1}}',
+        b'{"id":"d1","status":"enabled","site":"oslo"}',
+        b'{"id":"d1","status":"enabled","capabilities":{"iotEgde":true}}',
+        b'{"id":"d1","status":"enabled","properties":{"desierd":{"a":1}}}',
+        b'{"id":"d1","status":"enabled","authentication":{"symetricKey":{"primaryKey":null,"secondaryKey":null}}}',
+        b'{"id":"d1","status":"enabled","authentication":{"x509Thumbprint":{"primaryThumbprnt":"'
+        + THUMB.encode()
+        + b'"}}}',
         b'{"id":"d1","importMode":"updateIfMatchETag","status":"enabled","eTag":""}',
         b'{"id":"d1","importMode":"updateTwinIfMatchETag","eTag":"MA=="}',
         b'{"id":"d1","status":"enabled","authentication":{"symmetricKey":{"primaryKey":null,"secondaryKey":"'
@@ -640,7 +896,8 @@ def test_random_files_never_crash_and_errors_are_line_numbered(lines: list[str],
     for finding in report.errors:
         assert 0 <= finding.line <= total_lines
         assert finding.message
-    assert (report.lines == 0) <= (Code.EMPTY_FILE in codes(report))
+    # no lines: an empty file, or one that is not text of lines at all (one finding for the file)
+    assert (report.lines == 0) <= bool({"EMPTY_FILE", "WRONG_ENCODING", "COMPRESSED_FILE"} & set(codes(report)))
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
