@@ -51,7 +51,9 @@ def reference(hub: IoTHubEmulator, service: BlobServiceClient, path: Path) -> fl
     _upload(service, "ref-in", "devices.txt", path)
     client = IoTHubClient.from_connection_string(hub.connection_string())
     start = time.perf_counter()
-    job = client.create_import_job(store.container_sas_url("ref-in", "rl"), store.container_sas_url("ref-out", "rwd"))
+    job = client.create_import_job(
+        store.sas.container_sas_url("ref-in", "rl"), store.sas.container_sas_url("ref-out", "rwd")
+    )
     while not job.status.is_terminal:
         time.sleep(0.2)
         job = client.get_job(job.job_id)

@@ -95,8 +95,8 @@ def run(count: int, seed: int, work: Path, azurite: Azurite) -> dict[str, Any]:
             hub.run_job(
                 {
                     "type": "import",
-                    "inputBlobContainerUri": Storage(service).container_sas_url(container, "rl"),
-                    "outputBlobContainerUri": Storage(service).container_sas_url(container, "rwd"),
+                    "inputBlobContainerUri": Storage(service).sas.container_sas_url(container, "rl"),
+                    "outputBlobContainerUri": Storage(service).sas.container_sas_url(container, "rwd"),
                 }
             )
             import_s = elapsed(start)
@@ -109,7 +109,7 @@ def run(count: int, seed: int, work: Path, azurite: Azurite) -> dict[str, Any]:
             hub.run_job(
                 {
                     "type": "export",
-                    "outputBlobContainerUri": Storage(service).container_sas_url(container, "rwd"),
+                    "outputBlobContainerUri": Storage(service).sas.container_sas_url(container, "rwd"),
                     "outputBlobName": "out.txt",
                 }
             )

@@ -20,16 +20,18 @@ from typing import Any
 
 from . import api_schemas as schemas
 from .api_schemas import ApiError, Inputs, Request, Route
+from .backups import NotABackup
 from .central import PARTITION as CENTRAL
 from .central import Central, is_central_upload
 from .config import ConfigError
 from .dataexport import DocumentError
+from .engine import CannotCancel
 from .iotcentral import IoTCentralError
 from .iothub import IoTHubError
 from .ledger import Job, JobNotFound, JobState, LedgerConflict, LedgerError
-from .pipeline import CannotCancel, NotABackup
 from .services import Services
 from .storage import BlobRef, StorageError, UploadChanged
+from .views import job_view
 
 __all__ = ["ApiError", "Reply", "Request", "error"]
 
@@ -147,12 +149,12 @@ def _links(svc: Services, reports: Mapping[str, str]) -> dict[str, str]:
     links = {}
     for name, path in reports.items():
         container, _, blob = path.partition("/")
-        links[name] = svc.storage.read_link(BlobRef(container, blob))
+        links[name] = svc.storage.sas.read_link(container, blob)
     return links
 
 
 def _job_reply(svc: Services, job: Job, status: int = 200) -> Reply:
-    body = job.public()
+    body = job_view(job)
     body["reports"] = dict(job.reports)
     body["links"] = _links(svc, job.reports)
     return Reply(status, body)
@@ -184,7 +186,7 @@ def start_import(svc: Services, inp: Inputs) -> Reply:
         props = svc.storage.properties(BlobRef(container, name))
         if props is None:
             raise ApiError(404, "BlobNotFound", f"no blob '{blob}' in storage: upload it first or fix the path")
-        ref = BlobRef(container, name, props["etag"])
+        ref = BlobRef(container, name, props.etag)
     job = svc.on_upload(ref.container, ref.name, str(ref.etag), hub)
     return _job_reply(svc, job, 202 if not job.state.is_terminal else 200)
 
@@ -195,7 +197,7 @@ def start_export(svc: Services, inp: Inputs) -> Reply:
     keys: bool = inp.body.get("includeKeys", inp.query.get("includeKeys", False))
     name = inp.body.get("hub") or inp.query.get("hub")
     hubs = [_hub(svc, name)] if name else list(svc.settings.hubs)
-    jobs = [svc.export(hub, include_keys=keys, source="http").public() for hub in hubs]
+    jobs = [job_view(svc.export(hub, include_keys=keys)) for hub in hubs]
     return Reply(202, {"jobs": jobs})
 
 
@@ -214,7 +216,7 @@ def list_jobs(svc: Services, inp: Inputs) -> Reply:
     page, after = svc.ledger.list_jobs(
         hub, states=states, limit=inp.query.get("limit", 50), after=inp.query.get("after")
     )
-    return Reply(200, {"jobs": [j.public() for j in page], "next": after})
+    return Reply(200, {"jobs": [job_view(j) for j in page], "next": after})
 
 
 @handles(schemas.GET_JOB)
@@ -224,10 +226,7 @@ def get_job(svc: Services, inp: Inputs) -> Reply:
 
 @handles(schemas.CANCEL_JOB)
 def cancel_job(svc: Services, inp: Inputs) -> Reply:
-    hub, job_id = inp.path["hub"], inp.path["job_id"]
-    if _partition(svc, hub) == CENTRAL:
-        raise ApiError(409, "Conflict", "an IoT Central apply runs to its end once started; it cannot be cancelled")
-    job = svc.pipeline.cancel(svc.ledger.get(_hub(svc, hub), job_id))
+    job = svc.engine.cancel(svc.ledger.get(_partition(svc, inp.path["hub"]), inp.path["job_id"]))
     return _job_reply(svc, job, 202 if not job.state.is_terminal else 200)
 
 
@@ -253,12 +252,12 @@ def central_apply(svc: Services, inp: Inputs) -> Reply:
     would be (one ledger job with a report); the reply is the finished job (202 with the running one if it takes
     longer than ``APPLY_WAIT``)."""
     assert inp.raw is not None
-    central = _central(svc)
+    _central(svc)
     name = f"central/api-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}.json"
     uploads = svc.settings.containers.uploads
     etag = svc.storage.upload_bytes(uploads, name, inp.raw, overwrite=False)
     # The blob trigger sees the same upload and may be applying it already: then wait for that instance to finish.
-    job = central.wait(svc.on_upload(uploads, name, etag), APPLY_WAIT)
+    job = svc.wait(svc.on_upload(uploads, name, etag), APPLY_WAIT)
     return _job_reply(svc, job, 200 if job.state.is_terminal else 202)
 
 

@@ -22,8 +22,38 @@ MANIFEST_BLOB = "manifest.json"
 STAMP = "%Y%m%dT%H%M%SZ"
 
 
+class NotABackup(ValueError):
+    """The folder named for a restore is not a complete backup; the message says what to give instead."""
+
+
 def backup_folder(hub: str, when: datetime) -> str:
     return f"{hub}/{when.astimezone(UTC).strftime(STAMP)}"
+
+
+def locate_backup(storage: Storage, container: str, hub: str, backup: str) -> BlobRef:
+    """The ``devices.txt`` (with its ETag) of a complete backup of ``hub``: ``<stamp>``, ``<hub>/<stamp>`` or
+    ``latest``.
+
+    Raises:
+        NotABackup: no complete backup (manifest and devices) under that name.
+    """
+    name = backup.strip().strip("/").removeprefix(f"{container}/").removesuffix(f"/{DEVICES_BLOB}")
+    if name == "latest":
+        latest = latest_backup(storage, container, hub)
+        if latest is None:
+            raise NotABackup(f"hub '{hub}' has no complete backup yet: take one with POST /api/exports")
+        name = latest
+    elif "/" not in name:
+        name = f"{hub}/{name}"
+    if name.split("/", 1)[0] != hub or name.count("/") != 1:
+        raise NotABackup(f"'{backup}' is not a backup of hub '{hub}': give '<stamp>' or '{hub}/<stamp>'")
+    devices = storage.properties(BlobRef(container, f"{name}/{DEVICES_BLOB}"))
+    if devices is None or storage.properties(BlobRef(container, f"{name}/{MANIFEST_BLOB}")) is None:
+        raise NotABackup(
+            f"'{name}' is not a complete backup (it needs {DEVICES_BLOB} and {MANIFEST_BLOB}): "
+            f"give a folder under {container}/{hub}/, or 'latest'"
+        )
+    return BlobRef(container, f"{name}/{DEVICES_BLOB}", devices.etag)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import csv
 import io
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -84,13 +84,14 @@ def harvest_import_errors(chunks: Iterable[bytes], jsonl: Writer, csv_out: Write
     return summary
 
 
-def summary_document(job: dict[str, Any], errors: ErrorSummary | None) -> dict[str, Any]:
-    """The ``summary.json`` of a finished import: the job, counts per code with advice."""
-    doc: dict[str, Any] = {"job": job}
-    if errors is not None:
-        doc["errors"] = errors.as_dict()
-        doc["advice"] = {name: ADVICE[name] for name in errors.by_code if name in ADVICE}
-    return doc
+def error_summary(errors: ErrorSummary) -> dict[str, Any]:
+    """An import's per-device errors for its summary: counts per code, with advice."""
+    return {"errors": errors.as_dict(), "advice": {name: ADVICE[name] for name in errors.by_code if name in ADVICE}}
+
+
+def summary_document(job: Mapping[str, Any], details: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``summary.json`` of an ended job: the job as the API shows it, then what its kind adds (error counts)."""
+    return {"job": dict(job), **details}
 
 
 def rejection_document(source: str, report: ValidationReport) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The app's long-lived objects (storage, ledger, hub clients, pipeline), built once per process from settings.
+"""The app's long-lived objects (storage, ledger, hub clients, the job engine), built once per process from settings.
 
 Triggers call ``services()``; it reads the environment on first use, so a missing setting is reported by the
 first invocation (as a clear ``ConfigError``) rather than crashing the host at import time.
@@ -10,19 +10,22 @@ import contextlib
 import functools
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 
 from azure.data.tables import TableServiceClient
 
-from .backups import apply_retention
-from .central import Central, is_central_upload, reject_unconfigured
+from .backups import apply_retention, locate_backup
+from .central import PARTITION as CENTRAL
+from .central import Central, is_central_upload
 from .config import ConfigError, Settings, StorageAuth
+from .engine import TRANSIENT, Context, JobEngine, utcnow
 from .iotcentral import IoTCentralClient
 from .iothub import IoTHubClient
-from .ledger import Job, JobState, Ledger
-from .pipeline import TRANSIENT, Pipeline
+from .kinds import nightly_key, registry
+from .ledger import HubSlot, Job, JobKind, JobState, Ledger
 from .storage import BlobRef, Storage, StorageSettings
 
 logger = logging.getLogger(__name__)
@@ -63,43 +66,46 @@ def _central_client(settings: Settings) -> IoTCentralClient | None:
 
 @dataclass
 class Services:
+    """What the triggers ask for (import an upload, back up, restore, run the monitor), on the job engine."""
+
     settings: Settings
     storage: Storage
     ledger: Ledger
-    pipeline: Pipeline
+    engine: JobEngine
     central: Central | None = None
 
     @classmethod
     def build(cls, settings: Settings, env: Mapping[str, str] | None = None) -> Services:
         """``env``: where the data-export file's app-setting references are looked up (default: the process's)."""
         storage = Storage.from_settings(settings.storage, sas_lifetime=settings.sas_lifetime)
-        ledger = Ledger.from_service(_table_service(settings.storage), settings.ledger_table)
+        table = _table_service(settings.storage).create_table_if_not_exists(settings.ledger_table)
+        ledger = Ledger(table)
         hubs = {name: _hub_client(name, settings) for name in settings.hubs}
-        pipeline = Pipeline(
-            ledger,
-            storage,
-            hubs,
-            containers=settings.containers,
-            identity_based=settings.storage_auth is StorageAuth.IDENTITY_BASED,
-            max_errors=settings.max_errors,
-            submit_grace=settings.submit_grace,
-            backup_retention_days=settings.backup_retention_days,
-            retry_base=settings.retry_backoff,
-        )
         for container in (settings.containers.uploads, settings.containers.reports, settings.containers.backups):
             storage.ensure_container(container)
         client = _central_client(settings)
         central = None
         if client is not None:
-            central = Central(
-                ledger,
-                storage,
-                client,
-                os.environ if env is None else env,
-                settings.containers,
-                stale_after=settings.submit_grace,
-            )
-        return cls(settings, storage, ledger, pipeline, central)
+            central = Central(storage, client, os.environ if env is None else env, settings.containers)
+        kinds, off = registry(retention_days=settings.backup_retention_days, central=central)
+        ctx = Context(
+            storage,
+            ledger,
+            settings.containers,
+            hubs,
+            utcnow,
+            identity_based=settings.storage_auth is StorageAuth.IDENTITY_BASED,
+            max_errors=settings.max_errors,
+        )
+        engine = JobEngine(
+            ctx,
+            HubSlot(table),
+            kinds,
+            off,
+            submit_grace=settings.submit_grace,
+            retry_base=settings.retry_backoff,
+        )
+        return cls(settings, storage, ledger, engine, central)
 
     def require_central(self) -> Central:
         if self.central is None:
@@ -112,55 +118,71 @@ class Services:
         return first if "/" in name and first in self.settings.hubs else self.settings.default_hub
 
     def on_upload(self, container: str, name: str, etag: str, hub: str | None = None) -> Job:
-        """Accept an upload (idempotent per version) and start it if the hub is idle: the blob trigger's work, and
-        the HTTP import's. ``hub`` defaults to the one the upload's path names. A file under ``central/`` is an IoT
-        Central data-export file and is applied instead."""
+        """Accept an upload (idempotent per version) and start it if its partition is idle: the blob trigger's
+        work, and the HTTP import's. ``hub`` defaults to the one the upload's path names. A file under ``central/``
+        is an IoT Central data-export file and is applied instead."""
+        ref = BlobRef(container, name, etag)
         if is_central_upload(name):  # by name alone: no hub ever imports a data-export file
-            ref = BlobRef(container, name, etag)
-            if self.central is None:
-                job = reject_unconfigured(self.ledger, self.storage, self.settings.containers, ref, datetime.now(UTC))
-            else:
-                job = self.central.accept(ref)
-            logger.info("data-export file %s/%s is job %s (%s)", container, name, job.job_id, job.state)
-            return job
-        hub = hub or self.hub_for_upload(name)
-        job = self.pipeline.accept_upload(BlobRef(container, name, etag), hub)
-        logger.info("upload %s/%s is job %s (%s) on hub %s", container, name, job.job_id, job.state, hub)
-        if job.state is JobState.QUEUED:
-            job = self._start(job)
-        return job
+            job = self.engine.accept(self.engine.draft(JobKind.CENTRAL_APPLY, CENTRAL, source=ref))
+        else:
+            job = self.engine.accept(self.engine.draft(JobKind.IMPORT, hub or self.hub_for_upload(name), source=ref))
+        logger.info("%s/%s is job %s (%s) on %s", container, name, job.job_id, job.state, job.hub)
+        return self._start(job)
 
-    def export(self, hub: str, *, include_keys: bool, source: str, key: str | None = None) -> Job:
-        """Queue an export of ``hub`` (``key``: a repeated request finds the queued one) and start it if idle."""
-        job, created = self.pipeline.queue_export(hub, include_keys=include_keys, source=source, key=key)
-        return self._start(job) if created else job
+    def export(self, hub: str, *, include_keys: bool, key: str | None = None) -> Job:
+        """Queue a backup of ``hub`` (``key``: a repeated request finds the queued one) and start it if idle."""
+        self._check_hub(hub)
+        draft = replace(self.engine.draft(JobKind.EXPORT, hub, key=key), include_keys=include_keys)
+        return self._start(self.engine.accept(draft))
 
     def restore(self, hub: str, backup: str) -> Job:
-        """Queue a restore of a backup folder of ``hub`` and start it if the hub is idle."""
-        job = self.pipeline.accept_restore(hub, backup)
-        return self._start(job) if job.state is JobState.QUEUED else job
+        """Queue a restore of a backup folder of ``hub`` and start it if the hub is idle.
+
+        Raises:
+            NotABackup: no complete backup under that name.
+        """
+        self._check_hub(hub)
+        ref = locate_backup(self.storage, self.settings.containers.backups, hub, backup)
+        # Not keyed: the same backup may be restored again later; a request sent twice finds the active job.
+        draft = self.engine.draft(JobKind.RESTORE, hub, source=ref, keyed_by_source=False)
+        return self._start(self.engine.accept(draft, once_while_active=True))
+
+    def wait(self, job: Job, timeout: timedelta, *, poll: float = 0.2) -> Job:
+        """``job`` once it has ended, or as it stands after ``timeout`` (when another instance is running it)."""
+        deadline = time.monotonic() + timeout.total_seconds()
+        while not job.state.is_terminal and time.monotonic() < deadline:
+            time.sleep(poll)
+            job = self.ledger.get(job.hub, job.job_id)
+        return job
+
+    def _check_hub(self, hub: str) -> None:
+        if hub not in self.settings.hubs:
+            raise ValueError(f"unknown hub '{hub}': configured hubs are {', '.join(self.settings.hubs)}")
 
     def _start(self, job: Job) -> Job:
-        """Start the hub's next job now if the hub is idle; ``job`` as it stands afterwards.
+        """Start the partition's next job now if it is idle; ``job`` as it stands afterwards.
 
         When this call did not move it, another instance may be (the blob trigger also sees an upload made through
         the API): the job is read again, so a reply never shows ``queued`` for a job already being submitted."""
-        started = self.pipeline.start_next(job.hub)
+        if job.state is not JobState.QUEUED:
+            return job
+        started = self.engine.start_next(job.hub)
         if started is not None and started.job_id == job.job_id:
             return started
         return self.ledger.get(job.hub, job.job_id)
 
+    def partitions(self) -> list[str]:
+        """The ledger partitions the monitor follows: every hub, and IoT Central's when it is configured."""
+        return [*self.settings.hubs, *([CENTRAL] if self.central is not None else [])]
+
     def monitor(self) -> list[Job]:
-        """One pass of the job monitor over every hub; one hub's trouble never stops the others."""
+        """One pass of the job monitor over every partition; one's trouble never stops the others."""
         changed: list[Job] = []
-        for hub in self.settings.hubs:
-            with _pass(f"monitor pass over hub {hub}"):
-                changed.extend(self.pipeline.poll(hub))
+        for partition in self.partitions():
+            with _pass(f"monitor pass over {partition}"):
+                changed.extend(self.engine.monitor_pass(partition))
         with _pass("sweeping work containers"):
-            self.pipeline.sweep_work_containers(self.settings.orphan_after)
-        if self.central is not None:
-            with _pass("resuming interrupted IoT Central applies"):
-                changed.extend(self.central.resume_stale())
+            self.engine.sweep_work_containers(self.settings.orphan_after)
         return changed
 
     def nightly_backup(self, now: datetime | None = None) -> list[Job]:
@@ -168,8 +190,8 @@ class Services:
         now = now or datetime.now(UTC)
         jobs = []
         for hub in self.settings.hubs:
-            key = f"nightly-{hub}-{now:%Y%m%d%H}"
-            jobs.append(self.export(hub, include_keys=self.settings.backup_include_keys, source="nightly", key=key))
+            key = nightly_key(hub, now)
+            jobs.append(self.export(hub, include_keys=self.settings.backup_include_keys, key=key))
             # Also here, not only when a backup lands: a hub whose exports keep failing still gets pruned.
             apply_retention(
                 self.storage,

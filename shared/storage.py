@@ -1,13 +1,11 @@
-"""Blob storage for the pipeline: streaming reads and writes, the staged copy the hub reads, SAS, archiving.
+"""Blob storage for the jobs: streaming reads and writes, the staged copy the hub reads, pinning and archiving.
 
 Connections come from an app setting *prefix*, as the Functions host resolves them: ``<PREFIX>`` holding a
 connection string (Azurite locally), or identity-based ``<PREFIX>__blobServiceUri`` / ``__tableServiceUri`` /
 ``__queueServiceUri`` (or ``__serviceUri``, ``__accountName``) with ``__credential=managedidentity`` and
 ``__clientId`` for a user-assigned identity.
 
-SAS for hub jobs are container SAS, least privilege (input: read; output: read, write, delete as the import
-docs require), on per-job containers so a token reaches that job's data only. They are signed with the account
-key when there is one, else with a user delegation key obtained with the app's identity.
+SAS are minted by ``sas.SasMinter`` (``Storage.sas``).
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ import logging
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -36,11 +34,9 @@ from azure.storage.blob import (
     BlobClient,
     BlobServiceClient,
     ContainerClient,
-    ContainerSasPermissions,
-    UserDelegationKey,
-    generate_blob_sas,
-    generate_container_sas,
 )
+
+from .sas import SasMinter
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +165,13 @@ class StagedBlob:
         return str(result.get("etag", ""))
 
 
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    etag: str
+    size: int
+    metadata: dict[str, str]
+
+
 # Azure's blob naming rules (Naming and Referencing Containers, Blobs, and Metadata): a name is 1-1,024
 # characters and has at most 254 path segments. Azurite does not enforce either, so the app checks its own names.
 MAX_BLOB_NAME = 1024
@@ -225,8 +228,7 @@ class Storage:
 
     def __init__(self, service: BlobServiceClient, *, sas_lifetime: timedelta = timedelta(hours=24)) -> None:
         self.service = service
-        self.sas_lifetime = sas_lifetime
-        self._delegation: tuple[UserDelegationKey, datetime] | None = None
+        self.sas = SasMinter(service, lifetime=sas_lifetime)
 
     @classmethod
     def from_settings(cls, settings: StorageSettings, **kw: Any) -> Storage:
@@ -302,12 +304,13 @@ class Storage:
             raise _explain(exc, f"writing {container}/{name}") from exc
         return str(result.get("etag", ""))
 
-    def properties(self, ref: BlobRef) -> dict[str, Any] | None:
+    def properties(self, ref: BlobRef) -> BlobInfo | None:
+        """What a blob is now (None: there is none)."""
         try:
             props = self.service.get_blob_client(ref.container, ref.name).get_blob_properties()
         except ResourceNotFoundError:
             return None
-        return {"etag": props.etag, "size": props.size, "metadata": dict(props.metadata or {})}
+        return BlobInfo(str(props.etag), int(props.size), dict(props.metadata or {}))
 
     def list_names(self, container: str, prefix: str) -> list[str]:
         """Blob names under ``prefix`` (no contents); an absent container has none."""
@@ -345,7 +348,7 @@ class Storage:
                 kw: dict[str, Any] = {}
                 if ref.etag and not ref.snapshot:
                     kw = {"source_etag": ref.etag, "source_match_condition": MatchConditions.IfNotModified}
-                copy = dst.start_copy_from_url(self._blob_read_url(origin), requires_sync=True, **kw)
+                copy = dst.start_copy_from_url(self.sas.blob_read_url(origin), requires_sync=True, **kw)
                 if copy.get("copy_status") not in ("success", None):
                     raise StorageError(f"archiving {ref.path} did not complete ({copy.get('copy_status')})")
         except ResourceNotFoundError:
@@ -398,60 +401,3 @@ class Storage:
             pass
         except AzureError as exc:
             raise _explain(exc, f"deleting {ref.path}") from exc
-
-    # --- SAS ----------------------------------------------------------------------------------------
-
-    def _has_key(self) -> bool:
-        cred = self.service.credential
-        return hasattr(cred, "account_key")
-
-    def _delegation_key(self, expiry: datetime) -> UserDelegationKey:
-        if self._delegation is None or self._delegation[1] < expiry:
-            start = datetime.now(UTC) - timedelta(minutes=5)
-            key = self.service.get_user_delegation_key(start, expiry)
-            self._delegation = (key, expiry)
-        return self._delegation[0]
-
-    def container_sas_url(self, container: str, permission: str, *, lifetime: timedelta | None = None) -> str:
-        """A container SAS URL with exactly ``permission`` (e.g. ``"r"`` or ``"rwd"``), valid ``lifetime``."""
-        expiry = datetime.now(UTC) + (lifetime or self.sas_lifetime)
-        start = datetime.now(UTC) - timedelta(minutes=5)  # tolerate clock skew between us and storage
-        perms = ContainerSasPermissions.from_string(permission)
-        account = str(self.service.account_name)
-        if self._has_key():
-            token = generate_container_sas(
-                account,
-                container,
-                account_key=self.service.credential.account_key,
-                permission=perms,
-                expiry=expiry,
-                start=start,
-            )
-        else:
-            token = generate_container_sas(
-                account,
-                container,
-                user_delegation_key=self._delegation_key(expiry),
-                permission=perms,
-                expiry=expiry,
-                start=start,
-            )
-        return f"{self.service.url.rstrip('/')}/{container}?{token}"
-
-    def container_url(self, container: str) -> str:
-        """The plain URL, for ``identityBased`` hub jobs (the hub's own identity reads and writes)."""
-        return f"{self.service.url.rstrip('/')}/{container}"
-
-    def _blob_read_url(self, blob: BlobClient, lifetime: timedelta = timedelta(hours=1)) -> str:
-        expiry = datetime.now(UTC) + lifetime
-        kw: dict[str, Any] = {"permission": "r", "expiry": expiry, "snapshot": blob.snapshot}
-        if self._has_key():
-            kw["account_key"] = self.service.credential.account_key
-        else:
-            kw["user_delegation_key"] = self._delegation_key(expiry)
-        token = generate_blob_sas(str(self.service.account_name), blob.container_name, blob.blob_name, **kw)
-        return f"{blob.url}{'&' if '?' in blob.url else '?'}{token}"
-
-    def read_link(self, ref: BlobRef, *, lifetime: timedelta = timedelta(minutes=15)) -> str:
-        """A short-lived read-only link to one blob (for reports in the HTTP API)."""
-        return self._blob_read_url(self.service.get_blob_client(ref.container, ref.name), lifetime)

@@ -39,6 +39,6 @@ def _remove(storage: Storage, ledger: Ledger, ref: BlobRef, *, depth: int) -> No
         current = storage.properties(BlobRef(ref.container, ref.name))
         if current is None:
             return
-        newer = ledger.find_key_anywhere(idempotency_key(ref.container, ref.name, str(current["etag"])))
+        newer = ledger.find_key_anywhere(idempotency_key(ref.container, ref.name, current.etag))
         if newer is not None and newer.state.is_terminal and newer.archived:
-            _remove(storage, ledger, BlobRef(ref.container, ref.name, str(current["etag"])), depth=1)
+            _remove(storage, ledger, BlobRef(ref.container, ref.name, current.etag), depth=1)

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     sys.path.insert(0, os.getcwd())
     if args.crash_at:
-        from shared import pipeline
+        from shared import engine
 
         def crash(step: str) -> None:
             if step == args.crash_at:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                 logging.shutdown()
                 os._exit(86)
 
-        pipeline.CHECKPOINTS.append(crash)
+        engine.CHECKPOINTS.append(crash)
     host = FunctionsHost(
         host=args.host,
         port=args.port,

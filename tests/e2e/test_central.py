@@ -47,7 +47,7 @@ def test_a_dropped_file_is_applied_once_recorded_and_archived(central_stack: Sta
     drop(stack, "central/dataexport.json", SAMPLE)
     (job,) = stack.app.wait_jobs(1)
     assert (job["hub"], job["kind"], job["state"]) == ("central", "central_apply", "completed"), job
-    assert job["modes"] == {"create": 7, "update": 0, "replace": 0, "delete": 0}
+    assert job["steps"] == {"create": 7, "update": 0, "replace": 0, "delete": 0}
     result = report(stack, job, "result")
     assert [r["outcome"] for r in result["results"]] == ["done"] * 7
     assert [(r["kind"], r["id"]) for r in result["results"]][:3] == [
@@ -62,7 +62,7 @@ def test_a_dropped_file_is_applied_once_recorded_and_archived(central_stack: Sta
     # The same file again (a new upload version) is a new job that changes nothing.
     drop(stack, "central/dataexport.json", SAMPLE)
     jobs = stack.app.wait_jobs(2)
-    assert jobs[0]["state"] == "completed" and jobs[0]["modes"] == {"create": 0, "update": 0, "replace": 0, "delete": 0}
+    assert jobs[0]["state"] == "completed" and jobs[0]["steps"] == {"create": 0, "update": 0, "replace": 0, "delete": 0}
     assert len([w for w in writes(request_log(stack.central)) if w[0] == "PUT"]) == 7
 
 
@@ -119,7 +119,7 @@ def test_killed_mid_apply_the_job_resumes_and_converges(central_stack: Stack) ->
     assert len(writes(request_log(stack.central))) == 1  # one destination made, then the process died
     stack.app.start()
     (job,) = stack.app.wait_jobs(1)
-    assert job["state"] == "completed" and job["attempts"] == 1, stack.app.job("central", job["jobId"])
+    assert job["state"] == "completed" and job["attempts"] == 2, stack.app.job("central", job["jobId"])
     assert central_state_after_plan(stack) == (3, 4)
     assert len([w for w in writes(request_log(stack.central)) if w[0] == "PUT"]) == 7, "nothing applied twice"
 

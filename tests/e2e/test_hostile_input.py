@@ -4,12 +4,13 @@ message saying what to change, never a 500, an HTML page or a dropped connection
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import requests
 
 from emulators.functions_host import FUNCTION_KEY
-from shared.ledger import Job, JobKind, JobState, Ledger
+from shared.ledger import Job, JobKind, JobState, Ledger, advance
 
 from .app import Stack
 
@@ -112,15 +113,8 @@ def test_iot_central_off_is_a_404_saying_how_to_turn_it_on_and_its_jobs_stay_rea
     # An upload under uploads/central/ while IoT Central is off is recorded as a rejected job in the central
     # partition: users read it like any other job.
     ledger = Ledger.from_service(stack.tables)
-    job, _ = ledger.create(
-        Job.new(
-            "central",
-            JobKind.CENTRAL_APPLY,
-            datetime.now(UTC),
-            state=JobState.REJECTED,
-            source="uploads/central/x.json",
-        )
-    )
+    draft = replace(Job.new("central", JobKind.CENTRAL_APPLY, datetime.now(UTC)), source="uploads/central/x.json")
+    job, _ = ledger.create(advance(draft, JobState.REJECTED, now=draft.created))
     assert stack.app.job("central", job.job_id)["state"] == "rejected"
     assert [j["jobId"] for j in stack.app.jobs(hub="central")] == [job.job_id]
     assert_alive(stack)

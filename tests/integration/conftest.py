@@ -12,15 +12,17 @@ from azure.storage.blob import BlobServiceClient
 from emulators.azurite import Azurite
 from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
+from shared.config import Containers
+from shared.engine import Context, JobEngine
 from shared.iotcentral import IoTCentralClient
 from shared.iothub import IoTHubClient
-from shared.ledger import Ledger
-from shared.pipeline import Containers, Pipeline
+from shared.kinds import registry
+from shared.ledger import HubSlot, Ledger
 from shared.retry import RetryPolicy
 from shared.storage import Storage as LiveStorage
 from shared.storage import StorageSettings
 
-from .helpers import FAST, Clock, Storage, emptied, running_central, running_emulator
+from .helpers import FAST, Clock, Jobs, Storage, emptied, running_central, running_emulator
 
 
 @pytest.fixture(scope="session")
@@ -77,8 +79,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def pipeline(azurite: Azurite, iothub: IoTHubEmulator, clock: Clock) -> Pipeline:
-    """The import pipeline on its own containers and ledger table, with one hub (``devhub``) and quick retries."""
+def jobs(azurite: Azurite, iothub: IoTHubEmulator, clock: Clock) -> Jobs:
+    """The job engine on its own containers and ledger table, with one hub (``devhub``) and quick retries."""
     prefix = f"p{uuid.uuid4().hex[:8]}"
     tables = TableServiceClient.from_connection_string(azurite.connection_string)
     storage = LiveStorage.from_settings(StorageSettings(connection_string=azurite.connection_string))
@@ -90,4 +92,7 @@ def pipeline(azurite: Azurite, iothub: IoTHubEmulator, clock: Clock) -> Pipeline
         backups=f"{prefix}-backups",
     )
     storage.ensure_container(containers.uploads)
-    return Pipeline(Ledger.from_service(tables, f"{prefix}jobs"), storage, {"devhub": hub}, containers, clock=clock)
+    table = tables.create_table_if_not_exists(f"{prefix}jobs")
+    kinds, off = registry(retention_days=None, central=None)
+    ctx = Context(storage, Ledger(table), containers, {"devhub": hub}, clock)
+    return Jobs(JobEngine(ctx, HubSlot(table), kinds, off))

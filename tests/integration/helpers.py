@@ -7,7 +7,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,10 +20,14 @@ from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, gener
 from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import POLICIES, IoTHubEmulator
 from emulators.iothub.auth import sign
-from shared.ledger import Job
-from shared.pipeline import Pipeline
+from shared.backups import locate_backup
+from shared.config import Containers
+from shared.engine import JobEngine
+from shared.iothub import IoTHubClient
+from shared.ledger import HubSlot, Job, JobKind, Ledger
 from shared.retry import RetryPolicy
 from shared.storage import BlobRef
+from shared.storage import Storage as LiveStorage
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -186,13 +190,61 @@ def writes(log: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(e["method"], e["path"]) for e in log if e["method"] != "GET"]
 
 
-# --- the import pipeline under test ---------------------------------------------------------------------
+# --- the job engine under test -------------------------------------------------------------------------
 
 FAST = RetryPolicy(max_retries=6, backoff_factor=0.01, backoff_max=0.05, total_timeout=30)
 KEY = base64.b64encode(b"secret-device-key-0123456789abcd").decode()
 
 
-def upload(p: Pipeline, name: str, lines: list[dict[str, Any] | str]) -> BlobRef:
+@dataclass
+class Jobs:
+    """The job engine with the entry points the app's services give it, minus starting: a test starts, polls and
+    cancels itself, with its own clock."""
+
+    engine: JobEngine
+
+    @property
+    def storage(self) -> LiveStorage:
+        return self.engine.ctx.storage
+
+    @property
+    def containers(self) -> Containers:
+        return self.engine.ctx.containers
+
+    @property
+    def hubs(self) -> dict[str, IoTHubClient]:
+        return dict(self.engine.ctx.hubs)
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.engine.ledger
+
+    @property
+    def slots(self) -> HubSlot:
+        return self.engine.slots
+
+    def accept_upload(self, ref: BlobRef, hub: str) -> Job:
+        return self.engine.accept(self.engine.draft(JobKind.IMPORT, hub, source=ref))
+
+    def queue_export(self, hub: str, *, include_keys: bool = False) -> Job:
+        return self.engine.accept(replace(self.engine.draft(JobKind.EXPORT, hub), include_keys=include_keys))
+
+    def accept_restore(self, hub: str, backup: str) -> Job:
+        ref = locate_backup(self.storage, self.containers.backups, hub, backup)
+        draft = self.engine.draft(JobKind.RESTORE, hub, source=ref, keyed_by_source=False)
+        return self.engine.accept(draft, once_while_active=True)
+
+    def start_next(self, hub: str) -> Job | None:
+        return self.engine.start_next(hub)
+
+    def monitor_pass(self, hub: str) -> list[Job]:
+        return self.engine.monitor_pass(hub)
+
+    def cancel(self, job: Job) -> Job:
+        return self.engine.cancel(job)
+
+
+def upload(p: Jobs, name: str, lines: list[dict[str, Any] | str]) -> BlobRef:
     data = "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines).encode()
     etag = p.storage.upload_bytes(p.containers.uploads, name, data)
     return BlobRef(p.containers.uploads, name, etag)
@@ -202,11 +254,11 @@ def devices(n: int, prefix: str = "d", **extra: Any) -> list[dict[str, Any] | st
     return [{"id": f"{prefix}-{i}", "status": "enabled", **extra} for i in range(n)]
 
 
-def run_to_end(p: Pipeline, job: Job, clock: Clock, deadline: float = 60) -> Job:
+def run_to_end(p: Jobs, job: Job, clock: Clock, deadline: float = 60) -> Job:
     """Monitor passes (the clock advancing 30 s each) until ``job`` ends; the deadline only stops a hung test."""
     end = time.monotonic() + deadline
     while True:
-        p.poll(job.hub)
+        p.monitor_pass(job.hub)
         job = p.ledger.get(job.hub, job.job_id)
         if job.state.is_terminal:
             return job
@@ -216,5 +268,5 @@ def run_to_end(p: Pipeline, job: Job, clock: Clock, deadline: float = 60) -> Job
         time.sleep(0.05)
 
 
-def hub_count(p: Pipeline) -> int:
+def hub_count(p: Jobs) -> int:
     return p.hubs["devhub"].get_registry_statistics().total

@@ -1,11 +1,11 @@
-"""shared.central against Azurite and the IoT Central emulator: an apply interrupted mid-way is left running, is not
-touched while fresh, and is finished by the monitor's pass once stale."""
+"""IoT Central applies on the job engine, against Azurite and the IoT Central emulator: an apply interrupted mid-way
+is left alone while fresh, and is run again (from a new plan, so no step is repeated) by the monitor once stale."""
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,11 +13,13 @@ from azure.data.tables import TableServiceClient
 
 from emulators.azurite import Azurite
 from emulators.iotcentral import IoTCentralEmulator
-from shared import pipeline
+from shared import engine
 from shared.central import Central
 from shared.config import Containers
+from shared.engine import Context, JobEngine
 from shared.iotcentral import IoTCentralClient
-from shared.ledger import Job, JobState, Ledger
+from shared.kinds import registry
+from shared.ledger import HubSlot, Job, JobKind, JobState, Ledger
 from shared.storage import BlobRef, Storage, StorageSettings
 
 from .helpers import Clock, request_log, writes
@@ -31,44 +33,59 @@ class Crash(Exception):
 
 
 @pytest.fixture
-def central_jobs(azurite: Azurite, central: IoTCentralClient, clock: Clock) -> Central:
+def central_jobs(azurite: Azurite, central: IoTCentralClient, clock: Clock) -> JobEngine:
     prefix = f"c{uuid.uuid4().hex[:8]}"
     tables = TableServiceClient.from_connection_string(azurite.connection_string)
     storage = Storage.from_settings(StorageSettings(connection_string=azurite.connection_string))
     containers = Containers(f"{prefix}-uploads", f"{prefix}-reports", f"{prefix}-archive", f"{prefix}-backups")
     storage.ensure_container(containers.uploads)
-    return Central(Ledger.from_service(tables, f"{prefix}jobs"), storage, central, ENV, containers, clock=clock)
+    table = tables.create_table_if_not_exists(f"{prefix}jobs")
+    kinds, off = registry(retention_days=None, central=Central(storage, central, ENV, containers, clock=clock))
+    return JobEngine(Context(storage, Ledger(table), containers, {}, clock), HubSlot(table), kinds, off)
 
 
-def test_the_monitor_finishes_an_apply_a_crash_left_running(
-    central_jobs: Central, iotcentral: IoTCentralEmulator, clock: Clock
+def wait(e: JobEngine, job: Job, seconds: float) -> Job:
+    """The job once it has ended, or as it stands after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not job.state.is_terminal and time.monotonic() < deadline:
+        time.sleep(0.05)
+        job = e.ledger.get(job.hub, job.job_id)
+    return job
+
+
+def test_the_monitor_runs_again_an_apply_a_crash_interrupted(
+    central_jobs: JobEngine, iotcentral: IoTCentralEmulator, clock: Clock
 ) -> None:
-    c = central_jobs
-    etag = c.storage.upload_bytes(c.containers.uploads, "central/dataexport.json", SAMPLE)
-    ref = BlobRef(c.containers.uploads, "central/dataexport.json", etag)
+    e = central_jobs
+    storage, containers = e.ctx.storage, e.ctx.containers
+    etag = storage.upload_bytes(containers.uploads, "central/dataexport.json", SAMPLE)
+    ref = BlobRef(containers.uploads, "central/dataexport.json", etag)
+    job = e.accept(e.draft(JobKind.CENTRAL_APPLY, "central", source=ref))
+    assert job.state is JobState.QUEUED and sum(job.steps.values()) == 7
     crash = _Once()
-    pipeline.CHECKPOINTS.append(crash)
+    engine.CHECKPOINTS.append(crash)
     try:
         with pytest.raises(Crash):
-            c.accept(ref)
+            e.start_next("central")
     finally:
-        pipeline.CHECKPOINTS.remove(crash)
-    (job,) = list(c.ledger.iter_active("central"))
-    assert job.state is JobState.RUNNING and job.progress == 14  # 1 of 7 steps
-    assert c.resume_stale() == [], "a fresh job may belong to a live instance: left alone"
-    assert c.wait(job, timedelta(seconds=0.3)).state is JobState.RUNNING  # nobody finishes it: as it stands
+        engine.CHECKPOINTS.remove(crash)
+    (job,) = list(e.ledger.iter_active("central"))
+    assert job.state is JobState.SUBMITTING and job.progress == 14  # 1 of 7 steps
+    assert e.monitor_pass("central") == [], "a fresh job may belong to a live instance: left alone"
+    assert wait(e, job, 0.3).state is JobState.SUBMITTING  # nobody finishes it: as it stands
     clock.advance(minutes=3)
-    # The monitor finishes it in another thread while an HTTP apply of the same upload waits for the end.
+    # The monitor runs it again in another thread while an HTTP apply of the same upload waits for the end.
     resumed: list[Job] = []
-    monitor = threading.Thread(target=lambda: resumed.extend(c.resume_stale()))
+    monitor = threading.Thread(target=lambda: resumed.extend(e.monitor_pass("central")))
     monitor.start()
-    waited = c.wait(job, timedelta(seconds=60))
+    waited = wait(e, job, 60)
     monitor.join()
-    (done,) = resumed
-    assert done.state is JobState.COMPLETED and done.attempts == 1 and done.job_id == job.job_id
+    assert [j.state for j in resumed] == [JobState.QUEUED, JobState.COMPLETED]  # queued again, then run
+    done = resumed[-1]
+    assert done.attempts == 2 and done.job_id == job.job_id
     assert waited.state is JobState.COMPLETED
-    assert list(c.ledger.iter_active("central")) == []
-    assert c.storage.list_names(c.containers.archive, "") == [f"processed/{job.job_id}/central/dataexport.json"]
+    assert list(e.ledger.iter_active("central")) == []
+    assert storage.list_names(containers.archive, "") == [f"processed/{job.job_id}/central/dataexport.json"]
     log = request_log(iotcentral)
     assert len([w for w in writes(log) if w[0] == "PUT"]) == 7, "the step done before the crash is not repeated"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,6 +12,7 @@ from azure.data.tables import TableServiceClient
 
 from emulators.azurite import Azurite
 from shared.ledger import (
+    HubSlot,
     InvalidTransition,
     Job,
     JobKind,
@@ -43,15 +45,15 @@ def job(hub: str = "hub1", *, key: str | None = None, at: datetime = NOW) -> Job
 def test_round_trip_and_transitions(ledger: Ledger) -> None:
     created, new = ledger.create(job())
     assert new and created.state is JobState.QUEUED and created.etag
-    running = ledger.move(
-        ledger.move(created, JobState.SUBMITTING, now=NOW), JobState.RUNNING, now=NOW, hub_job_id="h1"
-    )
+    submitting = ledger.move(created, JobState.SUBMITTING, now=NOW)
+    running = ledger.move(replace(submitting, hub_job_id="h1"), JobState.RUNNING, now=NOW)
     again = ledger.get("hub1", created.job_id)
     assert (again.state, again.hub_job_id) == (JobState.RUNNING, "h1")
     with pytest.raises(InvalidTransition):
         ledger.move(running, JobState.QUEUED, now=NOW)
-    done = ledger.move(again, JobState.COMPLETED_WITH_ERRORS, now=NOW, failed_devices=3, modes={"create": 5})
+    done = ledger.move(replace(again, failed_devices=3, modes={"create": 5}), JobState.COMPLETED_WITH_ERRORS, now=NOW)
     assert ledger.get("hub1", done.job_id).modes == {"create": 5}
+    assert ledger.get("hub1", done.job_id) == done  # every field survives the row (etags aside)
     with pytest.raises(InvalidTransition):
         ledger.move(done, JobState.RUNNING, now=NOW)
 
@@ -96,11 +98,12 @@ def test_concurrent_creators_of_one_upload_make_one_job(azurite: Azurite, ledger
 def test_twenty_concurrent_claimers_one_winner(azurite: Azurite, ledger: Ledger) -> None:
     winners: list[str] = []
     barrier = threading.Barrier(20)
+    slots = HubSlot(ledger.table)
 
     def claim(n: int) -> None:
-        mine = fresh_ledger(azurite, ledger.table.table_name)
+        mine = HubSlot(fresh_ledger(azurite, ledger.table.table_name).table)
         barrier.wait()
-        if mine.claim_slot("hub1", f"job-{n}", now=NOW):
+        if mine.claim("hub1", f"job-{n}", now=NOW):
             winners.append(f"job-{n}")
 
     threads = [threading.Thread(target=claim, args=(n,)) for n in range(20)]
@@ -109,14 +112,15 @@ def test_twenty_concurrent_claimers_one_winner(azurite: Azurite, ledger: Ledger)
     for t in threads:
         t.join()
     assert len(winners) == 1
-    assert ledger.slot_holder("hub1") == winners[0]
-    assert ledger.claim_slot("hub1", winners[0], now=NOW)  # re-claiming is idempotent
-    assert not ledger.claim_slot("hub1", "someone-else", now=NOW)
-    assert ledger.release_slot("hub1", "someone-else", now=NOW)  # not the holder: the slot stays taken
-    assert ledger.slot_holder("hub1") == winners[0]
-    assert ledger.release_slot("hub1", winners[0], now=NOW)
-    assert ledger.slot_holder("hub1") is None
-    assert ledger.claim_slot("hub1", "next", now=NOW)
+    assert slots.holder("hub1") == winners[0]
+    assert slots.claim("hub1", winners[0], now=NOW)  # re-claiming is idempotent
+    assert not slots.claim("hub1", "someone-else", now=NOW)
+    assert not slots.release("hub1", "someone-else", now=NOW)  # not the holder: nothing released
+    assert slots.holder("hub1") == winners[0]
+    assert slots.release("hub1", winners[0], now=NOW)  # released by this call
+    assert not slots.release("hub1", winners[0], now=NOW)  # again: nothing left to release
+    assert slots.holder("hub1") is None
+    assert slots.claim("hub1", "next", now=NOW)
 
 
 def test_listing_newest_first_filtered_and_paged(ledger: Ledger) -> None:

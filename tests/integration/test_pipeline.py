@@ -1,4 +1,4 @@
-"""shared.pipeline against Azurite and the IoT Hub emulator: the import flow, step by step."""
+"""The job engine against Azurite and the IoT Hub emulator: the import flow, step by step."""
 
 from __future__ import annotations
 
@@ -10,59 +10,59 @@ from azure.storage.blob import BlobServiceClient
 
 from emulators.azurite import Azurite
 from emulators.iothub import IoTHubEmulator
+from shared.kinds._hub import _urls
 from shared.ledger import JobState
-from shared.pipeline import Pipeline
 from shared.storage import BlobRef
 
-from .helpers import KEY, Clock, control, devices, hub_count, run_to_end, upload
+from .helpers import KEY, Clock, Jobs, control, devices, hub_count, run_to_end, upload
 
 
-def test_good_upload_is_imported_and_archived(pipeline: Pipeline, clock: Clock) -> None:
-    ref = upload(pipeline, "fleet.jsonl", devices(10))
-    job = pipeline.accept_upload(ref, "devhub")
+def test_good_upload_is_imported_and_archived(jobs: Jobs, clock: Clock) -> None:
+    ref = upload(jobs, "fleet.jsonl", devices(10))
+    job = jobs.accept_upload(ref, "devhub")
     assert (job.state, job.lines, job.modes) == (JobState.QUEUED, 10, {"createOrUpdate": 10})
-    started = pipeline.start_next("devhub")
+    started = jobs.start_next("devhub")
     assert started is not None and started.state is JobState.RUNNING and started.hub_job_id
-    assert pipeline.ledger.slot_holder("devhub") == job.job_id
-    done = run_to_end(pipeline, job, clock)
+    assert jobs.slots.holder("devhub") == job.job_id
+    done = run_to_end(jobs, job, clock)
     assert done.state is JobState.COMPLETED and done.progress == 100 and done.failed_devices == 0
-    assert hub_count(pipeline) == 10
-    assert pipeline.storage.properties(BlobRef(ref.container, ref.name)) is None
-    archived = BlobRef(pipeline.containers.archive, f"processed/{job.job_id}/fleet.jsonl")
-    assert pipeline.storage.properties(archived) is not None
-    assert pipeline.ledger.slot_holder("devhub") is None
+    assert hub_count(jobs) == 10
+    assert jobs.storage.properties(BlobRef(ref.container, ref.name)) is None
+    archived = BlobRef(jobs.containers.archive, f"processed/{job.job_id}/fleet.jsonl")
+    assert jobs.storage.properties(archived) is not None
+    assert jobs.slots.holder("devhub") is None
     assert "summary" in done.reports
 
 
-def test_bad_upload_is_rejected_with_a_report_and_the_hub_untouched(pipeline: Pipeline) -> None:
-    ref = upload(pipeline, "bad.jsonl", [*devices(3), {"id": "x y", "status": "enabled"}, '{"id":'])
-    job = pipeline.accept_upload(ref, "devhub")
+def test_bad_upload_is_rejected_with_a_report_and_the_hub_untouched(jobs: Jobs) -> None:
+    ref = upload(jobs, "bad.jsonl", [*devices(3), {"id": "x y", "status": "enabled"}, '{"id":'])
+    job = jobs.accept_upload(ref, "devhub")
     assert job.state is JobState.REJECTED and job.validation_errors == 2
     container, path = job.reports["rejection"].split("/", 1)
-    report = json.loads(b"".join(pipeline.storage.open_read(BlobRef(container, path))))
+    report = json.loads(b"".join(jobs.storage.open_read(BlobRef(container, path))))
     assert [(e["line"], e["code"]) for e in report["errors"]] == [(4, "INVALID_DEVICE_ID"), (5, "INVALID_JSON")]
-    assert pipeline.start_next("devhub") is None
-    assert hub_count(pipeline) == 0 and pipeline.hubs["devhub"].list_jobs() == []
-    assert pipeline.storage.properties(BlobRef(pipeline.containers.archive, f"failed/{job.job_id}/bad.jsonl"))
-    assert pipeline.storage.properties(BlobRef(ref.container, ref.name)) is None
-    assert not pipeline.storage.service.get_container_client(job.work_container).exists()
+    assert jobs.start_next("devhub") is None
+    assert hub_count(jobs) == 0 and jobs.hubs["devhub"].list_jobs() == []
+    assert jobs.storage.properties(BlobRef(jobs.containers.archive, f"failed/{job.job_id}/bad.jsonl"))
+    assert jobs.storage.properties(BlobRef(ref.container, ref.name)) is None
+    assert not jobs.storage.service.get_container_client(job.work_container).exists()
 
 
-def test_duplicate_delivery_gives_one_job(pipeline: Pipeline, clock: Clock) -> None:
-    ref = upload(pipeline, "twice.jsonl", devices(2))
-    first = pipeline.accept_upload(ref, "devhub")
-    second = pipeline.accept_upload(ref, "devhub")
+def test_duplicate_delivery_gives_one_job(jobs: Jobs, clock: Clock) -> None:
+    ref = upload(jobs, "twice.jsonl", devices(2))
+    first = jobs.accept_upload(ref, "devhub")
+    second = jobs.accept_upload(ref, "devhub")
     assert first.job_id == second.job_id
-    assert len(pipeline.ledger.list_jobs("devhub")[0]) == 1
-    run_to_end(pipeline, first, clock)
-    assert pipeline.accept_upload(ref, "devhub").state is JobState.COMPLETED  # a late redelivery does nothing
-    assert len(pipeline.hubs["devhub"].list_jobs()) == 1
+    assert len(jobs.ledger.list_jobs("devhub")[0]) == 1
+    run_to_end(jobs, first, clock)
+    assert jobs.accept_upload(ref, "devhub").state is JobState.COMPLETED  # a late redelivery does nothing
+    assert len(jobs.hubs["devhub"].list_jobs()) == 1
 
 
-def test_per_device_hub_errors_end_completed_with_errors(pipeline: Pipeline, clock: Clock) -> None:
-    pipeline.hubs["devhub"].bulk_update([{"id": "taken", "status": "enabled", "importMode": "create"}])
+def test_per_device_hub_errors_end_completed_with_errors(jobs: Jobs, clock: Clock) -> None:
+    jobs.hubs["devhub"].bulk_update([{"id": "taken", "status": "enabled", "importMode": "create"}])
     ref = upload(
-        pipeline,
+        jobs,
         "mixed.jsonl",
         [
             *devices(3),
@@ -70,69 +70,69 @@ def test_per_device_hub_errors_end_completed_with_errors(pipeline: Pipeline, clo
             {"id": "ghost", "status": "enabled", "importMode": "update"},
         ],
     )
-    job = run_to_end(pipeline, pipeline.accept_upload(ref, "devhub"), clock)
+    job = run_to_end(jobs, jobs.accept_upload(ref, "devhub"), clock)
     assert job.state is JobState.COMPLETED_WITH_ERRORS and job.failed_devices == 2
     container, path = job.reports["errorsCsv"].split("/", 1)
-    csv_text = b"".join(pipeline.storage.open_read(BlobRef(container, path))).decode()
+    csv_text = b"".join(jobs.storage.open_read(BlobRef(container, path))).decode()
     assert "taken,,409001,DeviceAlreadyExists" in csv_text and "ghost,,404001,DeviceNotFound" in csv_text
 
 
-def test_busy_hub_keeps_the_job_queued(pipeline: Pipeline, iothub: IoTHubEmulator, clock: Clock) -> None:
+def test_busy_hub_keeps_the_job_queued(jobs: Jobs, iothub: IoTHubEmulator, clock: Clock) -> None:
     control(iothub, "jobs", {"paused": True})
-    work = pipeline.storage.ensure_container(f"foreign-{uuid.uuid4().hex[:8]}").container_name
-    foreign = pipeline.hubs["devhub"].create_export_job(pipeline.storage.container_sas_url(work, "rwdl"))
-    job = pipeline.accept_upload(upload(pipeline, "wait.jsonl", devices(2)), "devhub")
-    waiting = pipeline.start_next("devhub")
-    assert waiting is not None and waiting.state is JobState.QUEUED and "busy" in (waiting.failure_reason or "")
-    assert pipeline.ledger.slot_holder("devhub") is None
-    pipeline.hubs["devhub"].cancel_job(foreign.job_id)
+    work = jobs.storage.ensure_container(f"foreign-{uuid.uuid4().hex[:8]}").container_name
+    foreign = jobs.hubs["devhub"].create_export_job(jobs.storage.sas.container_sas_url(work, "rwdl"))
+    job = jobs.accept_upload(upload(jobs, "wait.jsonl", devices(2)), "devhub")
+    waiting = jobs.start_next("devhub")
+    assert waiting is not None and waiting.state is JobState.QUEUED and "busy" in (waiting.waiting_for or "")
+    assert jobs.slots.holder("devhub") is None
+    jobs.hubs["devhub"].cancel_job(foreign.job_id)
     control(iothub, "jobs", {"paused": False})
-    assert run_to_end(pipeline, job, clock).state is JobState.COMPLETED
+    assert run_to_end(jobs, job, clock).state is JobState.COMPLETED
 
 
-def test_crash_before_the_hub_job_was_created_requeues(pipeline: Pipeline, clock: Clock) -> None:
-    job = pipeline.accept_upload(upload(pipeline, "c1.jsonl", devices(2)), "devhub")
-    assert pipeline.ledger.claim_slot("devhub", job.job_id, now=clock())
-    pipeline.ledger.move(job, JobState.SUBMITTING, now=clock())  # ... and the process died here
-    assert pipeline.poll("devhub") == []  # still within the grace period: another instance may be submitting
+def test_crash_before_the_hub_job_was_created_requeues(jobs: Jobs, clock: Clock) -> None:
+    job = jobs.accept_upload(upload(jobs, "c1.jsonl", devices(2)), "devhub")
+    assert jobs.slots.claim("devhub", job.job_id, now=clock())
+    jobs.ledger.move(job, JobState.SUBMITTING, now=clock())  # ... and the process died here
+    assert jobs.monitor_pass("devhub") == []  # still within the grace period: another instance may be submitting
     clock.advance(5)
-    done = run_to_end(pipeline, job, clock)
+    done = run_to_end(jobs, job, clock)
     assert done.state is JobState.COMPLETED and done.attempts == 1
-    assert len(pipeline.hubs["devhub"].list_jobs()) == 1
+    assert len(jobs.hubs["devhub"].list_jobs()) == 1
 
 
-def test_crash_after_the_hub_job_was_created_adopts_it(pipeline: Pipeline, clock: Clock) -> None:
-    job = pipeline.accept_upload(upload(pipeline, "c2.jsonl", devices(2)), "devhub")
-    pipeline.ledger.claim_slot("devhub", job.job_id, now=clock())
-    job = pipeline.ledger.move(job, JobState.SUBMITTING, now=clock())
-    inp, out = pipeline._urls(job)
-    created = pipeline.hubs["devhub"].create_import_job(inp, out)  # the hub took it; we died before recording
+def test_crash_after_the_hub_job_was_created_adopts_it(jobs: Jobs, clock: Clock) -> None:
+    job = jobs.accept_upload(upload(jobs, "c2.jsonl", devices(2)), "devhub")
+    jobs.slots.claim("devhub", job.job_id, now=clock())
+    job = jobs.ledger.move(job, JobState.SUBMITTING, now=clock())
+    inp, out = _urls(job, jobs.engine.ctx)
+    created = jobs.hubs["devhub"].create_import_job(inp, out)  # the hub took it; we died before recording
     clock.advance(5)
-    done = run_to_end(pipeline, job, clock)
+    done = run_to_end(jobs, job, clock)
     assert done.state is JobState.COMPLETED and done.hub_job_id == created.job_id
-    assert [j.job_id for j in pipeline.hubs["devhub"].list_jobs()] == [created.job_id]  # never submitted twice
+    assert [j.job_id for j in jobs.hubs["devhub"].list_jobs()] == [created.job_id]  # never submitted twice
 
 
-def test_the_flow_rides_out_injected_faults(pipeline: Pipeline, iothub: IoTHubEmulator, clock: Clock) -> None:
-    job = pipeline.accept_upload(upload(pipeline, "faults.jsonl", devices(20)), "devhub")
+def test_the_flow_rides_out_injected_faults(jobs: Jobs, iothub: IoTHubEmulator, clock: Clock) -> None:
+    job = jobs.accept_upload(upload(jobs, "faults.jsonl", devices(20)), "devhub")
     control(iothub, "faults", {"rate": 0.3, "statuses": [429, 500, 503], "retryAfter": 0, "seed": 5})
     clock_step = 3  # minutes per pass: lets a submission hit by a 500 be reconciled
 
     end = time.monotonic() + 90
-    while not (job := pipeline.ledger.get("devhub", job.job_id)).state.is_terminal:
+    while not (job := jobs.ledger.get("devhub", job.job_id)).state.is_terminal:
         try:
-            pipeline.poll("devhub")
+            jobs.monitor_pass("devhub")
         except Exception as exc:  # a monitor pass may fail; the next one carries on (as the timer would)
             assert "IoT Hub" in str(exc)
         clock.advance(clock_step)
         assert time.monotonic() < end, job.state
     control(iothub, "faults", {"rate": 0})
     assert job.state is JobState.COMPLETED
-    assert hub_count(pipeline) == 20
-    assert len(pipeline.hubs["devhub"].list_jobs()) == 1
+    assert hub_count(jobs) == 20
+    assert len(jobs.hubs["devhub"].list_jobs()) == 1
 
 
-def test_no_secrets_in_ledger_or_reports(pipeline: Pipeline, azurite: Azurite, clock: Clock) -> None:
+def test_no_secrets_in_ledger_or_reports(jobs: Jobs, azurite: Azurite, clock: Clock) -> None:
     lines = [
         {
             "id": f"k-{i}",
@@ -142,12 +142,12 @@ def test_no_secrets_in_ledger_or_reports(pipeline: Pipeline, azurite: Azurite, c
         }
         for i in range(3)
     ]
-    pipeline.hubs["devhub"].bulk_update([{"id": "k-0", "status": "enabled"}])
-    job = run_to_end(pipeline, pipeline.accept_upload(upload(pipeline, "keys.jsonl", lines), "devhub"), clock)
+    jobs.hubs["devhub"].bulk_update([{"id": "k-0", "status": "enabled"}])
+    job = run_to_end(jobs, jobs.accept_upload(upload(jobs, "keys.jsonl", lines), "devhub"), clock)
     assert job.state is JobState.COMPLETED_WITH_ERRORS
-    texts = [json.dumps(dict(e), default=str) for e in pipeline.ledger.table.list_entities()]
+    texts = [json.dumps(dict(e), default=str) for e in jobs.ledger.table.list_entities()]
     service = BlobServiceClient.from_connection_string(azurite.connection_string)
-    reports = service.get_container_client(pipeline.containers.reports)
+    reports = service.get_container_client(jobs.containers.reports)
     texts += [reports.download_blob(b.name).readall().decode() for b in reports.list_blobs()]
     assert len(texts) > 3
     for text in texts:

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from emulators.iothub import IoTHubEmulator
+from shared.backups import NotABackup
 from shared.iothub import IoTHubClient
 from shared.ledger import Job, JobKind, JobState
-from shared.pipeline import NotABackup, Pipeline
 from shared.storage import ArchiveKind, BlobRef, within_limits
 
-from .helpers import FAST, KEY, Clock, control, devices, hub_count, run_to_end, upload
+from .helpers import FAST, KEY, Clock, Jobs, control, devices, hub_count, run_to_end, upload
 
 # What the service generates on every write: never part of what a backup restores.
 GENERATED = {
@@ -49,22 +49,22 @@ def _stable(value: Any) -> Any:
     return value
 
 
-def read(p: Pipeline, path: str) -> bytes:
+def read(p: Jobs, path: str) -> bytes:
     container, _, name = path.partition("/")
     return b"".join(p.storage.open_read(BlobRef(container, name)))
 
 
-def registry(p: Pipeline, clock: Clock) -> dict[str, Any]:
+def registry(p: Jobs, clock: Clock) -> dict[str, Any]:
     """The registry as a fresh export with keys shows it, without service-generated fields."""
-    job, _ = p.queue_export("devhub", include_keys=True, source="test")
+    job = p.queue_export("devhub", include_keys=True)
     done = run_to_end(p, job, clock)
     assert done.state is JobState.COMPLETED, done.failure_reason
     lines = [json.loads(x) for x in read(p, done.reports["backup"]).splitlines() if x.strip()]
     return {(d["id"], d.get("moduleId")): _stable(d) for d in lines}
 
 
-def backup(p: Pipeline, clock: Clock) -> Job:
-    job, _ = p.queue_export("devhub", include_keys=True, source="test")
+def backup(p: Jobs, clock: Clock) -> Job:
+    job = p.queue_export("devhub", include_keys=True)
     done = run_to_end(p, job, clock)
     assert done.state is JobState.COMPLETED
     return done
@@ -79,15 +79,15 @@ def keyed(n: int) -> list[dict[str, Any] | str]:
 
 
 def test_restoring_a_backup_brings_the_registry_back_and_leaves_the_backup_where_it_was(
-    pipeline: Pipeline, clock: Clock
+    jobs: Jobs, clock: Clock
 ) -> None:
-    run_to_end(pipeline, pipeline.accept_upload(upload(pipeline, "seed.jsonl", keyed(30)), "devhub"), clock)
-    taken = backup(pipeline, clock)
-    before = registry(pipeline, clock)
-    folder = taken.params["backup"]
+    run_to_end(jobs, jobs.accept_upload(upload(jobs, "seed.jsonl", keyed(30)), "devhub"), clock)
+    taken = backup(jobs, clock)
+    before = registry(jobs, clock)
+    folder = taken.backup_folder
     saved = {
-        n: read(pipeline, f"{pipeline.containers.backups}/{n}")
-        for n in pipeline.storage.list_names(pipeline.containers.backups, folder)
+        n: read(jobs, f"{jobs.containers.backups}/{n}")
+        for n in jobs.storage.list_names(jobs.containers.backups, folder)
     }
     assert set(saved) == {f"{folder}/devices.txt", f"{folder}/manifest.json"}
 
@@ -97,149 +97,141 @@ def test_restoring_a_backup_brings_the_registry_back_and_leaves_the_backup_where
         *({"id": f"r-{i}", "status": "disabled", "importMode": "update"} for i in range(5, 10)),
         *({"id": f"r-{i}", "importMode": "updateTwin", "tags": {"n": -1}} for i in range(10, 15)),
     ]
-    run_to_end(pipeline, pipeline.accept_upload(upload(pipeline, "drift.jsonl", changes), "devhub"), clock)
-    assert registry(pipeline, clock) != before
+    run_to_end(jobs, jobs.accept_upload(upload(jobs, "drift.jsonl", changes), "devhub"), clock)
+    assert registry(jobs, clock) != before
 
-    job = pipeline.accept_restore("devhub", folder.split("/", 1)[1])
+    job = jobs.accept_restore("devhub", folder.split("/", 1)[1])
     assert (job.kind, job.state, job.lines) == (JobKind.RESTORE, JobState.QUEUED, 30)
-    done = run_to_end(pipeline, job, clock)
+    done = run_to_end(jobs, job, clock)
     assert done.state is JobState.COMPLETED, done.failure_reason
-    assert registry(pipeline, clock) == before
+    assert registry(jobs, clock) == before
 
     # The backup is read in place: same blobs, same bytes, nothing archived, nothing recorded as moved.
     after = {
-        n: read(pipeline, f"{pipeline.containers.backups}/{n}")
-        for n in pipeline.storage.list_names(pipeline.containers.backups, folder)
+        n: read(jobs, f"{jobs.containers.backups}/{n}")
+        for n in jobs.storage.list_names(jobs.containers.backups, folder)
     }
     assert after == saved
-    assert done.archived is None and done.source == f"{pipeline.containers.backups}/{folder}/devices.txt"
-    assert not [n for n in pipeline.storage.list_names(pipeline.containers.archive, "") if done.job_id in n]
+    assert done.archived is None and done.source == f"{jobs.containers.backups}/{folder}/devices.txt"
+    assert not [n for n in jobs.storage.list_names(jobs.containers.archive, "") if done.job_id in n]
     manifest = json.loads(saved[f"{folder}/manifest.json"])
     assert done.source_sha256 == manifest["sha256"]
-    summary = json.loads(read(pipeline, done.reports["summary"]))
+    summary = json.loads(read(jobs, done.reports["summary"]))
     assert summary["job"]["state"] == "completed" and summary["job"]["kind"] == "restore"
 
 
-def test_restore_of_latest_and_of_what_is_not_a_backup(pipeline: Pipeline, clock: Clock) -> None:
+def test_restore_of_latest_and_of_what_is_not_a_backup(jobs: Jobs, clock: Clock) -> None:
     with pytest.raises(NotABackup, match="no complete backup"):
-        pipeline.accept_restore("devhub", "latest")
-    run_to_end(pipeline, pipeline.accept_upload(upload(pipeline, "seed.jsonl", devices(3)), "devhub"), clock)
-    first = backup(pipeline, clock)
+        jobs.accept_restore("devhub", "latest")
+    run_to_end(jobs, jobs.accept_upload(upload(jobs, "seed.jsonl", devices(3)), "devhub"), clock)
+    first = backup(jobs, clock)
     clock.advance(60)
-    second = backup(pipeline, clock)
-    job = pipeline.accept_restore("devhub", "latest")
-    assert job.source == f"{pipeline.containers.backups}/{second.params['backup']}/devices.txt"
-    assert pipeline.accept_restore("devhub", "latest").job_id == job.job_id  # asked twice: one job
-    assert first.params["backup"] != second.params["backup"]
+    second = backup(jobs, clock)
+    job = jobs.accept_restore("devhub", "latest")
+    assert job.source == f"{jobs.containers.backups}/{second.backup_folder}/devices.txt"
+    assert jobs.accept_restore("devhub", "latest").job_id == job.job_id  # asked twice: one job
+    assert first.backup_folder != second.backup_folder
     # keyless backups say what a restore does to keys
-    assert job.public()["notes"] == [] and second.params["includeKeys"]
+    assert job.notes == () and second.include_keys
     for bad in ("nothere", "otherhub/20260101T000000Z", "devhub/x/y"):
         with pytest.raises(NotABackup):
-            pipeline.accept_restore("devhub", bad)
+            jobs.accept_restore("devhub", bad)
 
 
-def test_a_damaged_backup_is_refused_and_left_alone(pipeline: Pipeline, clock: Clock) -> None:
-    run_to_end(pipeline, pipeline.accept_upload(upload(pipeline, "seed.jsonl", devices(3)), "devhub"), clock)
-    folder = backup(pipeline, clock).params["backup"]
+def test_a_damaged_backup_is_refused_and_left_alone(jobs: Jobs, clock: Clock) -> None:
+    run_to_end(jobs, jobs.accept_upload(upload(jobs, "seed.jsonl", devices(3)), "devhub"), clock)
+    folder = backup(jobs, clock).backup_folder
     damaged = b'{"id":"intruder","status":"enabled"}\n'
-    pipeline.storage.upload_bytes(pipeline.containers.backups, f"{folder}/devices.txt", damaged)
-    job = pipeline.accept_restore("devhub", folder)
+    jobs.storage.upload_bytes(jobs.containers.backups, f"{folder}/devices.txt", damaged)
+    job = jobs.accept_restore("devhub", folder)
     assert job.state is JobState.REJECTED and "manifest" in (job.failure_reason or "")
-    assert read(pipeline, f"{pipeline.containers.backups}/{folder}/devices.txt") == damaged
-    assert pipeline.start_next("devhub") is None
+    assert read(jobs, f"{jobs.containers.backups}/{folder}/devices.txt") == damaged
+    assert jobs.start_next("devhub") is None
 
 
-def test_importing_a_blob_outside_uploads_never_moves_it(pipeline: Pipeline, clock: Clock) -> None:
-    other = f"{pipeline.containers.reports}"
-    pipeline.storage.ensure_container(other)
+def test_importing_a_blob_outside_uploads_never_moves_it(jobs: Jobs, clock: Clock) -> None:
+    other = f"{jobs.containers.reports}"
+    jobs.storage.ensure_container(other)
     data = b"".join(json.dumps(d).encode() + b"\n" for d in devices(4))
-    etag = pipeline.storage.upload_bytes(other, "kept/devices.jsonl", data)
-    done = run_to_end(pipeline, pipeline.accept_upload(BlobRef(other, "kept/devices.jsonl", etag), "devhub"), clock)
-    assert done.state is JobState.COMPLETED and hub_count(pipeline) == 4
-    assert read(pipeline, f"{other}/kept/devices.jsonl") == data
-    props = pipeline.storage.properties(BlobRef(other, "kept/devices.jsonl"))
-    assert props is not None and props["etag"] == etag  # not even a metadata change
+    etag = jobs.storage.upload_bytes(other, "kept/devices.jsonl", data)
+    done = run_to_end(jobs, jobs.accept_upload(BlobRef(other, "kept/devices.jsonl", etag), "devhub"), clock)
+    assert done.state is JobState.COMPLETED and hub_count(jobs) == 4
+    assert read(jobs, f"{other}/kept/devices.jsonl") == data
+    props = jobs.storage.properties(BlobRef(other, "kept/devices.jsonl"))
+    assert props is not None and props.etag == etag  # not even a metadata change
     assert done.archived is None
     # and a rejected one stays too
-    etag = pipeline.storage.upload_bytes(other, "kept/bad.jsonl", b'{"id": 1}\n')
-    rejected = pipeline.accept_upload(BlobRef(other, "kept/bad.jsonl", etag), "devhub")
+    etag = jobs.storage.upload_bytes(other, "kept/bad.jsonl", b'{"id": 1}\n')
+    rejected = jobs.accept_upload(BlobRef(other, "kept/bad.jsonl", etag), "devhub")
     assert rejected.state is JobState.REJECTED and rejected.archived is None
-    assert read(pipeline, f"{other}/kept/bad.jsonl") == b'{"id": 1}\n'
+    assert read(jobs, f"{other}/kept/bad.jsonl") == b'{"id": 1}\n'
 
 
 # --- archives ---------------------------------------------------------------------------------------------
 
 
-def test_an_upload_overwritten_while_its_job_runs_archives_the_bytes_that_job_read(
-    pipeline: Pipeline, clock: Clock
-) -> None:
-    first = upload(pipeline, "fleet.jsonl", devices(5, prefix="old"))
-    job1 = pipeline.accept_upload(first, "devhub")
-    second = upload(pipeline, "fleet.jsonl", devices(7, prefix="new"))  # replaced while job 1 waits and runs
-    job2 = pipeline.accept_upload(second, "devhub")
+def test_an_upload_overwritten_while_its_job_runs_archives_the_bytes_that_job_read(jobs: Jobs, clock: Clock) -> None:
+    first = upload(jobs, "fleet.jsonl", devices(5, prefix="old"))
+    job1 = jobs.accept_upload(first, "devhub")
+    second = upload(jobs, "fleet.jsonl", devices(7, prefix="new"))  # replaced while job 1 waits and runs
+    job2 = jobs.accept_upload(second, "devhub")
     assert job1.job_id != job2.job_id
-    done1 = run_to_end(pipeline, job1, clock)
-    done2 = run_to_end(pipeline, job2, clock)
+    done1 = run_to_end(jobs, job1, clock)
+    done2 = run_to_end(jobs, job2, clock)
     assert (done1.state, done2.state) == (JobState.COMPLETED, JobState.COMPLETED)
-    assert hub_count(pipeline) == 12 and len(pipeline.hubs["devhub"].list_jobs()) == 2
+    assert hub_count(jobs) == 12 and len(jobs.hubs["devhub"].list_jobs()) == 2
     for done, prefix in ((done1, "old"), (done2, "new")):
         assert done.archived is not None
-        archived = read(pipeline, done.archived)
+        archived = read(jobs, done.archived)
         assert hashlib.sha256(archived).hexdigest() == done.source_sha256
         assert {json.loads(x)["id"].split("-")[0] for x in archived.splitlines()} == {prefix}
-    assert pipeline.storage.list_names(pipeline.containers.uploads, "") == []
+    assert jobs.storage.list_names(jobs.containers.uploads, "") == []
 
 
 @pytest.mark.parametrize("newer_ends_first", [True, False])
-def test_two_versions_in_flight_end_in_either_order_and_both_are_archived(
-    pipeline: Pipeline, newer_ends_first: bool
-) -> None:
-    job1 = pipeline.accept_upload(upload(pipeline, "twice.jsonl", devices(2, prefix="one")), "devhub")
-    job2 = pipeline.accept_upload(upload(pipeline, "twice.jsonl", devices(3, prefix="two")), "devhub")
+def test_two_versions_in_flight_end_in_either_order_and_both_are_archived(jobs: Jobs, newer_ends_first: bool) -> None:
+    job1 = jobs.accept_upload(upload(jobs, "twice.jsonl", devices(2, prefix="one")), "devhub")
+    job2 = jobs.accept_upload(upload(jobs, "twice.jsonl", devices(3, prefix="two")), "devhub")
     order = [job2, job1] if newer_ends_first else [job1, job2]
-    ended = {j.job_id: pipeline.cancel(j) for j in order}  # a queued job ends (and is archived) at once
-    uploads = pipeline.containers.uploads
-    assert pipeline.storage.list_names(uploads, "") == []  # whichever ended last removed the upload
-    assert pipeline.storage.snapshots(uploads, "twice.jsonl") == []
+    ended = {j.job_id: jobs.cancel(j) for j in order}  # a queued job ends (and is archived) at once
+    uploads = jobs.containers.uploads
+    assert jobs.storage.list_names(uploads, "") == []  # whichever ended last removed the upload
+    assert jobs.storage.snapshots(uploads, "twice.jsonl") == []
     for job, prefix in ((job1, "one"), (job2, "two")):
         archived = ended[job.job_id].archived
         assert archived is not None
-        data = read(pipeline, archived)
+        data = read(jobs, archived)
         assert hashlib.sha256(data).hexdigest() == job.source_sha256 and data.startswith(f'{{"id": "{prefix}'.encode())
 
 
-def test_snapshots_left_by_a_crash_do_not_keep_an_upload(pipeline: Pipeline, clock: Clock) -> None:
-    ref = upload(pipeline, "o.jsonl", devices(2))
-    pipeline.storage.pin(ref)  # pinned, then the process died before recording a job
-    done = run_to_end(pipeline, pipeline.accept_upload(ref, "devhub"), clock)  # the redelivery
+def test_snapshots_left_by_a_crash_do_not_keep_an_upload(jobs: Jobs, clock: Clock) -> None:
+    ref = upload(jobs, "o.jsonl", devices(2))
+    jobs.storage.pin(ref)  # pinned, then the process died before recording a job
+    done = run_to_end(jobs, jobs.accept_upload(ref, "devhub"), clock)  # the redelivery
     assert done.state is JobState.COMPLETED
-    assert pipeline.storage.list_names(pipeline.containers.uploads, "") == []
-    assert pipeline.storage.snapshots(pipeline.containers.uploads, "o.jsonl") == []
+    assert jobs.storage.list_names(jobs.containers.uploads, "") == []
+    assert jobs.storage.snapshots(jobs.containers.uploads, "o.jsonl") == []
 
 
-def test_a_rejected_upload_overwritten_before_it_is_archived_keeps_both_versions(
-    pipeline: Pipeline, clock: Clock
-) -> None:
-    bad = upload(pipeline, "x.jsonl", ['{"id": "a b"}'])
+def test_a_rejected_upload_overwritten_before_it_is_archived_keeps_both_versions(jobs: Jobs, clock: Clock) -> None:
+    bad = upload(jobs, "x.jsonl", ['{"id": "a b"}'])
     good = b'{"id":"fine","status":"enabled"}\n'
-    pinned = pipeline.storage.pin(bad)
-    pipeline.storage.upload_bytes(pipeline.containers.uploads, "x.jsonl", good)  # the user fixes it meanwhile
-    target = pipeline.storage.archive(
-        pinned, ArchiveKind.FAILED, archive_container=pipeline.containers.archive, job_id="j"
-    )
-    assert target is not None and read(pipeline, target.path) == b'{"id": "a b"}\n'
-    assert read(pipeline, f"{pipeline.containers.uploads}/x.jsonl") == good
+    pinned = jobs.storage.pin(bad)
+    jobs.storage.upload_bytes(jobs.containers.uploads, "x.jsonl", good)  # the user fixes it meanwhile
+    target = jobs.storage.archive(pinned, ArchiveKind.FAILED, archive_container=jobs.containers.archive, job_id="j")
+    assert target is not None and read(jobs, target.path) == b'{"id": "a b"}\n'
+    assert read(jobs, f"{jobs.containers.uploads}/x.jsonl") == good
 
 
-def test_a_name_azure_cannot_take_whole_is_archived_under_a_fitted_name(pipeline: Pipeline, clock: Clock) -> None:
+def test_a_name_azure_cannot_take_whole_is_archived_under_a_fitted_name(jobs: Jobs, clock: Clock) -> None:
     name = "devhub/" + "n" * 990 + ".jsonl"
-    done = run_to_end(pipeline, pipeline.accept_upload(upload(pipeline, name, devices(2)), "devhub"), clock)
+    done = run_to_end(jobs, jobs.accept_upload(upload(jobs, name, devices(2)), "devhub"), clock)
     assert done.state is JobState.COMPLETED and done.archived is not None
     container, _, archived = done.archived.partition("/")
     assert within_limits(archived) and len(archived) <= 1024
-    assert done.source == f"{pipeline.containers.uploads}/{name}"  # the ledger maps the archive back to the upload
-    assert pipeline.storage.properties(BlobRef(container, archived)) is not None
-    assert pipeline.storage.properties(BlobRef(pipeline.containers.uploads, name)) is None
+    assert done.source == f"{jobs.containers.uploads}/{name}"  # the ledger maps the archive back to the upload
+    assert jobs.storage.properties(BlobRef(container, archived)) is not None
+    assert jobs.storage.properties(BlobRef(jobs.containers.uploads, name)) is None
     for path in done.reports.values():
         assert within_limits(path.partition("/")[2])
 
@@ -248,39 +240,39 @@ def test_a_name_azure_cannot_take_whole_is_archived_under_a_fitted_name(pipeline
 
 
 def test_a_cancelled_import_says_how_far_the_hub_got_and_reports_its_refusals(
-    pipeline: Pipeline, iothub: IoTHubEmulator, clock: Clock
+    jobs: Jobs, iothub: IoTHubEmulator, clock: Clock
 ) -> None:
     lines = [{"id": "ghost", "status": "enabled", "importMode": "update"}, *devices(6000)]
     control(iothub, "faults", {"jobStepDelay": 0.3})
-    job = pipeline.accept_upload(upload(pipeline, "big.jsonl", lines), "devhub")
-    started = pipeline.start_next("devhub")
+    job = jobs.accept_upload(upload(jobs, "big.jsonl", lines), "devhub")
+    started = jobs.start_next("devhub")
     assert started is not None and started.hub_job_id
-    hub = pipeline.hubs["devhub"]
+    hub = jobs.hubs["devhub"]
     end = time.monotonic() + 60
     while hub.get_job(started.hub_job_id).progress == 0:
         assert time.monotonic() < end, "the hub job never made progress"
         time.sleep(0.05)
-    pipeline.cancel(pipeline.ledger.get("devhub", job.job_id))
+    jobs.cancel(jobs.ledger.get("devhub", job.job_id))
     control(iothub, "faults", {"jobStepDelay": 0})
-    done = run_to_end(pipeline, job, clock)
+    done = run_to_end(jobs, job, clock)
     assert done.state is JobState.CANCELLED
-    applied = hub_count(pipeline)
+    applied = hub_count(jobs)
     assert 0 < applied < 6000
     assert 0 < done.progress < 100
     assert "may have been applied" in (done.failure_reason or "") and f"{done.progress}%" in (done.failure_reason or "")
     assert done.failed_devices == 1 and "errors" in done.reports
-    assert b"ghost" in read(pipeline, done.reports["errors"])
-    summary = json.loads(read(pipeline, done.reports["summary"]))
+    assert b"ghost" in read(jobs, done.reports["errors"])
+    summary = json.loads(read(jobs, done.reports["summary"]))
     assert summary["job"]["state"] == "cancelled" and summary["job"]["progress"] == done.progress
     assert summary["errors"]["failedDevices"] == 1
     assert done.archived is not None and done.archived.split("/")[1] == "failed"
 
 
-def test_the_summary_shows_the_final_state_counts_and_times(pipeline: Pipeline, clock: Clock) -> None:
-    pipeline.hubs["devhub"].bulk_update([{"id": "taken", "status": "enabled", "importMode": "create"}])
+def test_the_summary_shows_the_final_state_counts_and_times(jobs: Jobs, clock: Clock) -> None:
+    jobs.hubs["devhub"].bulk_update([{"id": "taken", "status": "enabled", "importMode": "create"}])
     lines = [*devices(3), {"id": "taken", "status": "enabled", "importMode": "create"}]
-    done = run_to_end(pipeline, pipeline.accept_upload(upload(pipeline, "s.jsonl", lines), "devhub"), clock)
-    summary = json.loads(read(pipeline, done.reports["summary"]))
+    done = run_to_end(jobs, jobs.accept_upload(upload(jobs, "s.jsonl", lines), "devhub"), clock)
+    summary = json.loads(read(jobs, done.reports["summary"]))
     assert summary["job"]["state"] == "completed_with_errors" == done.state
     assert summary["job"]["progress"] == 100 and summary["job"]["failedDevices"] == 1
     assert summary["job"]["updated"] == done.updated.isoformat() and summary["job"]["lines"] == 4
@@ -292,55 +284,54 @@ def test_the_summary_shows_the_final_state_counts_and_times(pipeline: Pipeline, 
 
 
 def test_throttling_longer_than_the_client_retries_only_delays_the_jobs(
-    pipeline: Pipeline, iothub: IoTHubEmulator, clock: Clock, caplog: pytest.LogCaptureFixture
+    jobs: Jobs, iothub: IoTHubEmulator, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     control(iothub, "faults", {"rate": 1.0, "statuses": [429], "retryAfter": 0})
-    jobs = [
-        pipeline.accept_upload(upload(pipeline, f"t{i}.jsonl", devices(3, prefix=f"t{i}")), "devhub") for i in range(3)
-    ]
+    queued = [jobs.accept_upload(upload(jobs, f"t{i}.jsonl", devices(3, prefix=f"t{i}")), "devhub") for i in range(3)]
     waits = []
     with caplog.at_level(logging.WARNING):
         for _ in range(6):  # many monitor passes, each one throttled through all of the client's retries
-            pipeline.poll("devhub")
-            now = [pipeline.ledger.get("devhub", j.job_id) for j in jobs]
+            jobs.monitor_pass("devhub")
+            now = [jobs.ledger.get("devhub", j.job_id) for j in queued]
             assert all(j.state is JobState.QUEUED for j in now)
             # the oldest (ids made in one instant tie on time) is tried, and waits longer after each 429
-            tried = [j for j in now if "throttled" in (j.failure_reason or "")]
+            tried = [j for j in now if "throttled" in (j.waiting_for or "")]
             assert len(tried) == 1 and tried[0].retry_at is not None
             waits.append(tried[0].retry_at - clock())
             clock.advance(20)
-    assert all(j.state is JobState.QUEUED for j in (pipeline.ledger.get("devhub", j.job_id) for j in jobs))
+    assert all(j.state is JobState.QUEUED for j in (jobs.ledger.get("devhub", j.job_id) for j in queued))
     assert waits[-1] > waits[0]  # the back-off grows
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     control(iothub, "faults", {"rate": 0})
-    ended = [run_to_end(pipeline, j, clock) for j in jobs]
+    ended = [run_to_end(jobs, j, clock) for j in queued]
     assert [j.state for j in ended] == [JobState.COMPLETED] * 3
-    assert hub_count(pipeline) == 9 and len(pipeline.hubs["devhub"].list_jobs()) == 3
-    assert all(j.failure_reason is None and j.retry_at is None for j in ended)
+    assert hub_count(jobs) == 9 and len(jobs.hubs["devhub"].list_jobs()) == 3
+    assert all(j.failure_reason is None and j.waiting_for is None and j.retry_at is None for j in ended)
 
 
 def test_a_passing_fault_while_following_a_job_is_one_warning(
-    pipeline: Pipeline, iothub: IoTHubEmulator, clock: Clock, caplog: pytest.LogCaptureFixture
+    jobs: Jobs, iothub: IoTHubEmulator, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    job = pipeline.accept_upload(upload(pipeline, "f.jsonl", devices(3)), "devhub")
+    job = jobs.accept_upload(upload(jobs, "f.jsonl", devices(3)), "devhub")
     control(iothub, "jobs", {"paused": True})
-    assert pipeline.start_next("devhub") is not None
+    assert jobs.start_next("devhub") is not None
     control(iothub, "faults", {"rate": 1.0, "statuses": [503], "retryAfter": 0})
     with caplog.at_level(logging.WARNING):
-        pipeline.poll("devhub")
-    assert pipeline.ledger.get("devhub", job.job_id).state is JobState.RUNNING
-    warnings = [r for r in caplog.records if r.name == "shared.pipeline"]
+        jobs.monitor_pass("devhub")
+    assert jobs.ledger.get("devhub", job.job_id).state is JobState.RUNNING
+    warnings = [r for r in caplog.records if r.name.startswith("shared.engine")]
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING and not warnings[0].exc_info
     control(iothub, "faults", {"rate": 0})
     control(iothub, "jobs", {"paused": False})
-    assert run_to_end(pipeline, job, clock).state is JobState.COMPLETED
+    assert run_to_end(jobs, job, clock).state is JobState.COMPLETED
 
 
-def test_a_definitive_refusal_still_fails_the_job(pipeline: Pipeline, iothub: IoTHubEmulator) -> None:
+def test_a_definitive_refusal_still_fails_the_job(jobs: Jobs, iothub: IoTHubEmulator) -> None:
     wrong = base64.b64encode(b"not-the-policy-key-0123456789abc").decode()
     conn = re.sub(r"SharedAccessKey=[^;]+", f"SharedAccessKey={wrong}", iothub.connection_string())
-    refused = dataclasses.replace(pipeline, hubs={"devhub": IoTHubClient.from_connection_string(conn, retry=FAST)})
+    ctx = dataclasses.replace(jobs.engine.ctx, hubs={"devhub": IoTHubClient.from_connection_string(conn, retry=FAST)})
+    refused = Jobs(dataclasses.replace(jobs.engine, ctx=ctx))
     job = refused.accept_upload(upload(refused, "r.jsonl", devices(2)), "devhub")
     done = refused.start_next("devhub")
     assert done is not None and done.job_id == job.job_id and done.state is JobState.FAILED
-    assert "refused" in (done.failure_reason or "") and refused.ledger.slot_holder("devhub") is None
+    assert "refused" in (done.failure_reason or "") and refused.slots.holder("devhub") is None

@@ -12,7 +12,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobClient, ContainerClient
 
 from emulators.azurite import Azurite
-from shared.reports import harvest_import_errors, summary_document
+from shared.reports import error_summary, harvest_import_errors, summary_document
 from shared.storage import (
     ArchiveKind,
     BlobRef,
@@ -73,14 +73,14 @@ def test_staged_blob_is_invisible_until_committed(store: Storage, storage: Conta
 def test_container_sas_is_least_privilege(store: Storage, storage: Containers) -> None:
     container = storage.container("sas")
     store.upload_bytes(container, "devices.txt", b"{}\n")
-    read_only = ContainerClient.from_container_url(store.container_sas_url(container, "r"))
+    read_only = ContainerClient.from_container_url(store.sas.container_sas_url(container, "r"))
     assert read_only.get_blob_client("devices.txt").download_blob().readall() == b"{}\n"
     with pytest.raises(HttpResponseError) as denied:
         read_only.get_blob_client("other.txt").upload_blob(b"x")
     assert denied.value.status_code == 403
-    writer = ContainerClient.from_container_url(store.container_sas_url(container, "rwd"))
+    writer = ContainerClient.from_container_url(store.sas.container_sas_url(container, "rwd"))
     writer.get_blob_client("importErrors.log").upload_blob(b"", overwrite=True)
-    link = store.read_link(BlobRef(container, "devices.txt"))
+    link = store.sas.read_link(container, "devices.txt")
     assert BlobClient.from_blob_url(link).download_blob().readall() == b"{}\n"
     assert "sig=" in link and "sp=r" in link
 
@@ -185,5 +185,5 @@ def test_harvest_import_errors() -> None:
         "DeviceNotFound",
     ]
     assert table[1]["deviceId"] == ""
-    doc = summary_document({"jobId": "j"}, summary)
+    doc = summary_document({"jobId": "j"}, error_summary(summary))
     assert "createOrUpdate" in doc["advice"]["DeviceNotFound"]

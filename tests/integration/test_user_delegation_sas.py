@@ -15,7 +15,7 @@ from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient
 
 from emulators.azurite import Azurite
 from emulators.tls import TlsFiles, ensure_certificates
-from shared.storage import BlobRef, Storage
+from shared.storage import Storage
 
 
 class FakeEntraToken:
@@ -57,13 +57,13 @@ def test_user_delegation_sas_is_least_privilege(oauth_azurite: tuple[Azurite, Tl
     store = Storage(service)
     store.ensure_container("udsas")
     store.upload_bytes("udsas", "devices.txt", b'{"id":"d1","status":"enabled"}\n')
-    url = store.container_sas_url("udsas", "rl")
+    url = store.sas.container_sas_url("udsas", "rl")
     assert "skoid=" in url  # signed with a user delegation key, not an account key
     reader = ContainerClient.from_container_url(url, connection_verify=ca)
     assert reader.get_blob_client("devices.txt").download_blob().readall().startswith(b'{"id":"d1"')
     with pytest.raises(HttpResponseError) as denied:
         reader.get_blob_client("other.txt").upload_blob(b"x")
     assert denied.value.status_code == 403
-    link = store.read_link(BlobRef("udsas", "devices.txt"))
+    link = store.sas.read_link("udsas", "devices.txt")
     assert "skoid=" in link and "sp=r" in link
     assert BlobClient.from_blob_url(link, connection_verify=ca).download_blob().readall().startswith(b'{"id":"d1"')

@@ -1,0 +1,74 @@
+"""What every kind run as an IoT Hub import or export job shares: submitting (the hub's errors told apart),
+following, adopting after a crash, cancelling, and the per-job container the hub reads and writes."""
+
+from __future__ import annotations
+
+import contextlib
+
+from ..engine import Busy, Context, Refused, Throttled, Unanswered
+from ..iothub import (
+    IoTHubClient,
+    IoTHubError,
+    IoTHubNotFound,
+    IoTHubServerError,
+    IoTHubThrottled,
+    IoTHubUnavailable,
+    JobQuotaExceeded,
+)
+from ..iothub import Job as HubJob
+from ..ledger import Job
+
+WORK_DEVICES_BLOB = "devices.txt"  # in a work container: what an import job reads, what an export job writes
+ERRORS_BLOB = "importErrors.log"  # what an import job writes to its output container
+
+
+class HubJobKind:
+    """Base of the kinds that run as a hub job; a subclass says which job it creates (``create``)."""
+
+    partitioned_by_hub = True
+
+    def create(self, job: Job, client: IoTHubClient, container_url: tuple[str, str], ctx: Context) -> HubJob:
+        """Create the hub job; ``container_url`` is (input, output) of the job's work container."""
+        raise NotImplementedError
+
+    def submit(self, job: Job, ctx: Context) -> HubJob:
+        ctx.storage.ensure_container(job.work_container)  # an export's is made here; an import's exists already
+        try:
+            return self.create(job, ctx.hubs[job.hub], _urls(job, ctx), ctx)
+        except JobQuotaExceeded as exc:
+            raise Busy("the hub is busy with an import/export job the app did not start") from exc
+        except IoTHubThrottled as exc:
+            # A 429 means the hub did not take the request: nothing to reconcile, just wait longer each time.
+            raise Throttled(f"the hub throttled the submission ({exc.code_name or exc.status})") from exc
+        except (IoTHubUnavailable, IoTHubServerError) as exc:
+            raise Unanswered(f"the hub did not answer the submission ({exc})") from exc
+        except IoTHubError as exc:
+            raise Refused(f"the hub refused the job: {exc}") from exc
+
+    def follow(self, job: Job, ctx: Context) -> HubJob:
+        assert job.hub_job_id is not None
+        return ctx.hubs[job.hub].get_job(job.hub_job_id)
+
+    def adopt(self, job: Job, ctx: Context) -> HubJob | None:
+        suffix = f"/{job.work_container}"
+        mine = [
+            h
+            for h in ctx.hubs[job.hub].list_jobs()
+            if any(c is not None and c.rstrip("/").endswith(suffix) for c in (h.input_container, h.output_container))
+        ]
+        return mine[-1] if mine else None
+
+    def cancel(self, job: Job, ctx: Context) -> None:
+        assert job.hub_job_id is not None
+        with contextlib.suppress(IoTHubNotFound):  # the hub forgot it; the monitor will close the job
+            ctx.hubs[job.hub].cancel_job(job.hub_job_id)
+
+
+def _urls(job: Job, ctx: Context) -> tuple[str, str]:
+    if ctx.identity_based:
+        url = ctx.storage.sas.container_url(job.work_container)
+        return url, url
+    return (
+        ctx.storage.sas.container_sas_url(job.work_container, "rl"),
+        ctx.storage.sas.container_sas_url(job.work_container, "rwdl"),
+    )

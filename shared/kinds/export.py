@@ -1,0 +1,66 @@
+"""A backup: an export job of a hub's registry, copied into ``backups/<hub>/<stamp>/`` with its manifest; older
+backups past the retention period go once a new one has landed."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from ..backups import DEVICES_BLOB, MANIFEST_BLOB, apply_retention, backup_folder, save_backup
+from ..engine import Context, Ending
+from ..iothub import IoTHubClient
+from ..iothub import Job as HubJob
+from ..iothub import JobStatus as HubStatus
+from ..ledger import Job, JobKind, JobState
+from ..storage import BlobRef
+from ._hub import WORK_DEVICES_BLOB, HubJobKind
+
+
+class ExportKind(HubJobKind):
+    name = JobKind.EXPORT
+
+    def __init__(self, retention_days: int | None = None) -> None:
+        self.retention_days = retention_days  # None: keep every backup
+
+    def prepare(self, job: Job, ctx: Context) -> Job:
+        return replace(job, backup_folder=backup_folder(job.hub, job.created))
+
+    def create(self, job: Job, client: IoTHubClient, container_url: tuple[str, str], ctx: Context) -> HubJob:
+        return client.create_export_job(
+            container_url[1], exclude_keys=not job.include_keys, identity_based=ctx.identity_based
+        )
+
+    def end(self, job: Job, hub_job: HubJob, ctx: Context) -> Ending:
+        if hub_job.status is HubStatus.CANCELLED:
+            return Ending(job, JobState.CANCELLED, "cancelled on the hub; no backup was written")
+        if hub_job.status is HubStatus.FAILED:
+            reason = f"the hub job failed: {hub_job.failure_reason or 'no reason given'}; no backup was written"
+            return Ending(job, JobState.FAILED, reason)
+        assert job.backup_folder is not None
+        container, folder = ctx.containers.backups, job.backup_folder
+        manifest = save_backup(
+            ctx.storage,
+            source=BlobRef(job.work_container, WORK_DEVICES_BLOB),
+            container=container,
+            folder=folder,
+            hub=job.hub,
+            job_id=job.job_id,
+            hub_job_id=job.hub_job_id,
+            includes_keys=job.include_keys,
+            now=ctx.clock(),
+        )
+        reports = {
+            **job.reports,
+            "backup": f"{container}/{folder}/{DEVICES_BLOB}",
+            "manifest": f"{container}/{folder}/{MANIFEST_BLOB}",
+        }
+        if self.retention_days is not None:
+            # A new good backup has landed: older ones past the retention period can go now.
+            apply_retention(ctx.storage, container, job.hub, days=self.retention_days, now=ctx.clock())
+        done = replace(job, devices=manifest.devices, reports=reports, progress=100)
+        return Ending(done, JobState.COMPLETED)
+
+
+def nightly_key(hub: str, now: datetime) -> str:
+    """One nightly backup per hub and hour slot: a timer fired twice finds the job it queued."""
+    return f"nightly-{hub}-{now:%Y%m%d%H}"

@@ -1,0 +1,180 @@
+"""Imports of a devices file into a hub: an upload (``ImportKind``) and a backup folder read in place
+(``RestoreKind``).
+
+Preparing reads the source once: it hashes the bytes as they are, validates every line (a file with any error is
+``rejected`` with line-numbered findings and nothing reaches the hub) and stages the normalized lines in the job's
+work container, which the hub job reads. Its end is read from the hub's ``importErrors.log`` (also for a cancelled
+or failed hub job: the devices it refused before it stopped), turned into per-device reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
+
+import orjson
+
+from ..backups import DEVICES_BLOB, MANIFEST_BLOB
+from ..devices import ValidationReport, validate_stream
+from ..engine import Context, Ending, checkpoint
+from ..iothub import IoTHubClient
+from ..iothub import Job as HubJob
+from ..iothub import JobStatus as HubStatus
+from ..ledger import Job, JobKind, JobState
+from ..reports import error_summary, harvest_import_errors, rejection_document
+from ..storage import BlobRef, StorageError
+from ._hub import ERRORS_BLOB, WORK_DEVICES_BLOB, HubJobKind
+
+# An exported line carries the ETags of the moment it was exported. The hub checks a supplied twinETag even in
+# createOrUpdate mode (import/export docs: "twinETag ... processed independently"), so a restore sends neither:
+# it puts the backup's state back whatever happened since.
+_EXPORT_ETAGS = ("eTag", "twinETag")
+
+
+class ImportKind(HubJobKind):
+    """A devices file from ``uploads/`` (or any blob named by a call, read in place) imported as it is."""
+
+    name = JobKind.IMPORT
+
+    def prepare(self, job: Job, ctx: Context) -> Job:
+        return self._validate_and_stage(job, ctx, ctx.source(job))
+
+    def create(self, job: Job, client: IoTHubClient, container_url: tuple[str, str], ctx: Context) -> HubJob:
+        return client.create_import_job(*container_url, identity_based=ctx.identity_based)
+
+    def end(self, job: Job, hub_job: HubJob, ctx: Context) -> Ending:
+        job, summary = _harvest(job, ctx)
+        if hub_job.status in (HubStatus.CANCELLED, HubStatus.FAILED):
+            progress = max(hub_job.progress, job.progress)
+            why = "cancelled on the hub" if hub_job.status is HubStatus.CANCELLED else "the hub job failed"
+            if hub_job.status is HubStatus.FAILED:
+                why += f": {hub_job.failure_reason or 'no reason given'}"
+            reason = (
+                f"{why} after it had gone through about {progress}% of the file: the lines before that point may "
+                "have been applied and the rest were not; check the registry, re-run the file (createOrUpdate lines "
+                "are safe to repeat) or restore a backup"
+            )
+            state = JobState.CANCELLED if hub_job.status is HubStatus.CANCELLED else JobState.FAILED
+            return Ending(replace(job, progress=progress), state, reason, summary)
+        state = JobState.COMPLETED_WITH_ERRORS if job.failed_devices else JobState.COMPLETED
+        return Ending(replace(job, progress=100), state, None, summary)
+
+    # --- preparing ------------------------------------------------------------------------------------
+
+    def _validate_and_stage(
+        self,
+        job: Job,
+        ctx: Context,
+        ref: BlobRef,
+        *,
+        expected_sha256: str | None = None,
+        rewrite: Callable[[Callable[[bytes], None]], Callable[[bytes], None]] | None = None,
+    ) -> Job:
+        """Read the source once: hash it as it is, validate it, and stage the normalized lines the hub will read."""
+        ctx.storage.ensure_container(job.work_container)
+        staged = ctx.storage.stage(job.work_container, WORK_DEVICES_BLOB)
+        sha = hashlib.sha256()
+        sink = rewrite(staged.write) if rewrite else staged.write
+        report = validate_stream(_hashed(ctx.storage.open_read(ref), sha), sink=sink, max_errors=ctx.max_errors)
+        job = replace(job, source_sha256=sha.hexdigest(), lines=report.lines)
+        if expected_sha256 and expected_sha256 != job.source_sha256:
+            doc = {
+                "source": ref.path,
+                "verdict": "rejected: the backup's devices file does not match its manifest (sha256); it was "
+                "changed or damaged after it was taken. Nothing was imported; restore another backup.",
+                "expectedSha256": expected_sha256,
+                "actualSha256": job.source_sha256,
+            }
+            reason = "the backup does not match its manifest (sha256); nothing was imported"
+            return _rejected(job, ctx, doc, reason, problems=1)
+        if not report.valid:
+            reason = f"{report.error_count} problem(s) in the file; nothing was imported"
+            return _rejected(job, ctx, rejection_document(ref.path, report), reason, problems=report.error_count)
+        staged.commit()
+        checkpoint("validated")
+        job = replace(job, modes=dict(report.modes), staged_sha256=staged.sha256)
+        return _with_warnings(job, ctx, ref, report)
+
+
+class RestoreKind(ImportKind):
+    """A backup folder's ``devices.txt``, checked against its manifest and imported without its exported ETags;
+    the backup is read in place (never pinned, moved or changed)."""
+
+    name = JobKind.RESTORE
+
+    def prepare(self, job: Job, ctx: Context) -> Job:
+        ref = ctx.source(job)
+        folder = ref.name.removesuffix(f"/{DEVICES_BLOB}")
+        manifest = json.loads(b"".join(ctx.storage.open_read(BlobRef(ref.container, f"{folder}/{MANIFEST_BLOB}"))))
+        job = self._validate_and_stage(
+            job, ctx, ref, expected_sha256=str(manifest.get("sha256") or "") or None, rewrite=_without_etags
+        )
+        if job.failure_reason is None and not manifest.get("includesKeys"):
+            note = (
+                "this backup holds no keys: devices it re-creates get new keys from the hub (devices that still "
+                "exist keep theirs); take backups with BACKUP_INCLUDE_KEYS=true to restore keys too"
+            )
+            job = replace(job, notes=(*job.notes, note))
+        return job
+
+
+def _rejected(job: Job, ctx: Context, doc: Mapping[str, object], reason: str, *, problems: int) -> Job:
+    report = ctx.write_report(job, "rejection.json", doc)
+    return replace(job, failure_reason=reason, validation_errors=problems, reports={"rejection": report})
+
+
+def _with_warnings(job: Job, ctx: Context, ref: BlobRef, report: ValidationReport) -> Job:
+    """An accepted file's warnings (fields the hub ignores) go to ``warnings.json``, and a note says so."""
+    if not report.warning_count:
+        return job
+    doc = {
+        "source": ref.path,
+        "verdict": "accepted: these lines have fields the hub ignores; check that none is a mistake",
+        "warningCount": report.warning_count,
+        "linesWithWarnings": report.lines_with_warnings,
+        "warnings": [f.as_dict() for f in report.warnings],
+    }
+    path = ctx.write_report(job, "warnings.json", doc)
+    note = f"{report.lines_with_warnings} line(s) have fields the hub ignores (see warnings.json)"
+    return replace(job, notes=(*job.notes, note), reports={**job.reports, "warnings": path})
+
+
+def _harvest(job: Job, ctx: Context) -> tuple[Job, dict[str, object]]:
+    """The hub's error log of the job -> errors.jsonl and errors.csv (when any device failed), and counts."""
+    container = ctx.containers.reports
+    ctx.storage.ensure_container(container)
+    jsonl = ctx.storage.stage(container, f"{job.job_id}/errors.jsonl")
+    csv_out = ctx.storage.stage(container, f"{job.job_id}/errors.csv")
+    try:
+        errors = harvest_import_errors(ctx.storage.open_read(BlobRef(job.work_container, ERRORS_BLOB)), jsonl, csv_out)
+    except StorageError:
+        return job, {}
+    reports = dict(job.reports)
+    if errors.failed:
+        jsonl.commit()
+        csv_out.commit()
+        reports["errors"] = f"{container}/{job.job_id}/errors.jsonl"
+        reports["errorsCsv"] = f"{container}/{job.job_id}/errors.csv"
+    return replace(job, failed_devices=errors.failed, reports=reports), error_summary(errors)
+
+
+def _without_etags(sink: Callable[[bytes], None]) -> Callable[[bytes], None]:
+    def write(batch: bytes) -> None:
+        lines = batch.split(b"\n")
+        for i, line in enumerate(lines):
+            if b'Tag"' in line:  # cheap test first: most lines of an export have both
+                doc = orjson.loads(line)
+                for name in _EXPORT_ETAGS:
+                    doc.pop(name, None)
+                lines[i] = orjson.dumps(doc)
+        sink(b"\n".join(lines))
+
+    return write
+
+
+def _hashed(chunks: Iterable[bytes], sha: hashlib._Hash) -> Iterator[bytes]:
+    for chunk in chunks:
+        sha.update(chunk)
+        yield chunk
