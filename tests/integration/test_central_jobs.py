@@ -1,8 +1,12 @@
 """shared.central against Azurite and the IoT Central emulator: an apply interrupted mid-way is left running, is not
-touched while fresh, and is finished by the monitor's pass once stale."""
+touched while fresh, and is finished by the monitor's pass once stale; an error that quotes a secret leaves it
+nowhere."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import threading
 import uuid
 from datetime import timedelta
@@ -83,3 +87,33 @@ class _Once:
         if step == "central_step" and not self.fired:
             self.fired = True
             raise Crash
+
+
+ECHOED_KEY = "ZWNob2VkLWFjY291bnQta2V5LW5ldmVyLXNob3duIQ=="
+# No AccountName: the app cannot tell (it checks only the Name=value shape), the service refuses it and quotes it.
+UNUSABLE_STORAGE = f"DefaultEndpointsProtocol=https;AccountKey={ECHOED_KEY};EndpointSuffix=core.windows.net"
+
+
+def test_an_error_quoting_a_secret_leaves_it_out_of_report_ledger_and_log(
+    central_jobs: Central, iotcentral: IoTCentralEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    c = dataclasses.replace(central_jobs, env={**ENV, "CENTRAL_ARCHIVE_STORAGE": UNUSABLE_STORAGE})
+    caplog.set_level(logging.DEBUG)
+    etag = c.storage.upload_bytes(c.containers.uploads, "central/dataexport.json", SAMPLE)
+    job = c.accept(BlobRef(c.containers.uploads, "central/dataexport.json", etag))
+    # The premise: the apply failed on that value and the service's answer quoted it, key and all.
+    assert job.state is JobState.FAILED and job.failure_reason and "archive-blob" in job.failure_reason
+    refused = [e for e in request_log(iotcentral) if e["status"] == 400]
+    assert refused and ECHOED_KEY in json.dumps(refused[0]["response"])
+    assert "not valid" in job.failure_reason, "the service's reason still reaches the job, scrubbed"
+    report = b"".join(c.storage.open_read(BlobRef(*job.reports["result"].split("/", 1)))).decode()
+    row = json.dumps(c.ledger.get(job.hub, job.job_id).to_entity(), default=str)
+    places = {"report": report, "ledger": row, "log": caplog.text}
+    secrets = {
+        "connection string": UNUSABLE_STORAGE,
+        "its key": ECHOED_KEY,
+        "alerts key": ENV["CENTRAL_ALERTS_API_KEY"],
+    }
+    leaks = [(where, name) for where, text in places.items() for name, value in secrets.items() if value in text]
+    assert leaks == [], "secrets reached these places"
+    assert "*****" in report, "the quoted value is masked, not dropped with the rest of the message"
