@@ -131,8 +131,19 @@ def _folders(storage: Storage, container: str, hub: str) -> dict[str, list[str]]
 
 
 def _complete(hub: str, folders: dict[str, list[str]]) -> list[str]:
-    """The stamps of the folders that have their manifest (written last), oldest first."""
-    return sorted(stamp for stamp, names in folders.items() if f"{hub}/{stamp}/{MANIFEST_BLOB}" in names)
+    """The stamps of our folders (named by their UTC stamp) that have their manifest (written last), oldest first.
+    A folder named otherwise is someone else's, whatever it holds."""
+    return sorted(
+        stamp for stamp, names in folders.items() if f"{hub}/{stamp}/{MANIFEST_BLOB}" in names and _taken(stamp)
+    )
+
+
+def _taken(stamp: str) -> datetime | None:
+    """When a folder named ``stamp`` was taken (None: not a name we give)."""
+    try:
+        return datetime.strptime(stamp, STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def latest_backup(storage: Storage, container: str, hub: str) -> str | None:
@@ -149,9 +160,8 @@ def apply_retention(storage: Storage, container: str, hub: str, *, days: int, no
     cutoff = now - timedelta(days=days)
     removed = []
     for stamp, names in sorted(folders.items()):
-        try:
-            taken = datetime.strptime(stamp, STAMP).replace(tzinfo=UTC)
-        except ValueError:
+        taken = _taken(stamp)
+        if taken is None:
             continue  # not ours: never delete what we did not write
         if stamp == keep or taken >= cutoff:
             continue

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -48,7 +48,7 @@ class Central:
 
     storage: Storage
     client: IoTCentralClient
-    env: Mapping[str, str]  # where {"appSetting": NAME} references are looked up (the app settings)
+    env: Mapping[str, str] = field(repr=False)  # where {"appSetting": NAME} references are looked up (app settings)
     containers: Containers
     clock: Callable[[], datetime] = utcnow
 

@@ -16,11 +16,12 @@ settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
-SUITE_MARKS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
+SUITE_MARKS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test with its suite's folder (``-m integration``, ``-m "not e2e"``)."""
+    """Mark each test with its suite's folder (``-m unit``, ``-m integration``, ``-m "not e2e"``); the markers are
+    declared in pyproject.toml (``--strict-markers``)."""
     here = Path(__file__).parent
     for item in items:
         folder = Path(str(item.fspath)).relative_to(here).parts[0]

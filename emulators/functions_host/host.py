@@ -27,9 +27,8 @@ import json
 import logging
 import os
 import re
-import sys
+import signal
 import threading
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -501,9 +500,21 @@ def _blob_client(connection: str, container: str, name: str) -> Any:
 
 
 def wait_forever(host: FunctionsHost) -> None:
+    """Serve until Ctrl-C (SIGINT) or SIGTERM, then stop cleanly. SIGTERM is what ``HostProcess.stop`` sends: a
+    shell that ignores SIGINT (nohup, some CI runners) passes that ignoring on to its children, and Python then
+    never turns SIGINT into KeyboardInterrupt."""
+    received: list[str] = []
+    stopping = threading.Event()
+
+    def on_sigterm(signum: int, _frame: object) -> None:
+        received.append(signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        while True:
-            time.sleep(3600)
+        stopping.wait()
     except KeyboardInterrupt:
-        print("stopping", file=sys.stderr)
-        host.stop()
+        received.append("SIGINT")
+    logger.info("stopping (%s)", received[0] if received else "unknown")
+    host.stop()
+    logger.info("stopped")

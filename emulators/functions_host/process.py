@@ -97,8 +97,10 @@ class HostProcess:
         return self.proc.wait(timeout)
 
     def stop(self) -> None:
+        """Ask the host to shut down cleanly (SIGTERM: a SIGINT is lost on a host started with SIGINT ignored, as
+        under nohup); kill it if it has not exited after 10 s."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
@@ -84,9 +84,11 @@ class Stack:
         return str(blobs.get_blob_client("uploads", name).upload_blob(data, overwrite=True)["etag"])
 
     def names(self, container: str, prefix: str = "") -> list[str]:
+        """The blob names in ``container``; a container that does not exist holds none. Any other error raises: an
+        empty list must mean "nothing there" (e.g. "the upload was moved"), never "the listing failed"."""
         try:
             return [b.name for b in self.blobs.get_container_client(container).list_blobs(name_starts_with=prefix)]
-        except Exception:
+        except ResourceNotFoundError:
             return []
 
     def read(self, container: str, name: str) -> bytes:

@@ -1,8 +1,11 @@
 """IoT Central applies on the job engine, against Azurite and the IoT Central emulator: an apply interrupted mid-way
-is left alone while fresh, and is run again (from a new plan, so no step is repeated) by the monitor once stale."""
+is left alone while fresh, and is run again (from a new plan, so no step is repeated) by the monitor once stale; an
+error that quotes a secret leaves it nowhere."""
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
 import uuid
@@ -19,7 +22,7 @@ from shared.config import Containers
 from shared.engine import Context, JobEngine
 from shared.iotcentral import IoTCentralClient
 from shared.kinds import registry
-from shared.ledger import HubSlot, Job, JobKind, JobState, Ledger
+from shared.ledger import HubSlot, Job, JobKind, JobState, Ledger, to_entity
 from shared.storage import BlobRef, Storage, StorageSettings
 
 from .helpers import Clock, request_log, writes
@@ -34,13 +37,18 @@ class Crash(Exception):
 
 @pytest.fixture
 def central_jobs(azurite: Azurite, central: IoTCentralClient, clock: Clock) -> JobEngine:
+    return central_engine(azurite, central, clock, ENV)
+
+
+def central_engine(azurite: Azurite, central: IoTCentralClient, clock: Clock, env: dict[str, str]) -> JobEngine:
+    """The engine with the IoT Central apply kind, on its own containers and table; ``env``: the app settings."""
     prefix = f"c{uuid.uuid4().hex[:8]}"
     tables = TableServiceClient.from_connection_string(azurite.connection_string)
     storage = Storage.from_settings(StorageSettings(connection_string=azurite.connection_string))
     containers = Containers(f"{prefix}-uploads", f"{prefix}-reports", f"{prefix}-archive", f"{prefix}-backups")
     storage.ensure_container(containers.uploads)
     table = tables.create_table_if_not_exists(f"{prefix}jobs")
-    kinds, off = registry(retention_days=None, central=Central(storage, central, ENV, containers, clock=clock))
+    kinds, off = registry(retention_days=None, central=Central(storage, central, env, containers, clock=clock))
     return JobEngine(Context(storage, Ledger(table), containers, {}, clock), HubSlot(table), kinds, off)
 
 
@@ -100,3 +108,42 @@ class _Once:
         if step == "central_step" and not self.fired:
             self.fired = True
             raise Crash
+
+
+ECHOED_KEY = "ZWNob2VkLWFjY291bnQta2V5LW5ldmVyLXNob3duIQ=="
+# No AccountName: the app cannot tell (it checks only the Name=value shape), the service refuses it and quotes it.
+UNUSABLE_STORAGE = f"DefaultEndpointsProtocol=https;AccountKey={ECHOED_KEY};EndpointSuffix=core.windows.net"
+
+
+def test_an_error_quoting_a_secret_leaves_it_out_of_report_ledger_and_log(
+    azurite: Azurite,
+    central: IoTCentralClient,
+    clock: Clock,
+    iotcentral: IoTCentralEmulator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    e = central_engine(azurite, central, clock, {**ENV, "CENTRAL_ARCHIVE_STORAGE": UNUSABLE_STORAGE})
+    storage, containers = e.ctx.storage, e.ctx.containers
+    caplog.set_level(logging.DEBUG)
+    etag = storage.upload_bytes(containers.uploads, "central/dataexport.json", SAMPLE)
+    queued = e.accept(
+        e.draft(JobKind.CENTRAL_APPLY, "central", source=BlobRef(containers.uploads, "central/dataexport.json", etag))
+    )
+    e.start_next("central")
+    job = e.ledger.get("central", queued.job_id)
+    # The premise: the apply failed on that value and the service's answer quoted it, key and all.
+    assert job.state is JobState.FAILED and job.failure_reason and "archive-blob" in job.failure_reason
+    refused = [e for e in request_log(iotcentral) if e["status"] == 400]
+    assert refused and ECHOED_KEY in json.dumps(refused[0]["response"])
+    assert "not valid" in job.failure_reason, "the service's reason still reaches the job, scrubbed"
+    report = b"".join(storage.open_read(BlobRef.parse(job.reports["result"]))).decode()
+    row = json.dumps(to_entity(e.ledger.get(job.hub, job.job_id)), default=str)
+    places = {"report": report, "ledger": row, "log": caplog.text}
+    secrets = {
+        "connection string": UNUSABLE_STORAGE,
+        "its key": ECHOED_KEY,
+        "alerts key": ENV["CENTRAL_ALERTS_API_KEY"],
+    }
+    leaks = [(where, name) for where, text in places.items() for name, value in secrets.items() if value in text]
+    assert leaks == [], "secrets reached these places"
+    assert "*****" in report, "the quoted value is masked, not dropped with the rest of the message"

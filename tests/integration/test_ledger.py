@@ -135,3 +135,44 @@ def test_listing_newest_first_filtered_and_paged(ledger: Ledger) -> None:
     assert [j.job_id for j in cancelled] == [made[1].job_id]
     assert len(ledger.list_jobs()[0]) == 6
     assert [j.job_id for j in ledger.iter_active("hub1")] == [made[i].job_id for i in (0, 2, 3, 4)]
+
+
+def test_claimers_racing_on_a_released_slot_one_winner_per_round(azurite: Azurite, ledger: Ledger) -> None:
+    """The slot row exists and is free: every claimer reads the same ETag, so only If-Match on the swap can keep the
+    others out (the creation race above never reaches the swap)."""
+    claimers, rounds = 12, 15
+    slots = HubSlot(ledger.table)
+    assert slots.claim("hub1", "first", now=NOW) and slots.release("hub1", "first", now=NOW)
+    mine = [HubSlot(fresh_ledger(azurite, ledger.table.table_name).table) for _ in range(claimers)]
+    barrier = threading.Barrier(claimers)
+    winners: list[list[str]] = [[] for _ in range(rounds)]
+    holders: list[str | None] = []
+    errors: list[BaseException] = []
+
+    def claim(n: int) -> None:
+        try:
+            for r in range(rounds):
+                barrier.wait()  # all read the released row's ETag together
+                if mine[n].claim("hub1", f"job-{r}-{n}", now=NOW):
+                    winners[r].append(f"job-{r}-{n}")
+                barrier.wait()  # everyone is done with this round
+                if n == 0:
+                    # the row's holder, not the claimers' say-so: release it for the next round
+                    holder = slots.holder("hub1")
+                    holders.append(holder)
+                    if holder is not None:
+                        slots.release("hub1", holder, now=NOW)
+                barrier.wait()
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(claimers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert [len(w) for w in winners] == [1] * rounds, winners
+    assert holders == [w[0] for w in winners], "the one winner is the one the row names"
+    assert slots.holder("hub1") is None
