@@ -82,19 +82,19 @@ def test_make_run_demo_imports_rejects_backs_up_and_applies_central(demo_state: 
     assert bad.archived == f"archive/failed/{bad.job_id}/devices-with-mistakes.jsonl"
 
     # 4. The backup over HTTP: the registry as the demo left it (seeded devices + the good file less its refusal).
-    export = by_source["http"]
+    export = by_source[None]  # an export reads nothing
     assert (export.kind, export.state) == (JobKind.EXPORT, JobState.COMPLETED)
     manifest = json.loads(read(export.reports["manifest"]))
     backed_up = {json.loads(x)["id"] for x in read(export.reports["backup"]).decode().splitlines()}
     expected = {f"demo-seed-{i:02d}" for i in range(5)} | {d["id"] for d in sample if d.get("importMode") != "delete"}
     assert backed_up == expected
-    assert (manifest["devices"], manifest["includesKeys"]) == (len(expected), False)
+    assert (manifest["devices"], manifest["includesKeys"], export.devices) == (len(expected), False, len(expected))
 
     # 5.-7. IoT Central: backed up before the apply (the hand-made pair), then the sample applied step by step.
     apply = by_source["uploads/central/dataexport.json"]
     assert (apply.hub, apply.kind, apply.state) == ("central", JobKind.CENTRAL_APPLY, JobState.COMPLETED)
     result = json.loads(read(apply.reports["result"]))
-    assert [r["outcome"] for r in result["results"]] == ["done"] * apply.lines and apply.lines == 7
+    assert [r["outcome"] for r in result["results"]] == ["done"] * 7 and apply.steps["create"] == 7
     assert apply.archived == f"archive/processed/{apply.job_id}/central/dataexport.json"
     central_backups = [n for n in names("backups") if n.startswith("central/") and n.endswith("manifest.json")]
     assert len(central_backups) == 1

@@ -50,7 +50,10 @@ def folder(live: Storage, container: str, path: str, *, complete: bool = True) -
 
 
 def etags(live: Storage, container: str, prefix: str) -> dict[str, str]:
-    return {n: str((live.properties(BlobRef(container, n)) or {})["etag"]) for n in live.list_names(container, prefix)}
+    return {
+        n: (info.etag if (info := live.properties(BlobRef(container, n))) else "")
+        for n in live.list_names(container, prefix)
+    }
 
 
 def folders(live: Storage, container: str, prefix: str = "") -> set[str]:
