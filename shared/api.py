@@ -146,11 +146,8 @@ def _central(svc: Services) -> Central:
 
 
 def _links(svc: Services, reports: Mapping[str, str]) -> dict[str, str]:
-    links = {}
-    for name, path in reports.items():
-        container, _, blob = path.partition("/")
-        links[name] = svc.storage.sas.read_link(container, blob)
-    return links
+    refs = {name: BlobRef.parse(path) for name, path in reports.items()}
+    return {name: svc.storage.sas.read_link(ref.container, ref.name) for name, ref in refs.items()}
 
 
 def _job_reply(svc: Services, job: Job, status: int = 200) -> Reply:
@@ -175,7 +172,8 @@ def start_import(svc: Services, inp: Inputs) -> Reply:
         ref = BlobRef(uploads, name, etag)
     else:
         blob: str = inp.body["blob"]
-        container, _, name = blob.partition("/")
+        named = BlobRef.parse(blob)  # the schema holds it to <container>/<name>
+        container, name = named.container, named.name
         if is_central_upload(name):
             raise ApiError(
                 400,

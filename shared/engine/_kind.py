@@ -74,8 +74,7 @@ class Context:
     def source(self, job: Job) -> BlobRef:
         """The blob the job reads, pinned as the engine pinned it (snapshot) or by its ETag."""
         assert job.source is not None
-        container, _, name = job.source.partition("/")
-        return BlobRef(container, name, job.source_etag, job.source_snapshot)
+        return replace(BlobRef.parse(job.source, job.source_etag), snapshot=job.source_snapshot)
 
     def write_report(self, job: Job, name: str, doc: Mapping[str, object]) -> str:
         """Write ``reports/<job>/<name>`` (JSON); returns its container/name path."""

@@ -34,3 +34,14 @@ def test_host_and_sample_settings() -> None:
     sample = json.loads((REPO / "local.settings.sample.json").read_text())
     assert sample["Values"]["FUNCTIONS_WORKER_RUNTIME"] == "python"
     assert not (REPO / "local.settings.json").exists() or "local.settings.json" in (REPO / ".gitignore").read_text()
+
+
+def test_a_job_changes_state_only_through_advance() -> None:
+    # ledger.advance checks every move against the transition table; a replace(..., state=...) elsewhere would not.
+    setter = re.compile(r"replace\([^)]*\bstate=", re.S)
+    offenders = [
+        str(p.relative_to(REPO))
+        for p in (REPO / "shared").rglob("*.py")
+        if p.name != "_model.py" and setter.search(p.read_text())
+    ]
+    assert offenders == []
