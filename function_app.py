@@ -2,27 +2,33 @@
 
 - ``import_on_upload``: blob trigger on ``uploads/{name}`` (SDK-type ``BlobClient``: the file is streamed, never
   held in memory) -> validate, stage, record, start. ``uploads/central/...`` is an IoT Central data-export
-  file instead -> check, plan, apply.
-- ``nightly_backup``: timer (``BACKUP_SCHEDULE``) -> export every hub into ``backups/``, back up IoT Central's
-  data export, apply retention.
-- ``job_monitor``: timer (``MONITOR_SCHEDULE``) -> follow hub jobs, finish them, start the next.
+  file instead -> check, plan, apply. Its source is the app setting ``UPLOADS_TRIGGER_SOURCE``, read when the app
+  is indexed: ``EventGrid`` (the only source on the Flex Consumption plan) or ``LogsAndContainerScan`` (polling).
+- ``nightly_backup``: timer (``BACKUP_SCHEDULE``, default 02:00 UTC) -> export every hub into ``backups/``, back
+  up IoT Central's data export, apply retention.
+- ``job_monitor``: timer (``MONITOR_SCHEDULE``, default every 30 s) -> follow jobs, finish them, start the next,
+  and give a job to any upload no trigger delivery turned into one.
 - HTTP API under ``/api`` (function key), JSON in and out; ``health`` is anonymous.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import azure.functions as func
 from azure.core.exceptions import ResourceNotFoundError
 from azurefunctions.extensions.bindings import blob
 
 from shared import api
+from shared.config import BACKUP_SCHEDULE, MONITOR_SCHEDULE, schedule, uploads_trigger_source
+from shared.logs import quiet_sdk_logs
 from shared.services import services
 from shared.storage import UploadChanged
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 logger = logging.getLogger("function_app")
+quiet_sdk_logs()
 
 
 def _request(req: func.HttpRequest) -> api.Request:
@@ -40,7 +46,12 @@ def _respond(reply: api.Reply) -> func.HttpResponse:
     return func.HttpResponse(reply.json(), status_code=reply.status, mimetype="application/json")
 
 
-@app.blob_trigger(arg_name="client", path="uploads/{name}", connection="DEVICE_STORAGE")
+@app.blob_trigger(
+    arg_name="client",
+    path="uploads/{name}",
+    connection="DEVICE_STORAGE",
+    source=func.BlobSource(uploads_trigger_source(os.environ)),
+)
 def import_on_upload(client: blob.BlobClient) -> None:
     try:
         etag = client.get_blob_properties().etag
@@ -55,13 +66,13 @@ def import_on_upload(client: blob.BlobClient) -> None:
         logger.info("upload %s/%s was replaced; its new version is handled", client.container_name, client.blob_name)
 
 
-@app.timer_trigger(arg_name="timer", schedule="%BACKUP_SCHEDULE%", use_monitor=True)
+@app.timer_trigger(arg_name="timer", schedule=schedule(BACKUP_SCHEDULE, os.environ), use_monitor=True)
 def nightly_backup(timer: func.TimerRequest) -> None:
     jobs = services().nightly_backup()
     logger.info("nightly backup queued %d export job(s) (past due: %s)", len(jobs), timer.past_due)
 
 
-@app.timer_trigger(arg_name="timer", schedule="%MONITOR_SCHEDULE%", use_monitor=False)
+@app.timer_trigger(arg_name="timer", schedule=schedule(MONITOR_SCHEDULE, os.environ), use_monitor=False)
 def job_monitor(timer: func.TimerRequest) -> None:
     for job in services().monitor():
         logger.info("job %s on %s is %s (%d%%)", job.job_id, job.hub, job.state, job.progress)

@@ -16,6 +16,32 @@ from .iotcentral import ApiTokenCredential
 from .storage import StorageSettings
 
 STORAGE_CONNECTION = "DEVICE_STORAGE"  # the storage account of uploads, reports, backups and the ledger
+# Timer schedules (six-field NCRONTAB) and their defaults. The host disables a timer whose %SETTING% does not resolve,
+# so the app names the setting only when it is set and the default otherwise.
+BACKUP_SCHEDULE = ("BACKUP_SCHEDULE", "0 0 2 * * *")
+MONITOR_SCHEDULE = ("MONITOR_SCHEDULE", "*/30 * * * * *")
+TRIGGER_SOURCES = ("EventGrid", "LogsAndContainerScan")
+
+
+def schedule(setting: tuple[str, str], env: Mapping[str, str]) -> str:
+    """A timer's schedule binding: ``%NAME%`` when the app setting exists, else its default."""
+    name, default = setting
+    return f"%{name}%" if env.get(name, "").strip() else default
+
+
+def uploads_trigger_source(env: Mapping[str, str]) -> str:
+    """The blob trigger's source (read when the app is indexed): ``EventGrid``, the only one the Flex Consumption
+    plan runs, or ``LogsAndContainerScan``, the polling source of the other plans (the default).
+
+    Raises:
+        ConfigError: any other value.
+    """
+    value = env.get("UPLOADS_TRIGGER_SOURCE", "").strip() or "LogsAndContainerScan"
+    if value not in TRIGGER_SOURCES:
+        raise ConfigError(f"UPLOADS_TRIGGER_SOURCE is '{value}': use EventGrid or LogsAndContainerScan")
+    return value
+
+
 _HUB_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$")
 
 
@@ -65,6 +91,7 @@ class Settings:
     retry_backoff: timedelta = timedelta(seconds=30)
     ledger_table: str = "jobledger"
     orphan_after: timedelta = timedelta(hours=1)
+    upload_sweep_after: timedelta = timedelta(minutes=10)  # an upload this old with no job gets one from the monitor
     containers: Containers = field(default_factory=Containers)
     central: CentralSettings | None = None
 
@@ -109,6 +136,7 @@ class Settings:
             retry_backoff=timedelta(seconds=_number(env, "RETRY_BACKOFF_SECONDS", 30, low=0.1, high=3600)),
             ledger_table=env.get("LEDGER_TABLE", "jobledger"),
             orphan_after=timedelta(minutes=_number(env, "ORPHAN_CONTAINER_MINUTES", 60, low=0.01, high=7 * 24 * 60)),
+            upload_sweep_after=timedelta(minutes=_number(env, "UPLOAD_SWEEP_MINUTES", 10, low=0.01, high=7 * 24 * 60)),
             central=_central(env),
         )
 

@@ -25,8 +25,8 @@ from .engine import TRANSIENT, Context, JobEngine, utcnow
 from .iotcentral import IoTCentralClient
 from .iothub import IoTHubClient
 from .kinds import nightly_key, registry
-from .ledger import HubSlot, Job, JobKind, JobState, Ledger
-from .storage import BlobRef, Storage, StorageSettings
+from .ledger import HubSlot, Job, JobKind, JobState, Ledger, idempotency_key
+from .storage import BlobRef, Storage, StorageSettings, UploadChanged
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,28 @@ class Services:
                 changed.extend(self.engine.monitor_pass(partition))
         with _pass("sweeping work containers"):
             self.engine.sweep_work_containers(self.settings.orphan_after)
+        with _pass("looking for uploads no trigger delivered"):
+            changed.extend(self.sweep_uploads())
         return changed
+
+    def sweep_uploads(self, now: datetime | None = None) -> list[Job]:
+        """Give a job to every upload older than ``upload_sweep_after`` that has none: a blob that was there before
+        the Event Grid subscription existed, or whose events Event Grid gave up on, is never left unprocessed.
+        Idempotent like a delivery (the job is keyed by the upload version)."""
+        cutoff = (now or datetime.now(UTC)) - self.settings.upload_sweep_after
+        uploads = self.settings.containers.uploads
+        found = []
+        for blob in self.storage.blobs(uploads):
+            if blob.last_modified > cutoff:
+                continue  # a delivery may be on its way
+            if self.ledger.find_key_anywhere(idempotency_key(uploads, blob.name, blob.etag)) is not None:
+                continue
+            logger.warning("upload %s/%s had no job long after it arrived: starting it", uploads, blob.name)
+            try:
+                found.append(self.on_upload(uploads, blob.name, blob.etag))
+            except UploadChanged:
+                continue  # replaced meanwhile: its new version is swept or delivered in turn
+        return found
 
     def nightly_backup(self, now: datetime | None = None) -> list[Job]:
         """Queue an export of every hub (once per hour slot, so a re-fired timer adds nothing) and prune."""

@@ -166,6 +166,13 @@ class StagedBlob:
 
 
 @dataclass(frozen=True, slots=True)
+class Listed:
+    name: str
+    etag: str
+    last_modified: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class BlobInfo:
     etag: str
     size: int
@@ -311,6 +318,16 @@ class Storage:
         except ResourceNotFoundError:
             return None
         return BlobInfo(str(props.etag), int(props.size), dict(props.metadata or {}))
+
+    def blobs(self, container: str, prefix: str = "") -> Iterator[Listed]:
+        """The blobs of a container (name, ETag, last modified), paged as they are listed; none if it is absent."""
+        try:
+            for b in self.service.get_container_client(container).list_blobs(name_starts_with=prefix or None):
+                yield Listed(str(b.name), str(b.etag), b.last_modified)
+        except ResourceNotFoundError:
+            return
+        except AzureError as exc:
+            raise _explain(exc, f"listing {container}/{prefix}") from exc
 
     def list_names(self, container: str, prefix: str) -> list[str]:
         """Blob names under ``prefix`` (no contents); an absent container has none."""

@@ -5,10 +5,12 @@ It reads the app's own metadata (``app.get_functions()``) and calls the user fun
 
 - HTTP triggers under ``/api/<route>``; ``function`` and ``admin`` auth levels need a key (``x-functions-key``
   header or ``?code=``); ``POST /admin/functions/<name>`` (master key) fires any non-HTTP function now.
-- Timer triggers on their NCRONTAB (six-field) schedules, ``%SETTING%`` resolved; one invocation at a time each.
-- Blob triggers by polling the container; a receipt per blob version (ETag) in ``azure-webjobs-hosts`` marks it
-  done, as the real host's receipts do; a failing blob is retried on later scans and after five failures a
-  message goes to the ``webjobs-blobtrigger-poison`` queue and the blob is left alone.
+- Timer triggers on their NCRONTAB (six-field) schedules, ``%SETTING%`` resolved, with the schedule monitor
+  (``timers``: a missed occurrence fires once, past due, after a restart).
+- Blob triggers from the source their binding names (``blobs``): polling with receipts, or Event Grid events
+  posted to the blob extension's webhook ``POST /runtime/webhooks/blobs?functionName=Host.Functions.<name>&code=``
+  (the ``blobs_extension`` system key), with the subscription validation handshake; five failures and the blob goes
+  to the ``webjobs-blobtrigger-poison`` queue on the trigger's storage account.
 
 Requests are refused as the real host refuses them: a method no function takes on a route (TRACE, FOO, HEAD on
 a GET route, GET on a POST route) is 404, not 405; a bad Content-Length is 400 and a body over Azure's 100 MB limit
@@ -20,8 +22,6 @@ fixed development keys unless given.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import importlib
 import json
 import logging
@@ -31,58 +31,28 @@ import signal
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.functions.timer import TimerRequest
-from azure.storage.blob import BlobServiceClient
-from azure.storage.queue import QueueClient
-from croniter import croniter
+
+from .blobs import Binding, BlobTrigger
+from .timers import Timer
 
 logger = logging.getLogger("functions_host")
 
 # Well-known development keys of this runner (never used outside it), like Azurite's account key.
 FUNCTION_KEY = "local-dev-function-key-0000000000000000000000"
 MASTER_KEY = "local-dev-master-key-00000000000000000000000000"
-HOSTS_CONTAINER = "azure-webjobs-hosts"
-POISON_QUEUE = "webjobs-blobtrigger-poison"
-MAX_TRIES = 5
+BLOBS_EXTENSION_KEY = "local-dev-blobs-extension-key-000000000000000"  # the system key Event Grid posts with
 # Azure's limit on an HTTP request to a function app; a larger body is refused before it is read.
 MAX_REQUEST_BYTES = 100 * 1024 * 1024
 TOO_LARGE = "the request body is over Azure's 100 MB limit for HTTP requests; upload large files to storage instead"
 READ_TIMEOUT_SECONDS = 60
+WEBHOOK = "/runtime/webhooks/blobs"
 _SETTING = re.compile(r"%([^%]+)%")
-
-
-@dataclass
-class Binding:
-    function: str
-    trigger: dict[str, Any]
-    call: Callable[..., Any]
-
-
-@dataclass
-class _BlobWatch:
-    binding: Binding
-    connection: str
-    container: str
-    receipts: Any  # ContainerClient of azure-webjobs-hosts
-    poison: Any  # QueueClient of webjobs-blobtrigger-poison
-
-
-@dataclass
-class _Timer:
-    binding: Binding
-    schedule: str
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    last: datetime | None = None
 
 
 def load_settings(path: str | None) -> dict[str, str]:
@@ -126,12 +96,10 @@ class FunctionsHost:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="blob-trigger")  # host.json maxDegreeOfParallelism
-        self._in_flight: set[tuple[str, str, str]] = set()
-        self._lock = threading.Lock()
         app = importlib.import_module(app_module).app
         self.http: list[tuple[re.Pattern[str], set[str], str, Binding]] = []
-        self.timers: dict[str, _Timer] = {}
-        self.blobs: list[Binding] = []
+        self.timers: dict[str, Timer] = {}
+        self.blobs: dict[str, BlobTrigger] = {}
         self.functions: dict[str, Binding] = {}
         for fn in app.get_functions():
             name = fn.get_function_name()
@@ -144,9 +112,9 @@ class FunctionsHost:
                 methods = {m.upper() for m in trigger.get("methods") or ["GET", "POST"]}
                 self.http.append((re.compile(f"^{pattern}$"), methods, str(trigger["authLevel"]).lower(), binding))
             elif trigger["type"] == "timerTrigger":
-                self.timers[name] = _Timer(binding, resolve(trigger["schedule"]))
+                self.timers[name] = Timer(binding, resolve(trigger["schedule"]), host_id)
             elif trigger["type"] == "blobTrigger":
-                self.blobs.append(binding)
+                self.blobs[name] = BlobTrigger(binding, host_id=host_id, pool=self._pool, stop=self._stop)
             else:
                 raise ValueError(f"{name}: trigger {trigger['type']} is not supported by the local runner")
         self.server = ThreadingHTTPServer((host, port), self._handler())
@@ -163,9 +131,14 @@ class FunctionsHost:
         self._spawn(self.server.serve_forever, "http")
         if self.run_timers:
             for timer in self.timers.values():
-                self._spawn(lambda t=timer: self._timer_loop(t), f"timer-{timer.binding.function}")  # type: ignore[misc]
-        for binding in self.blobs:
-            self._spawn(lambda b=binding: self._blob_loop(b), f"blob-{binding.function}")  # type: ignore[misc]
+                self._spawn(lambda t=timer: t.run_forever(self._stop), f"timer-{timer.binding.function}")  # type: ignore[misc]
+        for trigger in self.blobs.values():
+            trigger.prepare()
+            if not trigger.event_grid:  # an Event Grid trigger waits for deliveries at the webhook instead
+                self._spawn(
+                    lambda t=trigger: t.scan_forever(self.blob_poll_seconds),  # type: ignore[misc]
+                    f"blob-{trigger.binding.function}",
+                )
         return self
 
     def stop(self) -> None:
@@ -185,8 +158,9 @@ class FunctionsHost:
             yield f"{binding.function}: [{','.join(sorted(methods))}] {self.url}/api/{route} ({auth})"
         for name, timer in self.timers.items():
             yield f"{name}: timerTrigger '{timer.schedule}'"
-        for binding in self.blobs:
-            yield f"{binding.function}: blobTrigger {binding.trigger['path']}"
+        for name, trigger in self.blobs.items():
+            how = f"Event Grid at {self.url}{WEBHOOK}" if trigger.event_grid else "polling"
+            yield f"{name}: blobTrigger {trigger.binding.trigger['path']} ({how})"
 
     def route(self, method: str, route: str) -> tuple[re.Match[str], str, Binding] | None:
         """The HTTP function taking ``method`` on ``route`` (under /api/): its match, auth level and binding."""
@@ -199,118 +173,31 @@ class FunctionsHost:
     # --- invoking -------------------------------------------------------------------------------------
 
     def invoke(self, name: str) -> None:
-        """Fire a non-HTTP function now (a timer with the schedule status the host would pass)."""
+        """Fire a timer function now (as the admin endpoint does), with the schedule status the host would pass."""
         timer = self.timers.get(name)
         if timer is None:
             raise KeyError(name)
-        self._fire(timer, past_due=False)
+        timer.fire(past_due=False)
 
-    def _fire(self, timer: _Timer, *, past_due: bool) -> None:
-        with timer.lock:  # a timer function never overlaps itself (the real host holds a singleton lock)
-            now = datetime.now(UTC)
-            nxt = croniter(timer.schedule, now, second_at_beginning=True).get_next(datetime)
-            request = TimerRequest(
-                past_due=past_due,
-                schedule_status={
-                    "Last": (timer.last or now).isoformat(),
-                    "Next": nxt.isoformat(),
-                    "LastUpdated": now.isoformat(),
-                },
-                schedule={"AdjustForDST": True},
-            )
-            try:
-                timer.binding.call(**{timer.binding.trigger["name"]: request})
-            except Exception:
-                logger.exception("Executed 'Functions.%s' (Failed)", timer.binding.function)
-                raise
-            finally:
-                timer.last = now
+    def event_grid(self, function: str, events: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Take a batch of Event Grid events for a blob trigger, as the blob extension's webhook does: answer the
+        subscription validation handshake, and run the function for each BlobCreated event in its path.
 
-    def _timer_loop(self, timer: _Timer) -> None:
-        schedule = croniter(timer.schedule, datetime.now(UTC), second_at_beginning=True)
-        while not self._stop.is_set():
-            due = schedule.get_next(datetime)
-            if self._stop.wait(max(0.0, (due - datetime.now(UTC)).total_seconds())):
-                return
-            try:
-                self._fire(timer, past_due=False)
-            except Exception:  # noqa: S112 - logged in _fire; the next occurrence runs anyway
-                continue
-
-    # --- blob trigger ---------------------------------------------------------------------------------
-
-    def _blob_loop(self, binding: Binding) -> None:
-        container, _, pattern = binding.trigger["path"].partition("/")
-        hosts = os.environ["AzureWebJobsStorage"]  # noqa: SIM112 - the host's own setting name
-        watch = _BlobWatch(
-            binding,
-            binding.trigger["connection"],
-            container,
-            BlobServiceClient.from_connection_string(hosts).get_container_client(HOSTS_CONTAINER),
-            QueueClient.from_connection_string(hosts, POISON_QUEUE),
-        )
-        with contextlib.suppress(ResourceExistsError):
-            watch.receipts.create_container()
-        with contextlib.suppress(ResourceExistsError):
-            watch.poison.create_queue()
-        source = BlobServiceClient.from_connection_string(os.environ[watch.connection])
-        prefix = pattern.split("{", 1)[0] or None
-        while not self._stop.is_set():
-            try:
-                for blob in source.get_container_client(container).list_blobs(name_starts_with=prefix):
-                    self._consider(watch, blob.name, str(blob.etag))
-            except ResourceNotFoundError:
-                pass  # the container does not exist yet
-            except Exception:
-                logger.warning("blob scan of %s failed; retrying", container, exc_info=True)
-            self._stop.wait(self.blob_poll_seconds)
-
-    def _consider(self, watch: _BlobWatch, name: str, etag: str) -> None:
-        receipt = watch.receipts.get_blob_client(
-            f"blobreceipts/{self.host_id}/{watch.binding.function}/{etag.strip(chr(34))}/{watch.container}/{name}"
-        )
-        try:
-            meta = receipt.get_blob_properties().metadata or {}
-        except ResourceNotFoundError:
-            meta = {}
-        if meta.get("done") == "true":
-            return
-        key = (watch.binding.function, f"{watch.container}/{name}", etag)
-        with self._lock:
-            if key in self._in_flight:
-                return
-            self._in_flight.add(key)
-        tries = int(meta.get("tries", "0")) + 1
-        future = self._pool.submit(self._run_blob, watch, name, etag, receipt, tries)
-        future.add_done_callback(lambda _f: self._done(key))
-
-    def _done(self, key: tuple[str, str, str]) -> None:
-        with self._lock:
-            self._in_flight.discard(key)
-
-    def _run_blob(self, watch: _BlobWatch, name: str, etag: str, receipt: Any, tries: int) -> None:
-        binding, container = watch.binding, watch.container
-        try:
-            binding.call(**{binding.trigger["name"]: _blob_client(watch.connection, container, name)})
-        except Exception as exc:
-            logger.error("Executed 'Functions.%s' (Failed, try %d of %d): %s", binding.function, tries, MAX_TRIES, exc)
-            if tries < MAX_TRIES:
-                receipt.upload_blob(b"", overwrite=True, metadata={"tries": str(tries), "done": "false"})
-                return
-            message = {
-                "Type": "BlobTrigger",
-                "FunctionId": f"Host.Functions.{binding.function}",
-                "BlobType": "BlockBlob",
-                "ContainerName": container,
-                "BlobName": name,
-                "ETag": etag,
-            }
-            watch.poison.send_message(base64.b64encode(json.dumps(message).encode()).decode())
-            receipt.upload_blob(b"", overwrite=True, metadata={"tries": str(tries), "done": "true", "poison": "true"})
-            logger.error("blob %s/%s moved to the %s queue after %d tries", container, name, POISON_QUEUE, tries)
-            return
-        receipt.upload_blob(b"", overwrite=True, metadata={"tries": str(tries), "done": "true"})
-        logger.info("Executed 'Functions.%s' (Succeeded, blob %s/%s)", binding.function, container, name)
+        Raises:
+            KeyError: no Event Grid blob trigger of that name.
+        """
+        trigger = self.blobs[function]
+        if not trigger.event_grid:
+            raise KeyError(function)
+        for event in events:
+            kind = event.get("eventType")
+            data = event.get("data") or {}
+            if kind == "Microsoft.EventGrid.SubscriptionValidationEvent":
+                logger.info("Event Grid subscription validated for %s", function)
+                return {"validationResponse": data.get("validationCode")}
+            if kind == "Microsoft.Storage.BlobCreated" and (name := trigger.accepts(str(data.get("url", "")))):
+                trigger.deliver(name, str(data.get("eTag", "")))
+        return None
 
     # --- HTTP -----------------------------------------------------------------------------------------
 
@@ -414,6 +301,12 @@ class FunctionsHost:
                 # Until the body is read, a refusal leaves it on the wire: close the connection after it.
                 self.close_connection = length != 0
                 key = self.headers.get("x-functions-key") or query.get("code")
+                if parts.path == WEBHOOK and self.command == "POST":
+                    body = self._read_body(length)
+                    if body is not None:
+                        self.close_connection = False
+                        self._webhook(query.get("functionName", ""), key, body)
+                    return
                 if parts.path.startswith("/admin/functions/"):
                     body = self._read_body(length)
                     if body is not None:
@@ -457,6 +350,29 @@ class FunctionsHost:
                 headers["Content-Type"] = response.mimetype or headers.get("Content-Type", "text/plain")
                 self._send(response.status_code, response.get_body(), headers)
 
+            def _webhook(self, function_name: str, key: str | None, body: bytes) -> None:
+                if not key:
+                    self._error(401, "MissingSystemKey", "the blobs_extension system key is required: ?code=")
+                    return
+                if key not in (BLOBS_EXTENSION_KEY, host.master_key):
+                    self._error(401, "InvalidSystemKey", "the key given is not the blobs_extension system key")
+                    return
+                try:
+                    events = json.loads(body)
+                    if not isinstance(events, list):
+                        raise ValueError("not a list")
+                    answer = host.event_grid(function_name.removeprefix("Host.Functions."), events)
+                except KeyError:
+                    self._error(404, "NotFound", f"no Event Grid blob trigger named {function_name}")
+                    return
+                except ValueError:
+                    self._error(400, "InvalidEvents", "the body must be a JSON array of Event Grid events")
+                    return
+                if answer is not None:
+                    self._send(200, json.dumps(answer).encode())
+                else:
+                    self._send(202, b"")
+
             def _admin(self, name: str, key: str | None) -> None:
                 if self.command != "POST":
                     self._error(404, "NotFound", "POST /admin/functions/<name> fires a function")
@@ -486,17 +402,6 @@ class _Refused(Exception):
 def _code_name(status: int) -> str:
     """A status as a PascalCase error code, as the app names its own (414 -> UriTooLong)."""
     return "".join(word.capitalize() for word in HTTPStatus(status).phrase.replace("-", " ").split())
-
-
-def _blob_client(connection: str, container: str, name: str) -> Any:
-    """The ``BlobClient`` the SDK-type binding gives the function, built by the extension's own converter."""
-    from azurefunctions.extensions.base import Datum
-    from azurefunctions.extensions.bindings.blob import BlobClient
-    from azurefunctions.extensions.bindings.blob.blobClientConverter import BlobClientConverter
-
-    content = json.dumps({"Connection": connection, "ContainerName": container, "BlobName": name})
-    data = SimpleNamespace(version="1.0", source="AzureStorageBlobs", content_type="application/json", content=content)
-    return BlobClientConverter.decode(Datum(data, "model_binding_data"), trigger_metadata={}, pytype=BlobClient)
 
 
 def wait_forever(host: FunctionsHost) -> None:

@@ -14,6 +14,8 @@ from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
 from emulators.azurite import Azurite
+from emulators.eventgrid import EventGridPublisher
+from emulators.functions_host import BLOBS_EXTENSION_KEY
 from emulators.functions_host.process import HostProcess, stack_settings
 from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
@@ -21,7 +23,9 @@ from emulators.iothub import IoTHubEmulator
 TERMINAL = {"completed", "completed_with_errors", "failed", "cancelled", "rejected"}
 
 
-def settings(azurite: Azurite, hub: IoTHubEmulator, central: IoTCentralEmulator | None = None) -> dict[str, str]:
+def settings(
+    azurite: Azurite, hub: IoTHubEmulator, central: IoTCentralEmulator | None = None, **overrides: str
+) -> dict[str, str]:
     # The monitor every second and a short submission grace: tests wait on outcomes, never on fixed sleeps.
     return stack_settings(
         azurite,
@@ -31,6 +35,7 @@ def settings(azurite: Azurite, hub: IoTHubEmulator, central: IoTCentralEmulator 
         SUBMIT_GRACE_SECONDS="1",
         RETRY_BACKOFF_SECONDS="0.5",
         ORPHAN_CONTAINER_MINUTES="0.05",
+        **overrides,
     )
 
 
@@ -62,12 +67,18 @@ class App(HostProcess):
             time.sleep(0.2)
 
 
+def webhook(app: HostProcess, key: str = BLOBS_EXTENSION_KEY) -> str:
+    """The blob extension's webhook of the upload trigger, as the Event Grid subscription names it in Azure."""
+    return f"{app.url}/runtime/webhooks/blobs?functionName=Host.Functions.import_on_upload&code={key}"
+
+
 @dataclass
 class Stack:
     azurite: Azurite
     hub: IoTHubEmulator
     app: App
     central: IoTCentralEmulator | None = None
+    eventgrid: EventGridPublisher | None = None
 
     @property
     def blobs(self) -> BlobServiceClient:

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from emulators.azurite import Azurite
+from emulators.eventgrid import EventGridPublisher, Subscription
 from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
 from tests.integration.helpers import control, emptied, running_central, running_emulator
 
-from .app import App, Stack, settings
+from .app import App, Stack, settings, webhook
 
 
 @pytest.fixture(scope="session")
@@ -34,10 +35,27 @@ def azurite(tmp_path: Path) -> Iterator[Azurite]:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, azurite: Azurite, hub: IoTHubEmulator) -> Iterator[Stack]:
-    app = App(tmp_path, settings(azurite, hub))
-    yield Stack(azurite, hub, app)
+def stack(request: pytest.FixtureRequest, tmp_path: Path, azurite: Azurite, hub: IoTHubEmulator) -> Iterator[Stack]:
+    """The app on a fresh Azurite; parametrized indirectly with a trigger source, ``EventGrid`` runs the blob
+    trigger from Event Grid deliveries (an Event Grid emulator subscribed to ``uploads``, delivering some events
+    twice and out of order) instead of polling."""
+    source = getattr(request, "param", "LogsAndContainerScan")
+    values = settings(azurite, hub, UPLOADS_TRIGGER_SOURCE=source)
+    if source == "EventGrid":
+        # No sweep during the test: every upload must come through the Event Grid path itself.
+        values["UPLOAD_SWEEP_MINUTES"] = "600"
+    app = App(tmp_path, values)
+    publisher = None
+    if source == "EventGrid":
+        sub = Subscription(webhook(app), duplicate_rate=0.3, shuffle=True, seed=7, backoff=0.2)
+        publisher = EventGridPublisher(azurite.connection_string, "uploads", sub, interval=0.2).start()
+    yield Stack(azurite, hub, app, eventgrid=publisher)
+    if publisher is not None:
+        publisher.stop()
     app.stop()
+
+
+BOTH_SOURCES = pytest.mark.parametrize("stack", ["LogsAndContainerScan", "EventGrid"], indirect=True)
 
 
 @pytest.fixture(scope="session")
