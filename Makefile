@@ -1,19 +1,27 @@
 # Two commands on a fresh machine: `make run` (the local stack and a demo) and `make test` (the whole suite).
-# Both install what is missing: a Python virtualenv from requirements-dev.txt and Azurite from package-lock.json.
+# Both install what is missing: a Python virtualenv from requirements-dev.txt, Azurite from package-lock.json, and
+# checkov (infra/ checks) in a virtualenv of its own from requirements-iac.txt (its pins clash with pytest's).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.deps-stamp
 NODE_STAMP := node_modules/.deps-stamp
+IAC_VENV := .venv-iac
+IAC_STAMP := $(IAC_VENV)/.deps-stamp
 
 .PHONY: setup run test lint pytest bench clean
 
-setup: $(PY_STAMP) $(NODE_STAMP)
+setup: $(PY_STAMP) $(NODE_STAMP) $(IAC_STAMP)
 
 $(PY_STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(IAC_STAMP): requirements-iac.txt
+	test -x $(IAC_VENV)/bin/python || $(PYTHON) -m venv $(IAC_VENV)
+	$(IAC_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-iac.txt
 	touch $@
 
 $(NODE_STAMP): package.json package-lock.json
@@ -40,4 +48,4 @@ bench: setup
 	$(BIN)/python -m bench.central_apply
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .devstack
+	rm -rf $(VENV) $(IAC_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .devstack
