@@ -54,7 +54,9 @@ READ_OUTSIDE_CONFIG = {
     "AZURE_CLIENT_ID": "azure-identity's DefaultAzureCredential (IoT Hub, IoT Central)",
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "the Functions host and worker (telemetry)",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "the Functions host and worker (Entra ID telemetry)",
-    "UPLOADS_TRIGGER_SOURCE": "function_app.py when the app is indexed (issue 13: EventGrid on Flex Consumption)",
+    "UPLOADS_TRIGGER_SOURCE": "function_app.py when the app is indexed (EventGrid on Flex Consumption)",
+    "BACKUP_SCHEDULE": "function_app.py when the app is indexed (the timer binding names it when it is set)",
+    "MONITOR_SCHEDULE": "function_app.py when the app is indexed (the timer binding names it when it is set)",
 }
 
 # What the code needs, per Microsoft's docs (docs/deploy.md, "Roles"), as (account symbol, role name).
