@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .host import FUNCTION_KEY, MASTER_KEY, FunctionsHost, load_settings, wait_forever
+from .host import FUNCTION_KEY, MASTER_KEY, FunctionsHost, StopSignal, load_settings, wait_forever
 
 
 class _Quiet(logging.Filter):
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                 os._exit(86)
 
         engine.CHECKPOINTS.append(crash)
+    stop = StopSignal().install()  # before serving: a stop sent as soon as /api/health answers is not lost
     host = FunctionsHost(
         host=args.host,
         port=args.port,
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Functions host listening on {host.url}", flush=True)
     for line in host.describe():
         print(f"  {line}", flush=True)
-    wait_forever(host)
+    wait_forever(host, stop)
     return 0
 
 

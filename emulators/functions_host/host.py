@@ -31,6 +31,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -404,22 +405,32 @@ def _code_name(status: int) -> str:
     return "".join(word.capitalize() for word in HTTPStatus(status).phrase.replace("-", " ").split())
 
 
-def wait_forever(host: FunctionsHost) -> None:
+@dataclass
+class StopSignal:
+    """SIGTERM (and Ctrl-C) turned into an event, installed before the host starts serving: a stop that arrives
+    while it starts up is not lost (nor does it kill the process without a clean shutdown)."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    received: list[str] = field(default_factory=list)
+
+    def install(self) -> StopSignal:
+        def on_sigterm(signum: int, _frame: object) -> None:
+            self.received.append(signal.Signals(signum).name)
+            self.event.set()
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        return self
+
+
+def wait_forever(host: FunctionsHost, stop: StopSignal | None = None) -> None:
     """Serve until Ctrl-C (SIGINT) or SIGTERM, then stop cleanly. SIGTERM is what ``HostProcess.stop`` sends: a
     shell that ignores SIGINT (nohup, some CI runners) passes that ignoring on to its children, and Python then
     never turns SIGINT into KeyboardInterrupt."""
-    received: list[str] = []
-    stopping = threading.Event()
-
-    def on_sigterm(signum: int, _frame: object) -> None:
-        received.append(signal.Signals(signum).name)
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    stop = stop or StopSignal().install()
     try:
-        stopping.wait()
+        stop.event.wait()
     except KeyboardInterrupt:
-        received.append("SIGINT")
-    logger.info("stopping (%s)", received[0] if received else "unknown")
+        stop.received.append("SIGINT")
+    logger.info("stopping (%s)", stop.received[0] if stop.received else "unknown")
     host.stop()
     logger.info("stopped")
