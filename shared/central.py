@@ -20,7 +20,7 @@ from .config import Containers
 from .dataexport import Document, Plan, make_plan, parse, read_app, resolve
 from .engine import utcnow
 from .iotcentral import IoTCentralClient
-from .storage import BlobRef, Storage
+from .storage import JSON_TYPE, BlobRef, Storage
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Central:
             "exports": {k: {f: v for f, v in e.items() if f != "id"} for k, e in exports.items()},
         }
         data = json.dumps(doc, indent=2).encode()
-        self.storage.upload_bytes(container, f"{folder}/{DOCUMENT_BLOB}", data)
+        self.storage.upload_bytes(container, f"{folder}/{DOCUMENT_BLOB}", data, content_type=JSON_TYPE)
         manifest = {
             "app": self.client.app_url,
             "apiVersion": self.client.api_version,
@@ -95,7 +95,9 @@ class Central:
             "created": now.isoformat(),
             "documentBlob": DOCUMENT_BLOB,
         }
-        self.storage.upload_bytes(container, manifest_ref.name, json.dumps(manifest, indent=2).encode())
+        self.storage.upload_bytes(
+            container, manifest_ref.name, json.dumps(manifest, indent=2).encode(), content_type=JSON_TYPE
+        )
         logger.info("IoT Central backup %s: %d destinations, %d exports", folder, len(destinations), len(exports))
         if retention_days is not None:
             apply_retention(self.storage, container, PARTITION, days=retention_days, now=now)

@@ -912,6 +912,10 @@ def test_mutated_valid_files_yield_valid_or_line_numbered_errors(index: int, at:
     body[pos:pos] = junk
     report = validate_stream(io.BytesIO(bytes(body)))
     if not report.valid:
+        if {f.code for f in report.errors} & {Code.COMPRESSED_FILE, Code.WRONG_ENCODING}:
+            # Junk at the start that reads as a gzip or UTF-16 mark: one finding for the whole file, no line.
+            assert pos < 16 and len(report.errors) == 1
+            return
         assert all(f.line >= 1 for f in report.errors)
         broken_line = bytes(body[:pos]).count(b"\n") + 1
         assert any(f.line in (broken_line, broken_line + 1) for f in report.errors) or any(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from . import registered
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -16,9 +18,7 @@ def test_shared_never_imports_azure_functions() -> None:
 
 
 def test_function_app_registers_health() -> None:
-    import function_app
-
-    functions = {f.get_function_name(): f for f in function_app.app.get_functions()}
+    functions = registered.functions()
     assert "health" in functions
     trigger = functions["health"].get_trigger().get_dict_repr()
     assert trigger["route"] == "health"
