@@ -1,5 +1,6 @@
 # Two commands on a fresh machine: `make run` (the local stack and a demo) and `make test` (the whole suite).
-# Both install what is missing: a Python virtualenv from requirements-dev.txt and Azurite from package-lock.json.
+# Both install what is missing: a Python virtualenv from requirements-dev.txt (with the iotjobs command) and Azurite
+# from package-lock.json.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -11,9 +12,11 @@ NODE_STAMP := node_modules/.deps-stamp
 
 setup: $(PY_STAMP) $(NODE_STAMP)
 
-$(PY_STAMP): requirements.txt requirements-dev.txt
+$(PY_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	# The iotjobs command, into $(BIN) (editable: it runs this checkout's iotjobs/).
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 $(NODE_STAMP): package.json package-lock.json
