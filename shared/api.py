@@ -346,5 +346,6 @@ def central_apply(svc: Services, inp: Inputs) -> Reply:
 
 @handles(schemas.CENTRAL_BACKUP)
 def central_backup(svc: Services, inp: Inputs) -> Reply:
-    """Back up the app's data-export configuration now (one folder per hour: a repeat finds the same one)."""
-    return Reply(200, _central(svc).backup(retention_days=svc.settings.backup_retention_days))
+    """Back up the app's data-export configuration now: always a new backup of what the app holds now (its manifest,
+    with the ``folder`` it went to)."""
+    return Reply(200, _central(svc).backup(retention_days=svc.settings.backup_retention_days, manual=True))
