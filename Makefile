@@ -43,4 +43,4 @@ bench: setup
 	$(BIN)/python -m bench.central_apply
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .devstack
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .devstack *.egg-info
