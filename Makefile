@@ -1,6 +1,7 @@
 # Two commands on a fresh machine: `make run` (the local stack and a demo) and `make test` (the whole suite).
-# Both install what is missing: a Python virtualenv from requirements-dev.txt, Azurite from package-lock.json, and
-# checkov (infra/ checks) in a virtualenv of its own from requirements-iac.txt (its pins clash with pytest's).
+# Both install what is missing: a Python virtualenv from requirements-dev.txt (with the iotjobs command), Azurite
+# from package-lock.json, and checkov (infra/ checks) in a virtualenv of its own from requirements-iac.txt (its pins
+# clash with pytest's).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -14,9 +15,11 @@ IAC_STAMP := $(IAC_VENV)/.deps-stamp
 
 setup: $(PY_STAMP) $(NODE_STAMP) $(IAC_STAMP)
 
-$(PY_STAMP): requirements.txt requirements-dev.txt
+$(PY_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	# The iotjobs command, into $(BIN) (editable: it runs this checkout's iotjobs/).
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 $(IAC_STAMP): requirements-iac.txt
@@ -48,4 +51,4 @@ bench: setup
 	$(BIN)/python -m bench.central_apply
 
 clean:
-	rm -rf $(VENV) $(IAC_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .devstack
+	rm -rf $(VENV) $(IAC_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .devstack *.egg-info

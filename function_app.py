@@ -8,7 +8,8 @@
   up IoT Central's data export, apply retention.
 - ``job_monitor``: timer (``MONITOR_SCHEDULE``, default every 30 s) -> follow jobs, finish them, start the next,
   and give a job to any upload no trigger delivery turned into one.
-- HTTP API under ``/api`` (function key), JSON in and out; ``health`` is anonymous.
+- HTTP API under ``/api`` (function key), JSON in and out; ``health`` is anonymous; ``status`` is the status page
+  (HTML) and ``openapi.json`` describes the API.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def _request(req: func.HttpRequest) -> api.Request:
 
 
 def _respond(reply: api.Reply) -> func.HttpResponse:
-    return func.HttpResponse(reply.json(), status_code=reply.status, mimetype="application/json")
+    return func.HttpResponse(
+        reply.content(), status_code=reply.status, mimetype=reply.media, headers=dict(reply.headers)
+    )
 
 
 @app.blob_trigger(
@@ -121,6 +124,22 @@ def central_apply(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="central/backups", methods=["POST"])
 def central_backup(req: func.HttpRequest) -> func.HttpResponse:
     return _respond(api.central_backup(services, _request(req)))
+
+
+@app.route(route="status", methods=["GET"])
+def status_page(req: func.HttpRequest) -> func.HttpResponse:
+    """The status page (HTML; the key comes as ?code= and the page passes it on to status.json)."""
+    return _respond(api.status_page(_request(req)))
+
+
+@app.route(route="status.json", methods=["GET"])
+def status(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.status(services, _request(req)))
+
+
+@app.route(route="openapi.json", methods=["GET"])
+def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.openapi(_request(req)))
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -1,4 +1,4 @@
-"""Start and stop Azurite (the npm package pinned in package.json) on free loopback ports in a temp dir."""
+"""Start and stop Azurite (the npm package pinned in package.json) on loopback, on free ports or its usual ones."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 ACCOUNT = "devstoreaccount1"
+USUAL_PORTS = (10000, 10001, 10002)  # Azurite's own defaults (blob, queue, table): what tools expect locally
 # Azurite's documented well-known development key (not a secret).
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
@@ -27,6 +28,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True if nothing listens on ``port``. As the servers themselves do (Node, http.server), the probe sets
+    SO_REUSEADDR: connections of a stopped server lingering in TIME_WAIT do not make its port taken."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _listening(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -39,10 +52,19 @@ class Azurite:
     """A running Azurite; ``connection_string`` points clients at it."""
 
     def __init__(
-        self, location: Path | None = None, *, host: str = "127.0.0.1", extra_args: tuple[str, ...] = ()
+        self,
+        location: Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        extra_args: tuple[str, ...] = (),
+        ports: tuple[int, int, int] | None = None,
     ) -> None:
-        """``extra_args`` e.g. ``("--oauth", "basic", "--cert", pem, "--key", key)`` for HTTPS with Bearer tokens."""
+        """``extra_args`` e.g. ``("--oauth", "basic", "--cert", pem, "--key", key)`` for HTTPS with Bearer tokens.
+        ``ports``: the (blob, queue, table) ports to use where they are free (``USUAL_PORTS`` for stable addresses);
+        a taken one is replaced by a free one and listed in ``moved``. None: free ports."""
         self.host = host
+        self.preferred = ports
+        self.moved: list[tuple[str, int, int]] = []  # (service, wanted, got)
         self.extra_args = extra_args
         self.scheme = "https" if "--cert" in extra_args else "http"
         self._owns_location = location is None
@@ -74,8 +96,8 @@ class Azurite:
         binary = REPO / "node_modules" / ".bin" / "azurite"
         if not binary.exists():
             raise AzuriteError(f"Azurite is not installed at {binary}: run `make setup` (npm ci).")
-        for _attempt in range(3):  # a free port can be taken between probing and binding: retry
-            self.blob_port, self.queue_port, self.table_port = free_port(), free_port(), free_port()
+        for attempt in range(3):  # a free port can be taken between probing and binding: retry
+            self.blob_port, self.queue_port, self.table_port = self._ports(attempt)
             cmd = [
                 str(binary),
                 "--silent",
@@ -107,6 +129,18 @@ class Azurite:
                 time.sleep(0.1)
             self.stop(remove=False)
         raise AzuriteError(f"Azurite did not start; see {self.location / 'azurite.log'}")
+
+    def _ports(self, attempt: int) -> tuple[int, int, int]:
+        if self.preferred is None:
+            return free_port(), free_port(), free_port()
+        self.moved = []
+        chosen = []
+        for service, wanted in zip(("blob", "queue", "table"), self.preferred, strict=True):
+            got = wanted if attempt == 0 and port_is_free(wanted, self.host) else free_port(self.host)
+            if got != wanted:
+                self.moved.append((service, wanted, got))
+            chosen.append(got)
+        return chosen[0], chosen[1], chosen[2]
 
     def stop(self, *, remove: bool = True) -> None:
         if self._proc is not None and self._proc.poll() is None:

@@ -12,9 +12,9 @@ import contextlib
 import json
 import os
 import shutil
-import socket
+import signal
 import sys
-import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,118 +22,147 @@ import requests
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 
-from emulators.azurite import REPO, Azurite, free_port
+from emulators.azurite import REPO, USUAL_PORTS, Azurite, free_port, port_is_free
 from emulators.functions_host import FUNCTION_KEY, MASTER_KEY
 from emulators.functions_host.process import HostProcess, stack_settings
 from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
 from emulators.serving import wait_until_stopped
+from iotjobs.cli import cut, listing
+from iotjobs.client import CENTRAL, UPLOADS, Api
+from iotjobs.config import Config
 from shared.iotcentral import DESTINATIONS, EXPORTS, IoTCentralClient
 from shared.iothub import IoTHubClient
 
 SAMPLES = REPO / "samples"
-TERMINAL = {"completed", "completed_with_errors", "failed", "cancelled", "rejected"}
-
-
-def _port(preferred: int) -> int:
-    """``preferred`` if it is free on loopback, else any free port."""
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", preferred))
-        except OSError:
-            return free_port()
-    return preferred
+USUAL = {"IoT Hub emulator": 8443, "IoT Central emulator": 8444, "Functions host": 7071}
+SHOWN = 10  # findings or refused devices listed per step; the reports hold them all
 
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _follow(app: HostProcess, hub: str, job_id: str) -> dict[str, Any]:
-    """Print a job's state and progress as they change, until it ends."""
-    seen = None
-    while True:
-        job: dict[str, Any] = app.call("GET", f"jobs/{hub}/{job_id}").json()
-        now = (job["state"], job["progress"])
-        if now != seen:
-            _say(f"    job {job_id}: {job['state']} {job['progress']}%")
-            seen = now
-        if job["state"] in TERMINAL:
-            return job
-        time.sleep(0.3)
+class Ports:
+    """The stack's ports: the usual ones where free, so addresses stay the same from run to run; a taken one is
+    replaced by a free one and reported loudly (its connection strings change)."""
+
+    def __init__(self) -> None:
+        self.moved: list[tuple[str, int, int]] = []  # (what, wanted, got)
+
+    def take(self, what: str) -> int:
+        wanted = USUAL[what]
+        if port_is_free(wanted):
+            return wanted
+        got = free_port()
+        self.moved.append((what, wanted, got))
+        return got
+
+    def warn(self) -> None:
+        for what, wanted, got in self.moved:
+            _say(f"!! PORT {wanted} ({what}) IS TAKEN (another make run, or another program): using {got} instead.")
+        if self.moved:
+            _say("!! The addresses differ from the usual ones: use the connection strings printed at the end.")
 
 
-def _drop(service: BlobServiceClient, app: HostProcess, sample: str) -> dict[str, Any]:
-    """Upload a sample into uploads/ and wait for the blob trigger to record its job."""
-    with contextlib.suppress(ResourceExistsError):
-        service.create_container("uploads")
-    blob = service.get_blob_client("uploads", sample)
-    etag = blob.upload_blob((SAMPLES / sample).read_bytes(), overwrite=True)["etag"]
-    _say(f"    uploaded uploads/{sample} (ETag {etag}); waiting for the blob trigger ...")
-    while True:
-        jobs = [
-            j
-            for j in app.call("GET", "jobs", params={"limit": "200"}).json()["jobs"]
-            if j["source"] == f"uploads/{sample}"
-        ]
-        if jobs:
-            return _follow(app, jobs[0]["hub"], jobs[0]["jobId"])
-        time.sleep(0.3)
+class Demo:
+    """The demo's steps, each following the job it just started: by the ETag of its upload or the id the API
+    returned, never by a file name (a second run finds the first run's jobs under the same names)."""
+
+    def __init__(self, app: HostProcess, service: BlobServiceClient) -> None:
+        self.app = app
+        self.service = service
+        self.api = Api(Config(url=app.url, key=FUNCTION_KEY))
+        self.started: list[str] = []  # ids of the jobs this run started
+
+    def follow(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Print a job's state and progress as they change, until it ends; the job as it ended, with its links."""
+        self.started.append(job["jobId"])
+        ended = self.api.follow(job, lambda j: _say(f"    job {j['jobId']}: {j['state']} {j['progress']}%"), poll=0.3)
+        return self.api.job(ended["hub"], ended["jobId"])
+
+    def drop(self, sample: str) -> dict[str, Any]:
+        """Upload a sample into uploads/ and follow the job the blob trigger records for exactly that upload."""
+        with contextlib.suppress(ResourceExistsError):
+            self.service.create_container(UPLOADS)
+        blob = self.service.get_blob_client(UPLOADS, sample)
+        etag = blob.upload_blob((SAMPLES / sample).read_bytes(), overwrite=True)["etag"]
+        _say(f"    uploaded {UPLOADS}/{sample} (ETag {etag}); waiting for the blob trigger ...")
+        partition = CENTRAL if sample.startswith(f"{CENTRAL}/") else None
+        return self.follow(self.api.job_of_upload(sample, etag, hub=partition, wait=120, poll=0.3))
+
+    def report(self, job: dict[str, Any], name: str) -> bytes:
+        return requests.get(job["links"][name], timeout=10).content
 
 
-def demo(app: HostProcess, service: BlobServiceClient) -> None:
+def _listed(lines: Iterable[str], total: int, more: str) -> None:
+    for line in listing(lines, total, more):
+        _say(f"      {line}")
+
+
+def demo(d: Demo) -> None:
     _say("\n== 1. Drop samples/devices-good.jsonl into the uploads container")
-    job = _drop(service, app, "devices-good.jsonl")
-    _say(f"    {job['lines']} lines, modes {job['modes']}; the upload now lives in archive/processed/{job['jobId']}/")
+    job = d.drop("devices-good.jsonl")
+    _say(f"    {job['lines']} lines, modes {job['modes']}; the upload now lives in {job['archived']}")
     if "errors" in job["links"]:
-        _say("    the file was valid, but the hub refused some devices (per-device report reports/<job>/errors.csv):")
-        for line in requests.get(job["links"]["errors"], timeout=10).text.splitlines():
-            row = json.loads(line)
-            _say(f"      {row['deviceId']:<20} {row['errorName']}: {row['message'][:80]}")
+        rows = [json.loads(x) for x in d.report(job, "errors").decode().splitlines() if x.strip()]
+        _say(
+            f"    the file was valid, but the hub refused {job['failedDevices']} device(s) (per-device report "
+            f"reports/{job['jobId']}/errors.csv):"
+        )
+        found = (f"{r['deviceId']:<20} {r['errorName']}: {cut(r['message'], 70)}" for r in rows[:SHOWN])
+        _listed(found, job["failedDevices"], "in errors.csv")
 
     _say("\n== 2. Drop samples/devices-with-mistakes.jsonl: rejected before the hub sees it")
-    job = _drop(service, app, "devices-with-mistakes.jsonl")
-    _say(f"    {job['failureReason']}")
-    report = json.loads(requests.get(job["links"]["rejection"], timeout=10).content)
-    for err in report["errors"][:6]:
-        _say(f"    line {err['line']:>3} {err['code']:<22} {err['message'][:100]}")
-    _say(f"    full report: reports/{job['jobId']}/rejection.json; upload kept in archive/failed/{job['jobId']}/")
+    job = d.drop("devices-with-mistakes.jsonl")
+    _say(f"    {job['failureReason']}:")
+    report = json.loads(d.report(job, "rejection"))
+    errors = report["errors"]
+    found = (f"line {e['line']:>3} {e['code']:<22} {cut(e['message'], 80)}" for e in errors[:SHOWN])
+    _listed(found, int(report.get("errorCount", len(errors))), "in the report")
+    if report.get("warningCount"):
+        _say(f"    and {report['warningCount']} warning(s) (fields the hub ignores), also in the report")
+    _say(f"    full report: reports/{job['jobId']}/rejection.json; upload kept in {job['archived']}")
 
-    _say("\n== 3. The job ledger (GET /api/jobs)")
-    for j in app.call("GET", "jobs").json()["jobs"]:
+    _say("\n== 3. The job ledger (GET /api/jobs, or: iotjobs jobs)")
+    jobs = d.api.jobs(limit=200)
+    mine = [j for j in jobs if j["jobId"] in d.started]
+    for j in mine:
         _say(f"    {j['jobId']}  {j['kind']:<7} {j['state']:<22} {j['lines']:>5} lines  {j['source']}")
+    if len(jobs) > len(mine):
+        _say(f"    (and {len(jobs) - len(mine)} job(s) of earlier runs: iotjobs jobs lists them all)")
 
     _say("\n== 4. Back up the registry now (POST /api/exports); the nightly timer does the same at 02:00 UTC")
-    queued = app.call("POST", "exports", json={"hub": "devhub"}).json()["jobs"][0]
-    job = _follow(app, "devhub", queued["jobId"])
-    manifest = json.loads(requests.get(job["links"]["manifest"], timeout=10).content)
+    queued = d.api.call("POST", "exports", json={"hub": "devhub"})["jobs"][0]
+    job = d.follow(queued)
+    manifest = json.loads(d.report(job, "manifest"))
     _say(
         f"    {job['reports']['backup']}: {manifest['devices']} devices, sha256 {manifest['sha256'][:16]}..., "
         f"keys included: {manifest['includesKeys']}"
     )
 
 
-def central_demo(app: HostProcess, service: BlobServiceClient) -> None:
+def central_demo(d: Demo) -> None:
     _say("\n== 5. Back up IoT Central's data export (POST /api/central/backups; also nightly)")
-    manifest = app.call("POST", "central/backups").json()
+    manifest = d.api.call("POST", "central/backups")
     _say(f"    {manifest['destinations']} destination(s), {manifest['exports']} export(s) from {manifest['app']}")
-    folders = sorted({n.rsplit("/", 1)[0] for n in _names(service, "backups", "central/")})
-    _say(f"    written to backups/{folders[-1]}/dataexport.json (secrets come back masked: *****)")
+    _say(f"    written to {manifest['folder']}/dataexport.json (secrets come back masked: *****)")
 
     sample = (SAMPLES / "central" / "dataexport.json").read_bytes()
     _say("\n== 6. Plan samples/central/dataexport.json (POST /api/central/plan: changes nothing)")
-    plan = app.call("POST", "central/plan", data=sample).json()
+    plan = d.api.call("POST", "central/plan", data=sample)
     _show_steps(plan["steps"])
     _say(f"    summary {plan['summary']}; kept, not in the file (no prune): {plan['unmanaged']}")
 
     _say("\n== 7. Apply it: drop it into uploads/central/dataexport.json")
-    job = _drop(service, app, "central/dataexport.json")
-    result = json.loads(requests.get(job["links"]["result"], timeout=10).content)
+    job = d.drop("central/dataexport.json")
+    result = json.loads(d.report(job, "result"))
     _show_steps(result["results"])
     _say(f"    job {job['jobId']}: {job['state']}; report reports/{job['jobId']}/central-apply.json")
 
     _say("\n== 8. Plan the same file again: nothing left to change")
-    plan = app.call("POST", "central/plan", data=sample).json()
+    plan = d.api.call("POST", "central/plan", data=sample)
+    _show_steps(plan["steps"])
     _say(f"    {plan['changes']} change(s)")
 
 
@@ -144,10 +173,6 @@ def _show_steps(steps: list[dict[str, Any]]) -> None:
         changes = f" [{', '.join(step['changes'])}]" if step.get("changes") else ""
         outcome = f" -> {step['outcome']}" if "outcome" in step else ""
         _say(f"    {step['action']:<8} {step['kind']:<11} {step['id']:<16}{changes}{outcome}")
-
-
-def _names(service: BlobServiceClient, container: str, prefix: str) -> list[str]:
-    return [b.name for b in service.get_container_client(container).list_blobs(name_starts_with=prefix)]
 
 
 def _seed_central(central: IoTCentralEmulator) -> None:
@@ -181,6 +206,32 @@ def _seed(hub_server: IoTHubEmulator) -> None:
         )
 
 
+def _banner(app: HostProcess, azurite: Azurite, hub: IoTHubEmulator, central: IoTCentralEmulator, state: Path) -> None:
+    cli = ".venv/bin/iotjobs"
+    settings = app.workdir / "local.settings.json"
+    _say("\n== The local stack is up")
+    _say(f"    Function app           {app.url}/api  (key: x-functions-key: {FUNCTION_KEY})")
+    _say(f"    status page            {app.url}/api/status?code={FUNCTION_KEY}")
+    _say(f"    drop a file            {cli} upload my-devices.jsonl --follow   (--hub <hub>; exit code = outcome)")
+    _say(f"    list jobs              {cli} jobs   (one job: {cli} job devhub <job id> --follow)")
+    _say(f"    back up, restore       {cli} export --follow;  {cli} restore latest --follow")
+    _say(f"    plan a data export     {cli} central plan samples/central/dataexport.json")
+    if state.resolve() != (REPO / ".devstack").resolve():
+        _say(f"    (iotjobs reads {settings}: export IOTJOBS_SETTINGS={settings})")
+    else:
+        _say(f"    (iotjobs finds this stack in {settings.relative_to(REPO)})")
+    _say(
+        f"    fire the nightly now   curl -X POST -H 'x-functions-key: {MASTER_KEY}' "
+        f"{app.url}/admin/functions/nightly_backup"
+    )
+    _say(f"    Azurite (storage)      {azurite.connection_string}")
+    _say(f"    IoT Hub emulator       {hub.url}")
+    _say(f"    IoT Hub connection     {hub.connection_string()}")
+    _say(f"    IoT Central emulator   {central.url}  (API token: {central.api_token()})")
+    _say(f"    trust their cert       export REQUESTS_CA_BUNDLE={hub.ca_path}")
+    _say(f"    host log               {app.log_path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="make run", description=__doc__)
     p.add_argument("--fresh", action="store_true", help="forget the state of earlier runs")
@@ -189,55 +240,60 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.fresh:
         shutil.rmtree(args.state, ignore_errors=True)
-    _say("Starting Azurite ...")
-    azurite = Azurite(args.state / "azurite").start()
-    hub_server = IoTHubEmulator(
-        args.state / "iothub", port=_port(8443), storage_identity=azurite.connection_string, control_plane=True
-    )
-    hub_server.start()
-    os.environ["REQUESTS_CA_BUNDLE"] = str(hub_server.ca_path)
-    central = IoTCentralEmulator(args.state / "iotcentral", port=_port(8444), tls_dir=hub_server.data_dir / "tls")
-    central.start()
-    app = HostProcess(args.state / "functions", stack_settings(azurite, hub_server, central), port=_port(7071))
+    ports = Ports()
+    started: list[Any] = []
     try:
+        _say("Starting Azurite ...")
+        azurite = Azurite(args.state / "azurite", ports=USUAL_PORTS).start()
+        started.append(lambda: azurite.stop(remove=False))
+        ports.moved += [(f"Azurite {service}", wanted, got) for service, wanted, got in azurite.moved]
+        hub_server = IoTHubEmulator(
+            args.state / "iothub",
+            port=ports.take("IoT Hub emulator"),
+            storage_identity=azurite.connection_string,
+            control_plane=True,
+        )
+        hub_server.start()
+        started.append(hub_server.stop)
+        os.environ["REQUESTS_CA_BUNDLE"] = str(hub_server.ca_path)
+        central = IoTCentralEmulator(
+            args.state / "iotcentral", port=ports.take("IoT Central emulator"), tls_dir=hub_server.data_dir / "tls"
+        )
+        central.start()
+        started.append(central.stop)
+        port = ports.take("Functions host")
+        # The iotjobs command reads the stack's address and key from the settings file the host is given.
+        values = {
+            **stack_settings(azurite, hub_server, central),
+            "IOTJOBS_URL": f"http://127.0.0.1:{port}",
+            "IOTJOBS_KEY": FUNCTION_KEY,
+        }
+        app = HostProcess(args.state / "functions", values, port=port, own_session=True)
+        started.append(app.stop)
+        ports.warn()
         _seed(hub_server)
         _seed_central(central)
         _say("Starting the function app under the local Functions host ...")
         app.start()
-        service = BlobServiceClient.from_connection_string(azurite.connection_string)
-        demo(app, service)
-        central_demo(app, service)
-        _say("\n== The local stack is up")
-        _say(f"    Function app           {app.url}/api  (key: x-functions-key: {FUNCTION_KEY})")
-        _say(f"    list jobs              curl -H 'x-functions-key: {FUNCTION_KEY}' {app.url}/api/jobs")
-        _say(
-            f"    fire the nightly now   curl -X POST -H 'x-functions-key: {MASTER_KEY}' "
-            f"{app.url}/admin/functions/nightly_backup"
-        )
-        _say(f"    Azurite (storage)      {azurite.connection_string}")
-        _say(
-            "    drop a file            az storage blob upload -c uploads -f my-devices.jsonl -n my-devices.jsonl "
-            '--connection-string "<the Azurite connection string>"'
-        )
-        _say(f"    IoT Hub emulator       {hub_server.url}")
-        _say(f"    IoT Hub connection     {hub_server.connection_string()}")
-        _say(f"    IoT Central emulator   {central.url}  (API token: {central.api_token()})")
-        _say(f"    trust their cert       export REQUESTS_CA_BUNDLE={hub_server.ca_path}")
-        _say(
-            f"    plan a file            curl -H 'x-functions-key: {FUNCTION_KEY}' --data-binary "
-            f"@samples/central/dataexport.json {app.url}/api/central/plan"
-        )
-        _say(f"    host log               {app.log_path}")
+        d = Demo(app, BlobServiceClient.from_connection_string(azurite.connection_string))
+        demo(d)
+        central_demo(d)
+        _banner(app, azurite, hub_server, central, args.state)
+        ports.warn()
         if args.demo_only:
             return 0
         _say("\nServing until Ctrl-C.")
         wait_until_stopped()
+        _say("Stopping ...")
         return 0
+    except KeyboardInterrupt:
+        _say("\nInterrupted: stopping the stack ...")
+        return 130
     finally:
-        app.stop()
-        central.stop()
-        hub_server.stop()
-        azurite.stop(remove=False)
+        # A second Ctrl-C while stopping would leave servers behind: finish stopping first.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for stop in reversed(started):
+            stop()
 
 
 if __name__ == "__main__":

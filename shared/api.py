@@ -10,12 +10,17 @@ internal (stack traces, keys, SAS) ever reaches a reply. Report links are read-o
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
 import json
 import logging
+import re
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from . import api_schemas as schemas
@@ -29,7 +34,9 @@ from .engine import CannotCancel
 from .iotcentral import IoTCentralError
 from .iothub import IoTHubError
 from .ledger import Job, JobNotFound, JobState, LedgerConflict, LedgerError
+from .openapi import document as openapi_document
 from .services import Services
+from .status import status_document
 from .storage import BlobRef, StorageError, UploadChanged
 from .views import job_view
 
@@ -43,11 +50,19 @@ CENTRAL_SETTING = "IOTCENTRAL_APP_URL"
 
 @dataclass(frozen=True, slots=True)
 class Reply:
+    """A JSON reply (``body``), or a page (``text`` of ``media``) with its own headers."""
+
     status: int
     body: dict[str, Any]
+    text: str | None = None
+    media: str = "application/json"
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def json(self) -> str:
         return json.dumps(self.body, indent=2)
+
+    def content(self) -> str:
+        return self.json() if self.text is None else self.text
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> Reply:
@@ -208,11 +223,16 @@ def start_restore(svc: Services, inp: Inputs) -> Reply:
 
 @handles(schemas.LIST_JOBS)
 def list_jobs(svc: Services, inp: Inputs) -> Reply:
-    """``?hub=&state=running,queued&limit=50&after=<job id>``: newest first; ``next`` is the next page's after."""
+    """``?hub=&state=running,queued&limit=50&after=<job id>&source=uploads/x.jsonl``: newest first; ``next`` is the
+    next page's after."""
     hub = _partition(svc, inp.query["hub"]) if "hub" in inp.query else None
     states = {JobState(s) for s in inp.query["state"]} if inp.query.get("state") else None
     page, after = svc.ledger.list_jobs(
-        hub, states=states, limit=inp.query.get("limit", 50), after=inp.query.get("after")
+        hub,
+        states=states,
+        limit=inp.query.get("limit", 50),
+        after=inp.query.get("after"),
+        source=inp.query.get("source"),
     )
     return Reply(200, {"jobs": [job_view(j) for j in page], "next": after})
 
@@ -231,6 +251,71 @@ def cancel_job(svc: Services, inp: Inputs) -> Reply:
 def health(request: Request) -> Reply:
     """Liveness: answers without building the services (no settings, storage or hub needed)."""
     return guarded(schemas.HEALTH, request, lambda _: Reply(200, {"status": "ok"}), "health")
+
+
+# --- the status page and the API's description ----------------------------------------------------------
+
+STATUS_HTML = Path(__file__).parent / "web" / "status.html"
+
+
+@functools.cache
+def _page() -> tuple[str, dict[str, str]]:
+    """The status page and its headers. Its inline style and script are allowed by their hashes and nothing else
+    runs; no referrer ever leaves it (its URL carries the function key as ?code=, and its report links go to
+    storage); it is never cached or framed."""
+    html = STATUS_HTML.read_text(encoding="utf-8")
+    hashes = {tag: _csp_hash(html, tag) for tag in ("script", "style")}
+    csp = (
+        "default-src 'none'; connect-src 'self'; img-src 'self' data:; "
+        f"script-src {hashes['script']}; style-src {hashes['style']}; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    headers = {
+        "Content-Security-Policy": csp,
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+    }
+    return html, headers
+
+
+def _csp_hash(html: str, tag: str) -> str:
+    match = re.search(rf"<{tag}>(.*?)</{tag}>", html, re.S)
+    assert match is not None, f"the status page has no <{tag}>"
+    digest = base64.b64encode(hashlib.sha256(match.group(1).encode()).digest()).decode()
+    return f"'sha256-{digest}'"
+
+
+def status_page(request: Request) -> Reply:
+    """The status page: static HTML that reads ``status.json`` itself (no services are built to serve it)."""
+
+    def page(_: Inputs) -> Reply:
+        html, headers = _page()
+        return Reply(200, {}, text=html, media="text/html", headers=headers)
+
+    return guarded(schemas.STATUS_PAGE, request, page, "status_page")
+
+
+@handles(schemas.STATUS)
+def status(svc: Services, inp: Inputs) -> Reply:
+    """What the status page shows: hubs, running jobs and queues, recent jobs with report links, backups."""
+    settings = svc.settings
+    doc = status_document(
+        ledger=svc.ledger,
+        storage=svc.storage,
+        hubs=settings.hubs,
+        backups_container=settings.containers.backups,
+        retention_days=settings.backup_retention_days,
+        central_configured=svc.central is not None,
+        now=datetime.now(UTC),
+        link=svc.storage.sas.read_link,
+    )
+    return Reply(200, doc, headers={"Cache-Control": "no-store"})
+
+
+def openapi(request: Request) -> Reply:
+    """The HTTP API as an OpenAPI 3.1 document (generated from the routes' schemas)."""
+    return guarded(schemas.OPENAPI, request, lambda _: Reply(200, openapi_document()), "openapi")
 
 
 # --- IoT Central data export ----------------------------------------------------------------------------
@@ -261,5 +346,6 @@ def central_apply(svc: Services, inp: Inputs) -> Reply:
 
 @handles(schemas.CENTRAL_BACKUP)
 def central_backup(svc: Services, inp: Inputs) -> Reply:
-    """Back up the app's data-export configuration now (one folder per hour: a repeat finds the same one)."""
-    return Reply(200, _central(svc).backup(retention_days=svc.settings.backup_retention_days))
+    """Back up the app's data-export configuration now: always a new backup of what the app holds now (its manifest,
+    with the ``folder`` it went to)."""
+    return Reply(200, _central(svc).backup(retention_days=svc.settings.backup_retention_days, manual=True))

@@ -78,11 +78,23 @@ class Route:
     """What one route accepts. ``body``: the JSON object schema (None: the body must be empty or ``{}``);
     ``raw``: a body taken as bytes instead, for its content types; ``path``: the route parameters."""
 
-    name: str  # "POST /api/exports", for messages
+    name: str  # "POST /api/exports", for messages (and the OpenAPI document's path)
     query: dict[str, Any] = field(default_factory=lambda: NONE)
     body: dict[str, Any] | None = None
     raw: RawBody | None = None
     path: dict[str, Any] = field(default_factory=lambda: NONE)
+    summary: str = ""  # one line for the OpenAPI document
+    ok: tuple[int, ...] = (200,)  # the statuses of a success
+    produces: str = "application/json"
+    anonymous: bool = False  # answers without a function key
+
+    @property
+    def method(self) -> str:
+        return self.name.split(" ", 1)[0]
+
+    @property
+    def url_path(self) -> str:
+        return self.name.split(" ", 1)[1]
 
     def __post_init__(self) -> None:
         # A schema with a mistake fails at import (and in the unit tests), not on a user's request.
@@ -140,6 +152,8 @@ JOB_PATH = fields(
 
 IMPORTS = Route(
     "POST /api/imports",
+    summary="Import a devices file: a blob already in storage, or the request body (application/x-ndjson)",
+    ok=(200, 202),
     query=fields(hub=HUB),
     body=fields(("blob",), blob=BLOB_FIELD, hub=HUB),
     raw=RawBody(
@@ -151,11 +165,15 @@ IMPORTS = Route(
 )
 EXPORTS = Route(
     "POST /api/exports",
+    summary="Back up now: an export job per hub (no hub: every hub)",
+    ok=(202,),
     query=fields(hub=HUB, includeKeys=INCLUDE_KEYS),
     body=fields(hub=HUB, includeKeys=INCLUDE_KEYS),
 )
 RESTORES = Route(
     "POST /api/restores",
+    summary="Restore a backup of a hub (a stamp, <hub>/<stamp>, or latest) as a restore job",
+    ok=(200, 202),
     body=fields(
         ("backup",),
         hub=HUB,
@@ -169,6 +187,7 @@ RESTORES = Route(
 )
 LIST_JOBS = Route(
     "GET /api/jobs",
+    summary="List jobs, newest first, paged by next",
     query=fields(
         hub=PARTITION,
         state={
@@ -188,18 +207,63 @@ LIST_JOBS = Route(
             "pattern": JOB_ID,
             "description": "must be the job id a previous page gave as next",
         },
+        source={
+            **BLOB_FIELD,
+            "description": 'must be "<container>/<name>" of what the jobs read, e.g. '
+            '"uploads/march.jsonl" (a client finds the job of its upload by this and the sourceEtag)',
+        },
     ),
 )
-GET_JOB = Route("GET /api/jobs/{hub}/{job_id}", path=JOB_PATH)
-CANCEL_JOB = Route("POST /api/jobs/{hub}/{job_id}/cancel", path=JOB_PATH)
+GET_JOB = Route(
+    "GET /api/jobs/{hub}/{job_id}",
+    path=JOB_PATH,
+    summary="One job: counts, progress, reports and 15-minute read-only links to them",
+)
+CANCEL_JOB = Route(
+    "POST /api/jobs/{hub}/{job_id}/cancel",
+    path=JOB_PATH,
+    summary="Cancel a queued job now, or ask the hub to cancel a running one",
+    ok=(200, 202),
+)
 _DOCUMENT = RawBody(
     DOCUMENT_MAX_BYTES,
     f"a data-export file may be at most {DOCUMENT_MAX_BYTES // 2**20} MiB; is it the right one?",
 )
-CENTRAL_PLAN = Route("POST /api/central/plan", raw=_DOCUMENT)
-CENTRAL_APPLY = Route("POST /api/central/apply", raw=_DOCUMENT)
-CENTRAL_BACKUP = Route("POST /api/central/backups")
-HEALTH = Route("GET /api/health")
+CENTRAL_PLAN = Route(
+    "POST /api/central/plan", raw=_DOCUMENT, summary="What applying an IoT Central data-export file would change"
+)
+CENTRAL_APPLY = Route(
+    "POST /api/central/apply",
+    raw=_DOCUMENT,
+    summary="Apply an IoT Central data-export file (kept as an uploads/central/ upload, run as a job)",
+    ok=(200, 202),
+)
+CENTRAL_BACKUP = Route("POST /api/central/backups", summary="Back up IoT Central's data export now")
+HEALTH = Route("GET /api/health", summary="Liveness; touches nothing", anonymous=True)
+STATUS_PAGE = Route(
+    "GET /api/status",
+    summary="The status page (HTML): hubs, running jobs, queues, recent jobs, backups; refreshes itself",
+    produces="text/html",
+)
+STATUS = Route("GET /api/status.json", summary="What the status page shows, as JSON")
+OPENAPI = Route("GET /api/openapi.json", summary="This document")
+
+# Every route, in the order the OpenAPI document lists them (a test holds it equal to function_app's routes).
+ROUTES = (
+    IMPORTS,
+    EXPORTS,
+    RESTORES,
+    LIST_JOBS,
+    GET_JOB,
+    CANCEL_JOB,
+    CENTRAL_PLAN,
+    CENTRAL_APPLY,
+    CENTRAL_BACKUP,
+    STATUS_PAGE,
+    STATUS,
+    OPENAPI,
+    HEALTH,
+)
 
 
 # --- the checking ---------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .storage import BlobRef, Storage
+from .storage import JSON_TYPE, BlobRef, Storage, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,12 @@ def save_backup(
         devices += 1  # a last line without a newline is still a device
     staged.commit(metadata={"hub": hub, "jobid": job_id})
     manifest = Manifest(hub, job_id, hub_job_id, devices, staged.sha256, staged.size, includes_keys, now.isoformat())
-    storage.upload_bytes(container, f"{folder}/{MANIFEST_BLOB}", json.dumps(manifest.document(), indent=2).encode())
+    storage.upload_bytes(
+        container,
+        f"{folder}/{MANIFEST_BLOB}",
+        json.dumps(manifest.document(), indent=2).encode(),
+        content_type=JSON_TYPE,
+    )
     return manifest
 
 
@@ -171,3 +176,31 @@ def apply_retention(storage: Storage, container: str, hub: str, *, days: int, no
         removed.append(f"{hub}/{stamp}")
         logger.info("retention removed backup %s/%s", hub, stamp)
     return removed
+
+
+@dataclass(frozen=True, slots=True)
+class BackupEntry:
+    """One complete backup folder as the status page lists it: when it was taken and its manifest."""
+
+    folder: str  # <hub>/<stamp>
+    taken: datetime
+    manifest: dict[str, Any]
+
+
+def recent_backups(storage: Storage, container: str, hub: str, *, limit: int = 5) -> tuple[list[BackupEntry], int]:
+    """The newest ``limit`` complete backups of ``hub`` (newest first, each with its manifest), and how many
+    complete backups there are in all. Only these manifests are read: a status page polls this."""
+    complete = _complete(hub, _folders(storage, container, hub))
+    entries = []
+    for stamp in reversed(complete[-limit:]):
+        taken = _taken(stamp)
+        assert taken is not None  # _complete keeps only stamps we give
+        ref = BlobRef(container, f"{hub}/{stamp}/{MANIFEST_BLOB}")
+        try:
+            manifest = json.loads(b"".join(storage.open_read(ref)))
+        except StorageError:  # removed by retention since the listing: it is no longer a backup
+            continue
+        except ValueError:  # a manifest that is not JSON: listed, with nothing read from it
+            manifest = {}
+        entries.append(BackupEntry(f"{hub}/{stamp}", taken, manifest if isinstance(manifest, dict) else {}))
+    return entries, len(complete)

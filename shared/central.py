@@ -1,8 +1,9 @@
 """IoT Central data export in the app: plans on request, and backups. Applies are jobs of the engine
 (``kinds.central_apply``), in the ``central`` partition.
 
-Backups: ``backups/central/<UTC hour>/dataexport.json`` (every destination and export as read, so secrets come
-back masked) and ``manifest.json``, written last. One folder per hour, so a timer fired twice writes once.
+Backups: ``backups/central/<UTC stamp>/dataexport.json`` (every destination and export as read, so secrets come
+back masked) and ``manifest.json``, written last. The nightly one goes to the folder of its hour, so a timer fired
+twice writes once; a manual one (``POST /api/central/backups``) is always taken anew, in a folder of its second.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .config import Containers
 from .dataexport import Document, Plan, make_plan, parse, read_app, resolve
 from .engine import utcnow
 from .iotcentral import IoTCentralClient
-from .storage import BlobRef, Storage
+from .storage import JSON_TYPE, BlobRef, Storage
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +66,20 @@ class Central:
 
     # --- backup ---------------------------------------------------------------------------------------
 
-    def backup(self, *, retention_days: int | None = None) -> dict[str, Any]:
-        """Write the app's data-export configuration to ``backups/central/<hour>/``; returns the manifest."""
+    def backup(self, *, retention_days: int | None = None, manual: bool = False) -> dict[str, Any]:
+        """Write the app's data-export configuration to a backup folder; returns the manifest and its ``folder``.
+
+        The nightly backup (``manual`` False) is one per hour: a repeat in the same hour returns that hour's. A manual
+        one reads the app now, whenever the last was taken: a backup must show what the app holds at the time asked
+        (a second one in the same second refreshes that second's folder)."""
         now = self.clock()
-        folder = backup_folder(PARTITION, now.replace(minute=0, second=0, microsecond=0))
+        folder = backup_folder(PARTITION, now if manual else now.replace(minute=0, second=0, microsecond=0))
         container = self.containers.backups
         self.storage.ensure_container(container)
         manifest_ref = BlobRef(container, f"{folder}/{MANIFEST_BLOB}")
-        if self.storage.properties(manifest_ref) is not None:
+        if not manual and self.storage.properties(manifest_ref) is not None:
             manifest: dict[str, Any] = json.loads(b"".join(self.storage.open_read(manifest_ref)))
-            return manifest
+            return {**manifest, "folder": f"{container}/{folder}"}
         destinations, exports = read_app(self.client)
         doc = {
             "app": self.client.app_url,
@@ -84,7 +89,7 @@ class Central:
             "exports": {k: {f: v for f, v in e.items() if f != "id"} for k, e in exports.items()},
         }
         data = json.dumps(doc, indent=2).encode()
-        self.storage.upload_bytes(container, f"{folder}/{DOCUMENT_BLOB}", data)
+        self.storage.upload_bytes(container, f"{folder}/{DOCUMENT_BLOB}", data, content_type=JSON_TYPE)
         manifest = {
             "app": self.client.app_url,
             "apiVersion": self.client.api_version,
@@ -95,8 +100,10 @@ class Central:
             "created": now.isoformat(),
             "documentBlob": DOCUMENT_BLOB,
         }
-        self.storage.upload_bytes(container, manifest_ref.name, json.dumps(manifest, indent=2).encode())
+        self.storage.upload_bytes(
+            container, manifest_ref.name, json.dumps(manifest, indent=2).encode(), content_type=JSON_TYPE
+        )
         logger.info("IoT Central backup %s: %d destinations, %d exports", folder, len(destinations), len(exports))
         if retention_days is not None:
             apply_retention(self.storage, container, PARTITION, days=retention_days, now=now)
-        return manifest
+        return {**manifest, "folder": f"{container}/{folder}"}

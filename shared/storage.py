@@ -34,6 +34,7 @@ from azure.storage.blob import (
     BlobClient,
     BlobServiceClient,
     ContainerClient,
+    ContentSettings,
 )
 
 from .sas import SasMinter
@@ -41,6 +42,10 @@ from .sas import SasMinter
 logger = logging.getLogger(__name__)
 
 BLOCK = 4 * 1024 * 1024
+# Content types of what the app writes, so that a report's read link opens in a browser (JSON) or a spreadsheet (CSV).
+JSON_TYPE = "application/json"
+NDJSON_TYPE = "application/x-ndjson"
+CSV_TYPE = "text/csv; charset=utf-8"
 
 
 class StorageError(Exception):
@@ -154,12 +159,13 @@ class StagedBlob:
     def sha256(self) -> str:
         return self._sha.hexdigest()
 
-    def commit(self, *, metadata: dict[str, str] | None = None) -> str:
+    def commit(self, *, metadata: dict[str, str] | None = None, content_type: str | None = None) -> str:
         """Make the blob visible; returns its ETag."""
         try:
             if self._buf or not self._blocks:
                 self._flush()
-            result = self.blob.commit_block_list(self._blocks, metadata=metadata)
+            settings = ContentSettings(content_type=content_type) if content_type else None
+            result = self.blob.commit_block_list(self._blocks, metadata=metadata, content_settings=settings)
         except AzureError as exc:
             raise _explain(exc, f"committing {self.blob.blob_name}") from exc
         return str(result.get("etag", ""))
@@ -304,9 +310,13 @@ class Storage:
     def stage(self, container: str, name: str) -> StagedBlob:
         return StagedBlob(self.service.get_blob_client(container, name))
 
-    def upload_bytes(self, container: str, name: str, data: bytes, *, overwrite: bool = True) -> str:
+    def upload_bytes(
+        self, container: str, name: str, data: bytes, *, overwrite: bool = True, content_type: str | None = None
+    ) -> str:
+        """Write a small blob; ``content_type`` lets a browser open it from a read link (not download it)."""
+        kw: dict[str, Any] = {"content_settings": ContentSettings(content_type=content_type)} if content_type else {}
         try:
-            result = self.service.get_blob_client(container, name).upload_blob(data, overwrite=overwrite)
+            result = self.service.get_blob_client(container, name).upload_blob(data, overwrite=overwrite, **kw)
         except AzureError as exc:
             raise _explain(exc, f"writing {container}/{name}") from exc
         return str(result.get("etag", ""))

@@ -18,6 +18,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "created": job.created.isoformat(),
         "updated": job.updated.isoformat(),
         "source": job.source,
+        "sourceEtag": job.source_etag,  # the upload version it read: how a client finds the job of its upload
         "sourceSha256": job.source_sha256,
         "archived": job.archived,
         "hubJobId": job.hub_job_id,
@@ -34,4 +35,5 @@ def job_view(job: Job) -> dict[str, Any]:
         "includeKeys": job.include_keys,
         "notes": list(job.notes),
         "attempts": job.attempts,
+        "started": job.started.isoformat() if job.started else None,
     }

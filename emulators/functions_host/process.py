@@ -57,6 +57,9 @@ class HostProcess:
     values: dict[str, str]
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    # Its own session: a Ctrl-C in the terminal then reaches only the parent, which stops the host with SIGTERM
+    # (make run), instead of interrupting it mid-work.
+    own_session: bool = False
 
     @property
     def url(self) -> str:
@@ -77,7 +80,12 @@ class HostProcess:
         command = [sys.executable, "-m", "emulators.functions_host", "--settings", str(path), "--port", str(self.port)]
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [*command, "--blob-poll", "0.3", *extra], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+                [*command, "--blob-poll", "0.3", *extra],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=self.own_session,
             )
         end = time.monotonic() + timeout
         while True:

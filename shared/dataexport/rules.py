@@ -12,7 +12,7 @@ from dataclasses import dataclass
 READ_ONLY = frozenset({"id", "status", "errors", "lastExportTime"})
 MASK = "*****"
 SOURCES = ("telemetry", "properties", "deviceLifecycle", "deviceTemplateLifecycle", "deviceConnectivity", "audit")
-# No rule is documented for data-export ids (iotcentral-api.md section 4); this is the safe subset it recommends.
+# The data-export API documents no rule for ids; this is the safe subset: letters, digits, _ and -, 1-128 long.
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 SETTING_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")
 SYSTEM_ENRICHMENTS = (

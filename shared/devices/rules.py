@@ -1,6 +1,7 @@
 """The rules of the ExportImportDevice JSON-lines format, and the full check that explains every finding.
 
-Every rule of the import format is here (see ``../shared/reference/iothub-api.md``); each finding carries the line
+Every rule of the import format is here (from Microsoft's "Import and export IoT Hub device identities in bulk"
+and the ExportImportDevice model of the service SDKs); each finding carries the line
 number, the device id, the field, a stable code and a message that says what to change.
 """
 

@@ -160,7 +160,7 @@ class JobEngine:
             return None
         checkpoint("claimed")
         try:
-            job = self.ledger.move(replace(job, attempts=job.attempts + 1), JobState.SUBMITTING, now=now)
+            job = self.ledger.move(replace(job, attempts=job.attempts + 1, started=now), JobState.SUBMITTING, now=now)
         except LedgerConflict:
             self.slots.release(partition, job.job_id, now=now)
             return None

@@ -26,7 +26,7 @@ from ..config import Containers
 from ..iothub import IoTHubClient
 from ..iothub import Job as HubJob
 from ..ledger import Job, JobKind, JobState, Ledger
-from ..storage import BlobRef, Storage
+from ..storage import JSON_TYPE, BlobRef, Storage
 
 
 class SubmitFault(Exception):
@@ -80,7 +80,9 @@ class Context:
         """Write ``reports/<job>/<name>`` (JSON); returns its container/name path."""
         self.storage.ensure_container(self.containers.reports)
         path = f"{job.job_id}/{name}"
-        self.storage.upload_bytes(self.containers.reports, path, json.dumps(doc, indent=2).encode())
+        self.storage.upload_bytes(
+            self.containers.reports, path, json.dumps(doc, indent=2).encode(), content_type=JSON_TYPE
+        )
         return f"{self.containers.reports}/{path}"
 
     def save_progress(self, job: Job) -> Job:

@@ -15,7 +15,7 @@ from ._errors import IoTCentralHTTPError, IoTCentralUnavailable, error_class
 
 logger = logging.getLogger(__name__)
 
-# dataExport exists only in preview api-versions; this one adds the `audit` source (iotcentral-api.md section 1).
+# dataExport exists only in preview api-versions; this one adds the `audit` source (the published specs' diff).
 API_VERSION = "2022-10-31-preview"
 DESTINATIONS = "destinations"
 EXPORTS = "exports"

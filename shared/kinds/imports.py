@@ -24,7 +24,7 @@ from ..iothub import Job as HubJob
 from ..iothub import JobStatus as HubStatus
 from ..ledger import Job, JobKind, JobState
 from ..reports import error_summary, harvest_import_errors, rejection_document
-from ..storage import BlobRef, StorageError
+from ..storage import CSV_TYPE, NDJSON_TYPE, BlobRef, StorageError
 from ._hub import ERRORS_BLOB, WORK_DEVICES_BLOB, HubJobKind
 
 # An exported line carries the ETags of the moment it was exported. The hub checks a supplied twinETag even in
@@ -153,8 +153,8 @@ def _harvest(job: Job, ctx: Context) -> tuple[Job, dict[str, object]]:
         return job, {}
     reports = dict(job.reports)
     if errors.failed:
-        jsonl.commit()
-        csv_out.commit()
+        jsonl.commit(content_type=NDJSON_TYPE)
+        csv_out.commit(content_type=CSV_TYPE)
         reports["errors"] = f"{container}/{job.job_id}/errors.jsonl"
         reports["errorsCsv"] = f"{container}/{job.job_id}/errors.csv"
     return replace(job, failed_devices=errors.failed, reports=reports), error_summary(errors)

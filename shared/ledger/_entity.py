@@ -43,6 +43,7 @@ class JobEntity(TypedDict):
     StagedSha256: str | None
     Notes: str
     Attempts: int
+    Started: datetime | None
 
 
 def to_entity(job: Job) -> JobEntity:
@@ -77,6 +78,7 @@ def to_entity(job: Job) -> JobEntity:
         "StagedSha256": job.staged_sha256,
         "Notes": json.dumps(list(job.notes)),
         "Attempts": job.attempts,
+        "Started": job.started,
     }
 
 
@@ -124,6 +126,7 @@ def from_entity(row: Mapping[str, object], etag: str | None = None) -> Job:
         staged_sha256=text("StagedSha256"),
         notes=tuple(str(n) for n in json.loads(text("Notes") or "[]")),
         attempts=number("Attempts"),
+        started=_utc(row["Started"]) if row.get("Started") else None,
         etag=etag,
     )
 

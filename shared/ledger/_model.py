@@ -121,6 +121,7 @@ class Job:
     staged_sha256: str | None = None  # import, restore: of the staged copy the hub reads
     notes: tuple[str, ...] = ()  # what a user should know about a job that is not a failure
     attempts: int = 0
+    started: datetime | None = None  # when its latest submission began (elapsed time and ETA count from here)
     etag: str | None = field(default=None, compare=False)  # the table row's ETag, never persisted
 
     @classmethod

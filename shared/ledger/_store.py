@@ -106,13 +106,18 @@ class Ledger:
         states: set[JobState] | None = None,
         limit: int = 50,
         after: str | None = None,
+        source: str | None = None,
     ) -> tuple[list[Job], str | None]:
-        """Newest first, at most ``limit``; ``after`` is the last job id of the previous page."""
+        """Newest first, at most ``limit``; ``after`` is the last job id of the previous page; ``source``: only the
+        jobs that read that container/name."""
         parts = ["Type eq 'job'"]
         params: dict[str, Any] = {}
         if hub:
             parts.append("PartitionKey eq @hub")
             params["hub"] = hub
+        if source:
+            parts.append("Source eq @src")
+            params["src"] = source
         if after:
             parts.append("RowKey gt @after")
             params["after"] = after

@@ -4,11 +4,16 @@ folder after it stopped (not by the text it prints, much of which it prints what
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +27,68 @@ from shared.ledger import Job, JobKind, JobState, Ledger
 SAMPLES = REPO / "samples"
 
 
-@pytest.fixture
-def demo_state(tmp_path: Path) -> Path:
+def _demo(state: Path) -> str:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("REQUESTS_CA_BUNDLE", None)
     out = subprocess.run(
-        [sys.executable, "-m", "emulators.devstack", "--demo-only", "--state", str(tmp_path)],
+        [sys.executable, "-m", "emulators.devstack", "--demo-only", "--state", str(state)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Traceback" not in out.stdout + out.stderr
-    assert "Traceback" not in (tmp_path / "functions" / "host.log").read_text()
-    return tmp_path
+    assert "Traceback" not in (state / "functions" / "host.log").read_text()
+    return out.stdout
+
+
+@dataclass
+class Runs:
+    first: Path  # the state as the first run left it (a copy)
+    second: Path  # the same state after a second run
+    first_out: str
+    second_out: str
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    """``make run`` twice on one state folder, as a newcomer starts it again; the state after the first run is
+    copied aside (every server is stopped by then) to be judged on its own."""
+    state = tmp_path_factory.mktemp("devstack")
+    first_out = _demo(state)
+    first = tmp_path_factory.mktemp("devstack-first")
+    shutil.copytree(state, first, dirs_exist_ok=True)
+    return Runs(first, state, first_out, _demo(state))
+
+
+@pytest.fixture
+def demo_state(runs: Runs) -> Path:
+    return runs.first
+
+
+@contextlib.contextmanager
+def _started(state: Path) -> Iterator[Azurite]:
+    azurite = Azurite(state / "azurite").start()
+    try:
+        yield azurite
+    finally:
+        azurite.stop(remove=False)
 
 
 @pytest.fixture
 def storage(demo_state: Path) -> Iterator[Azurite]:
     """The demo's Azurite started again on the state it left (as a second ``make run`` would)."""
-    azurite = Azurite(demo_state / "azurite").start()
-    yield azurite
-    azurite.stop(remove=False)
+    with _started(demo_state) as azurite:
+        yield azurite
+
+
+def _ledger(azurite: Azurite) -> Ledger:
+    return Ledger(TableServiceClient.from_connection_string(azurite.connection_string).get_table_client("jobledger"))
+
+
+def _section(out: str, step: int) -> str:
+    return out.split(f"== {step}. ", 1)[1].split("\n== ", 1)[0]
+
+
+JOB_ID = re.compile(r"job (\d{13}-[0-9a-f]{6}): ")
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
@@ -110,3 +157,80 @@ def test_make_run_demo_imports_rejects_backs_up_and_applies_central(demo_state: 
     assert names("uploads") == []
     assert names("archive") == sorted(j.archived.removeprefix("archive/") for j in jobs if j.archived)
     assert all(j.state.is_terminal for j in jobs)
+
+
+def test_a_second_make_run_follows_its_own_jobs_and_prints_current_results(runs: Runs) -> None:
+    out = runs.second_out
+    for azurite_state, name in ((runs.first, "first"), (runs.second, "second")):
+        assert (azurite_state / "functions" / "host.log").exists(), name
+    first_ids = set(JOB_ID.findall(runs.first_out))
+    second_ids = set(JOB_ID.findall(out))
+    assert len(first_ids) == len(second_ids) == 4 and not first_ids & second_ids
+    with _started(runs.second) as azurite:
+        jobs, _ = _ledger(azurite).list_jobs(limit=100)
+        by_id = {j.job_id: j for j in jobs}
+        assert len(jobs) == 8 and second_ids <= set(by_id) and first_ids <= set(by_id)
+        mine = {by_id[i].source: by_id[i] for i in second_ids}
+        good, export = mine["uploads/devices-good.jsonl"], mine[None]
+        # The backup of this run was taken after this run's import had ended, and printed as such.
+        assert export.created >= good.updated and export.reports["backup"] in _section(out, 4)
+        # This run's import: the device the sample creates exists since the first run, so the hub refuses it now;
+        # both refusals are listed.
+        assert (good.state, good.failed_devices) == (JobState.COMPLETED_WITH_ERRORS, 2)
+        step1 = _section(out, 1)
+        assert "refused 2 device(s)" in step1 and "DeviceAlreadyExists" in step1 and "DeviceNotFound" in step1
+    # IoT Central: a new backup of what the app holds now (the first run applied 3 destinations and 4 exports
+    # beside the hand-made pair), then nothing to change, then nothing left to change.
+    assert "4 destination(s), 5 export(s)" in _section(out, 5)
+    assert "0 change(s)" in _section(out, 8)
+    assert "(no changes: the app already matches the file)" in _section(out, 7)
+
+
+def test_the_demo_lists_every_problem_it_counts(runs: Runs) -> None:
+    for out in (runs.first_out, runs.second_out):
+        step = _section(out, 2)
+        claimed = int(re.search(r"(\d+) problem\(s\) in the file", step).group(1))  # type: ignore[union-attr]
+        listed = len(re.findall(r"^ +line +\d+ ", step, re.M))
+        more = re.search(r"… and (\d+) more", step)
+        assert listed + (int(more.group(1)) if more else 0) == claimed and listed >= 1
+        findings = [line for line in step.splitlines() if re.match(r" +line +\d+ ", line)]
+        assert all(len(line) <= 120 for line in findings)  # long messages are cut, with an ellipsis
+        assert "…" in step
+
+
+def test_make_run_prints_iotjobs_commands_not_az(runs: Runs) -> None:
+    banner = runs.second_out.split("== The local stack is up", 1)[1]
+    assert "iotjobs upload" in banner and "iotjobs jobs" in banner and "/api/status?code=" in banner
+    assert "az storage" not in runs.second_out
+
+
+def test_ctrl_c_stops_the_stack_cleanly_without_tracebacks(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal signals the whole foreground process group; make run must stop everything it started
+    and leave no KeyboardInterrupt traceback in its output or in the host's log."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env.pop("REQUESTS_CA_BUNDLE", None)
+    # As an interactive shell starts it: SIGINT raises KeyboardInterrupt (a shell without job control would have
+    # it ignored), in a process group of its own that the "terminal" signals.
+    start = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"sys.argv = ['devstack', '--state', {str(tmp_path)!r}]; "
+        "runpy.run_module('emulators.devstack', run_name='__main__')"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", start], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, process_group=0,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("Serving until Ctrl-C"):
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    out = "".join(seen) + rest
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    log = (tmp_path / "functions" / "host.log").read_text()
+    assert "stopping (SIGTERM)" in log and "stopped" in log
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log

@@ -96,3 +96,30 @@ def test_an_upload_name_of_a_thousand_characters_is_archived_under_a_name_azure_
     archived = job["archived"].removeprefix("archive/")
     assert len(archived) <= 1024 and stack.names("archive") == [archived]
     assert stack.names("uploads") == []
+
+
+def test_re_importing_an_archived_upload_leaves_the_earlier_jobs_archive_where_it_was(stack: Stack) -> None:
+    stack.app.start()
+    stack.drop("march.jsonl", [dev(f"m-{i}") for i in range(4)])
+    (first,) = stack.app.wait_jobs(1)
+    archived = first["archived"]
+    assert archived == f"archive/processed/{first['jobId']}/march.jsonl"
+    saved = stack.read("archive", archived.removeprefix("archive/"))
+    before = sorted(stack.names("archive"))
+
+    # By name, over HTTP: the archived copy is read in place.
+    r = stack.app.call("POST", "imports", json={"blob": archived})
+    assert r.status_code in (200, 202), r.text
+    # And as a new upload of the same bytes under the same name: a job of its own, archived under its own id.
+    stack.blobs.get_blob_client("uploads", "march.jsonl").upload_blob(saved, overwrite=True)
+    jobs = stack.app.wait_jobs(3)
+    assert [j["state"] for j in jobs] == ["completed"] * 3, jobs
+    by_source = {j["jobId"]: j for j in jobs}
+    reimport = next(j for j in jobs if j["source"] == archived)
+    assert reimport["archived"] is None  # not an upload: never moved
+    again = next(j for j in jobs if j["source"] == "uploads/march.jsonl" and j["jobId"] != first["jobId"])
+    assert again["archived"] == f"archive/processed/{again['jobId']}/march.jsonl" and len(by_source) == 3
+    # The earlier job's archive is where it was, with the same bytes; the only new archive blob is the new upload's.
+    assert stack.read("archive", archived.removeprefix("archive/")) == saved
+    assert sorted(stack.names("archive")) == sorted([*before, again["archived"].removeprefix("archive/")])
+    assert stack.names("uploads") == []

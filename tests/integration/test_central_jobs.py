@@ -147,3 +147,30 @@ def test_an_error_quoting_a_secret_leaves_it_out_of_report_ledger_and_log(
     leaks = [(where, name) for where, text in places.items() for name, value in secrets.items() if value in text]
     assert leaks == [], "secrets reached these places"
     assert "*****" in report, "the quoted value is masked, not dropped with the rest of the message"
+
+
+def test_a_manual_backup_reads_the_app_anew_in_the_same_hour_and_the_nightly_one_once_an_hour(
+    azurite: Azurite, central: IoTCentralClient, clock: Clock
+) -> None:
+    prefix = f"b{uuid.uuid4().hex[:8]}"
+    storage = Storage.from_settings(StorageSettings(connection_string=azurite.connection_string))
+    containers = Containers(f"{prefix}-uploads", f"{prefix}-reports", f"{prefix}-archive", f"{prefix}-backups")
+    app = Central(storage, central, ENV, containers, clock=clock)
+    webhook = {"displayName": "Hook", "type": "webhook@v1", "url": "https://hooks.example.com/a"}
+    central.put("destinations", "hook-1", webhook)
+    first = app.backup(manual=True)
+    assert first["destinations"] == 1
+    clock.advance(5)  # the same UTC hour
+    central.put("destinations", "hook-2", {**webhook, "url": "https://hooks.example.com/b"})
+    second = app.backup(manual=True)
+    assert second["destinations"] == 2 and second["folder"] != first["folder"]  # never the stale one
+    written = json.loads(b"".join(storage.open_read(BlobRef.parse(f"{second['folder']}/dataexport.json"))))
+    assert set(written["destinations"]) == {"hook-1", "hook-2"}
+
+    clock.advance(60)  # the next hour
+    nightly = app.backup()
+    clock.advance(1)
+    central.put("destinations", "hook-3", {**webhook, "url": "https://hooks.example.com/c"})
+    again = app.backup()  # a timer fired twice in one hour writes once
+    assert again["folder"] == nightly["folder"] and again["destinations"] == nightly["destinations"] == 2
+    assert app.backup(manual=True)["destinations"] == 3

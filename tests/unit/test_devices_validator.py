@@ -919,8 +919,8 @@ def test_mutated_valid_files_yield_valid_or_line_numbered_errors(index: int, at:
                 assert isinstance(json.loads(text), dict), (n, text)
         return
     file_level = [f for f in report.errors if f.code in (Code.COMPRESSED_FILE, Code.WRONG_ENCODING)]
-    if file_level:  # one finding for the whole file, only when the junk made its first bytes look like another format
-        assert pos == 0 and len(report.errors) == 1 and file_level[0].line == 0
+    if file_level:  # one finding for the whole file, only when junk near the start reads as another format
+        assert pos < 16 and len(report.errors) == 1 and file_level[0].line == 0
         return
     assert all(f.line >= 1 for f in report.errors)
     broken_line = bytes(body[:pos]).count(b"\n") + 1

@@ -534,7 +534,8 @@ def test_a_publish_ships_the_app_only() -> None:
     shipped = shipped_files()
     top = {Path(p).parts[0] for p in shipped}
     assert top == {"function_app.py", "host.json", "requirements.txt", "shared"}
-    assert all(p.endswith((".py", ".typed")) for p in shipped if p.startswith("shared/"))
+    assert all(p.endswith((".py", ".typed", ".html")) for p in shipped if p.startswith("shared/"))
+    assert "shared/web/status.html" in shipped  # the status page is served from the package
     # and what ships imports nothing that stays behind
     left_behind = re.compile(r"^\s*(from|import)\s+(tests|emulators|bench)\b", re.M)
     offenders = [p for p in shipped if p.endswith(".py") and left_behind.search((REPO / p).read_text())]
@@ -547,4 +548,3 @@ def test_the_deploy_docs_are_linked_from_the_readme() -> None:
     docs = (REPO / "docs" / "deploy.md").read_text()
     for must in ("azd up", "az deployment group create", "webjobs-blobtrigger-poison", "Troubleshooting"):
         assert must in docs
-    assert "../shared" not in docs + readme

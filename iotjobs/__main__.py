@@ -1,0 +1,5 @@
+"""``python -m iotjobs``: the same as the ``iotjobs`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

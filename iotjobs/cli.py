@@ -1,0 +1,419 @@
+"""The ``iotjobs`` command: drop devices files, follow jobs to their end, list, cancel, back up and restore.
+
+Exit codes, for scripts: 0 the job completed (or the command did what it says), 3 rejected (nothing reached the
+hub), 4 failed, 5 completed with errors (some devices refused), 6 cancelled, 1 the app or storage refused or did
+not answer, 2 a usage or configuration error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from . import config as configuration
+from .client import CENTRAL, TERMINAL, UPLOADS, Api, ApiError, upload
+
+OK, ERROR, USAGE, REJECTED, FAILED, COMPLETED_WITH_ERRORS, CANCELLED, INTERRUPTED = 0, 1, 2, 3, 4, 5, 6, 130
+EXIT_BY_STATE = {
+    "completed": OK,
+    "completed_with_errors": COMPLETED_WITH_ERRORS,
+    "failed": FAILED,
+    "cancelled": CANCELLED,
+    "rejected": REJECTED,
+}
+SHOWN = 10  # findings or refused devices listed in an outcome; the report has them all
+WIDTH = 100  # a message longer than this is cut, with an ellipsis
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+def cut(text: str, width: int = WIDTH) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def exit_code(job: dict[str, Any]) -> int:
+    return EXIT_BY_STATE.get(job["state"], OK)
+
+
+def hint(job: dict[str, Any]) -> str:
+    where = f"{job['hub']} {job['jobId']}"
+    return f"job {job['jobId']} on {job['hub']} is {job['state']}; follow it: iotjobs job {where} --follow"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+# --- showing jobs ---------------------------------------------------------------------------------------
+
+
+def listing(found: Iterable[str], total: int, more: str) -> list[str]:
+    """Lines as listed plus, when the report has more than those, one that says how many more."""
+    lines = list(found)
+    if total > len(lines):
+        lines.append(f"… and {total - len(lines):,} more {more}")
+    return lines
+
+
+def outcome(api: Api, job: dict[str, Any]) -> list[str]:
+    """What a person needs to know about a job that has ended: counts, why, the first findings, the reports."""
+    what = f"{job['kind']} of {job['source']}" if job.get("source") else job["kind"]
+    lines = [f"job {job['jobId']} on {job['hub']}: {job['state']} ({what})"]
+    counts = []
+    if job.get("lines"):
+        counts.append(_plural(job["lines"], "line"))
+    if job["kind"] == "export" and job["state"] == "completed":
+        counts.append(_plural(job.get("devices", 0), "device") + " backed up")
+    if job.get("failedDevices"):
+        counts.append(_plural(job["failedDevices"], "device") + " refused by the hub")
+    if job.get("validationErrors"):
+        counts.append(_plural(job["validationErrors"], "problem") + " in the file")
+    if counts:
+        lines.append("  " + "; ".join(counts))
+    if job.get("failureReason"):
+        lines.append("  " + cut(job["failureReason"], 300))
+    lines += ["  note: " + cut(n, 300) for n in job.get("notes", [])]
+    lines += ["  " + x for x in _findings(api, job)]
+    if job.get("reports"):
+        lines.append("  reports: " + ", ".join(job["reports"].values()))
+    return lines
+
+
+def _findings(api: Api, job: dict[str, Any]) -> list[str]:
+    try:
+        if "rejection" in job.get("reports", {}):
+            doc = json.loads(api.report(job, "rejection") or b"{}")
+            errors = doc.get("errors", [])
+            found = (
+                f"line {e.get('line', '?'):>5} {e.get('code', ''):<22} {cut(e.get('message', ''))}" for e in errors
+            )
+            total = int(doc.get("errorCount", len(errors)))
+            return listing(list(found)[:SHOWN], total, "(see the rejection report)")
+        if "errors" in job.get("reports", {}):
+            raw = (api.report(job, "errors") or b"").decode()
+            rows = [json.loads(x) for x in raw.splitlines()[:SHOWN] if x.strip()]
+            found = (
+                f"{r.get('deviceId', '?'):<24} {r.get('errorName', '')}: {cut(r.get('message', ''), 70)}" for r in rows
+            )
+            return listing(found, int(job.get("failedDevices", len(rows))), "(see errors.csv)")
+        if "result" in job.get("reports", {}):
+            doc = json.loads(api.report(job, "result") or b"{}")
+            return [
+                f"{r.get('action', ''):<8} {r.get('kind', ''):<11} {r.get('id', '')} -> {r.get('outcome', '')}"
+                for r in doc.get("results", [])
+            ]
+    except (ValueError, OSError) as exc:  # a report that cannot be read is mentioned, not fatal
+        return [f"(the report could not be read: {type(exc).__name__})"]
+    return []
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[state]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+def follow(api: Api, job: dict[str, Any]) -> dict[str, Any]:
+    """Follow a job to its end with a progress bar; returns it as it ended."""
+    with _progress() as bar:
+        task = bar.add_task(f"job {job['jobId']}", total=100, state=job["state"])
+
+        def show(now: dict[str, Any]) -> None:
+            state = now["state"] + (f" ({cut(now['waitingFor'], 60)})" if now.get("waitingFor") else "")
+            bar.update(task, completed=now.get("progress") or 0, state=state)
+
+        return api.follow(job, show)
+
+
+def finish(api: Api, job: dict[str, Any], args: argparse.Namespace) -> int:
+    if "links" not in job:  # a job as listed: read it whole, with its report links
+        job = api.job(job["hub"], job["jobId"])
+    if args.json:
+        out.print_json(data=job)
+    else:
+        for line in outcome(api, job):
+            out.print(line, markup=False)
+    return exit_code(job)
+
+
+def jobs_table(jobs: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("job", "hub", "kind", "state", "progress", "lines", "refused", "source", "updated"):
+        table.add_column(column, no_wrap=column in ("job", "state"))
+    for j in jobs:
+        table.add_row(
+            j["jobId"], j["hub"], j["kind"], j["state"], f"{j.get('progress', 0)}%", str(j.get("lines") or ""),
+            str(j.get("failedDevices") or ""), cut(j.get("source") or "", 50), j["updated"][:19],
+        )  # fmt: skip
+    return table
+
+
+# --- commands -------------------------------------------------------------------------------------------
+
+
+def cmd_upload(api: Api, args: argparse.Namespace) -> int:
+    path: Path = args.file
+    if not path.is_file():
+        raise configuration.ConfigError(f"no file at {path}")
+    name = args.name or path.name
+    if args.hub:
+        name = f"{args.hub}/{name}"  # a first folder that names a hub (or central) selects it
+    size = path.stat().st_size
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err
+    ) as bar:
+        task = bar.add_task(f"uploading {UPLOADS}/{name}", total=size)
+        etag = upload(api.config, path, name, lambda done, _total: bar.update(task, completed=done))
+    err.print(f"uploaded {UPLOADS}/{name} ({size:,} bytes); waiting for the app to record its job …", markup=False)
+    partition = CENTRAL if name.startswith(f"{CENTRAL}/") else args.hub
+    job = api.job_of_upload(name, etag, hub=partition, wait=args.wait)
+    if args.follow and job["state"] not in TERMINAL:
+        job = follow(api, job)
+    elif not args.follow and job["state"] not in TERMINAL:
+        err.print(hint(job), markup=False)
+        if args.json:
+            out.print_json(data=job)
+        return OK
+    return finish(api, job, args)
+
+
+def cmd_jobs(api: Api, args: argparse.Namespace) -> int:
+    jobs = api.jobs(hub=args.hub, states=args.state, limit=args.limit)
+    if args.json:
+        out.print_json(data=jobs)
+    elif not jobs:
+        out.print("no jobs")
+    else:
+        out.print(jobs_table(jobs))
+    return OK
+
+
+def cmd_job(api: Api, args: argparse.Namespace) -> int:
+    job = api.job(args.hub, args.job_id)
+    if args.follow and job["state"] not in TERMINAL:
+        job = follow(api, job)
+    if job["state"] not in TERMINAL and not args.json:
+        out.print(f"job {job['jobId']} on {job['hub']}: {job['state']} {job.get('progress', 0)}%", markup=False)
+        if job.get("waitingFor"):
+            out.print("  waiting: " + cut(job["waitingFor"], 300), markup=False)
+        return OK
+    return finish(api, job, args) if job["state"] in TERMINAL or args.json else OK
+
+
+def cmd_cancel(api: Api, args: argparse.Namespace) -> int:
+    job = api.call("POST", f"jobs/{args.hub}/{args.job_id}/cancel")
+    if args.json:
+        out.print_json(data=job)
+    elif job["state"] == "cancelled":
+        out.print(f"job {job['jobId']} cancelled", markup=False)
+    else:
+        out.print(
+            f"job {job['jobId']}: {job.get('waitingFor') or job['state']} (the hub stops it shortly)", markup=False
+        )
+    return OK
+
+
+def _started(api: Api, jobs: list[dict[str, Any]], args: argparse.Namespace) -> int:
+    """Report jobs just started; with --follow, follow each to its end (exit code: the worst outcome)."""
+    code = OK
+    for started in jobs:
+        job = follow(api, started) if args.follow and started["state"] not in TERMINAL else started
+        if job["state"] in TERMINAL:
+            code = max(code, finish(api, job, args), key=_severity)
+        elif args.json:
+            out.print_json(data=job)
+        else:
+            out.print(hint(job), markup=False)
+    return code
+
+
+def _severity(code: int) -> int:
+    return (
+        [OK, COMPLETED_WITH_ERRORS, CANCELLED, REJECTED, FAILED, ERROR].index(code) if code in (0, 1, 3, 4, 5, 6) else 9
+    )
+
+
+def cmd_export(api: Api, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"includeKeys": args.include_keys}
+    if args.hub:
+        body["hub"] = args.hub
+    return _started(api, api.call("POST", "exports", json=body)["jobs"], args)
+
+
+def cmd_restore(api: Api, args: argparse.Namespace) -> int:
+    body = {"backup": args.backup, **({"hub": args.hub} if args.hub else {})}
+    return _started(api, [api.call("POST", "restores", json=body)], args)
+
+
+def cmd_status(api: Api, args: argparse.Namespace) -> int:
+    doc = api.call("GET", "status.json")
+    if args.json:
+        out.print_json(data=doc)
+        return OK
+    for hub in [*doc["hubs"], {"name": "central", **doc["central"]}]:
+        if hub["name"] == "central" and not doc["central"]["configured"]:
+            continue
+        run = hub.get("running")
+        busy = f"running {run['kind']} {run['jobId']} {run['progress']}%" if run else "idle"
+        newest = (hub.get("backups") or {}).get("newest")
+        backup = f"newest backup {newest['taken'][:16]}" if newest else "no backup yet"
+        out.print(f"{hub['name']:<16} {busy}; {len(hub.get('queue', []))} queued; {backup}", markup=False)
+    if doc["attention"]:
+        out.print(f"{doc['attention']} recent job(s) need a look:", markup=False)
+        for j in doc["recent"][: doc["attention"]]:
+            why = cut(j.get("failureReason") or j.get("source") or "", 60)
+            out.print(f"  {j['state']:<22} {j['hub']:<12} {j['jobId']}  {why}", markup=False)
+    out.print(f"status page: {api.config.api}/status?code=<function key>", markup=False)
+    return OK
+
+
+def cmd_central(api: Api, args: argparse.Namespace) -> int:
+    if args.action == "backup":
+        manifest = api.call("POST", "central/backups")
+        if args.json:
+            out.print_json(data=manifest)
+        else:
+            taken = manifest["created"][:19]
+            out.print(f"{manifest['destinations']} destination(s), {manifest['exports']} export(s) ({taken})")
+        return OK
+    if args.file is None:
+        raise configuration.ConfigError(f"iotjobs central {args.action} needs a data-export file")
+    data = args.file.read_bytes()
+    if args.action == "plan":
+        plan = api.call("POST", "central/plan", data=data)
+        if args.json:
+            out.print_json(data=plan)
+            return OK
+        for step in plan.get("steps", []):
+            changes = f" [{', '.join(step['changes'])}]" if step.get("changes") else ""
+            out.print(f"{step['action']:<8} {step['kind']:<11} {step['id']}{changes}", markup=False)
+        out.print(
+            f"{plan.get('changes', 0)} change(s); kept, not in the file: {plan.get('unmanaged', [])}", markup=False
+        )
+        return OK
+    job = api.call("POST", "central/apply", data=data)
+    return _started(api, [job], args)
+
+
+# --- parsing --------------------------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser, default: Any) -> None:
+    p.add_argument("--url", default=default, help="the app's address (default: IOTJOBS_URL or local.settings.json)")
+    p.add_argument("--key", default=default, help="a function key (default: IOTJOBS_KEY)")
+    p.add_argument(
+        "--settings", type=Path, default=default, help="a local.settings.json (default: ./ or .devstack/functions/)"
+    )
+    p.add_argument("--json", action="store_true", default=False if default is None else default, help="print JSON")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="iotjobs",
+        description="Drop devices files and follow IoT Registry Jobs from the command line.",
+        epilog=__doc__.split("\n\n", 1)[1] + "\n" + configuration.__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(p, None)
+    # The same options after the command (`iotjobs jobs --json`); SUPPRESS keeps a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    _common(common, argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)
+
+    up = command("upload", help="drop a devices file into uploads/ (and follow its job)")
+    up.add_argument("file", type=Path)
+    up.add_argument("--hub", help="the hub to import into (uploads/<hub>/...), or central for a data-export file")
+    up.add_argument("--name", help="the blob name under uploads/ (default: the file's name)")
+    up.add_argument("--follow", action="store_true", help="follow the job to its end; the exit code is its outcome")
+    up.add_argument("--wait", type=float, default=600, help="seconds to wait for the app to record the job")
+    up.set_defaults(run=cmd_upload)
+
+    ls = command("jobs", help="list jobs, newest first")
+    ls.add_argument("--hub")
+    ls.add_argument("--state", help="comma-separated states, e.g. queued,running")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.set_defaults(run=cmd_jobs)
+
+    one = command("job", help="one job (with --follow: to its end)")
+    one.add_argument("hub")
+    one.add_argument("job_id")
+    one.add_argument("--follow", action="store_true")
+    one.set_defaults(run=cmd_job)
+
+    cancel = command("cancel", help="cancel a queued or running job")
+    cancel.add_argument("hub")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(run=cmd_cancel)
+
+    export = command("export", help="back up now (every hub, or --hub)")
+    export.add_argument("--hub")
+    export.add_argument("--include-keys", action="store_true", help="keep the devices' keys in the backup")
+    export.add_argument("--follow", action="store_true")
+    export.set_defaults(run=cmd_export)
+
+    restore = command("restore", help="restore a backup: its stamp (20261201T020000Z) or latest")
+    restore.add_argument("backup")
+    restore.add_argument("--hub")
+    restore.add_argument("--follow", action="store_true")
+    restore.set_defaults(run=cmd_restore)
+
+    status = command("status", help="hubs, running jobs, queues, backups and what needs a look")
+    status.set_defaults(run=cmd_status)
+
+    central = command("central", help="IoT Central data export: plan or apply a file, back up")
+    central.add_argument("action", choices=("plan", "apply", "backup"))
+    central.add_argument("file", type=Path, nargs="?")
+    central.add_argument("--follow", action="store_true")
+    central.set_defaults(run=cmd_central)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    run: Callable[[Api, argparse.Namespace], int] = args.run
+    try:
+        config = configuration.load(url=args.url, key=args.key, settings=args.settings)
+        return run(Api(config), args)
+    except configuration.ConfigError as exc:
+        err.print(f"iotjobs: {exc}", markup=False)
+        return USAGE
+    except ApiError as exc:
+        err.print(f"iotjobs: {exc}", markup=False)
+        return ERROR
+    except TimeoutError as exc:
+        err.print(f"iotjobs: {exc}", markup=False)
+        return ERROR
+    except KeyboardInterrupt:
+        err.print("iotjobs: interrupted (the job goes on in the app)")
+        return INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The app as the client sees it: its HTTP API (``Api``) and the ``uploads`` container (``upload``)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import requests
+
+from .config import Config, ConfigError
+
+TERMINAL = frozenset({"completed", "completed_with_errors", "failed", "cancelled", "rejected"})
+UPLOADS = "uploads"
+CENTRAL = "central"  # the partition (and uploads/ folder) of IoT Central data-export files
+
+
+class ApiError(Exception):
+    """The app refused a request or did not answer; the message is the app's own (code and message)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}" if code else message)
+        self.status, self.code = status, code
+
+
+class Api:
+    """The app's HTTP API (``/api``), with the function key in a header (never in a URL this client prints)."""
+
+    def __init__(self, config: Config, *, timeout: float = 60) -> None:
+        self.config = config
+        self.timeout = timeout
+        self.session = requests.Session()
+        if config.key:
+            self.session.headers["x-functions-key"] = config.key
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        url = f"{self.config.api}/{path}"
+        try:
+            reply = self.session.request(method, url, timeout=self.timeout, **kw)
+        except requests.RequestException as exc:
+            raise ApiError(0, "", f"the app at {self.config.url} does not answer ({type(exc).__name__})") from None
+        try:
+            body = reply.json()
+        except ValueError:
+            body = {}
+        if reply.status_code >= 400:
+            err = body.get("error", {}) if isinstance(body, dict) else {}
+            raise ApiError(reply.status_code, err.get("code", ""), err.get("message", reply.reason or "refused"))
+        return body
+
+    def jobs(
+        self, *, hub: str | None = None, states: str | None = None, limit: int = 50, source: str | None = None
+    ) -> list[dict[str, Any]]:
+        params = {k: v for k, v in {"hub": hub, "state": states, "limit": str(limit), "source": source}.items() if v}
+        jobs: list[dict[str, Any]] = self.call("GET", "jobs", params=params)["jobs"]
+        return jobs
+
+    def job(self, hub: str, job_id: str) -> dict[str, Any]:
+        job: dict[str, Any] = self.call("GET", f"jobs/{hub}/{job_id}")
+        return job
+
+    def job_of_upload(self, name: str, etag: str, *, hub: str | None, wait: float, poll: float = 0.5) -> dict[str, Any]:
+        """The job of one version of an upload (``uploads/<name>`` as written with ``etag``), once the app has
+        recorded it: found by that version, never by the name alone (an earlier upload of the same name has a job
+        of its own).
+
+        Raises:
+            TimeoutError: no such job after ``wait`` seconds.
+        """
+        want = etag.strip('"')
+        end = time.monotonic() + wait
+        while True:
+            for job in self.jobs(hub=hub, source=f"{UPLOADS}/{name}", limit=20):
+                if (job.get("sourceEtag") or "").strip('"') == want:
+                    return job
+            if time.monotonic() > end:
+                raise TimeoutError(
+                    f"the app has recorded no job for {UPLOADS}/{name} after {wait:.0f} s: is its blob trigger "
+                    "running? (the job monitor also picks up uploads missed by the trigger)"
+                )
+            time.sleep(poll)
+
+    def follow(
+        self, job: dict[str, Any], on_change: Callable[[dict[str, Any]], None], *, poll: float = 1.0
+    ) -> dict[str, Any]:
+        """Read ``job`` again until it has ended; ``on_change`` sees each new state or progress."""
+        seen = None
+        while True:
+            now = (job["state"], job.get("progress"), job.get("waitingFor"))
+            if now != seen:
+                on_change(job)
+                seen = now
+            if job["state"] in TERMINAL:
+                return job
+            time.sleep(poll)
+            job = self.job(job["hub"], job["jobId"])
+
+    def report(self, job: dict[str, Any], name: str) -> bytes | None:
+        """A report of a job, read with the job's short-lived link (None: no such report)."""
+        link = job.get("links", {}).get(name)
+        if not link:
+            return None
+        reply = requests.get(link, timeout=self.timeout)
+        reply.raise_for_status()
+        return reply.content
+
+
+def upload(config: Config, path: Path, name: str, progress: Callable[[int, int | None], None] | None = None) -> str:
+    """Stream ``path`` to ``uploads/<name>`` (blocks of 4 MiB, never the whole file in memory); returns the new
+    version's ETag. An upload of that name already there is replaced: the new version gets its own job.
+
+    Raises:
+        ConfigError: no storage configured.
+    """
+    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+    from azure.storage.blob import BlobServiceClient
+
+    if not config.storage:
+        raise ConfigError(
+            "where do uploads go? set IOTJOBS_STORAGE to the storage account's connection string or blob endpoint "
+            "(or DEVICE_STORAGE in local.settings.json)"
+        )
+    if config.storage.startswith(("https://", "http://")):
+        from azure.identity import DefaultAzureCredential
+
+        service = BlobServiceClient(config.storage, credential=DefaultAzureCredential())
+    else:
+        service = BlobServiceClient.from_connection_string(config.storage)
+    blob = service.get_blob_client(UPLOADS, name)
+    size = path.stat().st_size
+
+    def send(stream: BinaryIO) -> str:
+        result = blob.upload_blob(stream, length=size, overwrite=True, max_concurrency=2, progress_hook=progress)
+        return str(result["etag"])
+
+    with path.open("rb") as stream:
+        try:
+            return send(stream)
+        except ResourceNotFoundError:  # no uploads container yet (the app makes it when it first runs)
+            with contextlib.suppress(ResourceExistsError):
+                service.create_container(UPLOADS)
+            stream.seek(0)
+            return send(stream)

@@ -1,0 +1,108 @@
+"""The iotjobs command against the local stack, run as a user runs it (the script ``make setup`` installs into the
+virtualenv): uploads followed to their end, with the exit codes a script relies on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emulators.azurite import REPO
+from emulators.functions_host import FUNCTION_KEY
+from tests.integration.helpers import device_line
+
+from .app import Stack
+
+SCRIPT = Path(sys.executable).parent / "iotjobs"
+
+
+def _lines(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def iotjobs(stack: Stack, tmp_path: Path):  # type: ignore[no-untyped-def]
+    assert SCRIPT.exists(), "the iotjobs command is not installed: run `make setup`"
+    app = stack.app.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTJOBS_")}
+    env.update(IOTJOBS_URL=app.url, IOTJOBS_KEY=FUNCTION_KEY, IOTJOBS_STORAGE=stack.azurite.connection_string)
+
+    def run(*args: str, cwd: Path = tmp_path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False
+        )
+
+    return run
+
+
+def test_upload_follow_exits_0_when_completed_and_names_the_job_of_this_upload(
+    iotjobs, stack: Stack, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    good = _lines(tmp_path / "fleet.jsonl", [device_line(f"cli-{i:03d}") for i in range(50)])
+    first = iotjobs("upload", str(good), "--follow")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "completed (import of uploads/fleet.jsonl)" in first.stdout and "50 lines" in first.stdout
+    assert "uploading uploads/fleet.jsonl" in first.stderr  # the upload's progress bar
+
+    # The same name again: the command follows the job of its own upload, never the earlier one.
+    _lines(good, [device_line(f"cli-{i:03d}") for i in range(7)])
+    second = iotjobs("--json", "upload", str(good), "--follow")
+    assert second.returncode == 0, second.stderr
+    job = json.loads(second.stdout)
+    jobs = stack.app.jobs()
+    assert len(jobs) == 2 and job["jobId"] == jobs[0]["jobId"] and job["lines"] == 7
+
+    listed = iotjobs("jobs", "--json", "--state", "completed")
+    assert listed.returncode == 0 and {j["jobId"] for j in json.loads(listed.stdout)} == {j["jobId"] for j in jobs}
+
+
+def test_upload_exit_codes_for_a_rejected_file_and_refused_devices(iotjobs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rows = [{"id": f"bad-{i:02d}", "status": "SELF_SIGNED"} for i in range(12)]
+    rejected = iotjobs("upload", str(_lines(tmp_path / "typos.jsonl", rows)), "--hub", "devhub", "--follow")
+    assert rejected.returncode == 3, rejected.stdout + rejected.stderr
+    out = rejected.stdout
+    assert "rejected (import of uploads/devhub/typos.jsonl)" in out and "12 problems in the file" in out
+    # Every count it claims is shown or said: ten findings listed, then how many more the report has.
+    assert sum(f"line {n:>5} " in out for n in range(1, 13)) == 10
+    assert "… and 2 more (see the rejection report)" in out
+
+    ghost = iotjobs("upload", str(_lines(tmp_path / "ghost.jsonl", [device_line("ghost-1", "delete")])), "--follow")
+    assert ghost.returncode == 5, ghost.stdout + ghost.stderr
+    assert "1 device refused by the hub" in ghost.stdout and "ghost-1" in ghost.stdout
+
+
+def test_backup_and_restore_follow_to_completion_and_usage_errors_exit_2(iotjobs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fleet = _lines(tmp_path / "fleet.jsonl", [device_line(f"kept-{i}") for i in range(5)])
+    assert iotjobs("upload", str(fleet), "--follow").returncode == 0
+    backup = iotjobs("export", "--hub", "devhub", "--follow")
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    assert "completed (export)" in backup.stdout and "5 devices backed up" in backup.stdout
+    restore = iotjobs("restore", "latest", "--follow")
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    assert "completed (restore of backups/devhub/" in restore.stdout
+
+    missing = iotjobs("upload", str(tmp_path / "nowhere.jsonl"))
+    assert missing.returncode == 2 and "no file at" in missing.stderr
+    assert iotjobs("upload").returncode == 2  # argparse: the file is required
+    unknown = iotjobs("job", "devhub", "8234567890123-0a1b2c")
+    assert unknown.returncode == 1 and "JobNotFound" in unknown.stderr
+
+
+def test_the_command_finds_the_local_stack_from_a_settings_file(stack: Stack, tmp_path: Path) -> None:
+    app = stack.app.start()
+    settings = {"Values": {"DEVICE_STORAGE": stack.azurite.connection_string, "IOTJOBS_KEY": FUNCTION_KEY}}
+    settings["Host"] = {"LocalHttpPort": app.port}  # type: ignore[dict-item]
+    (tmp_path / "local.settings.json").write_text(json.dumps(settings))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTJOBS_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "iotjobs", "status"], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("devhub") and "idle; 0 queued; no backup yet" in done.stdout
+    assert FUNCTION_KEY not in done.stdout  # the status page's address is printed without the key
