@@ -151,12 +151,13 @@ def test_import_then_export_round_trip(iothub: IoTHubEmulator, storage: Storage)
             ("r-2", "telemetry"),
             ("r-3", None),
         ]
-        r1 = exported[0]["authentication"]["symmetricKey"]
-        assert r1 == (
-            {"primaryKey": None, "secondaryKey": None} if exclude else {"primaryKey": KEY_A, "secondaryKey": KEY_B}
-        )
-        assert exported[3]["authentication"]["x509Thumbprint"]["primaryThumbprint"] == THUMB
+        if exclude:  # the service writes "authentication": null without keys (Azure/azure-iot-sdk-csharp#1146)
+            assert [e["authentication"] for e in exported] == [None] * 4
+        else:
+            assert exported[0]["authentication"]["symmetricKey"] == {"primaryKey": KEY_A, "secondaryKey": KEY_B}
+            assert exported[3]["authentication"]["x509Thumbprint"]["primaryThumbprint"] == THUMB
         assert exported[1]["tags"] == {"site": "oslo"}
+        assert exported[1]["properties"]["desired"] == {"interval": 30}
     assert {j.job_id for j in jm.get_import_export_jobs()} >= {job.job_id}
 
 
