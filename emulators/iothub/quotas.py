@@ -184,11 +184,9 @@ class Throttle:
             time.sleep(wait)  # traffic shaping: served late rather than refused
 
     def _retry_after(self, wait: float) -> str:
-        """Whole seconds, at least 1, as HTTP defines the header; with a scaled clock the scaled wait itself, in
-        decimal seconds (an emulator-only liberty, so tests at a small time scale do not wait whole seconds)."""
-        if self.profile.time_scale == 1:
-            return str(max(1, math.ceil(wait)))
-        return f"{max(wait, 0.001):.3f}"
+        """Whole seconds, at least 1, as HTTP defines the header (also with a scaled clock, where it overstates the
+        wait): urllib3, under Microsoft's SDK, retries a 429 after Retry-After and fails on a decimal value."""
+        return str(max(1, math.ceil(wait)))
 
 
 # How long jobs take on the service, in seconds at time scale 1: (enqueued, running at least, lines per second).

@@ -519,7 +519,9 @@ def control_quotas(emu: IoTHubEmulator, req: Request) -> Response:
     """``{"refill": true}`` fills every throttle's bucket; ``{"shapingSeconds": s}`` changes the shaping hold."""
     body = req.body or {}
     if "shapingSeconds" in body:
-        emu.set_profile(replace(emu.profile, shaping_seconds=float(body["shapingSeconds"])))
+        # The buckets keep their level: only how long a request may be held changes.
+        emu.profile = replace(emu.profile, shaping_seconds=float(body["shapingSeconds"]))
+        emu.throttle.profile = emu.profile
     if body.get("refill"):
         emu.throttle.refill()
     return Response(204)
