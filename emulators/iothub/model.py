@@ -226,7 +226,11 @@ def check_twin_section(section: dict[str, Any], path: str, device_id: str | None
             )
         if isinstance(value, dict):
             check_twin_section(value, where, device_id)
-        elif value is not None and _size(value) > TWIN_VALUE_MAX_BYTES:
+        elif isinstance(value, str):
+            # UTF-8 takes at most 4 bytes a character: only long strings need encoding (an import checks millions).
+            if len(value) > TWIN_VALUE_MAX_BYTES // 4 and len(value.encode()) > TWIN_VALUE_MAX_BYTES:
+                raise LineError(400004, f"Twin value '{where}' exceeds 4 KB.", device_id=device_id)
+        elif isinstance(value, list) and _size(value) > TWIN_VALUE_MAX_BYTES:
             raise LineError(400004, f"Twin value '{where}' exceeds 4 KB.", device_id=device_id)
 
 
