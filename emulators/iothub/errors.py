@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 # Deliberately not imported from shared.iothub: the emulator stands in for the service, and a mistake in the
 # app's table must show up as a test failure, not be mirrored by the service it is tested against.
 CODE_NAMES: dict[int, str] = {
+    400001: "InvalidProtocolVersion",
     400004: "ArgumentInvalid",
     400005: "ArgumentNull",
     400006: "IotHubFormatError",
@@ -37,6 +38,12 @@ CODE_NAMES: dict[int, str] = {
     409001: "DeviceAlreadyExists",
     409301: "ModuleAlreadyExistsOnDevice",
     412001: "PreconditionFailed",
+    # Names from the service's swagger (ErrorDetails enum); their numbers are not published, so these are the
+    # emulator's own (clients go by the iothub-errorcode header).
+    400901: "InvalidConfigurationContent",
+    403901: "ConfigurationCountLimitExceeded",
+    404901: "ConfigurationNotFound",
+    409901: "ConfigurationAlreadyExists",
     413002: "TooManyDevices",
     429001: "ThrottlingException",
     500001: "ServerError",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,11 +17,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from azure.core.exceptions import AzureError
+from azure.storage.blob import ContainerClient
 
 from .blobs import BlockWriter, StorageAccess, StorageAccessError, explain
 from .errors import ApiError
 from .faults import Faults
-from .model import LineError, Record, export_line, parse_line
+from .model import LineError, Record, export_line, import_configuration, parse_line
+from .quotas import Profile, job_times
 from .registry import Registry
 from .store import Store
 
@@ -29,6 +32,8 @@ logger = logging.getLogger(__name__)
 BATCH = 1000
 HISTORY_DAYS = 30
 ERROR_LOG = "importErrors.log"
+CONFIG_ERROR_LOG = "importConfigErrors.log"  # the name the C# SDK's import/export sample reads
+CONFIGURATIONS_BLOB = "configurations.txt"
 _BOM = b"\xef\xbb\xbf"
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -79,6 +84,12 @@ def validate_job_request(body: Any) -> dict[str, Any]:
         job["excludeKeysInExport"] = bool(body.get("excludeKeysInExport", False))
     if body.get("identity") is not None:
         job["identity"] = body["identity"]
+    include = body.get("includeConfigurations", False)
+    if not isinstance(include, bool):
+        raise ApiError(400004, "includeConfigurations must be true or false.")
+    if include:
+        job["includeConfigurations"] = True
+        job["configurationsBlobName"] = body.get("configurationsBlobName") or CONFIGURATIONS_BLOB
     return job
 
 
@@ -92,12 +103,16 @@ class JobRunner:
         storage: StorageAccess,
         faults: Faults,
         clock: Callable[[], datetime],
+        *,
+        profile: Callable[[], Profile] = Profile,
     ) -> None:
         self.store = store
         self.registry = registry
         self.storage = storage
         self.faults = faults
         self.clock = clock
+        self.profile = profile
+        self._started = 0.0  # monotonic time the running job started (realistic pacing)
         self.paused = False
         self._lock = threading.Lock()  # serializes create_job's quota check with the insert
         self._wake = threading.Event()
@@ -175,7 +190,8 @@ class JobRunner:
             if not enqueued:
                 continue
             job = enqueued[0]
-            delay = self.faults.config.job_start_delay
+            times = job_times(self.profile(), job["type"])
+            delay = max(self.faults.config.job_start_delay, times[0] if times else 0.0)
             started = datetime.strptime(job["startTimeUtc"][:26], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
             if delay and (self.clock() - started).total_seconds() < delay:
                 continue
@@ -185,6 +201,7 @@ class JobRunner:
         job["status"] = "running"
         if not self.store.update_job(job):
             return  # cancelled before it started
+        self._started = time.monotonic()
         try:
             if job["type"] == "import":
                 self._import(job)
@@ -201,16 +218,34 @@ class JobRunner:
             job.update(status="completed", progress=100, endTimeUtc=iso(self.clock()))
         self.store.update_job(job)
 
-    def _step(self, job: dict[str, Any], progress: int) -> None:
-        """Between batches: record progress, honour cancellation and the injected slowdown."""
+    def _step(self, job: dict[str, Any], progress: int, done: int) -> None:
+        """Between batches (``done`` lines or records so far): record progress, honour cancellation, the injected
+        slowdown and, in realistic mode, the service's pace."""
         delay = self.faults.config.job_step_delay
         if delay:
             self._stop.wait(delay)
+        self._pace(job, done)
         if self._stop.is_set():
             raise _Cancelled
-        job["progress"] = progress
+        # The recorded service reports 0 while a job runs and 100 when it completes; fast mode reports real progress.
+        job["progress"] = 0 if self.profile().realistic else progress
         if not self.store.update_job(job):  # cancelled (or reset) meanwhile
             raise _Cancelled
+
+    def _pace(self, job: dict[str, Any], done: int) -> None:
+        """Realistic mode: wait until the service would have got this far (see quotas.JOB_TIMES), watching for a
+        cancellation meanwhile."""
+        times = job_times(self.profile(), job["type"])
+        if times is None:
+            return
+        _, running, rate = times
+        due = self._started + running + done / rate
+        while (left := due - time.monotonic()) > 0:
+            if self._stop.wait(min(left, 0.25)):
+                raise _Cancelled
+            stored = self.store.get_job(job["jobId"])
+            if stored is None or stored["status"] != "running":
+                raise _Cancelled
 
     # --- import -------------------------------------------------------------------------------------
 
@@ -231,25 +266,59 @@ class JobRunner:
         BlockWriter(log_blob, what=log_what).commit()
         errors = BlockWriter(log_blob, what=log_what)
         batch: list[Record | LineError] = []
+        lines = 0
         try:
             for raw, consumed in _lines(download.chunks()):
                 if not raw.strip(b" \t\r"):
                     continue  # blank lines carry no device
                 batch.append(_decode(raw))
+                lines += 1
                 if len(batch) >= BATCH:
                     self._apply(batch, errors)
                     batch = []
                     errors.checkpoint()
-                    self._step(job, min(99, consumed * 100 // download.size))
+                    self._step(job, min(99, consumed * 100 // download.size), lines)
+            if batch:
+                self._apply(batch, errors)
+            if job.get("includeConfigurations"):
+                self._import_configurations(job, source, target)
+            self._pace(job, lines)
         except AzureError as exc:
             raise explain(exc, what=what, needs="Read") from exc
         except _Cancelled:
             # The lines applied before the cancellation stay applied, and their refusals stay in the log.
             errors.commit()
             raise
-        if batch:
-            self._apply(batch, errors)
         errors.commit()
+
+    def _import_configurations(self, job: dict[str, Any], source: ContainerClient, target: ContainerClient) -> None:
+        """``configurationsBlobName`` (ImportConfiguration lines) applied after the devices; refusals go to
+        ``importConfigErrors.log`` in the same shape as ``importErrors.log`` (inferred: the log's name is the C#
+        SDK sample's, its content is not documented)."""
+        name = job["configurationsBlobName"]
+        what = f"configurations blob '{name}'"
+        try:
+            data = source.get_blob_client(name).download_blob().readall()
+        except AzureError as exc:
+            raise explain(exc, what=what, needs="Read") from exc
+        log = BlockWriter(target.get_blob_client(CONFIG_ERROR_LOG), what=f"output container ({CONFIG_ERROR_LOG})")
+        now = iso(self.clock())
+        for raw, _ in _lines(iter([data])):
+            if not raw.strip(b" \t\r"):
+                continue
+            decoded = _decode(raw)
+            config_id = decoded.get("id") if isinstance(decoded, dict) else None
+            try:
+                if isinstance(decoded, LineError):
+                    raise decoded
+                with self.store.write_lock:
+                    current = self.store.get_configuration(config_id) if isinstance(config_id, str) else None
+                    self.store.put_configuration(import_configuration(decoded, current, now=now))
+            except LineError as exc:
+                entry: dict[str, Any] = {} if not isinstance(config_id, str) else {"configurationId": config_id}
+                entry.update(errorCode=exc.code, errorStatus=exc.message)
+                log.write(_dumps(entry).encode() + b"\n")
+        log.commit()
 
     def _apply(self, batch: list[Record | LineError], errors: BlockWriter) -> None:
         for f in self.registry.apply_batch(batch):
@@ -270,10 +339,17 @@ class JobRunner:
         writer = BlockWriter(target.get_blob_client(job["outputBlobName"]), what="output container")
         exclude = job.get("excludeKeysInExport", False)
         total = max(1, self.store.count_registry())
+        n = 0
         for n, record in enumerate(self.store.iter_registry(), 1):
             writer.write(_dumps(export_line(record, exclude_keys=exclude)).encode() + b"\n")
             if n % BATCH == 0:
-                self._step(job, min(99, n * 100 // total))
+                self._step(job, min(99, n * 100 // total), n)
+        self._pace(job, n)
+        if job.get("includeConfigurations"):
+            configs = BlockWriter(target.get_blob_client(job["configurationsBlobName"]), what="output container")
+            for config in self.store.list_configurations():
+                configs.write(_dumps(config).encode() + b"\n")  # one Configuration per line, as GET returns it
+            configs.commit()
         writer.commit()
 
 

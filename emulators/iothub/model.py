@@ -56,6 +56,12 @@ TAGS_MAX_BYTES = 8 * 1024
 PROPERTIES_MAX_BYTES = 32 * 1024
 MAX_TWIN_DEPTH = 10
 STATUS_REASON_MAX = 128
+# Twin keys and values (device twin docs; quotas docs "each individual property ... 4 KB"): keys up to 1 KB without
+# '.', '$', spaces or control characters (C0 and C1); string values (and any other leaf value) up to 4 KB.
+TWIN_KEY_MAX_BYTES = 1024
+TWIN_VALUE_MAX_BYTES = 4 * 1024
+_TWIN_KEY_BAD = re.compile(r"[.$ \x00-\x1f\x7f-\x9f]")
+EDGE_SCOPE_PREFIX = "ms-azure-iot-edge://"
 
 
 class LineError(Exception):
@@ -203,6 +209,31 @@ def parse_authentication(auth: Any, device_id: str, existing: Record | None) -> 
     }
 
 
+def check_twin_section(section: dict[str, Any], path: str, device_id: str | None) -> None:
+    """Every key and leaf value of a twin section against the service's twin rules.
+
+    Raises:
+        LineError: 400004 naming the first offending key or value (the path says where).
+    """
+    for key, value in section.items():
+        where = f"{path}.{key}"
+        if not key or _TWIN_KEY_BAD.search(key) or len(key.encode()) > TWIN_KEY_MAX_BYTES:
+            raise LineError(
+                400004,
+                f"Twin key '{where}' is invalid: keys are 1 to 1,024 bytes without '.', '$', spaces or control "
+                "characters.",
+                device_id=device_id,
+            )
+        if isinstance(value, dict):
+            check_twin_section(value, where, device_id)
+        elif isinstance(value, str):
+            # UTF-8 takes at most 4 bytes a character: only long strings need encoding (an import checks millions).
+            if len(value) > TWIN_VALUE_MAX_BYTES // 4 and len(value.encode()) > TWIN_VALUE_MAX_BYTES:
+                raise LineError(400004, f"Twin value '{where}' exceeds 4 KB.", device_id=device_id)
+        elif isinstance(value, list) and _size(value) > TWIN_VALUE_MAX_BYTES:
+            raise LineError(400004, f"Twin value '{where}' exceeds 4 KB.", device_id=device_id)
+
+
 def _strip_meta(section: Any) -> dict[str, Any]:
     return {k: v for k, v in section.items() if k not in ("$metadata", "$version")}
 
@@ -219,6 +250,7 @@ def parse_twin(line: Record, device_id: str) -> Record | None:
             raise LineError(400012, "'tags' must be an object.", device_id=device_id)
         if _size(tags) > TAGS_MAX_BYTES:
             raise LineError(400004, "Twin tags exceed 8 KB.", device_id=device_id)
+        check_twin_section(tags, "tags", device_id)
         out["tags"] = tags
     if props is not None:
         if not isinstance(props, dict):
@@ -234,6 +266,7 @@ def parse_twin(line: Record, device_id: str) -> Record | None:
                 raise LineError(400004, f"Twin {part} properties exceed 32 KB.", device_id=device_id)
             if _depth(section) > MAX_TWIN_DEPTH:
                 raise LineError(400004, f"Twin {part} properties nest deeper than 10.", device_id=device_id)
+            check_twin_section(section, f"properties.{part}", device_id)
             out[part] = section
     return out
 
@@ -310,20 +343,22 @@ def apply(line: Record, current: Record | None, *, now: str, module: bool = Fals
         LineError: the line breaks a rule or its precondition (exists, missing, ETag) fails.
     """
     device_id, module_id, mode = line_identity(line)
-    label = f"{device_id}/{module_id}" if module else device_id
+    label = f"Module {device_id}/{module_id}" if module else f"Device {device_id}"
+    # Module lines answer with the module codes of the C# SDK's ErrorCode.cs (the service's are unverified).
+    missing, duplicate = (404010, 409301) if module else (404001, 409001)
     exists = current is not None
     if_match = mode.endswith("IfMatchETag")
 
     if mode in ("delete", "deleteIfMatchETag"):
         if not exists:
-            raise LineError(404001, f"Device {label} not found.", device_id=device_id)
+            raise LineError(missing, f"{label} not found.", device_id=device_id)
         if if_match:
             _require_etag(line.get("eTag"), current["etag"], label, device_id, "eTag")  # type: ignore[index]
         return DELETE
 
     if mode in ("updateTwin", "updateTwinIfMatchETag"):
         if current is None:
-            raise LineError(404001, f"Device {label} not found.", device_id=device_id)
+            raise LineError(missing, f"{label} not found.", device_id=device_id)
         if if_match:
             _require_etag(line.get("twinETag"), current["twin"]["etag"], label, device_id, "twinETag")
         new = _copy(current)
@@ -331,9 +366,9 @@ def apply(line: Record, current: Record | None, *, now: str, module: bool = Fals
         return new
 
     if mode == "create" and exists:
-        raise LineError(409001, f"Device {label} already exists.", device_id=device_id)
+        raise LineError(duplicate, f"{label} already exists.", device_id=device_id)
     if mode in ("update", "updateIfMatchETag") and not exists:
-        raise LineError(404001, f"Device {label} not found.", device_id=device_id)
+        raise LineError(missing, f"{label} not found.", device_id=device_id)
     if if_match and current is not None:
         _require_etag(line.get("eTag"), current["etag"], label, device_id, "eTag")
     twin = parse_twin(line, device_id)
@@ -377,7 +412,6 @@ def apply(line: Record, current: Record | None, *, now: str, module: bool = Fals
         }
         if module:
             record["moduleId"] = module_id
-            record["managedBy"] = line.get("managedBy")
     else:
         record = _copy(current)
         if record.get("status") != status:
@@ -385,18 +419,50 @@ def apply(line: Record, current: Record | None, *, now: str, module: bool = Fals
     record["status"] = status
     record["statusReason"] = reason
     record["authentication"] = auth
-    if not module:
-        record["capabilities"] = {"iotEdge": bool((caps or {}).get("iotEdge", False))}
-        record["deviceScope"] = scope
+    if module:
+        managed_by = line.get("managedBy", record.get("managedBy"))
+        if managed_by is not None and not isinstance(managed_by, str):
+            raise LineError(400012, "'managedBy' must be a string.", device_id=device_id)
+        record["managedBy"] = managed_by
+    else:
+        edge = bool((caps or {}).get("iotEdge", False))
+        record["capabilities"] = {"iotEdge": edge}
+        record["deviceScope"] = _edge_scope(record, scope) if edge else scope
         record["parentScopes"] = parents or []
     record["etag"] = new_etag()
     _apply_twin(record, twin, now)
     return record
 
 
+def _edge_scope(record: Record, given: str | None) -> str:
+    """The scope of an IoT Edge device: generated by the hub and kept for the device's life (REST Device model:
+    "auto-generated and immutable for edge devices"); child devices name it as their ``deviceScope`` and child
+    Edge devices as their ``parentScopes``. A scope already in this hub's format given when the device is created
+    is kept, so an export imported into another hub keeps its hierarchy (inferred)."""
+    kept = record.get("deviceScope")
+    if isinstance(kept, str) and kept.startswith(EDGE_SCOPE_PREFIX):
+        return kept
+    if given and given.startswith(EDGE_SCOPE_PREFIX) and "etag" not in record:
+        return given
+    # The format seen in the service's answers: ms-azure-iot-edge://<deviceId>-<generationId>.
+    return f"{EDGE_SCOPE_PREFIX}{record['deviceId']}-{record['generationId']}"
+
+
+def new_module(device_id: str, module_id: str, now: str) -> Record:
+    """A module identity the hub creates itself (the IoT Edge system modules of a new Edge device)."""
+    record = apply({"id": device_id, "moduleId": "x", "importMode": "create"}, None, now=now, module=True)
+    assert isinstance(record, dict)
+    record["moduleId"] = module_id
+    return record
+
+
 def _require_etag(given: Any, actual: str, label: str, device_id: str, field: str) -> None:
-    if not isinstance(given, str) or not given:
-        raise LineError(400005, f"'{field}' is required by this importMode for {label}.", device_id=device_id)
+    if given is None or given == "":
+        # Recorded service behaviour: a bulk deleteIfMatchETag without an eTag succeeded (azure-sdk-for-net
+        # SessionRecords, Jobs_Export_Import_Lifecycle); the other *IfMatchETag modes are taken to do the same.
+        return
+    if not isinstance(given, str):
+        raise LineError(400012, f"'{field}' must be a string.", device_id=device_id)
     if strip_etag(given) != strip_etag(actual):
         raise LineError(
             412001,
@@ -436,58 +502,184 @@ def device_json(r: Record) -> Record:
     }
 
 
-def twin_json(r: Record) -> Record:
-    """The Twin model returned by queries."""
-    t = r["twin"]
+def module_json(r: Record) -> Record:
+    """The Module model of the REST API (GET/PUT /devices/{id}/modules/{moduleId}), as recorded."""
     return {
+        "moduleId": r["moduleId"],
+        "managedBy": r.get("managedBy"),
         "deviceId": r["deviceId"],
-        "etag": t["etag"],
-        "deviceEtag": r["etag"],
-        "status": r["status"],
-        "statusReason": r.get("statusReason"),
-        "statusUpdateTime": r.get("statusUpdatedTime") or "0001-01-01T00:00:00Z",
+        "generationId": r["generationId"],
+        "etag": r["etag"],
         "connectionState": r["connectionState"],
+        "connectionStateUpdatedTime": r.get("connectionStateUpdatedTime") or "0001-01-01T00:00:00Z",
         "lastActivityTime": r.get("lastActivityTime") or "0001-01-01T00:00:00Z",
         "cloudToDeviceMessageCount": r.get("cloudToDeviceMessageCount", 0),
-        "authenticationType": r["authentication"]["type"],
-        "x509Thumbprint": r["authentication"]["x509Thumbprint"],
-        "version": t["version"],
-        "tags": t["tags"],
-        "properties": _twin_properties(t),
-        "capabilities": r.get("capabilities", {"iotEdge": False}),
-        "deviceScope": r.get("deviceScope"),
-        "parentScopes": r.get("parentScopes", []),
+        "authentication": r["authentication"],
     }
 
 
-def export_line(r: Record, *, exclude_keys: bool) -> Record:
-    """One line of an export blob (ExportImportDevice), for a device or a module record."""
-    auth = r["authentication"]
-    out: Record = {"id": r["deviceId"]}
+def twin_json(r: Record) -> Record:
+    """The Twin model (queries, GET/PATCH/PUT /twins/{id}[/modules/{moduleId}])."""
+    t = r["twin"]
+    out: Record = {"deviceId": r["deviceId"]}
     if "moduleId" in r:
+        out["moduleId"] = r["moduleId"]
+    out.update(
+        {
+            "etag": t["etag"],
+            "deviceEtag": r["etag"],
+            "status": r["status"],
+            "statusReason": r.get("statusReason"),
+            "statusUpdateTime": r.get("statusUpdatedTime") or "0001-01-01T00:00:00Z",
+            "connectionState": r["connectionState"],
+            "lastActivityTime": r.get("lastActivityTime") or "0001-01-01T00:00:00Z",
+            "cloudToDeviceMessageCount": r.get("cloudToDeviceMessageCount", 0),
+            "authenticationType": r["authentication"]["type"],
+            "x509Thumbprint": r["authentication"]["x509Thumbprint"],
+            "version": t["version"],
+            "tags": t["tags"],
+            "properties": _twin_properties(t),
+        }
+    )
+    if "moduleId" not in r:
+        out["capabilities"] = r.get("capabilities", {"iotEdge": False})
+        out["deviceScope"] = r.get("deviceScope")
+        out["parentScopes"] = r.get("parentScopes", [])
+    return out
+
+
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """A twin PATCH: objects merge key by key, ``null`` removes a key, anything else replaces (device twin docs)."""
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_patch(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def export_line(r: Record, *, exclude_keys: bool) -> Record:
+    """One line of an export blob (ExportImportDevice), for a device or a module record.
+
+    The shape follows what the service writes (DOC-BULK's example and the lines quoted in
+    Azure/azure-iot-sdk-csharp#1146): ``"authentication": null`` when keys are excluded, ``statusReason`` as ``""``
+    on device lines, twin properties without ``$metadata``/``$version``, ``capabilities`` on module lines too.
+    """
+    module = "moduleId" in r
+    out: Record = {"id": r["deviceId"]}
+    if module:
         out["moduleId"] = r["moduleId"]
     out["eTag"] = r["etag"]
     out["status"] = r["status"]
-    if r.get("statusReason") is not None:
-        out["statusReason"] = r["statusReason"]
-    if exclude_keys and "moduleId" in r:
-        out["authentication"] = None
-    elif exclude_keys:
-        out["authentication"] = {
-            "symmetricKey": {"primaryKey": None, "secondaryKey": None},
-            "x509Thumbprint": auth["x509Thumbprint"],
-            "type": auth["type"],
-        }
-    else:
-        out["authentication"] = auth
+    if not module:
+        out["statusReason"] = r.get("statusReason") or ""
+    out["authentication"] = None if exclude_keys else r["authentication"]
     t = r["twin"]
     out["twinETag"] = t["etag"]
     out["tags"] = t["tags"]
-    out["properties"] = _twin_properties(t)
-    if "moduleId" not in r:
-        out["capabilities"] = r.get("capabilities", {"iotEdge": False})
+    out["properties"] = {"desired": t["desired"], "reported": t["reported"]}
+    out["capabilities"] = {"iotEdge": False} if module else r.get("capabilities", {"iotEdge": False})
+    if not module:
         if r.get("deviceScope"):
             out["deviceScope"] = r["deviceScope"]
         if r.get("parentScopes"):
             out["parentScopes"] = r["parentScopes"]
     return out
+
+
+# --- configurations (automatic device management) -------------------------------------------------------
+
+# Ids: lower case (the C# E2E tests: "Configuration Id characters must be all lower-case"), up to 128 characters,
+# no spaces and none of & ^ [ ] { } \ | " < > / (automatic device management docs).
+CONFIG_ID_RE = re.compile(r"^[a-z0-9\-.+%_#*?!(),:=@$;\']{1,128}$")
+CONFIG_CONTENT_KINDS = ("deviceContent", "moduleContent", "modulesContent")
+CONFIG_IMPORT_MODES = ("createOrUpdateIfMatchETag",)  # the only ConfigurationImportMode (C# SDK)
+
+
+def apply_configuration(body: Any, current: Record | None, *, config_id: str, now: str) -> Record:
+    """The configuration a PUT (or an import line) makes of ``body``, validated; keeps ``createdTimeUtc``.
+
+    Raises:
+        LineError: 400004 for a bad id, priority or condition, 400901 InvalidConfigurationContent for content.
+    """
+    if not CONFIG_ID_RE.match(config_id):
+        raise LineError(
+            400004,
+            f"Configuration id '{config_id}' is invalid: up to 128 lower-case letters, digits "
+            "and - . + % _ # * ? ! ( ) , : = @ $ ; '.",
+        )
+    if not isinstance(body, dict):
+        raise LineError(400012, "A configuration must be a JSON object.")
+    if body.get("id", config_id) != config_id:
+        raise LineError(400004, f"The configuration id in the body ({body.get('id')}) differs from '{config_id}'.")
+    content = body.get("content") or {}
+    if not isinstance(content, dict) or set(content) - set(CONFIG_CONTENT_KINDS):
+        raise LineError(400901, f"'content' may hold only {', '.join(CONFIG_CONTENT_KINDS)}.")
+    kinds = [k for k in CONFIG_CONTENT_KINDS if content.get(k)]
+    if len(kinds) > 1:
+        raise LineError(400901, f"'content' holds {' and '.join(kinds)}; a configuration has one kind of content.")
+    for kind in kinds:
+        if not isinstance(content[kind], dict):
+            raise LineError(400901, f"'content.{kind}' must be an object.")
+    if current is not None and kinds and current.get("content", {}).get(kinds[0]) not in (None, content[kinds[0]]):
+        # Content is immutable once created (automatic device management docs); the swagger names the error.
+        raise LineError(400901, "The content of an existing configuration cannot be changed; create a new one.")
+    priority = body.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
+        raise LineError(400004, "'priority' must be a non-negative integer.")
+    condition = body.get("targetCondition", "")
+    if not isinstance(condition, str):
+        raise LineError(400004, "'targetCondition' must be a string.")
+    labels = body.get("labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise LineError(400004, "'labels' must be an object of strings.")
+    metrics = body.get("metrics") or {}
+    queries = metrics.get("queries") if isinstance(metrics, dict) else None
+    if not isinstance(queries or {}, dict):
+        raise LineError(400004, "'metrics.queries' must be an object of query strings.")
+    version = int(base64.b64decode(current["etag"]).decode()) + 1 if current else 1
+    return {
+        "id": config_id,
+        "schemaVersion": body.get("schemaVersion"),
+        "labels": labels,
+        "content": {k: content[k] for k in kinds},
+        "targetCondition": condition,
+        "createdTimeUtc": current["createdTimeUtc"] if current else now,
+        "lastUpdatedTimeUtc": now,
+        "priority": priority,
+        "systemMetrics": {
+            "results": {},
+            "queries": {
+                # IoT Hub query text the service shows, not SQL run anywhere.
+                "targetedCount": "select deviceId from devices" + (f" where {condition}" if condition != "*" else ""),  # noqa: S608
+                "appliedCount": f"select deviceId from devices where configurations.[[{config_id}]].status = "  # noqa: S608
+                "'Applied'",
+            },
+        },
+        "metrics": {"results": {}, "queries": dict(queries or {})},
+        # The recorded ETags count versions: "MQ==" ("1"), then "Mg==" ("2").
+        "etag": base64.b64encode(str(version).encode()).decode(),
+    }
+
+
+def import_configuration(line: Record, current: Record | None, *, now: str) -> Record:
+    """One line of a configurations import blob (ImportConfiguration): the configuration it makes.
+
+    Raises:
+        LineError: as ``apply_configuration``; 400012 for an unknown importMode, 412001 for a stale eTag.
+    """
+    config_id = line.get("id")
+    if not isinstance(config_id, str) or not config_id:
+        raise LineError(400005, "The configuration line has no 'id'.")
+    mode = line.get("importMode", "createOrUpdateIfMatchETag")
+    if not isinstance(mode, str) or mode.lower() not in [m.lower() for m in CONFIG_IMPORT_MODES]:
+        raise LineError(400012, f"Error converting value {json.dumps(mode)} to type 'ConfigurationImportMode'.")
+    if current is not None:
+        _require_etag(
+            line.get("etag") or line.get("eTag"), current["etag"], f"Configuration {config_id}", config_id, "etag"
+        )
+    body = {k: v for k, v in line.items() if k not in ("importMode", "etag", "eTag")}
+    return apply_configuration(body, current, config_id=config_id, now=now)

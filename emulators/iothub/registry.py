@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .model import DELETE, LineError, Record, apply, line_identity
+from .model import DELETE, EDGE_SYSTEM_MODULES, LineError, Record, apply, line_identity, new_module
 from .store import Store
 
 
@@ -22,9 +22,11 @@ class Failure:
 class Registry:
     """Applies decoded ExportImportDevice lines to the store, in order, a batch per transaction."""
 
-    def __init__(self, store: Store, now: Callable[[], str]) -> None:
+    def __init__(self, store: Store, now: Callable[[], str], *, query_lag: Callable[[], float] = lambda: 0.0) -> None:
         self.store = store
         self.now = now
+        # Seconds before a change shows in query results (0: at once); read per batch so tests can change it.
+        self.query_lag = query_lag
 
     def apply_batch(self, lines: Sequence[Record | LineError]) -> list[Failure]:
         """Apply ``lines`` (decoded lines, or the LineError their decoding raised) in one transaction."""
@@ -62,6 +64,12 @@ class Registry:
                                 del modules[key]
                         elif isinstance(result, dict):
                             devices[dev_id] = result
+                            was_edge = device is not None and device.get("capabilities", {}).get("iotEdge", False)
+                            if result["capabilities"]["iotEdge"] and not was_edge:
+                                # A new IoT Edge device gets its two system modules from the hub (IoT Edge docs;
+                                # exports list them, Azure/azure-iot-sdk-csharp#1146).
+                                for system in EDGE_SYSTEM_MODULES:
+                                    modules.setdefault((dev_id, system), new_module(dev_id, system, now))
                         continue
                     if device is None:
                         raise LineError(404001, f"Device {dev_id} not found.", device_id=dev_id)
@@ -80,5 +88,6 @@ class Registry:
                         modules[key] = result
                 except LineError as exc:
                     failures.append(Failure(exc, dev_id, mod_id, mode))
-            self.store.write(devices, modules)
+            lag = self.query_lag()
+            self.store.write(devices, modules, query_lag=lag if lag > 0 else None)
         return failures

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,20 @@ CREATE TABLE IF NOT EXISTS modules (
     device_id TEXT NOT NULL, module_id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (device_id, module_id));
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, created TEXT NOT NULL, status TEXT NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS configurations (id TEXT PRIMARY KEY, data TEXT NOT NULL);
+-- Read-after-write lag of queries: a device changed less than the lag ago is seen by queries as it was before
+-- (`before`, NULL if it did not exist) until `due` (Unix seconds).
+CREATE TABLE IF NOT EXISTS lagged (id TEXT PRIMARY KEY, before TEXT, due REAL NOT NULL);
+"""
+# A device as queries see it at :now: its stored data, or the data from before a change that is not due yet.
+_VISIBLE = """
+SELECT id, v FROM (
+    SELECT d.id AS id, CASE WHEN l.due > :now THEN l.before ELSE d.data END AS v
+    FROM devices d LEFT JOIN lagged l ON l.id = d.id WHERE d.id > :after
+    UNION ALL
+    SELECT l.id AS id, l.before AS v FROM lagged l
+    WHERE l.due > :now AND l.id > :after AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = l.id)
+) WHERE v IS NOT NULL ORDER BY id LIMIT :limit
 """
 ACTIVE_JOB_STATES = ("enqueued", "running")
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -97,10 +112,24 @@ class Store:
         self,
         devices: dict[str, Record | None],
         modules: dict[tuple[str, str], Record | None] | None = None,
+        *,
+        query_lag: float | None = None,
     ) -> None:
-        """Upsert (record) or delete (None) devices and modules in one transaction."""
+        """Upsert (record) or delete (None) devices and modules in one transaction.
+
+        With ``query_lag`` (seconds), queries keep seeing each changed device as it was until the lag has passed.
+        """
         c = self._conn()
         with c:
+            if query_lag is not None and devices:
+                now = time.time()
+                c.execute("DELETE FROM lagged WHERE due <= ?", (now,))
+                # The oldest state queries still see is kept; the newest change becomes visible a lag after it.
+                c.executemany(
+                    "INSERT INTO lagged (id, before, due) SELECT :id, (SELECT data FROM devices WHERE id = :id), :due "
+                    "WHERE true ON CONFLICT(id) DO UPDATE SET due = excluded.due",
+                    [{"id": k, "due": now + query_lag} for k in devices],
+                )
             ups = [(k, v["status"], _dumps(v)) for k, v in devices.items() if v is not None]
             dels = [(k,) for k, v in devices.items() if v is None]
             if ups:
@@ -140,6 +169,65 @@ class Store:
                     pending = mods.fetchone()
         finally:
             conn.close()
+
+    def page_visible(self, after: str | None, limit: int) -> list[Record]:
+        """Devices in id order as queries see them now (see ``write``'s ``query_lag``)."""
+        rows = self._conn().execute(_VISIBLE, {"now": time.time(), "after": after or "", "limit": limit})
+        return [json.loads(v) for _, v in rows]
+
+    def statistics_visible(self) -> dict[str, int]:
+        """``statistics`` as queries see the registry now (inferred: statistics come from the same index): the
+        stored counts, corrected by the changes not yet due."""
+        c = self._conn()
+        counts = dict(c.execute("SELECT status, COUNT(*) FROM devices GROUP BY status").fetchall())
+        pending = c.execute(
+            "SELECT l.before, d.status FROM lagged l LEFT JOIN devices d ON d.id = l.id WHERE l.due > ?",
+            (time.time(),),
+        )
+        for before, status in pending:
+            if status is not None:
+                counts[status] -= 1
+            if before is not None:
+                was = json.loads(before)["status"]
+                counts[was] = counts.get(was, 0) + 1
+        enabled, disabled = counts.get("enabled", 0), counts.get("disabled", 0)
+        return {
+            "totalDeviceCount": enabled + disabled,
+            "enabledDeviceCount": enabled,
+            "disabledDeviceCount": disabled,
+        }
+
+    def get_module(self, device_id: str, module_id: str) -> Record | None:
+        return self.get_modules([(device_id, module_id)]).get((device_id, module_id))
+
+    def device_modules(self, device_id: str) -> list[Record]:
+        rows = (
+            self._conn()
+            .execute("SELECT data FROM modules WHERE device_id = ? ORDER BY module_id", (device_id,))
+            .fetchall()
+        )
+        return [json.loads(r[0]) for r in rows]
+
+    # --- configurations ------------------------------------------------------------------------------
+
+    def get_configuration(self, config_id: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT data FROM configurations WHERE id = ?", (config_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def list_configurations(self, limit: int = -1) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT data FROM configurations ORDER BY id LIMIT ?", (limit,))
+        return [json.loads(r[0]) for r in rows]
+
+    def count_configurations(self) -> int:
+        return int(self._conn().execute("SELECT COUNT(*) FROM configurations").fetchone()[0])
+
+    def put_configuration(self, config: dict[str, Any]) -> None:
+        with self._conn() as c:
+            c.execute("INSERT OR REPLACE INTO configurations (id, data) VALUES (?, ?)", (config["id"], _dumps(config)))
+
+    def delete_configuration(self, config_id: str) -> bool:
+        with self._conn() as c:
+            return c.execute("DELETE FROM configurations WHERE id = ?", (config_id,)).rowcount == 1
 
     def statistics(self) -> dict[str, int]:
         rows = dict(self._conn().execute("SELECT status, COUNT(*) FROM devices GROUP BY status").fetchall())
@@ -197,3 +285,5 @@ class Store:
             c.execute("DELETE FROM devices")
             c.execute("DELETE FROM modules")
             c.execute("DELETE FROM jobs")
+            c.execute("DELETE FROM configurations")
+            c.execute("DELETE FROM lagged")

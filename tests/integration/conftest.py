@@ -12,6 +12,7 @@ from azure.storage.blob import BlobServiceClient
 from emulators.azurite import Azurite
 from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
+from emulators.iothub.quotas import Profile
 from shared.config import Containers
 from shared.engine import Context, JobEngine
 from shared.iotcentral import IoTCentralClient
@@ -44,6 +45,26 @@ def iothub_server(tmp_path_factory: pytest.TempPathFactory, azurite: Azurite) ->
 def iothub(iothub_server: IoTHubEmulator, monkeypatch: pytest.MonkeyPatch) -> IoTHubEmulator:
     """The emulator, emptied through its control plane, with its CA trusted by requests-based clients."""
     return emptied(iothub_server, monkeypatch)
+
+
+# Realistic mode for tests: an S1 hub with one unit, every delay at 1/20 (a throttle minute lasts 3 s, a 5-device
+# import about 0.8 s, the query lag 0.3 s).
+REALISTIC = Profile("S1", 1, time_scale=0.05)
+
+
+@pytest.fixture(scope="session")
+def iothub_realistic_server(tmp_path_factory: pytest.TempPathFactory, azurite: Azurite) -> Iterator[IoTHubEmulator]:
+    with running_emulator(
+        tmp_path_factory.mktemp("iothub-realistic"), storage_identity=azurite.connection_string, profile=REALISTIC
+    ) as emu:
+        yield emu
+
+
+@pytest.fixture
+def realistic_hub(iothub_realistic_server: IoTHubEmulator, monkeypatch: pytest.MonkeyPatch) -> IoTHubEmulator:
+    """The realistic emulator (``REALISTIC``), emptied, throttles full; a test may ``set_profile`` another."""
+    iothub_realistic_server.set_profile(REALISTIC)
+    return emptied(iothub_realistic_server, monkeypatch)
 
 
 @pytest.fixture

@@ -23,7 +23,11 @@ CASES: list[tuple[str, str, bool, str | None, str | int]] = [
     ("update-old", "update", True, None, "updated"),
     ("uim-match", "updateIfMatchETag", True, "match", "updated"),
     ("uim-stale", "updateIfMatchETag", True, "stale", 412001),
-    ("uim-none", "updateIfMatchETag", True, None, 400005),
+    # Without an eTag an *IfMatchETag mode is unconditional (a recorded bulk deleteIfMatchETag without one
+    # succeeded: azure-sdk-for-net SessionRecords, Jobs_Export_Import_Lifecycle).
+    ("uim-none", "updateIfMatchETag", True, None, "updated"),
+    ("dim-none", "deleteIfMatchETag", True, None, "deleted"),
+    ("tim-none", "updateTwinIfMatchETag", True, None, "twin"),
     ("uim-new", "updateIfMatchETag", False, "stale", 404001),
     ("couim-new", "createOrUpdateIfMatchETag", False, None, "created"),
     ("couim-match", "createOrUpdateIfMatchETag", True, "match", "updated"),

@@ -106,12 +106,78 @@ def test_twin_limits() -> None:
     assert err({"id": "d", "status": "enabled", "properties": {"desired": deep}}) == 400004
 
 
-def test_export_line_excludes_keys() -> None:
-    rec = apply({"id": "d", "status": "enabled"}, None, now=NOW)
+def test_export_line_shapes_follow_the_service() -> None:
+    rec = apply({"id": "d", "status": "enabled", "properties": {"desired": {"a": 1}}}, None, now=NOW)
     assert isinstance(rec, dict)
     line = model.export_line(rec, exclude_keys=True)
-    assert line["authentication"]["symmetricKey"] == {"primaryKey": None, "secondaryKey": None}
+    # As quoted in Azure/azure-iot-sdk-csharp#1146: null authentication, "" statusReason, bare properties.
+    assert line["authentication"] is None and line["statusReason"] == ""
+    assert line["properties"] == {"desired": {"a": 1}, "reported": {}}
     assert model.export_line(rec, exclude_keys=False)["authentication"] == rec["authentication"]
+    mod = apply({"id": "d", "moduleId": "m"}, None, now=NOW, module=True)
+    assert isinstance(mod, dict)
+    mline = model.export_line({**mod, "deviceId": "d"}, exclude_keys=True)
+    assert mline["moduleId"] == "m" and mline["authentication"] is None
+    assert mline["capabilities"] == {"iotEdge": False} and "statusReason" not in mline
+
+
+@pytest.mark.parametrize("key", ["a.b", "$x", "with space", "ctl\x01", "c1\x85", ""])
+def test_twin_keys_refused(key: str) -> None:
+    assert err({"id": "d", "status": "enabled", "tags": {"ok": {key: 1}}}) == 400004
+    assert err({"id": "d", "status": "enabled", "properties": {"desired": {key: 1}}}) == 400004
+
+
+def test_twin_values_up_to_4_kb() -> None:
+    fits = apply({"id": "d", "status": "enabled", "tags": {"v": "x" * 4000}}, None, now=NOW)
+    assert isinstance(fits, dict)
+    assert err({"id": "d", "status": "enabled", "properties": {"desired": {"v": "x" * 4200}}}) == 400004
+    assert err({"id": "d", "status": "enabled", "properties": {"reported": {"k" * 1025: 1}}}) == 400004
+
+
+def test_if_match_modes_without_an_etag_are_unconditional() -> None:
+    current = apply({"id": "d", "status": "enabled"}, None, now=NOW)
+    assert isinstance(current, dict)
+    assert apply({"id": "d", "importMode": "deleteIfMatchETag"}, current, now=NOW) is DELETE
+    updated = apply({"id": "d", "importMode": "updateIfMatchETag", "status": "disabled"}, current, now=NOW)
+    assert isinstance(updated, dict) and updated["status"] == "disabled"
+    assert err({"id": "d", "importMode": "updateIfMatchETag", "status": "enabled", "eTag": "c3RhbGU="}, current) == (
+        412001
+    )
+
+
+def test_module_lines_use_module_codes() -> None:
+    mod = apply({"id": "d", "moduleId": "m"}, None, now=NOW, module=True)
+    with pytest.raises(LineError) as dup:
+        apply({"id": "d", "moduleId": "m", "importMode": "create"}, mod, now=NOW, module=True)
+    with pytest.raises(LineError) as missing:
+        apply({"id": "d", "moduleId": "m", "importMode": "update"}, None, now=NOW, module=True)
+    assert (dup.value.code, missing.value.code) == (409301, 404010)
+
+
+def test_edge_devices_get_a_scope_that_stays() -> None:
+    edge = apply({"id": "gw", "status": "enabled", "capabilities": {"iotEdge": True}}, None, now=NOW)
+    assert isinstance(edge, dict)
+    assert edge["deviceScope"] == f"ms-azure-iot-edge://gw-{edge['generationId']}"
+    again = apply({"id": "gw", "status": "disabled", "capabilities": {"iotEdge": True}}, edge, now=NOW)
+    assert isinstance(again, dict) and again["deviceScope"] == edge["deviceScope"]
+    leaf = apply({"id": "leaf", "status": "enabled", "deviceScope": edge["deviceScope"]}, None, now=NOW)
+    assert isinstance(leaf, dict) and leaf["deviceScope"] == edge["deviceScope"]
+
+
+def test_configuration_rules_and_etags() -> None:
+    body = {"content": {"deviceContent": {"properties.desired.x": 1}}, "targetCondition": "*", "priority": 2}
+    first = model.apply_configuration(body, None, config_id="cfg-1", now=NOW)
+    assert first["etag"] == "MQ==" and first["createdTimeUtc"] == NOW  # recorded: "MQ==" then "Mg=="
+    second = model.apply_configuration({**body, "priority": 3}, first, config_id="cfg-1", now="later")
+    assert second["etag"] == "Mg==" and second["createdTimeUtc"] == NOW and second["priority"] == 3
+    with pytest.raises(LineError) as upper:
+        model.apply_configuration(body, None, config_id="Cfg", now=NOW)
+    with pytest.raises(LineError) as changed:
+        model.apply_configuration({**body, "content": {"deviceContent": {"y": 2}}}, first, config_id="cfg-1", now=NOW)
+    with pytest.raises(LineError) as two:
+        two_kinds = {"deviceContent": {"a": 1}, "moduleContent": {"b": 1}}
+        model.apply_configuration({"content": two_kinds}, None, config_id="cfg-2", now=NOW)
+    assert (upper.value.code, changed.value.code, two.value.code) == (400004, 400901, 400901)
 
 
 def test_lines_split_across_chunks_with_bom_and_crlf() -> None:
