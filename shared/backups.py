@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import orjson
 
 from .storage import JSON_TYPE, BlobRef, Storage, StorageError
 
@@ -66,6 +69,7 @@ class Manifest:
     bytes: int
     includes_keys: bool
     created: str
+    modules: int = 0  # module identity lines (an export has one per module, after its device's line)
 
     def document(self) -> dict[str, Any]:
         return {
@@ -73,12 +77,46 @@ class Manifest:
             "jobId": self.job_id,
             "hubJobId": self.hub_job_id,
             "devices": self.devices,
+            "modules": self.modules,
             "sha256": self.sha256,
             "bytes": self.bytes,
             "includesKeys": self.includes_keys,
             "created": self.created,
             "devicesBlob": DEVICES_BLOB,
         }
+
+
+class LineCount:
+    """Counts an export's device lines and module lines as its chunks stream past (a module line has a top-level
+    ``moduleId``; only lines that mention one are parsed)."""
+
+    def __init__(self) -> None:
+        self.devices = 0
+        self.modules = 0
+
+    def lines(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """Pass ``chunks`` through unchanged, counting their lines."""
+        carry = b""
+        for chunk in chunks:
+            if not chunk:
+                continue
+            yield chunk
+            *whole, carry = (carry + chunk).split(b"\n")
+            for line in whole:
+                self._count(line)
+        self._count(carry)  # a last line without a newline still counts
+
+    def _count(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        if b'"moduleId"' in line:
+            try:
+                if isinstance(orjson.loads(line).get("moduleId"), str):
+                    self.modules += 1
+                    return
+            except (orjson.JSONDecodeError, AttributeError):
+                pass
+        self.devices += 1
 
 
 def save_backup(
@@ -102,20 +140,32 @@ def save_backup(
     if existing is not None:
         doc = json.loads(b"".join(storage.open_read(BlobRef(container, f"{folder}/{MANIFEST_BLOB}"))))
         return Manifest(
-            hub, job_id, hub_job_id, doc["devices"], doc["sha256"], doc["bytes"], doc["includesKeys"], doc["created"]
+            hub,
+            job_id,
+            hub_job_id,
+            doc["devices"],
+            doc["sha256"],
+            doc["bytes"],
+            doc["includesKeys"],
+            doc["created"],
+            int(doc.get("modules", 0)),
         )
     staged = storage.stage(container, f"{folder}/{DEVICES_BLOB}")
-    devices = 0
-    last = b"\n"
-    for chunk in storage.open_read(source):
-        if chunk:
-            staged.write(chunk)
-            devices += chunk.count(b"\n")
-            last = chunk[-1:]
-    if last != b"\n":
-        devices += 1  # a last line without a newline is still a device
+    count = LineCount()
+    for chunk in count.lines(storage.open_read(source)):
+        staged.write(chunk)
     staged.commit(metadata={"hub": hub, "jobid": job_id})
-    manifest = Manifest(hub, job_id, hub_job_id, devices, staged.sha256, staged.size, includes_keys, now.isoformat())
+    manifest = Manifest(
+        hub,
+        job_id,
+        hub_job_id,
+        count.devices,
+        staged.sha256,
+        staged.size,
+        includes_keys,
+        now.isoformat(),
+        count.modules,
+    )
     storage.upload_bytes(
         container,
         f"{folder}/{MANIFEST_BLOB}",

@@ -51,10 +51,16 @@ class ImportKind(HubJobKind):
             why = "cancelled on the hub" if hub_job.status is HubStatus.CANCELLED else "the hub job failed"
             if hub_job.status is HubStatus.FAILED:
                 why += f": {hub_job.failure_reason or 'no reason given'}"
+            if progress:
+                how_far = (
+                    f"after it had gone through about {progress}% of the file: the lines before that point may have "
+                    "been applied and the rest were not"
+                )
+            else:  # a hub may report 0 until a job ends (recorded service behaviour): nothing tells how far it got
+                how_far = "before it reported any progress: any part of the file may have been applied"
             reason = (
-                f"{why} after it had gone through about {progress}% of the file: the lines before that point may "
-                "have been applied and the rest were not; check the registry, re-run the file (createOrUpdate lines "
-                "are safe to repeat) or restore a backup"
+                f"{why} {how_far}; check the registry, re-run the file (createOrUpdate lines are safe to repeat) or "
+                "restore a backup"
             )
             state = JobState.CANCELLED if hub_job.status is HubStatus.CANCELLED else JobState.FAILED
             return Ending(replace(job, progress=progress), state, reason, summary)
@@ -71,13 +77,16 @@ class ImportKind(HubJobKind):
         *,
         expected_sha256: str | None = None,
         rewrite: Callable[[Callable[[bytes], None]], Callable[[bytes], None]] | None = None,
+        keep: Callable[[Iterable[bytes]], Iterator[bytes]] | None = None,
     ) -> Job:
-        """Read the source once: hash it as it is, validate it, and stage the normalized lines the hub will read."""
+        """Read the source once: hash it as it is, (``keep``: blank out the lines not to import), validate it, and
+        stage the normalized lines the hub will read (``rewrite``: changed on their way)."""
         ctx.storage.ensure_container(job.work_container)
         staged = ctx.storage.stage(job.work_container, WORK_DEVICES_BLOB)
         sha = hashlib.sha256()
         sink = rewrite(staged.write) if rewrite else staged.write
-        report = validate_stream(_hashed(ctx.storage.open_read(ref), sha), sink=sink, max_errors=ctx.max_errors)
+        chunks = _hashed(ctx.storage.open_read(ref), sha)
+        report = validate_stream(keep(chunks) if keep else chunks, sink=sink, max_errors=ctx.max_errors)
         job = replace(job, source_sha256=sha.hexdigest(), lines=report.lines)
         if expected_sha256 and expected_sha256 != job.source_sha256:
             doc = {
@@ -108,9 +117,16 @@ class RestoreKind(ImportKind):
         ref = ctx.source(job)
         folder = ref.name.removesuffix(f"/{DEVICES_BLOB}")
         manifest = json.loads(b"".join(ctx.storage.open_read(BlobRef(ref.container, f"{folder}/{MANIFEST_BLOB}"))))
+        left_out = LeftOut()
         job = self._validate_and_stage(
-            job, ctx, ref, expected_sha256=str(manifest.get("sha256") or "") or None, rewrite=_without_etags
+            job,
+            ctx,
+            ref,
+            expected_sha256=str(manifest.get("sha256") or "") or None,
+            rewrite=_without_etags,
+            keep=left_out.restorable,
         )
+        job = replace(job, notes=(*job.notes, *left_out.notes()))
         if job.failure_reason is None and not manifest.get("includesKeys"):
             note = (
                 "this backup holds no keys: devices it re-creates get new keys from the hub (devices that still "
@@ -118,6 +134,56 @@ class RestoreKind(ImportKind):
             )
             job = replace(job, notes=(*job.notes, note))
         return job
+
+
+# Modules the IoT Edge runtime owns: the hub creates them with their Edge device and refuses them in an import
+# (Azure/azure-iot-sdk-csharp#1146), yet every export lists them.
+EDGE_SYSTEM_MODULES = (b"$edgeAgent", b"$edgeHub")
+
+
+class LeftOut:
+    """Lines of an export a restore must not send, blanked (so line numbers stay true) and counted: the Edge system
+    modules, and a first line that is not JSON (the C# SDK's E2E tests skip one: "may be a comment to the user")."""
+
+    def __init__(self) -> None:
+        self.system_modules = 0
+        self.preamble = False
+
+    def restorable(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        carry = b""
+        first = True
+        for chunk in chunks:
+            *whole, carry = (carry + chunk).split(b"\n")
+            if whole:
+                yield b"\n".join(self._keep(line, first and i == 0) for i, line in enumerate(whole)) + b"\n"
+                first = False
+        if carry:
+            yield self._keep(carry, first)
+
+    def _keep(self, line: bytes, first: bool) -> bytes:
+        if first and line.strip() and not line.lstrip(b"\xef\xbb\xbf \t").startswith(b"{"):
+            self.preamble = True
+            return b""
+        if b'"moduleId"' in line and any(m in line for m in EDGE_SYSTEM_MODULES):
+            try:
+                module = orjson.loads(line).get("moduleId")
+            except orjson.JSONDecodeError:
+                return line  # not JSON: the validator says where and why
+            if isinstance(module, str) and module.encode() in EDGE_SYSTEM_MODULES:
+                self.system_modules += 1
+                return b""
+        return line
+
+    def notes(self) -> list[str]:
+        said = []
+        if self.system_modules:
+            said.append(
+                f"{self.system_modules} IoT Edge system module line(s) ($edgeAgent, $edgeHub) were left out: the hub "
+                "creates them with their Edge device and refuses them in an import"
+            )
+        if self.preamble:
+            said.append("the backup's first line is not a device (a note from the service) and was left out")
+        return said
 
 
 def _rejected(job: Job, ctx: Context, doc: Mapping[str, object], reason: str, *, problems: int) -> Job:

@@ -136,6 +136,8 @@ def test_make_run_demo_imports_rejects_backs_up_and_applies_central(demo_state: 
     expected = {f"demo-seed-{i:02d}" for i in range(5)} | {d["id"] for d in sample if d.get("importMode") != "delete"}
     assert backed_up == expected
     assert (manifest["devices"], manifest["includesKeys"], export.devices) == (len(expected), False, len(expected))
+    # the Edge gateway's system modules ($edgeAgent, $edgeHub) are module lines: counted apart, not as devices
+    assert manifest["modules"] == 2
 
     # 5.-7. IoT Central: backed up before the apply (the hand-made pair), then the sample applied step by step.
     apply = by_source["uploads/central/dataexport.json"]

@@ -335,3 +335,61 @@ def test_a_definitive_refusal_still_fails_the_job(jobs: Jobs, iothub: IoTHubEmul
     done = refused.start_next("devhub")
     assert done is not None and done.job_id == job.job_id and done.state is JobState.FAILED
     assert "refused" in (done.failure_reason or "") and refused.slots.holder("devhub") is None
+
+
+# --- restoring what a hub really exports ------------------------------------------------------------------
+
+X509 = "9F3B2A1C4D5E6F708192A3B4C5D6E7F8091A2B3C"
+
+
+def fleet() -> list[dict[str, Any] | str]:
+    """A mixed registry: keyed and x509 devices, an IoT Edge gateway (the hub adds $edgeAgent and $edgeHub), a leaf
+    device under it, a module of our own with keys, twins with tags and desired properties."""
+    keys = {"symmetricKey": {"primaryKey": KEY, "secondaryKey": KEY}}
+    return [
+        {"id": "sas-1", "status": "enabled", "authentication": keys, "tags": {"site": "a"}},
+        {
+            "id": "x509-1",
+            "status": "disabled",
+            "statusReason": "spare",
+            "authentication": {"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": X509}},
+        },
+        {
+            "id": "gw-1",
+            "status": "enabled",
+            "capabilities": {"iotEdge": True},
+            "authentication": keys,
+            "properties": {"desired": {"interval": 30}},
+        },
+        {"id": "gw-1", "moduleId": "collector", "authentication": keys, "tags": {"role": "collector"}},
+    ]
+
+
+@pytest.mark.parametrize("include_keys", [True, False])
+def test_a_backup_as_the_hub_exports_it_restores(jobs: Jobs, clock: Clock, include_keys: bool) -> None:
+    run_to_end(jobs, jobs.accept_upload(upload(jobs, "fleet.jsonl", fleet()), "devhub"), clock)
+    taken = run_to_end(jobs, jobs.queue_export("devhub", include_keys=include_keys), clock)
+    exported = read(jobs, taken.reports["backup"]).decode().splitlines()
+    assert any('"$edgeAgent"' in line for line in exported)  # the hub's own modules are in the export
+    manifest = json.loads(read(jobs, taken.reports["manifest"]))
+    assert (manifest["devices"], manifest["modules"]) == (3, 3)
+    before = registry(jobs, clock)
+    # Everything but the gateway goes; the gateway's own module goes too.
+    drift = [{"id": "sas-1", "importMode": "delete"}, {"id": "x509-1", "importMode": "delete"},
+             {"id": "gw-1", "moduleId": "collector", "importMode": "delete"}]  # fmt: skip
+    run_to_end(jobs, jobs.accept_upload(upload(jobs, "drift.jsonl", drift), "devhub"), clock)
+    restore = jobs.accept_restore("devhub", taken.backup_folder or "")
+    assert restore.state is JobState.QUEUED, restore.failure_reason
+    assert any("$edgeAgent" in n for n in restore.notes)  # said, not silently dropped
+    done = run_to_end(jobs, restore, clock)
+    assert done.state is JobState.COMPLETED, (done.failure_reason, done.reports)
+    after = registry(jobs, clock)
+    if include_keys:
+        assert after == before
+    else:
+        # A keyless backup brings back everything but keys: devices re-created get new SAS keys (x509 too: the
+        # service exports "authentication": null, thumbprints included), the gateway that survived keeps its own.
+        strip = {k: {f: v for f, v in d.items() if f != "authentication"} for k, d in after.items()}
+        assert strip == {k: {f: v for f, v in d.items() if f != "authentication"} for k, d in before.items()}
+        assert after[("gw-1", None)]["authentication"] == before[("gw-1", None)]["authentication"]
+        assert any("no keys" in n for n in done.notes)
