@@ -42,7 +42,7 @@ pytest: setup
 test: lint pytest
 
 run: setup
-	$(BIN)/python -m emulators.devstack
+	$(BIN)/python -m emulators.devstack $(RUN_ARGS)
 
 bench: setup
 	$(BIN)/python -m bench.iothub_import_export

@@ -23,7 +23,8 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 
 from emulators.azurite import REPO, USUAL_PORTS, Azurite, free_port, port_is_free
-from emulators.functions_host import FUNCTION_KEY, MASTER_KEY
+from emulators.eventgrid import EventGridPublisher, Subscription
+from emulators.functions_host import BLOBS_EXTENSION_KEY, FUNCTION_KEY, MASTER_KEY
 from emulators.functions_host.process import HostProcess, stack_settings
 from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
@@ -237,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="forget the state of earlier runs")
     p.add_argument("--demo-only", action="store_true", help="exit after the demo")
     p.add_argument("--state", type=Path, default=REPO / ".devstack")
+    p.add_argument(
+        "--event-grid",
+        action="store_true",
+        help="run the upload trigger from Event Grid deliveries, as on the Flex Consumption plan (an Event Grid "
+        "emulator subscribed to uploads/, delivering some events twice), instead of polling",
+    )
     args = p.parse_args(argv)
     if args.fresh:
         shutil.rmtree(args.state, ignore_errors=True)
@@ -267,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             **stack_settings(azurite, hub_server, central),
             "IOTJOBS_URL": f"http://127.0.0.1:{port}",
             "IOTJOBS_KEY": FUNCTION_KEY,
+            "UPLOADS_TRIGGER_SOURCE": "EventGrid" if args.event_grid else "LogsAndContainerScan",
         }
         app = HostProcess(args.state / "functions", values, port=port, own_session=True)
         started.append(app.stop)
@@ -275,6 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         _seed_central(central)
         _say("Starting the function app under the local Functions host ...")
         app.start()
+        if args.event_grid:
+            webhook = f"{app.url}/runtime/webhooks/blobs?functionName=Host.Functions.import_on_upload"
+            subscription = Subscription(f"{webhook}&code={BLOBS_EXTENSION_KEY}", duplicate_rate=0.2, shuffle=True)
+            publisher = EventGridPublisher(azurite.connection_string, "uploads", subscription, interval=0.5).start()
+            started.append(publisher.stop)
+            _say(f"Event Grid emulator subscribed to uploads/: BlobCreated events to {webhook}")
         d = Demo(app, BlobServiceClient.from_connection_string(azurite.connection_string))
         demo(d)
         central_demo(d)
