@@ -350,7 +350,7 @@ class Storage:
 
     def delete_blob(self, ref: BlobRef) -> None:
         try:
-            self.service.get_blob_client(ref.container, ref.name).delete_blob()
+            self.service.get_blob_client(ref.container, ref.name, snapshot=ref.snapshot).delete_blob()
         except ResourceNotFoundError:
             pass
         except AzureError as exc:
@@ -387,7 +387,7 @@ class Storage:
         except AzureError as exc:
             raise _explain(exc, f"archiving {ref.path}") from exc
         if ref.snapshot:
-            self._delete(self.service.get_blob_client(ref.container, ref.name, snapshot=ref.snapshot), ref)
+            self.delete_blob(ref)  # our snapshot only: the upload itself goes by delete_version
         return target
 
     def delete_version(self, ref: BlobRef, *, with_snapshots: bool = False) -> Removal:
@@ -421,10 +421,3 @@ class Storage:
         except AzureError as exc:
             raise _explain(exc, f"listing the snapshots of {container}/{name}") from exc
 
-    def _delete(self, blob: BlobClient, ref: BlobRef) -> None:
-        try:
-            blob.delete_blob()
-        except ResourceNotFoundError:
-            pass
-        except AzureError as exc:
-            raise _explain(exc, f"deleting {ref.path}") from exc
