@@ -20,6 +20,7 @@ from ..ledger import Job
 
 WORK_DEVICES_BLOB = "devices.txt"  # in a work container: what an import job reads, what an export job writes
 ERRORS_BLOB = "importErrors.log"  # what an import job writes to its output container
+CONFIG_ERRORS_BLOB = "importConfigErrors.log"  # ... and, with configurations, its refusals of them (C# SDK sample)
 
 
 class HubJobKind:
