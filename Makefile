@@ -49,6 +49,7 @@ bench: setup
 	$(BIN)/python -m bench.validate
 	$(BIN)/python -m bench.app_e2e
 	$(BIN)/python -m bench.central_apply
+	$(BIN)/python -m bench.hub_calls
 
 clean:
 	rm -rf $(VENV) $(IAC_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .devstack *.egg-info

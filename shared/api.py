@@ -15,10 +15,11 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import re
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from .config import ConfigError
 from .dataexport import DocumentError
 from .engine import CannotCancel
 from .iotcentral import IoTCentralError
-from .iothub import IoTHubError
+from .iothub import IoTHubError, IoTHubHTTPError
 from .ledger import Job, JobNotFound, JobState, LedgerConflict, LedgerError
 from .openapi import document as openapi_document
 from .services import Services
@@ -45,6 +46,7 @@ __all__ = ["ApiError", "Reply", "Request", "error"]
 logger = logging.getLogger(__name__)
 
 APPLY_WAIT = timedelta(seconds=60)
+HUB_BUSY_RETRY = 10  # seconds a client is told to wait when a throttling hub gave no Retry-After of its own
 CENTRAL_SETTING = "IOTCENTRAL_APP_URL"
 
 
@@ -119,7 +121,7 @@ def guarded(route: Route, request: Request, work: Callable[[Inputs], Reply], whe
         reply.body["error"]["problems"] = [p.public() for p in exc.problems]
         return reply
     except IoTHubError as exc:
-        return error(502, "IoTHubError", f"the IoT hub refused the request: {exc}")
+        return _hub_error(exc)
     except IoTCentralError as exc:
         return error(502, "IoTCentralError", f"IoT Central refused the request: {exc}")
     except (StorageError, LedgerError) as exc:
@@ -130,6 +132,21 @@ def guarded(route: Route, request: Request, work: Callable[[Inputs], Reply], whe
     except Exception:
         logger.exception("unexpected error in %s", where)
         return error(500, "InternalError", "unexpected error; the app's log has the details")
+
+
+def _hub_error(exc: IoTHubError) -> Reply:
+    """A hub throttling or briefly unavailable (429, 503 after the client's own retries) is 503 with a Retry-After:
+    the same call will work later, so the caller should wait and send it again, never read it as a refusal (502)."""
+    if isinstance(exc, IoTHubHTTPError) and exc.passing:
+        wait = max(1, math.ceil(exc.retry_after)) if exc.retry_after else HUB_BUSY_RETRY
+        reply = error(
+            503,
+            "IoTHubBusy",
+            f"the IoT hub is throttling or busy ({exc.code_name or exc.status}); nothing was changed: send the "
+            f"request again in {wait} s",
+        )
+        return replace(reply, headers={"Retry-After": str(wait)})
+    return error(502, "IoTHubError", f"the IoT hub refused the request: {exc}")
 
 
 def _hub(svc: Services, name: str | None) -> str:

@@ -1,4 +1,5 @@
-"""Registry backups: ``backups/<hub>/<UTC timestamp>/devices.txt`` beside a ``manifest.json``, and retention.
+"""Registry backups: ``backups/<hub>/<UTC timestamp>/devices.txt`` beside a ``manifest.json`` (and, when the app
+backs them up, the hub's automatic device management configurations in ``configurations.txt``), and retention.
 
 A backup folder without a manifest is incomplete (the export failed or the copy was interrupted) and is never
 counted as a good backup. Retention removes folders older than N days but always keeps the newest complete one,
@@ -7,6 +8,7 @@ so a hub that has failed to export for a month still has its last good backup.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterable, Iterator
@@ -16,12 +18,13 @@ from typing import Any
 
 import orjson
 
-from .storage import JSON_TYPE, BlobRef, Storage, StorageError
+from .storage import JSON_TYPE, NDJSON_TYPE, BlobRef, Storage, StorageError
 
 logger = logging.getLogger(__name__)
 
 DEVICES_BLOB = "devices.txt"
 MANIFEST_BLOB = "manifest.json"
+CONFIGURATIONS_BLOB = "configurations.txt"  # one configuration per line, as the hub's export job writes them
 STAMP = "%Y%m%dT%H%M%SZ"
 
 
@@ -70,8 +73,17 @@ class Manifest:
     includes_keys: bool
     created: str
     modules: int = 0  # module identity lines (an export has one per module, after its device's line)
+    configurations: int | None = None  # None: the backup holds no configurations (not asked for)
+    configurations_sha256: str | None = None
 
     def document(self) -> dict[str, Any]:
+        configurations: dict[str, Any] = {}
+        if self.configurations is not None:
+            configurations = {
+                "configurations": self.configurations,
+                "configurationsBlob": CONFIGURATIONS_BLOB,
+                "configurationsSha256": self.configurations_sha256,
+            }
         return {
             "hub": self.hub,
             "jobId": self.job_id,
@@ -83,6 +95,7 @@ class Manifest:
             "includesKeys": self.includes_keys,
             "created": self.created,
             "devicesBlob": DEVICES_BLOB,
+            **configurations,
         }
 
 
@@ -130,8 +143,10 @@ def save_backup(
     hub_job_id: str | None,
     includes_keys: bool,
     now: datetime,
+    configurations: BlobRef | None = None,
 ) -> Manifest:
-    """Stream the hub's export into the backup folder, counting devices and hashing; then write the manifest.
+    """Stream the hub's export into the backup folder, counting devices and hashing (and ``configurations``, the
+    export's configurations blob, beside it, counted and hashed); then write the manifest, last.
 
     Idempotent: a folder that already has its manifest is left as it is.
     """
@@ -149,7 +164,13 @@ def save_backup(
             doc["includesKeys"],
             doc["created"],
             int(doc.get("modules", 0)),
+            doc.get("configurations"),
+            doc.get("configurationsSha256"),
         )
+    config_count: int | None = None
+    config_sha: str | None = None
+    if configurations is not None:
+        config_count, config_sha = _copy_configurations(storage, configurations, container, folder)
     staged = storage.stage(container, f"{folder}/{DEVICES_BLOB}")
     count = LineCount()
     for chunk in count.lines(storage.open_read(source)):
@@ -165,6 +186,8 @@ def save_backup(
         includes_keys,
         now.isoformat(),
         count.modules,
+        config_count,
+        config_sha,
     )
     storage.upload_bytes(
         container,
@@ -173,6 +196,14 @@ def save_backup(
         content_type=JSON_TYPE,
     )
     return manifest
+
+
+def _copy_configurations(storage: Storage, source: BlobRef, container: str, folder: str) -> tuple[int, str]:
+    """Copy the export's configurations blob into the folder; (configurations, sha256). A hub holds at most 100
+    configurations, so one read is small."""
+    data = b"".join(storage.open_read(source))
+    storage.upload_bytes(container, f"{folder}/{CONFIGURATIONS_BLOB}", data, content_type=NDJSON_TYPE)
+    return sum(1 for line in data.splitlines() if line.strip()), hashlib.sha256(data).hexdigest()
 
 
 def _folders(storage: Storage, container: str, hub: str) -> dict[str, list[str]]:

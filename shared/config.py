@@ -86,6 +86,7 @@ class Settings:
     sas_lifetime: timedelta = timedelta(hours=24)
     backup_retention_days: int = 30
     backup_include_keys: bool = False
+    backup_include_configurations: bool = False  # backups hold the hub's configurations (configurations.txt)
     max_errors: int = 100
     submit_grace: timedelta = timedelta(minutes=2)
     retry_backoff: timedelta = timedelta(seconds=30)
@@ -131,6 +132,7 @@ class Settings:
             sas_lifetime=timedelta(hours=_number(env, "SAS_LIFETIME_HOURS", 24, low=1, high=24 * 7)),
             backup_retention_days=int(_number(env, "BACKUP_RETENTION_DAYS", 30, low=1, high=3650)),
             backup_include_keys=_flag(env, "BACKUP_INCLUDE_KEYS"),
+            backup_include_configurations=_flag(env, "BACKUP_INCLUDE_CONFIGURATIONS"),
             max_errors=int(_number(env, "MAX_ERRORS_SHOWN", 100, low=1, high=10_000)),
             submit_grace=timedelta(seconds=_number(env, "SUBMIT_GRACE_SECONDS", 120, low=0, high=3600)),
             retry_backoff=timedelta(seconds=_number(env, "RETRY_BACKOFF_SECONDS", 30, low=0.1, high=3600)),

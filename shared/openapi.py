@@ -20,7 +20,7 @@ _ERRORS = {
     "413": "the body is over the route's cap",
     "500": "the app is misconfigured or failed; its log has the details",
     "502": "the IoT hub or IoT Central refused the request",
-    "503": "storage is not answering; retry shortly",
+    "503": "storage is not answering, or the IoT hub is throttling: retry after the Retry-After header's seconds",
 }
 
 

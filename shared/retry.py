@@ -2,7 +2,11 @@
 loop under it, with when and how long to wait. The only place retry rules live.
 
 Retried: 408, 429, 500, 502, 503, 504 and connection failures, with exponential backoff and jitter, capped, and
-``Retry-After`` honoured, all under an overall deadline. Requests that are not idempotent (``POST /jobs/create``)
+``Retry-After`` honoured (never retried sooner; a little later, at random, so that instances throttled together do
+not all come back in the same instant), all under an overall deadline. A ``Retry-After`` longer than
+``max_retry_after`` is not slept through: the response goes back to the caller, whose typed error carries the wait
+(the job engine requeues a job for at least that long; the HTTP API answers 503 with it), so no worker sits idle
+through a long throttle. Requests that are not idempotent (``POST /jobs/create``)
 are retried only where the service cannot have acted: 429, 503 and failures to connect; a 500 or a read timeout
 after such a POST is left to the caller, who reconciles against ``GET /jobs``.
 """
@@ -15,6 +19,8 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import requests
@@ -32,21 +38,40 @@ class RetryPolicy:
     backoff_factor: float = 0.8
     backoff_max: float = 60.0
     total_timeout: float = 300.0  # seconds for one operation, all tries included
+    max_retry_after: float = 30.0  # a longer Retry-After is handed back to the caller rather than slept through
+    retry_after_spread: float = 0.2  # up to this share is added to a Retry-After wait, at random
 
     def retries_status(self, status: int, *, idempotent: bool) -> bool:
         allowed = RETRY_STATUSES if idempotent else SAFE_FOR_NON_IDEMPOTENT
         return status in allowed
 
     def delay(self, attempt: int, retry_after: str | None = None, *, rng: random.Random | None = None) -> float:
-        """Seconds to wait before retry number ``attempt`` (1-based)."""
-        if retry_after:
-            try:
-                return min(max(float(retry_after), 0.0), self.backoff_max)
-            except ValueError:
-                pass  # an HTTP date: fall back to backoff
+        """Seconds to wait before retry number ``attempt`` (1-based): at least what ``Retry-After`` asks (never
+        capped: retrying sooner only earns another refusal), else the capped exponential backoff with jitter."""
+        rng = rng or random.Random()
+        asked = parse_retry_after(retry_after)
+        if asked is not None:
+            return asked * (1 + self.retry_after_spread * rng.random())
         base = min(self.backoff_factor * (2 ** (attempt - 1)), self.backoff_max)
-        jitter: float = (rng or random.Random()).random()
-        return float(base * (0.5 + jitter / 2))  # 50-100 % of the backoff
+        return float(base * (0.5 + rng.random() / 2))  # 50-100 % of the backoff
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for: delta-seconds or an HTTP date (RFC 9110); None if absent or
+    unreadable."""
+    if not value or not value.strip():
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
 
 
 class Credential(Protocol):
@@ -143,8 +168,11 @@ def send_with_retries(
                 continue
             raise Unreachable("did not answer in time") from exc
         if policy.retries_status(response.status_code, idempotent=idempotent) and attempt <= policy.max_retries:
+            asked = parse_retry_after(response.headers.get("Retry-After"))
             wait = policy.delay(attempt, response.headers.get("Retry-After"))
-            if time.monotonic() + wait < deadline:
+            if asked is not None and asked > policy.max_retry_after:
+                logger.info("%s: %d, Retry-After %.0fs: left to the caller", label, response.status_code, asked)
+            elif time.monotonic() + wait < deadline:
                 logger.debug("%s: %d, retry %d in %.1fs", label, response.status_code, attempt, wait)
                 time.sleep(wait)
                 continue

@@ -87,7 +87,11 @@ class Services:
         central = None
         if client is not None:
             central = Central(storage, client, os.environ if env is None else env, settings.containers)
-        kinds, off = registry(retention_days=settings.backup_retention_days, central=central)
+        kinds, off = registry(
+            retention_days=settings.backup_retention_days,
+            central=central,
+            include_configurations=settings.backup_include_configurations,
+        )
         ctx = Context(
             storage,
             ledger,

@@ -178,6 +178,7 @@ class JobEngine:
         except Throttled as exc:
             logger.warning("job %s stays queued: %s", job.job_id, exc)
             wait = min(self.retry_base * 2 ** max(job.attempts - 1, 0), RETRY_CAP)
+            wait = max(wait, timedelta(seconds=exc.retry_after or 0))  # never back sooner than the hub asked
             why = f"{exc}; waiting {int(wait.total_seconds())} s before try {job.attempts + 1}"
             return self._requeue(job, why, retry_at=self.ctx.clock() + wait)
         except Unanswered as exc:

@@ -38,7 +38,12 @@ class Busy(SubmitFault):
 
 
 class Throttled(SubmitFault):
-    """A passing refusal (throttling): the job waits, longer after each try."""
+    """A passing refusal (throttling): the job waits, longer after each try, and never less than the executor
+    asked (``retry_after`` seconds, its Retry-After)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unanswered(SubmitFault):

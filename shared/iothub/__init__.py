@@ -1,8 +1,9 @@
-"""IoT Hub service API client: import/export jobs, statistics, bulk registry; typed errors (see ``_errors``)."""
+"""IoT Hub service API client: import/export jobs (with configurations), statistics, bulk registry; typed errors
+(see ``_errors``)."""
 
 from ..retry import Credential, RetryPolicy
 from ._auth import EntraCredential, SasCredential, parse_connection_string, sign_sas
-from ._client import API_VERSION, IoTHubClient
+from ._client import API_VERSION, CONFIGURATIONS_BLOB, IoTHubClient
 from ._errors import (
     ERROR_NAMES,
     IoTHubAuthError,
@@ -20,6 +21,7 @@ from ._models import Job, JobStatus, JobType, RegistryStatistics, strip_query
 
 __all__ = [
     "API_VERSION",
+    "CONFIGURATIONS_BLOB",
     "ERROR_NAMES",
     "Credential",
     "EntraCredential",

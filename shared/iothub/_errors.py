@@ -69,13 +69,26 @@ class IoTHubHTTPError(IoTHubError):
     """The hub answered with an error status."""
 
     def __init__(
-        self, message: str, *, status: int, code: int | None, code_name: str | None, request_id: str | None
+        self,
+        message: str,
+        *,
+        status: int,
+        code: int | None,
+        code_name: str | None,
+        request_id: str | None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.code_name = code_name
         self.request_id = request_id
+        self.retry_after = retry_after  # seconds the hub asked the caller to wait (its Retry-After), if it said
+
+    @property
+    def passing(self) -> bool:
+        """Throttled or unavailable for now (429, 503): the same request will be served later."""
+        return self.status in (429, 503)
 
 
 class IoTHubAuthError(IoTHubHTTPError):

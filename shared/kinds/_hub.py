@@ -20,6 +20,7 @@ from ..ledger import Job
 
 WORK_DEVICES_BLOB = "devices.txt"  # in a work container: what an import job reads, what an export job writes
 ERRORS_BLOB = "importErrors.log"  # what an import job writes to its output container
+CONFIG_ERRORS_BLOB = "importConfigErrors.log"  # ... and, with configurations, its refusals of them (C# SDK sample)
 
 
 class HubJobKind:
@@ -39,7 +40,9 @@ class HubJobKind:
             raise Busy("the hub is busy with an import/export job the app did not start") from exc
         except IoTHubThrottled as exc:
             # A 429 means the hub did not take the request: nothing to reconcile, just wait longer each time.
-            raise Throttled(f"the hub throttled the submission ({exc.code_name or exc.status})") from exc
+            raise Throttled(
+                f"the hub throttled the submission ({exc.code_name or exc.status})", retry_after=exc.retry_after
+            ) from exc
         except (IoTHubUnavailable, IoTHubServerError) as exc:
             raise Unanswered(f"the hub did not answer the submission ({exc})") from exc
         except IoTHubError as exc:

@@ -1,12 +1,13 @@
-"""A backup: an export job of a hub's registry, copied into ``backups/<hub>/<stamp>/`` with its manifest; older
-backups past the retention period go once a new one has landed."""
+"""A backup: an export job of a hub's registry (and, with ``BACKUP_INCLUDE_CONFIGURATIONS``, its automatic device
+management configurations), copied into ``backups/<hub>/<stamp>/`` with its manifest; older backups past the
+retention period go once a new one has landed."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
 
-from ..backups import DEVICES_BLOB, MANIFEST_BLOB, apply_retention, backup_folder, save_backup
+from ..backups import CONFIGURATIONS_BLOB, DEVICES_BLOB, MANIFEST_BLOB, apply_retention, backup_folder, save_backup
 from ..engine import Context, Ending
 from ..iothub import IoTHubClient
 from ..iothub import Job as HubJob
@@ -19,15 +20,19 @@ from ._hub import WORK_DEVICES_BLOB, HubJobKind
 class ExportKind(HubJobKind):
     name = JobKind.EXPORT
 
-    def __init__(self, retention_days: int | None = None) -> None:
+    def __init__(self, retention_days: int | None = None, *, include_configurations: bool = False) -> None:
         self.retention_days = retention_days  # None: keep every backup
+        self.include_configurations = include_configurations  # BACKUP_INCLUDE_CONFIGURATIONS
 
     def prepare(self, job: Job, ctx: Context) -> Job:
         return replace(job, backup_folder=backup_folder(job.hub, job.created))
 
     def create(self, job: Job, client: IoTHubClient, container_url: tuple[str, str], ctx: Context) -> HubJob:
         return client.create_export_job(
-            container_url[1], exclude_keys=not job.include_keys, identity_based=ctx.identity_based
+            container_url[1],
+            exclude_keys=not job.include_keys,
+            identity_based=ctx.identity_based,
+            include_configurations=self.include_configurations,
         )
 
     def end(self, job: Job, hub_job: HubJob, ctx: Context) -> Ending:
@@ -38,6 +43,9 @@ class ExportKind(HubJobKind):
             return Ending(job, JobState.FAILED, reason)
         assert job.backup_folder is not None
         container, folder = ctx.containers.backups, job.backup_folder
+        # What the hub wrote decides, not today's setting: it may have changed since the job was submitted.
+        configurations = BlobRef(job.work_container, CONFIGURATIONS_BLOB)
+        wrote_configurations = ctx.storage.properties(configurations) is not None
         manifest = save_backup(
             ctx.storage,
             source=BlobRef(job.work_container, WORK_DEVICES_BLOB),
@@ -48,6 +56,7 @@ class ExportKind(HubJobKind):
             hub_job_id=job.hub_job_id,
             includes_keys=job.include_keys,
             now=ctx.clock(),
+            configurations=configurations if wrote_configurations else None,
         )
         reports = {
             **job.reports,
@@ -57,8 +66,11 @@ class ExportKind(HubJobKind):
         if self.retention_days is not None:
             # A new good backup has landed: older ones past the retention period can go now.
             apply_retention(ctx.storage, container, job.hub, days=self.retention_days, now=ctx.clock())
+        if manifest.configurations is not None:
+            reports["configurations"] = f"{container}/{folder}/{CONFIGURATIONS_BLOB}"
         done = replace(job, devices=manifest.devices, reports=reports, progress=100)
-        return Ending(done, JobState.COMPLETED)
+        summary = {"configurations": manifest.configurations} if manifest.configurations is not None else {}
+        return Ending(done, JobState.COMPLETED, summary=summary)
 
 
 def nightly_key(hub: str, now: datetime) -> str:

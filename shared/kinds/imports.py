@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import orjson
 
-from ..backups import DEVICES_BLOB, MANIFEST_BLOB
+from ..backups import CONFIGURATIONS_BLOB, DEVICES_BLOB, MANIFEST_BLOB
 from ..devices import ValidationReport, validate_stream
 from ..engine import Context, Ending, checkpoint
 from ..iothub import IoTHubClient
@@ -25,7 +25,7 @@ from ..iothub import JobStatus as HubStatus
 from ..ledger import Job, JobKind, JobState
 from ..reports import error_summary, harvest_import_errors, rejection_document
 from ..storage import CSV_TYPE, NDJSON_TYPE, BlobRef, StorageError
-from ._hub import ERRORS_BLOB, WORK_DEVICES_BLOB, HubJobKind
+from ._hub import CONFIG_ERRORS_BLOB, ERRORS_BLOB, WORK_DEVICES_BLOB, HubJobKind
 
 # An exported line carries the ETags of the moment it was exported. The hub checks a supplied twinETag even in
 # createOrUpdate mode (import/export docs: "twinETag ... processed independently"), so a restore sends neither:
@@ -108,8 +108,9 @@ class ImportKind(HubJobKind):
 
 
 class RestoreKind(ImportKind):
-    """A backup folder's ``devices.txt``, checked against its manifest and imported without its exported ETags;
-    the backup is read in place (never pinned, moved or changed)."""
+    """A backup folder's ``devices.txt`` (and ``configurations.txt`` when the backup holds configurations), checked
+    against its manifest and imported without its exported ETags; the backup is read in place (never pinned, moved
+    or changed)."""
 
     name = JobKind.RESTORE
 
@@ -127,6 +128,8 @@ class RestoreKind(ImportKind):
             keep=left_out.restorable,
         )
         job = replace(job, notes=(*job.notes, *left_out.notes()))
+        if job.failure_reason is None and manifest.get("configurationsBlob"):
+            job = _stage_configurations(job, ctx, BlobRef(ref.container, f"{folder}/{CONFIGURATIONS_BLOB}"), manifest)
         if job.failure_reason is None and not manifest.get("includesKeys"):
             note = (
                 "this backup holds no keys: devices it re-creates get new keys from the hub (devices that still "
@@ -134,6 +137,78 @@ class RestoreKind(ImportKind):
             )
             job = replace(job, notes=(*job.notes, note))
         return job
+
+    def create(self, job: Job, client: IoTHubClient, container_url: tuple[str, str], ctx: Context) -> HubJob:
+        # Configurations go with the devices when prepare staged them (the backup holds some).
+        staged = ctx.storage.properties(BlobRef(job.work_container, CONFIGURATIONS_BLOB)) is not None
+        return client.create_import_job(
+            *container_url, identity_based=ctx.identity_based, include_configurations=staged
+        )
+
+    def end(self, job: Job, hub_job: HubJob, ctx: Context) -> Ending:
+        ending = super().end(job, hub_job, ctx)
+        staged = _lines_of(ctx, BlobRef(job.work_container, CONFIGURATIONS_BLOB))
+        if staged is None:
+            return ending
+        refused = _lines_of(ctx, BlobRef(job.work_container, CONFIG_ERRORS_BLOB)) or []
+        done, state, reports = ending.job, ending.state, dict(ending.job.reports)
+        summary = {**ending.summary, "configurations": {"staged": len(staged), "refused": len(refused)}}
+        if refused:
+            path = f"{job.job_id}/configErrors.jsonl"
+            ctx.storage.upload_bytes(
+                ctx.containers.reports, path, b"\n".join(refused) + b"\n", content_type=NDJSON_TYPE
+            )
+            reports["configErrors"] = f"{ctx.containers.reports}/{path}"
+            note = f"the hub refused {len(refused)} of {len(staged)} configuration(s) (see configErrors.jsonl)"
+            done = replace(done, notes=(*done.notes, note))
+            if state is JobState.COMPLETED:
+                state = JobState.COMPLETED_WITH_ERRORS
+        return Ending(replace(done, reports=reports), state, ending.reason, summary)
+
+
+def _lines_of(ctx: Context, ref: BlobRef) -> list[bytes] | None:
+    """The non-blank lines of a small blob (None: there is none)."""
+    try:
+        data = b"".join(ctx.storage.open_read(ref))
+    except StorageError:
+        return None
+    return [line for line in data.splitlines() if line.strip()]
+
+
+def _stage_configurations(job: Job, ctx: Context, ref: BlobRef, manifest: Mapping[str, object]) -> Job:
+    """Check the backup's configurations against its manifest and stage them without their ETags (as devices: a
+    restore puts the backup's state back whatever happened since); a damaged or missing file rejects the job."""
+    try:
+        data = b"".join(ctx.storage.open_read(ref))
+    except StorageError:
+        data = None
+    expected = manifest.get("configurationsSha256")
+    problem = None
+    if data is None:
+        problem = f"the backup's manifest lists {CONFIGURATIONS_BLOB} but the folder has none"
+    elif expected and hashlib.sha256(data).hexdigest() != expected:
+        problem = f"the backup's {CONFIGURATIONS_BLOB} does not match its manifest (sha256)"
+    lines: list[bytes] = []
+    for number, line in enumerate((data or b"").splitlines(), 1):
+        if problem:
+            break
+        if not line.strip():
+            continue
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
+            problem = f"line {number} of the backup's {CONFIGURATIONS_BLOB} is not a configuration"
+            break
+        for name in ("etag", "eTag"):
+            doc.pop(name, None)
+        lines.append(orjson.dumps(doc))
+    if problem:
+        doc = {"source": ref.path, "verdict": f"rejected: {problem}. Nothing was imported; restore another backup."}
+        return _rejected(job, ctx, doc, f"{problem}; nothing was imported", problems=1)
+    ctx.storage.upload_bytes(job.work_container, CONFIGURATIONS_BLOB, b"".join(x + b"\n" for x in lines))
+    return replace(job, notes=(*job.notes, f"{len(lines)} configuration(s) are restored too"))
 
 
 # Modules the IoT Edge runtime owns: the hub creates them with their Edge device and refuses them in an import

@@ -11,6 +11,7 @@ from emulators.azurite import Azurite
 from emulators.eventgrid import EventGridPublisher, Subscription
 from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
+from emulators.iothub.quotas import Profile
 from tests.integration.helpers import control, emptied, running_central, running_emulator
 
 from .app import App, Stack, settings, webhook
@@ -52,6 +53,29 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path, azurite: Azurite, hub:
     yield Stack(azurite, hub, app, eventgrid=publisher)
     if publisher is not None:
         publisher.stop()
+    app.stop()
+
+
+# An S1 hub with one unit, every delay at 1/20 (as the integration tests' realistic hub).
+REALISTIC = Profile("S1", 1, time_scale=0.05)
+
+
+@pytest.fixture(scope="session")
+def realistic_hub_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IoTHubEmulator]:
+    """The IoT Hub emulator in realistic mode (``REALISTIC``: S1, one unit, every delay at 1/20)."""
+    with running_emulator(tmp_path_factory.mktemp("iothub-e2e-realistic"), profile=REALISTIC) as emu:
+        yield emu
+
+
+@pytest.fixture
+def realistic_stack(
+    tmp_path: Path, azurite: Azurite, realistic_hub_server: IoTHubEmulator, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Stack]:
+    """The app on a fresh Azurite and the realistic hub (emptied, throttles full), backing up configurations."""
+    realistic_hub_server.set_profile(REALISTIC)
+    hub = emptied(realistic_hub_server, monkeypatch)
+    app = App(tmp_path, settings(azurite, hub, BACKUP_INCLUDE_CONFIGURATIONS="true"))
+    yield Stack(azurite, hub, app)
     app.stop()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from azure.data.tables import TableServiceClient
@@ -14,7 +15,7 @@ from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
 from emulators.iothub.quotas import Profile
 from shared.config import Containers
-from shared.engine import Context, JobEngine
+from shared.engine import RETRY_BASE, Context, JobEngine
 from shared.iotcentral import IoTCentralClient
 from shared.iothub import IoTHubClient
 from shared.kinds import registry
@@ -102,10 +103,29 @@ def clock() -> Clock:
 @pytest.fixture
 def jobs(azurite: Azurite, iothub: IoTHubEmulator, clock: Clock) -> Jobs:
     """The job engine on its own containers and ledger table, with one hub (``devhub``) and quick retries."""
+    return engine_on(azurite, iothub, clock)
+
+
+@pytest.fixture
+def realistic_jobs(azurite: Azurite, realistic_hub: IoTHubEmulator, clock: Clock) -> Jobs:
+    """``jobs`` on the realistic emulator (``REALISTIC``), with backups that include configurations."""
+    return engine_on(azurite, realistic_hub, clock, include_configurations=True)
+
+
+def engine_on(
+    azurite: Azurite,
+    iothub: IoTHubEmulator,
+    clock: Clock,
+    *,
+    include_configurations: bool = False,
+    retry: RetryPolicy = FAST,
+    retry_base: timedelta = RETRY_BASE,
+) -> Jobs:
+    """The job engine on fresh containers and ledger table, with ``iothub`` as its one hub (``devhub``)."""
     prefix = f"p{uuid.uuid4().hex[:8]}"
     tables = TableServiceClient.from_connection_string(azurite.connection_string)
     storage = LiveStorage.from_settings(StorageSettings(connection_string=azurite.connection_string))
-    hub = IoTHubClient.from_connection_string(iothub.connection_string(), retry=FAST)
+    hub = IoTHubClient.from_connection_string(iothub.connection_string(), retry=retry)
     containers = Containers(
         uploads=f"{prefix}-uploads",
         reports=f"{prefix}-reports",
@@ -114,6 +134,6 @@ def jobs(azurite: Azurite, iothub: IoTHubEmulator, clock: Clock) -> Jobs:
     )
     storage.ensure_container(containers.uploads)
     table = tables.create_table_if_not_exists(f"{prefix}jobs")
-    kinds, off = registry(retention_days=None, central=None)
+    kinds, off = registry(retention_days=None, central=None, include_configurations=include_configurations)
     ctx = Context(storage, Ledger(table), containers, {"devhub": hub}, clock)
-    return Jobs(JobEngine(ctx, HubSlot(table), kinds, off))
+    return Jobs(JobEngine(ctx, HubSlot(table), kinds, off, retry_base=retry_base))

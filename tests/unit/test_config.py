@@ -23,15 +23,17 @@ def test_defaults_and_hubs_in_order() -> None:
     assert s.hubs["test"].host_name == "t.azure-devices.net" and s.hubs["test"].connection_string is None
     assert s.storage_auth is StorageAuth.KEY_BASED and s.sas_lifetime == timedelta(hours=24)
     assert s.backup_retention_days == 30 and s.backup_include_keys is False and s.max_errors == 100
+    assert s.backup_include_configurations is False
     assert "c2VjcmV0" not in repr(s) and "UseDevelopmentStorage" not in repr(s)
 
 
 def test_values_are_read() -> None:
     s = Settings.from_env(
         {**BASE, "IOTHUB_STORAGE_AUTH": "identityBased", "SAS_LIFETIME_HOURS": "48", "BACKUP_INCLUDE_KEYS": "true",
-         "BACKUP_RETENTION_DAYS": "7", "SUBMIT_GRACE_SECONDS": "5"}
+         "BACKUP_RETENTION_DAYS": "7", "SUBMIT_GRACE_SECONDS": "5", "BACKUP_INCLUDE_CONFIGURATIONS": "true"}
     )  # fmt: skip
     assert s.storage_auth is StorageAuth.IDENTITY_BASED and s.sas_lifetime == timedelta(hours=48)
+    assert s.backup_include_configurations
     assert s.backup_include_keys and s.backup_retention_days == 7 and s.submit_grace == timedelta(seconds=5)
 
 
@@ -45,6 +47,7 @@ def test_values_are_read() -> None:
         ({"SAS_LIFETIME_HOURS": "long"}, "SAS_LIFETIME_HOURS is 'long'"),
         ({"SAS_LIFETIME_HOURS": "0"}, "from 1 to 168"),
         ({"BACKUP_INCLUDE_KEYS": "maybe"}, "use true or false"),
+        ({"BACKUP_INCLUDE_CONFIGURATIONS": "sometimes"}, "BACKUP_INCLUDE_CONFIGURATIONS is 'sometimes'"),
         ({"DEVICE_STORAGE": ""}, "DEVICE_STORAGE__blobServiceUri"),
     ],
 )

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import pytest
 import requests
 
 from shared.iothub import RetryPolicy, SasCredential, parse_connection_string
 from shared.iothub._client import _http_error
-from shared.iothub._errors import IoTHubNotFound, JobQuotaExceeded
+from shared.iothub._errors import IoTHubNotFound, IoTHubServerError, IoTHubThrottled, JobQuotaExceeded
+from shared.retry import parse_retry_after
 
 KEY = "EtFfipxWXHC/EsQvFkvCMtUEqKf29XjHDRGXo+ytfm0="
 
@@ -36,12 +38,34 @@ def test_sas_token_is_renewed_before_expiry() -> None:
 
 def test_retry_delay_honours_retry_after_and_caps() -> None:
     policy = RetryPolicy(backoff_factor=1, backoff_max=10)
-    assert policy.delay(1, "3") == 3
-    assert policy.delay(1, "600") == 10
     rng = random.Random(1)
+    # Never sooner than the hub asked (the backoff cap does not shorten it), a little later at random: instances
+    # throttled in the same instant come back spread out.
+    waits = [policy.delay(1, "3", rng=rng) for _ in range(50)]
+    assert all(3 <= w <= 3 * 1.2 for w in waits) and len(set(waits)) > 1
+    assert policy.delay(1, "600") >= 600
+    assert policy.delay(1, "0") == 0
     assert all(0.5 * min(2 ** (n - 1), 10) <= policy.delay(n, rng=rng) <= min(2 ** (n - 1), 10) for n in range(1, 8))
     assert policy.retries_status(500, idempotent=True) and not policy.retries_status(500, idempotent=False)
     assert policy.retries_status(429, idempotent=False)
+
+
+def test_retry_after_as_seconds_or_an_http_date() -> None:
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert parse_retry_after("7") == 7 and parse_retry_after("1.5") == 1.5 and parse_retry_after("-3") == 0
+    assert parse_retry_after("Thu, 01 Jan 2026 12:00:42 GMT", now=now) == 42
+    assert parse_retry_after("Thu, 01 Jan 2026 11:00:00 GMT", now=now) == 0  # already past: at once
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None and parse_retry_after(" ") is None
+
+
+def test_throttling_errors_carry_the_wait_the_hub_asked_for() -> None:
+    body = b'{"Message":"{\\"errorCode\\":429001,\\"message\\":\\"slow down\\"}"}'
+    throttled = _http_error(_response(429, body, {"Retry-After": "12"}))
+    assert isinstance(throttled, IoTHubThrottled) and throttled.retry_after == 12 and throttled.passing
+    busy = _http_error(_response(503, b"{}", {}))
+    assert isinstance(busy, IoTHubServerError) and busy.passing and busy.retry_after is None
+    assert not _http_error(_response(500, b"{}")).passing
+    assert not _http_error(_response(404, b"{}")).passing
 
 
 def _response(status: int, body: bytes, headers: dict[str, str] | None = None) -> requests.Response:
