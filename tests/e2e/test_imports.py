@@ -84,8 +84,13 @@ def test_file_with_mistakes_is_rejected_and_hub_untouched(stack: Stack) -> None:
     assert report["errors"] and all(e["line"] >= 1 and e["message"] for e in report["errors"])
     assert {e["code"] for e in report["errors"]} >= {"INVALID_IMPORT_MODE"}
     assert hub_jobs(stack) == []  # the hub never saw the file
-    assert stack.names("uploads") == []
-    assert stack.names("archive") == [f"failed/{job['jobId']}/mistakes.jsonl"]
+    # The rejection is recorded first (with where the upload goes), then the upload is moved: wait for the move.
+    wait_until(lambda: stack.names("uploads") == [])
+    assert (
+        stack.names("archive")
+        == [f"failed/{job['jobId']}/mistakes.jsonl"]
+        == [job["archived"].removeprefix("archive/")]
+    )
     assert not [c for c in stack.blobs.list_containers() if c.name.startswith("job-")]
 
 
