@@ -58,9 +58,13 @@ def test_files_are_imported_one_after_another(realistic_stack: Stack) -> None:
 @pytest.mark.parametrize("step", ["submitted", "running"])
 def test_killed_mid_job_converges_without_running_twice(realistic_stack: Stack, step: str) -> None:
     stack = realistic_stack
+    if step == "running":
+        # The monitor must see the hub job running before it ends: a short job could finish between two passes.
+        control(stack.hub, "jobs", {"paused": True})
     stack.app.start("--crash-at", step)
     stack.drop("crash.jsonl", [dev(f"c-{i}") for i in range(300)])
     assert stack.app.wait_exit() == 86, stack.app.log()[-3000:]
+    control(stack.hub, "jobs", {"paused": False})
     stack.app.start()
     (job,) = stack.app.wait_jobs(1)
     assert job["state"] == "completed", stack.app.job("devhub", job["jobId"])["failureReason"]
