@@ -75,6 +75,13 @@ class RollbackKind(HubJobKind):
         if target is None:
             return Ending(job, JobState.FAILED, "a rollback job must name the import it undoes")
         job = replace(job, registry_from=f"a fresh export of {job.hub} (hub job {hub_job.job_id})")
+        queued = ctx.ledger.find_by_key(job.hub, _undo_key(job))
+        if queued is not None:
+            # Ended once already (the process died before recording it): the inverse import it queued reads the
+            # inverse file by its ETag, so the file is not written again.
+            reports = {**job.reports, "rollback": f"{ctx.containers.reports}/{job.job_id}/{ROLLBACK_REPORT}"}
+            note = f"the inverse file runs as import job {queued.job_id} ({queued.state})"
+            return Ending(replace(job, reports=reports, notes=(*job.notes, note), progress=100), JobState.COMPLETED)
         snapshots = ctx.containers.snapshots
         folder = snapshot_folder(target)
         inverse_name = f"{folder}/rollback-{job.job_id}.txt"
@@ -122,7 +129,7 @@ class RollbackKind(HubJobKind):
 
     def _queue_import(self, job: Job, ref: BlobRef, ctx: Context) -> Job:
         """The import of the inverse file, recorded once (keyed by this rollback: a repeated end finds it)."""
-        key = f"rollback-{job.job_id}"
+        key = _undo_key(job)
         existing = ctx.ledger.find_by_key(job.hub, key)
         if existing is not None:
             return existing
@@ -133,6 +140,10 @@ class RollbackKind(HubJobKind):
             prepared = advance(prepared, JobState.REJECTED, now=prepared.updated)
         created, _ = ctx.ledger.create(prepared)
         return created
+
+
+def _undo_key(job: Job) -> str:
+    return f"rollback-{job.job_id}"
 
 
 def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
