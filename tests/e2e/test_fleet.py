@@ -90,7 +90,13 @@ def test_a_plan_over_http_answers_what_an_import_would_do_and_changes_nothing(st
 
 
 def test_a_risky_import_waits_for_approval_then_runs(tmp_path: Path, azurite: Azurite, hub: IoTHubEmulator) -> None:
-    values = settings(azurite, hub, IOTHUB_DEVHUB_REQUIRE_PLAN="true", IOTHUB_DEVHUB_PLAN_MAX_UPDATES="50")
+    values = settings(
+        azurite,
+        hub,
+        IOTHUB_DEVHUB_REQUIRE_PLAN="true",
+        IOTHUB_DEVHUB_PLAN_MAX_UPDATES="50",
+        IMPORT_SNAPSHOTS="explicit",
+    )
     app = App(tmp_path, values)
     stack = Stack(azurite, hub, app)
     try:
@@ -117,6 +123,7 @@ def _rollback(stack: Stack, job_id: str, **body: Any) -> Any:
 
 
 def test_rollback_over_http_survives_a_crash_and_refuses_what_it_cannot_undo(stack: Stack) -> None:
+    stack.app.values["IMPORT_SNAPSHOTS"] = "explicit"  # the app's default (the local stack turns it off)
     stack.app.start()
     seed(stack)
     before = state(stack)
