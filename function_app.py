@@ -111,6 +111,21 @@ def cancel_job(req: func.HttpRequest) -> func.HttpResponse:
     return _respond(api.cancel_job(services, _request(req)))
 
 
+@app.route(route="imports/plan", methods=["POST"])
+def plan_import(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.plan_import(services, _request(req)))
+
+
+@app.route(route="jobs/{hub}/{job_id}/approve", methods=["POST"])
+def approve_job(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.approve_job(services, _request(req)))
+
+
+@app.route(route="jobs/{hub}/{job_id}/rollback", methods=["POST"])
+def rollback_job(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.rollback_job(services, _request(req)))
+
+
 @app.route(route="central/plan", methods=["POST"])
 def central_plan(req: func.HttpRequest) -> func.HttpResponse:
     return _respond(api.central_plan(services, _request(req)))

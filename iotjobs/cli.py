@@ -319,6 +319,34 @@ def cmd_central(api: Api, args: argparse.Namespace) -> int:
     return _started(api, [job], args)
 
 
+def cmd_plan(api: Api, args: argparse.Namespace) -> int:
+    """Preview an import: the plan is waited for (--wait seconds, then followed as a job) and summed up."""
+    params = {"wait": str(min(int(args.wait), 120)), **({"hub": args.hub} if args.hub else {})}
+    job = api.call(
+        "POST", "imports/plan", params=params, data=args.file.read_bytes(), headers={"content-type": "text/plain"}
+    )
+    if job["state"] not in TERMINAL:
+        job = follow(api, job)
+    if job["state"] != "completed":
+        return finish(api, job, args)
+    plan = job.get("plan") or json.loads(api.report(api.job(job["hub"], job["jobId"]), "plan") or b"{}")
+    if args.json:
+        out.print_json(data=plan)
+        return OK
+    totals = plan.get("totals", {})
+    out.print(", ".join(f"{n} {k}" for k, n in totals.items()) + f" (registry: {plan['registry']['from']})")
+    for mode, counts in sorted(plan.get("byMode", {}).items()):
+        out.print(f"  {mode:<26} " + ", ".join(f"{n} {k}" for k, n in counts.items() if n), markup=False)
+    for r in plan.get("refused", [])[:20]:
+        out.print(f"  line {r['line']}: {r['deviceId']} {r['code']}: {r['message']}", markup=False)
+    return OK
+
+
+def cmd_rollback(api: Api, args: argparse.Namespace) -> int:
+    job = api.call("POST", f"jobs/{args.hub}/{args.job_id}/rollback", json={"force": args.force})
+    return _started(api, [job], args)
+
+
 # --- parsing --------------------------------------------------------------------------------------------
 
 
@@ -383,6 +411,19 @@ def parser() -> argparse.ArgumentParser:
     restore.add_argument("--hub")
     restore.add_argument("--follow", action="store_true")
     restore.set_defaults(run=cmd_restore)
+
+    plan = command("plan", help="what importing a devices file would do (changes nothing)")
+    plan.add_argument("file", type=Path)
+    plan.add_argument("--hub")
+    plan.add_argument("--wait", type=float, default=60, help="seconds the app waits for the plan (at most 120)")
+    plan.set_defaults(run=cmd_plan)
+
+    rollback = command("rollback", help="undo an ended import from its snapshot")
+    rollback.add_argument("job_id")
+    rollback.add_argument("--hub", required=True)
+    rollback.add_argument("--force", action="store_true", help="undo even devices changed since the import")
+    rollback.add_argument("--follow", action="store_true")
+    rollback.set_defaults(run=cmd_rollback)
 
     status = command("status", help="hubs, running jobs, queues, backups and what needs a look")
     status.set_defaults(run=cmd_status)

@@ -36,7 +36,7 @@ from .iotcentral import IoTCentralError
 from .iothub import IoTHubError, IoTHubHTTPError
 from .ledger import Job, JobNotFound, JobState, LedgerConflict, LedgerError
 from .openapi import document as openapi_document
-from .services import Services
+from .services import CannotApprove, CannotRollBack, Services
 from .status import status_document
 from .storage import BlobRef, StorageError, UploadChanged
 from .views import job_view
@@ -262,6 +262,71 @@ def get_job(svc: Services, inp: Inputs) -> Reply:
 @handles(schemas.CANCEL_JOB)
 def cancel_job(svc: Services, inp: Inputs) -> Reply:
     job = svc.engine.cancel(svc.ledger.get(_partition(svc, inp.path["hub"]), inp.path["job_id"]))
+    return _job_reply(svc, job, 202 if not job.state.is_terminal else 200)
+
+
+# --- fleet operations: preview, approval, rollback ------------------------------------------------------
+
+
+@handles(schemas.PLAN)
+def plan_import(svc: Services, inp: Inputs) -> Reply:
+    """What importing a file would do: the same bodies as ``POST /api/imports`` (a blob, or the file as the body,
+    kept under ``plans/<hub>/``). A plan job is queued on the hub (a fresh export joined with the file); with
+    ``?wait=N`` the reply waits up to N seconds and carries the plan (``plan``) when it is ready."""
+    if inp.raw is not None:
+        hub = _hub(svc, inp.query.get("hub"))
+        container = svc.settings.containers.plans
+        svc.storage.ensure_container(container)
+        name = f"{hub}/api-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}.jsonl"
+        ref = BlobRef(container, name, svc.storage.upload_bytes(container, name, inp.raw, overwrite=False))
+    else:
+        named = BlobRef.parse(inp.body["blob"])
+        hub = _hub(svc, inp.body.get("hub") or inp.query.get("hub") or svc.hub_for_upload(named.name))
+        if named.container == svc.settings.containers.uploads:
+            raise ApiError(
+                400,
+                "IsAnUpload",
+                f"'{named.path}' is in uploads/, where every file is imported on arrival: plan it before uploading "
+                "(send it as the body, or name a copy in another container)",
+            )
+        props = svc.storage.properties(named)
+        if props is None:
+            raise ApiError(404, "BlobNotFound", f"no blob '{named.path}' in storage: upload it first or fix the path")
+        ref = BlobRef(named.container, named.name, props.etag)
+    job = svc.plan(hub, ref)
+    if inp.query.get("wait"):
+        job = svc.wait(job, timedelta(seconds=inp.query["wait"]))
+    reply = _job_reply(svc, job, 200 if job.state.is_terminal else 202)
+    if job.state.is_terminal and "plan" in job.reports:
+        reply.body["plan"] = _report(svc, job.reports["plan"])
+    return reply
+
+
+def _report(svc: Services, path: str) -> Any:
+    ref = BlobRef.parse(path)
+    return json.loads(b"".join(svc.storage.open_read(ref)))
+
+
+@handles(schemas.APPROVE_JOB)
+def approve_job(svc: Services, inp: Inputs) -> Reply:
+    """Let an import held ``awaiting_approval`` run."""
+    job = svc.ledger.get(_hub(svc, inp.path["hub"]), inp.path["job_id"])
+    try:
+        job = svc.approve(job)
+    except CannotApprove as exc:
+        raise ApiError(409, "NotAwaitingApproval", str(exc)) from None
+    return _job_reply(svc, job, 202 if not job.state.is_terminal else 200)
+
+
+@handles(schemas.ROLLBACK_JOB)
+def rollback_job(svc: Services, inp: Inputs) -> Reply:
+    """Queue the rollback of an ended import: ``{"force": false}``. The reply is the rollback job; when it ends,
+    its notes name the import job that runs the inverse file (``rollbackOf`` set)."""
+    target = svc.ledger.get(_hub(svc, inp.path["hub"]), inp.path["job_id"])
+    try:
+        job = svc.rollback(target, force=bool(inp.body.get("force", False)))
+    except CannotRollBack as exc:
+        raise ApiError(409, "CannotRollBack", str(exc)) from None
     return _job_reply(svc, job, 202 if not job.state.is_terminal else 200)
 
 

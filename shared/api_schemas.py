@@ -225,6 +225,40 @@ CANCEL_JOB = Route(
     summary="Cancel a queued job now, or ask the hub to cancel a running one",
     ok=(200, 202),
 )
+PLAN = Route(
+    "POST /api/imports/plan",
+    summary="What importing a devices file would do (same bodies as POST /api/imports); changes nothing",
+    ok=(200, 202),
+    query=fields(
+        hub=HUB,
+        wait={
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 120,
+            "description": "must be the seconds (0-120) to wait for the plan before answering with the queued job",
+        },
+    ),
+    body=fields(("blob",), blob=BLOB_FIELD, hub=HUB),
+    raw=IMPORTS.raw,
+)
+APPROVE_JOB = Route(
+    "POST /api/jobs/{hub}/{job_id}/approve",
+    path=JOB_PATH,
+    summary="Let an import held awaiting_approval run (hubs that require a plan)",
+    ok=(200, 202),
+)
+ROLLBACK_JOB = Route(
+    "POST /api/jobs/{hub}/{job_id}/rollback",
+    path=JOB_PATH,
+    summary="Undo an ended import from its snapshot: the inverse file runs as an import job with rollbackOf set",
+    ok=(200, 202),
+    body=fields(
+        force={
+            "type": "boolean",
+            "description": "must be true or false (true: undo even devices changed since the import)",
+        }
+    ),
+)
 _DOCUMENT = RawBody(
     DOCUMENT_MAX_BYTES,
     f"a data-export file may be at most {DOCUMENT_MAX_BYTES // 2**20} MiB; is it the right one?",
@@ -256,6 +290,9 @@ ROUTES = (
     LIST_JOBS,
     GET_JOB,
     CANCEL_JOB,
+    PLAN,
+    APPROVE_JOB,
+    ROLLBACK_JOB,
     CENTRAL_PLAN,
     CENTRAL_APPLY,
     CENTRAL_BACKUP,

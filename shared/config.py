@@ -59,6 +59,18 @@ class HubSettings:
     name: str
     connection_string: str | None = field(default=None, repr=False)
     host_name: str | None = None
+    # IOTHUB_<HUB>_REQUIRE_PLAN: a risky import (any delete line, or more update lines than ``plan_max_updates``)
+    # waits ``awaiting_approval`` with a plan to read, until POST /api/jobs/<hub>/<job>/approve
+    require_plan: bool = False
+    plan_max_updates: int = 1000
+
+
+class Snapshots(StrEnum):
+    """Which imports get a snapshot of the devices they touch first (what a rollback puts back)."""
+
+    EXPLICIT = "explicit"  # files with a line in any mode other than createOrUpdate (create, update*, delete*, twin)
+    ALWAYS = "always"  # every import (a full export of the hub before each one)
+    OFF = "off"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +88,9 @@ class Containers:
     reports: str = "reports"
     archive: str = "archive"
     backups: str = "backups"
+    plans: str = "plans"  # files sent to POST /api/imports/plan (read by their plan job, never imported)
+    snapshots: str = "snapshots"  # snapshots/<import job>/: the devices an import touched, keys included
+    bulk: str = "bulk"  # bulk/<id>/devices.txt: import files generated from a query
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +110,9 @@ class Settings:
     upload_sweep_after: timedelta = timedelta(minutes=10)  # an upload this old with no job gets one from the monitor
     containers: Containers = field(default_factory=Containers)
     central: CentralSettings | None = None
+    import_snapshots: Snapshots = Snapshots.EXPLICIT
+    # a preview may read the latest backup younger than this instead of exporting (zero: always a fresh export)
+    plan_backup_max_age: timedelta = timedelta(0)
 
     @property
     def default_hub(self) -> str:
@@ -119,7 +137,13 @@ class Settings:
                     f"hub '{name}' has no connection: set IOTHUB_{var}_CONNECTION_STRING, or IOTHUB_{var}_HOSTNAME "
                     "to use the app's managed identity"
                 )
-            hubs[name] = HubSettings(name, conn, host)
+            hubs[name] = HubSettings(
+                name,
+                conn,
+                host,
+                require_plan=_flag(env, f"IOTHUB_{var}_REQUIRE_PLAN"),
+                plan_max_updates=int(_number(env, f"IOTHUB_{var}_PLAN_MAX_UPDATES", 1000, low=0, high=10**7)),
+            )
         auth = env.get("IOTHUB_STORAGE_AUTH", StorageAuth.KEY_BASED.value)
         try:
             storage_auth = StorageAuth(auth)
@@ -140,7 +164,19 @@ class Settings:
             orphan_after=timedelta(minutes=_number(env, "ORPHAN_CONTAINER_MINUTES", 60, low=0.01, high=7 * 24 * 60)),
             upload_sweep_after=timedelta(minutes=_number(env, "UPLOAD_SWEEP_MINUTES", 10, low=0.01, high=7 * 24 * 60)),
             central=_central(env),
+            import_snapshots=_snapshots(env),
+            plan_backup_max_age=timedelta(
+                minutes=_number(env, "PLAN_BACKUP_MAX_AGE_MINUTES", 0, low=0, high=7 * 24 * 60)
+            ),
         )
+
+
+def _snapshots(env: Mapping[str, str]) -> Snapshots:
+    raw = env.get("IMPORT_SNAPSHOTS", "").strip() or Snapshots.EXPLICIT.value
+    try:
+        return Snapshots(raw)
+    except ValueError:
+        raise ConfigError(f"IMPORT_SNAPSHOTS is '{raw}': use explicit, always or off") from None
 
 
 def _central(env: Mapping[str, str]) -> CentralSettings | None:

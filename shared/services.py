@@ -24,7 +24,7 @@ from .config import ConfigError, Settings, StorageAuth
 from .engine import TRANSIENT, Context, JobEngine, utcnow
 from .iotcentral import IoTCentralClient
 from .iothub import IoTHubClient
-from .kinds import nightly_key, registry
+from .kinds import nightly_key, registry, rollback_refusal
 from .ledger import HubSlot, Job, JobKind, JobState, Ledger, idempotency_key
 from .storage import BlobRef, Storage, StorageSettings, UploadChanged
 
@@ -81,7 +81,8 @@ class Services:
         table = _table_service(settings.storage).create_table_if_not_exists(settings.ledger_table)
         ledger = Ledger(table)
         hubs = {name: _hub_client(name, settings) for name in settings.hubs}
-        for container in (settings.containers.uploads, settings.containers.reports, settings.containers.backups):
+        containers = settings.containers
+        for container in (containers.uploads, containers.reports, containers.backups, containers.snapshots):
             storage.ensure_container(container)
         client = _central_client(settings)
         central = None
@@ -91,6 +92,9 @@ class Services:
             retention_days=settings.backup_retention_days,
             central=central,
             include_configurations=settings.backup_include_configurations,
+            snapshots=settings.import_snapshots,
+            approval={name: hub.plan_max_updates for name, hub in settings.hubs.items() if hub.require_plan},
+            plan_backup_max_age=settings.plan_backup_max_age,
         )
         ctx = Context(
             storage,
@@ -131,7 +135,60 @@ class Services:
         else:
             job = self.engine.accept(self.engine.draft(JobKind.IMPORT, hub or self.hub_for_upload(name), source=ref))
         logger.info("%s/%s is job %s (%s) on %s", container, name, job.job_id, job.state, job.hub)
+        if job.state is JobState.AWAITING_APPROVAL:
+            self._approval_plan(job)
         return self._start(job)
+
+    # --- fleet operations: preview, approval, rollback --------------------------------------------------
+
+    def plan(self, hub: str, ref: BlobRef) -> Job:
+        """Queue a preview of importing ``ref`` into ``hub`` (changes nothing) and start it if the hub is idle. The
+        blob is read in place: never one in ``uploads/``, which would be imported (and archived) on arrival."""
+        self._check_hub(hub)
+        if ref.container == self.settings.containers.uploads:
+            raise ValueError("a file in uploads/ is imported on arrival: plan it from elsewhere")
+        draft = self.engine.draft(JobKind.PLAN, hub, source=ref, keyed_by_source=False)
+        return self._start(self.engine.accept(draft, once_while_active=True))
+
+    def _approval_plan(self, job: Job) -> Job:
+        """The plan an approver reads: a preview of the held import's staged file (its normalized lines; blank
+        lines of the upload are not counted in its line numbers). Once per held import."""
+        draft = replace(
+            self.engine.draft(JobKind.PLAN, job.hub, key=f"approval-{job.job_id}"),
+            source=f"{job.work_container}/devices.txt",
+        )
+        plan = self.engine.accept(draft)
+        if plan.state is not JobState.REJECTED and f"plan job {plan.job_id}" not in (job.waiting_for or ""):
+            job = self.ledger.save(replace(job, waiting_for=f"{job.waiting_for} (plan job {plan.job_id})"))
+        self._start(plan)
+        return job
+
+    def approve(self, job: Job) -> Job:
+        """Let a held import run: it is queued (behind the jobs already queued) and started if the hub is idle.
+
+        Raises:
+            CannotApprove: the job is not awaiting approval.
+        """
+        if job.state is not JobState.AWAITING_APPROVAL:
+            raise CannotApprove(f"job {job.job_id} is {job.state}, not awaiting approval")
+        note = f"approved at {utcnow().isoformat()}"
+        job = self.ledger.move(replace(job, waiting_for=None, notes=(*job.notes, note)), JobState.QUEUED, now=utcnow())
+        return self._start(job)
+
+    def rollback(self, target: Job, *, force: bool = False) -> Job:
+        """Queue the rollback of an ended import (a request sent twice finds the active rollback).
+
+        Raises:
+            CannotRollBack: the job cannot be rolled back; the message says why.
+        """
+        why = rollback_refusal(self.engine.ctx, target)
+        if why is not None:
+            raise CannotRollBack(why)
+        for active in self.ledger.iter_active(target.hub):
+            if active.kind is JobKind.ROLLBACK and active.rollback_of == target.job_id:
+                return active
+        draft = replace(self.engine.draft(JobKind.ROLLBACK, target.hub), rollback_of=target.job_id, force=force)
+        return self._start(self.engine.accept(draft))
 
     def export(self, hub: str, *, include_keys: bool, key: str | None = None) -> Job:
         """Queue a backup of ``hub`` (``key``: a repeated request finds the queued one) and start it if idle."""
@@ -229,6 +286,14 @@ class Services:
             # Last, so that an IoT Central outage fails the invocation (visibly) without holding up the hubs.
             self.central.backup(retention_days=self.settings.backup_retention_days)
         return jobs
+
+
+class CannotApprove(Exception):
+    """The job is not awaiting approval; the message says what it is."""
+
+
+class CannotRollBack(Exception):
+    """The job cannot be rolled back; the message says why and what to do instead."""
 
 
 @contextlib.contextmanager

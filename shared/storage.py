@@ -420,4 +420,3 @@ class Storage:
             return [str(b.snapshot) for b in listed if b.name == name and b.snapshot]
         except AzureError as exc:
             raise _explain(exc, f"listing the snapshots of {container}/{name}") from exc
-

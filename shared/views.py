@@ -36,4 +36,8 @@ def job_view(job: Job) -> dict[str, Any]:
         "notes": list(job.notes),
         "attempts": job.attempts,
         "started": job.started.isoformat() if job.started else None,
+        "rollbackOf": job.rollback_of,
+        "force": job.force,
+        "planFor": job.plan_for,
+        "registryFrom": job.registry_from,
     }

@@ -37,6 +37,9 @@ def stack_settings(
         "BACKUP_RETENTION_DAYS": "7",
         "MONITOR_SCHEDULE": "*/2 * * * * *",
         "REQUESTS_CA_BUNDLE": str(hub.ca_path),
+        # The local stack's demo and its tests count the jobs an upload makes: no snapshot plan job ahead of an
+        # import unless a test asks for one (tests/e2e/test_fleet.py); Azure's default is "explicit".
+        "IMPORT_SNAPSHOTS": "off",
     }
     if central is not None:
         values["IOTCENTRAL_APP_URL"] = central.url

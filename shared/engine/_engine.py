@@ -272,7 +272,7 @@ class JobEngine:
         """
         if job.state.is_terminal:
             raise CannotCancel(f"job {job.job_id} has already ended ({job.state})")
-        if job.state is JobState.QUEUED:
+        if job.state in (JobState.QUEUED, JobState.AWAITING_APPROVAL):
             return self._close(job, Ending(job, JobState.CANCELLED, "cancelled by request"))
         if job.state is JobState.SUBMITTING or not job.hub_job_id:
             raise CannotCancel(f"job {job.job_id} is being submitted; try again in a minute")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 
-from ..engine import Busy, Context, Refused, Throttled, Unanswered
+from ..engine import Busy, Context, Ending, Refused, Throttled, Unanswered
 from ..iothub import (
     IoTHubClient,
     IoTHubError,
@@ -32,7 +32,7 @@ class HubJobKind:
         """Create the hub job; ``container_url`` is (input, output) of the job's work container."""
         raise NotImplementedError
 
-    def submit(self, job: Job, ctx: Context) -> HubJob:
+    def submit(self, job: Job, ctx: Context) -> HubJob | Ending:
         ctx.storage.ensure_container(job.work_container)  # an export's is made here; an import's exists already
         try:
             return self.create(job, ctx.hubs[job.hub], _urls(job, ctx), ctx)

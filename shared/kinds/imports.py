@@ -13,16 +13,18 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
+from datetime import timedelta
 
 import orjson
 
 from ..backups import CONFIGURATIONS_BLOB, DEVICES_BLOB, MANIFEST_BLOB
-from ..devices import ValidationReport, validate_stream
-from ..engine import Context, Ending, checkpoint
+from ..config import Snapshots
+from ..devices import DEFAULT_MODE, ValidationReport, validate_stream
+from ..engine import Busy, Context, Ending, Refused, checkpoint
 from ..iothub import IoTHubClient
 from ..iothub import Job as HubJob
 from ..iothub import JobStatus as HubStatus
-from ..ledger import Job, JobKind, JobState
+from ..ledger import Job, JobKind, JobState, advance
 from ..reports import error_summary, harvest_import_errors, rejection_document
 from ..storage import CSV_TYPE, NDJSON_TYPE, BlobRef, StorageError
 from ._hub import CONFIG_ERRORS_BLOB, ERRORS_BLOB, WORK_DEVICES_BLOB, HubJobKind
@@ -38,8 +40,73 @@ class ImportKind(HubJobKind):
 
     name = JobKind.IMPORT
 
+    def __init__(self, snapshots: Snapshots = Snapshots.EXPLICIT, approval: Mapping[str, int] | None = None) -> None:
+        self.snapshots = snapshots
+        self.approval = dict(approval or {})  # hub -> update lines an import may make unreviewed (REQUIRE_PLAN)
+
     def prepare(self, job: Job, ctx: Context) -> Job:
-        return self._validate_and_stage(job, ctx, ctx.source(job))
+        return self._gate(self._validate_and_stage(job, ctx, ctx.source(job)))
+
+    def submit(self, job: Job, ctx: Context) -> HubJob | Ending:
+        if self._needs_snapshot(job):
+            self._snapshot_taken(job, ctx)
+        return super().submit(job, ctx)
+
+    # --- approval and snapshots -----------------------------------------------------------------------
+
+    def _gate(self, job: Job) -> Job:
+        """A risky import on a hub that requires a plan waits ``awaiting_approval``: any delete line, or more
+        update lines than the hub's limit (counted from the file's import modes: a createOrUpdate line counts as an
+        update, so the count is an upper bound; the plan queued beside it says exactly). A rollback is an
+        operator's explicit request and is not held."""
+        limit = self.approval.get(job.hub)
+        if limit is None or job.failure_reason or job.rollback_of:
+            return job
+        deletes = sum(n for mode, n in job.modes.items() if mode.startswith("delete"))
+        updates = sum(n for mode, n in job.modes.items() if mode.startswith(("update", "createOrUpdate")))
+        if not deletes and updates <= limit:
+            return job
+        why = (
+            f"approval: {deletes} delete and {updates} update line(s) (this hub lets {limit} update(s) through "
+            f"unreviewed); read the plan, then POST /api/jobs/{job.hub}/{job.job_id}/approve (or cancel it)"
+        )
+        return advance(replace(job, waiting_for=why), JobState.AWAITING_APPROVAL, now=job.updated)
+
+    def _needs_snapshot(self, job: Job) -> bool:
+        if self.snapshots is Snapshots.OFF:
+            return False
+        return self.snapshots is Snapshots.ALWAYS or any(mode != DEFAULT_MODE for mode in job.modes)
+
+    def _snapshot_taken(self, job: Job, ctx: Context) -> None:
+        """Return once the snapshot of what the import touches is saved; until then, queue the plan job that takes
+        it (ahead of the import: its id is older) and wait.
+
+        Raises:
+            Busy: the snapshot is being taken; the import waits its turn behind it.
+            Refused: the snapshot could not be taken; nothing is imported.
+        """
+        if ctx.storage.properties(BlobRef(ctx.containers.snapshots, f"{job.job_id}/{MANIFEST_BLOB}")) is not None:
+            return
+        key = f"snapshot-{job.job_id}"
+        plan = ctx.ledger.find_by_key(job.hub, key)
+        if plan is None:
+            now = ctx.clock()
+            # One millisecond older than the import: the slot takes the oldest queued job first, so it runs next.
+            draft = Job.new(job.hub, JobKind.PLAN, job.created - timedelta(milliseconds=1))
+            draft = replace(
+                draft,
+                created=now,
+                updated=now,
+                plan_for=job.job_id,
+                idempotency_key=key,
+            )
+            plan, _ = ctx.ledger.create(draft)
+        if not plan.state.is_terminal:
+            raise Busy(f"first saving a snapshot of the devices it touches (plan job {plan.job_id})")
+        raise Refused(
+            f"the snapshot before it could not be saved (plan job {plan.job_id} {plan.state}: "
+            f"{plan.failure_reason or 'no reason given'}); nothing was imported, upload the file again"
+        )
 
     def create(self, job: Job, client: IoTHubClient, container_url: tuple[str, str], ctx: Context) -> HubJob:
         return client.create_import_job(*container_url, identity_based=ctx.identity_based)
@@ -113,6 +180,9 @@ class RestoreKind(ImportKind):
     or changed)."""
 
     name = JobKind.RESTORE
+
+    def __init__(self) -> None:
+        super().__init__(Snapshots.OFF)  # a restore puts a backup back: the backup before it is its undo
 
     def prepare(self, job: Job, ctx: Context) -> Job:
         ref = ctx.source(job)

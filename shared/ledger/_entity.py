@@ -44,6 +44,10 @@ class JobEntity(TypedDict):
     Notes: str
     Attempts: int
     Started: datetime | None
+    RollbackOf: str | None
+    Force: bool
+    PlanFor: str | None
+    RegistryFrom: str | None
 
 
 def to_entity(job: Job) -> JobEntity:
@@ -79,6 +83,10 @@ def to_entity(job: Job) -> JobEntity:
         "Notes": json.dumps(list(job.notes)),
         "Attempts": job.attempts,
         "Started": job.started,
+        "RollbackOf": job.rollback_of,
+        "Force": job.force,
+        "PlanFor": job.plan_for,
+        "RegistryFrom": job.registry_from,
     }
 
 
@@ -127,6 +135,10 @@ def from_entity(row: Mapping[str, object], etag: str | None = None) -> Job:
         notes=tuple(str(n) for n in json.loads(text("Notes") or "[]")),
         attempts=number("Attempts"),
         started=_utc(row["Started"]) if row.get("Started") else None,
+        rollback_of=text("RollbackOf"),
+        force=bool(row.get("Force")),
+        plan_for=text("PlanFor"),
+        registry_from=text("RegistryFrom"),
         etag=etag,
     )
 

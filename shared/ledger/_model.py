@@ -23,6 +23,7 @@ class JobState(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     REJECTED = "rejected"
+    AWAITING_APPROVAL = "awaiting_approval"  # a risky import on a hub that requires a plan: waits for approve
 
     @property
     def is_terminal(self) -> bool:
@@ -34,6 +35,8 @@ class JobKind(StrEnum):
     EXPORT = "export"
     RESTORE = "restore"  # an import of a backup folder, read in place (never moved)
     CENTRAL_APPLY = "central_apply"
+    PLAN = "plan"  # what an import would do (a fresh export joined with the file); also takes an import's snapshot
+    ROLLBACK = "rollback"  # an import's snapshot joined with a fresh export: the inverse file, queued as an import
 
 
 _TERMINAL = frozenset(
@@ -41,7 +44,11 @@ _TERMINAL = frozenset(
 )
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     # REJECTED: before it is recorded, a job whose input failed its checks (nothing was sent anywhere)
-    JobState.QUEUED: frozenset({JobState.SUBMITTING, JobState.CANCELLED, JobState.FAILED, JobState.REJECTED}),
+    JobState.QUEUED: frozenset(
+        {JobState.SUBMITTING, JobState.CANCELLED, JobState.FAILED, JobState.REJECTED, JobState.AWAITING_APPROVAL}
+    ),
+    # a risky import (any delete, or more updates than the hub allows unreviewed) waits for POST .../approve
+    JobState.AWAITING_APPROVAL: frozenset({JobState.QUEUED, JobState.CANCELLED}),
     # back to QUEUED when the hub turned out busy, or a crashed submission left no hub job behind
     JobState.SUBMITTING: frozenset(
         {
@@ -122,6 +129,10 @@ class Job:
     notes: tuple[str, ...] = ()  # what a user should know about a job that is not a failure
     attempts: int = 0
     started: datetime | None = None  # when its latest submission began (elapsed time and ETA count from here)
+    rollback_of: str | None = None  # rollback, and the import it queues: the import being undone
+    force: bool = False  # rollback: undo even devices changed since the import
+    plan_for: str | None = None  # plan: the import whose snapshot it saves (None: a preview only)
+    registry_from: str | None = None  # plan, rollback: where the registry side came from (a hub export, a backup)
     etag: str | None = field(default=None, compare=False)  # the table row's ETag, never persisted
 
     @classmethod

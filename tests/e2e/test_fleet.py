@@ -1,0 +1,169 @@
+"""Preview, approval and undo through the local host: POST /api/imports/plan, .../approve, .../rollback, with bad
+input and a crash in the middle of a rollback."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from emulators.azurite import Azurite
+from emulators.iothub import IoTHubEmulator
+from tests.integration.helpers import device_line as dev
+
+from .app import TERMINAL, App, Stack, settings
+from .test_imports import registry
+
+
+def ndjson(lines: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(x) + "\n" for x in lines).encode()
+
+
+def state(stack: Stack) -> dict[str, tuple[Any, ...]]:
+    """What a rollback must put back, per device: status, tags, desired properties."""
+    return {k: (d["status"], d["tags"], d["properties"]["desired"]) for k, d in registry(stack).items()}
+
+
+def until(stack: Stack, pick: Callable[[dict[str, Any]], bool], timeout: float = 300) -> list[dict[str, Any]]:
+    """The jobs once one matches ``pick`` and every job has ended (or waits for approval); the timeout only stops
+    a hung test."""
+    end = time.monotonic() + timeout
+    while True:
+        jobs = stack.app.jobs()
+        if any(pick(j) for j in jobs) and all(j["state"] in TERMINAL | {"awaiting_approval"} for j in jobs):
+            return jobs
+        if time.monotonic() > end:
+            raise TimeoutError(f"jobs did not settle: {jobs}")
+        time.sleep(0.2)
+
+
+def count(stack: Stack) -> int:
+    from shared.iothub import IoTHubClient
+
+    return IoTHubClient.from_connection_string(stack.hub.connection_string()).get_registry_statistics().total
+
+
+def seed(stack: Stack, n: int = 20) -> None:
+    stack.drop("seed.jsonl", [dev(f"f-{i}", tags={"n": i}) for i in range(n)])
+    stack.app.wait_jobs(1)
+
+
+def test_a_plan_over_http_answers_what_an_import_would_do_and_changes_nothing(stack: Stack) -> None:
+    stack.app.start()
+    seed(stack)
+    before = state(stack)
+    lines = [
+        dev("f-1", "create"),
+        dev("f-2", status="disabled"),
+        {"id": "f-3", "importMode": "delete"},
+        {"id": "nobody", "importMode": "delete"},
+        dev("brand-new", "create"),
+    ]
+    r = stack.app.call(
+        "POST",
+        "imports/plan",
+        params={"hub": "devhub", "wait": "60"},
+        data=ndjson(lines),
+        headers={"content-type": "application/x-ndjson"},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["kind"] == "plan" and body["state"] == "completed"
+    plan = body["plan"]
+    assert plan["totals"] == {"create": 1, "update": 1, "twin": 0, "delete": 1, "unchanged": 0, "refused": 2}
+    assert [(x["line"], x["deviceId"]) for x in plan["refused"]] == [(1, "f-1"), (4, "nobody")]
+    assert state(stack) == before  # nothing changed
+    assert not stack.names("uploads")  # and nothing was imported
+
+    # bad input: an unknown hub, an upload, a file the import would reject
+    r = stack.app.call("POST", "imports/plan", json={"blob": "plans/x.jsonl", "hub": "nohub"})
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "UnknownHub")
+    stack.drop("elsewhere.jsonl", [dev("z")])
+    r = stack.app.call("POST", "imports/plan", json={"blob": "uploads/elsewhere.jsonl"})
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "IsAnUpload")
+    r = stack.app.call(
+        "POST", "imports/plan", data=b'{"id": "x", "status": "ENABLED"}\n', headers={"content-type": "text/plain"}
+    )
+    assert r.status_code == 200 and r.json()["state"] == "rejected"
+
+
+def test_a_risky_import_waits_for_approval_then_runs(tmp_path: Path, azurite: Azurite, hub: IoTHubEmulator) -> None:
+    values = settings(
+        azurite,
+        hub,
+        IOTHUB_DEVHUB_REQUIRE_PLAN="true",
+        IOTHUB_DEVHUB_PLAN_MAX_UPDATES="50",
+        IMPORT_SNAPSHOTS="explicit",
+    )
+    app = App(tmp_path, values)
+    stack = Stack(azurite, hub, app)
+    try:
+        app.start()
+        seed(stack)
+        stack.drop("risky.jsonl", [{"id": f"f-{i}", "importMode": "delete"} for i in range(3)])
+        held = until(stack, lambda j: j["kind"] == "plan" and j["state"] == "completed")
+        (risky,) = [j for j in held if j["state"] == "awaiting_approval"]
+        plan = next(j for j in held if j["kind"] == "plan")
+        assert stack.app.job("devhub", plan["jobId"])["reports"]["plan"]
+        assert count(stack) == 20  # held: nothing deleted
+        r = app.call("POST", f"jobs/devhub/{risky['jobId']}/approve")
+        assert r.status_code in (200, 202), r.text
+        until(stack, lambda j: j["jobId"] == risky["jobId"] and j["state"] == "completed")
+        assert count(stack) == 17
+        r = app.call("POST", f"jobs/devhub/{risky['jobId']}/approve")
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "NotAwaitingApproval")
+    finally:
+        app.stop()
+
+
+def _rollback(stack: Stack, job_id: str, **body: Any) -> Any:
+    return stack.app.call("POST", f"jobs/devhub/{job_id}/rollback", json=body)
+
+
+def test_rollback_over_http_survives_a_crash_and_refuses_what_it_cannot_undo(stack: Stack) -> None:
+    stack.app.values["IMPORT_SNAPSHOTS"] = "explicit"  # the app's default (the local stack turns it off)
+    stack.app.start()
+    seed(stack)
+    before = state(stack)
+    stack.drop(
+        "change.jsonl",
+        [
+            *({"id": f"f-{i}", "importMode": "delete"} for i in range(4)),
+            *(dev(f"f-{i}", "update", status="disabled") for i in range(4, 8)),
+            *({"id": f"f-{i}", "importMode": "updateTwin", "tags": {"n": -1}} for i in range(8, 12)),
+            *(dev(f"g-{i}", "create") for i in range(5)),
+        ],
+    )
+    jobs = until(stack, lambda j: j["kind"] == "import" and j["source"].endswith("change.jsonl"))
+    imported = next(j for j in jobs if j["kind"] == "import" and j["source"].endswith("change.jsonl"))
+    assert any(j["kind"] == "plan" and j["planFor"] == imported["jobId"] for j in jobs)  # its snapshot, taken first
+    assert imported["state"] == "completed"
+    assert state(stack) != before
+
+    # cannot be rolled back: a rejected file, an export, a job that does not exist
+    stack.drop("bad.jsonl", ["not json"])
+    jobs = until(stack, lambda j: j["state"] == "rejected")
+    rejected = next(j for j in jobs if j["state"] == "rejected")
+    r = _rollback(stack, rejected["jobId"])
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "CannotRollBack") and "rejected" in r.text
+    export = next(j for j in jobs if j["kind"] == "export")
+    assert _rollback(stack, export["jobId"]).status_code == 409
+    assert _rollback(stack, imported["jobId"], force="yes").status_code == 400
+    assert _rollback(stack, "0000000000000-000000").status_code == 404
+
+    # the host dies right after the rollback's end (the inverse import recorded, the rollback not yet closed)
+    stack.app.stop()
+    stack.app.start("--crash-at", "harvested")
+    r = _rollback(stack, imported["jobId"])
+    assert r.status_code == 202, r.text
+    rollback_id = r.json()["jobId"]
+    assert stack.app.wait_exit() == 86
+    stack.app.start()
+    until(stack, lambda j: j["rollbackOf"] == imported["jobId"] and j["kind"] == "import")
+    rb = stack.app.job("devhub", rollback_id)
+    assert rb["state"] == "completed", rb["failureReason"]
+    undo = [j for j in stack.app.jobs() if j["rollbackOf"] == imported["jobId"] and j["kind"] == "import"]
+    assert len(undo) == 1 and undo[0]["state"] == "completed"  # one inverse import, though the end ran twice
+    assert state(stack) == before

@@ -1,0 +1,178 @@
+"""Undo: an import that updates or deletes is snapshotted first; its rollback (the inverse file, run as an import
+with rollbackOf set) leaves the registry as it was, by export; refused when a device changed since, unless forced."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from typing import Any
+
+from shared.kinds import rollback_refusal
+from shared.ledger import Job, JobKind, JobState
+from shared.storage import BlobRef
+
+from .helpers import KEY, Clock, Jobs, control, devices, run_to_end, upload
+from .test_safety import registry
+
+OTHER = "b3RoZXIta2V5LW90aGVyLWtleS1vdGhlci1rZXktMTIz"
+N = 2000  # devices seeded; the import below has about 4 lines per 3 devices, with modules: a few thousand lines
+
+
+def auth(key: str = KEY) -> dict[str, Any]:
+    return {"type": "sas", "symmetricKey": {"primaryKey": key, "secondaryKey": key}}
+
+
+def seed(p: Jobs, clock: Clock) -> None:
+    lines: list[dict[str, Any] | str] = []
+    for i in range(N):
+        lines.append(
+            {
+                "id": f"d-{i}",
+                "status": "enabled",
+                "authentication": auth(),
+                "tags": {"site": f"s{i % 7}", "n": i},
+                "properties": {"desired": {"interval": i % 60}},
+            }
+        )
+        if i % 10 == 0:
+            lines.append({"id": f"d-{i}", "moduleId": "sensor", "authentication": auth(), "tags": {"m": i}})
+    lines.append({"id": "edge-1", "status": "enabled", "capabilities": {"iotEdge": True}, "authentication": auth()})
+    done = run_to_end(p, p.accept_upload(upload(p, "seed.jsonl", lines), "devhub"), clock)
+    assert done.state is JobState.COMPLETED, done.failure_reason
+
+
+def mixed() -> list[dict[str, Any] | str]:
+    """Creates (some with modules), updates (status, keys), twin changes, deletes (some with modules), module
+    changes, and one line the hub refuses."""
+    lines: list[dict[str, Any] | str] = []
+    for i in range(N // 2):
+        lines.append({"id": f"new-{i}", "status": "enabled", "importMode": "create", "tags": {"born": "import"}})
+        if i % 5 == 0:
+            lines.append({"id": f"new-{i}", "moduleId": "agent", "importMode": "create"})
+    for i in range(0, N // 4):
+        lines.append({"id": f"d-{i}", "status": "disabled", "importMode": "update", "authentication": auth(OTHER)})
+    for i in range(N // 4, N // 2):
+        lines.append(
+            {
+                "id": f"d-{i}",
+                "importMode": "updateTwin",
+                "tags": {"site": "moved"},
+                "properties": {"desired": {"interval": 1}},
+            }
+        )
+    for i in range(N // 2, 3 * N // 4):
+        lines.append({"id": f"d-{i}", "importMode": "delete"})  # those ending in 0 take their module with them
+    lines.append({"id": "d-800", "moduleId": "sensor", "importMode": "delete"})
+    lines.append({"id": "d-810", "moduleId": "sensor", "status": "disabled", "importMode": "update"})
+    lines.append({"id": "d-801", "moduleId": "extra", "importMode": "create", "authentication": auth(OTHER)})
+    lines.append({"id": f"d-{N - 1}", "status": "enabled", "importMode": "create"})  # refused: exists
+    return lines
+
+
+def snapshotted_import(p: Jobs, clock: Clock, name: str, lines: list[dict[str, Any] | str]) -> Job:
+    job = p.accept_upload(upload(p, name, lines), "devhub")
+    return run_to_end(p, job, clock, deadline=300)
+
+
+def roll_back(p: Jobs, clock: Clock, target: Job, *, force: bool = False) -> tuple[Job, Job | None]:
+    """The rollback job, run to its end, and the import of the inverse file it queued (run to its end)."""
+    assert rollback_refusal(p.engine.ctx, target) is None
+    draft = replace(p.engine.draft(JobKind.ROLLBACK, "devhub"), rollback_of=target.job_id, force=force)
+    rb = run_to_end(p, p.engine.accept(draft), clock, deadline=300)
+    undo = p.ledger.find_by_key("devhub", f"rollback-{rb.job_id}")
+    if undo is not None:
+        undo = run_to_end(p, undo, clock, deadline=300)
+    return rb, undo
+
+
+def report(p: Jobs, path: str) -> dict[str, Any]:
+    container, _, name = path.partition("/")
+    doc: dict[str, Any] = json.loads(b"".join(p.storage.open_read(BlobRef(container, name))))
+    return doc
+
+
+def test_an_import_then_its_rollback_leaves_the_registry_as_it_was(jobs: Jobs, clock: Clock) -> None:
+    seed(jobs, clock)
+    before = registry(jobs, clock)
+    lines = mixed()
+    assert len(lines) > 2500
+    imported = snapshotted_import(jobs, clock, "mixed.jsonl", lines)
+    assert imported.state is JobState.COMPLETED_WITH_ERRORS and imported.failed_devices == 1
+    # the snapshot was taken first, by a plan job that ran ahead of the import on the hub's slot
+    snapshot = report(jobs, imported.reports.get("snapshot") or f"snapshots/{imported.job_id}/manifest.json")
+    assert snapshot["importJobId"] == imported.job_id and snapshot["includesKeys"] is True
+    changed = registry(jobs, clock)
+    assert changed != before
+
+    rb, undo = roll_back(jobs, clock, imported)
+    assert rb.state is JobState.COMPLETED, rb.failure_reason
+    assert undo is not None and undo.rollback_of == imported.job_id and undo.kind is JobKind.IMPORT
+    assert undo.state is JobState.COMPLETED, undo.failure_reason
+    doc = report(jobs, rb.reports["rollback"])
+    assert doc["changedSince"] == 0 and doc["importJobId"] == undo.job_id
+    # the created devices (their modules go with them), and the module created on an existing device
+    assert doc["inverseModes"]["delete"] == N // 2 + 1
+    assert registry(jobs, clock) == before
+    # the reports name devices, never keys
+    assert KEY not in json.dumps(doc) and OTHER not in json.dumps(doc)
+
+
+def test_a_rollback_refuses_when_a_device_changed_since_unless_forced(jobs: Jobs, clock: Clock) -> None:
+    run_to_end(jobs, jobs.accept_upload(upload(jobs, "seed.jsonl", devices(5, "c")), "devhub"), clock)
+    before = registry(jobs, clock)
+    lines: list[dict[str, Any] | str] = [
+        {"id": f"c-{i}", "status": "disabled", "importMode": "update"} for i in range(3)
+    ]
+    imported = snapshotted_import(jobs, clock, "disable.jsonl", lines)
+    assert imported.state is JobState.COMPLETED
+    # someone changes c-1 after the import
+    drift: list[dict[str, Any] | str] = [{"id": "c-1", "importMode": "updateTwin", "tags": {"owner": "ops"}}]
+    assert (
+        run_to_end(jobs, jobs.accept_upload(upload(jobs, "drift.jsonl", drift), "devhub"), clock).state
+        is JobState.COMPLETED
+    )
+
+    rb, undo = roll_back(jobs, clock, imported)
+    assert rb.state is JobState.FAILED and undo is None
+    assert "c-1" in (rb.failure_reason or "") and "force" in (rb.failure_reason or "")
+    assert report(jobs, rb.reports["rollback"])["changedSinceShown"] == ["c-1"]
+
+    rb, undo = roll_back(jobs, clock, imported, force=True)
+    assert rb.state is JobState.COMPLETED and undo is not None and undo.state is JobState.COMPLETED
+    assert registry(jobs, clock) == before  # forced: the snapshot's state, the later tag removed too
+
+
+def test_a_cancelled_import_can_be_rolled_back(jobs: Jobs, clock: Clock, iothub: Any) -> None:
+    run_to_end(jobs, jobs.accept_upload(upload(jobs, "seed.jsonl", devices(4, "k")), "devhub"), clock)
+    before = registry(jobs, clock)
+    lines: list[dict[str, Any] | str] = [{"id": f"k-{i}", "importMode": "delete"} for i in range(4)]
+    job = jobs.accept_upload(upload(jobs, "del.jsonl", lines), "devhub")
+    # Every hub job waits a second enqueued: the import can be cancelled before it applies anything.
+    control(iothub, "faults", {"rate": 0, "jobStartDelay": 1})
+    for _ in range(200):
+        jobs.monitor_pass("devhub")
+        job = jobs.ledger.get("devhub", job.job_id)
+        if job.state is JobState.RUNNING:
+            break
+        clock.advance(0.5)
+        time.sleep(0.05)
+    assert job.state is JobState.RUNNING
+    jobs.cancel(job)
+    control(iothub, "faults", {"rate": 0, "jobStartDelay": 0})
+    cancelled = run_to_end(jobs, job, clock)
+    assert cancelled.state is JobState.CANCELLED
+    rb, _ = roll_back(jobs, clock, cancelled)
+    assert rb.state is JobState.COMPLETED, rb.failure_reason
+    assert registry(jobs, clock) == before
+
+
+def test_what_cannot_be_rolled_back_says_why(jobs: Jobs, clock: Clock) -> None:
+    rejected = jobs.accept_upload(upload(jobs, "bad.jsonl", ["not json"]), "devhub")
+    assert "rejected" in (rollback_refusal(jobs.engine.ctx, rejected) or "")
+    plain = run_to_end(jobs, jobs.accept_upload(upload(jobs, "plain.jsonl", devices(2, "p")), "devhub"), clock)
+    assert "no snapshot" in (rollback_refusal(jobs.engine.ctx, plain) or "")  # createOrUpdate only: not snapshotted
+    export = run_to_end(jobs, jobs.queue_export("devhub"), clock)
+    assert "only imports" in (rollback_refusal(jobs.engine.ctx, export) or "")
+    queued = jobs.accept_upload(upload(jobs, "later.jsonl", [{"id": "p-0", "importMode": "delete"}]), "devhub")
+    assert "wait until it ends" in (rollback_refusal(jobs.engine.ctx, queued) or "")
