@@ -296,8 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         ports.warn()
         if args.demo_only:
             return 0
-        _say("\nServing until Ctrl-C.")
-        wait_until_stopped()
+        # From here on Ctrl-C is the way to stop, not an interruption: one that comes before the wait begins (the
+        # line below is what a user waits for) ends the run the same way.
+        with contextlib.suppress(KeyboardInterrupt):
+            _say("\nServing until Ctrl-C.")
+            wait_until_stopped()
         _say("Stopping ...")
         return 0
     except KeyboardInterrupt:
