@@ -13,7 +13,7 @@ import requests
 
 from emulators.iothub import IoTHubEmulator
 from emulators.iothub.quotas import Profile
-from tests.integration.helpers import control, hub_token
+from tests.integration.helpers import control, hub_call
 from tests.integration.helpers import device_line as dev
 
 from .app import Stack
@@ -23,15 +23,8 @@ pytestmark = pytest.mark.realistic
 
 
 def configuration_call(hub: IoTHubEmulator, method: str, config_id: str, body: Any = None) -> requests.Response:
-    headers = {"Authorization": hub_token(hub), **({"If-Match": "*"} if method == "DELETE" else {})}
-    return requests.request(
-        method,
-        f"{hub.url}/configurations/{config_id}?api-version=2021-04-12",
-        headers=headers,
-        json=body,
-        verify=str(hub.ca_path),
-        timeout=10,
-    )
+    extra = {"If-Match": "*"} if method == "DELETE" else None
+    return hub_call(hub, method, f"/configurations/{config_id}", body=body, extra=extra)
 
 
 FIRMWARE = {

@@ -101,10 +101,18 @@ def hub_token(emu: IoTHubEmulator, policy: str = "iothubowner", *, ttl: int = 60
 
 
 def hub_call(
-    emu: IoTHubEmulator, method: str, path: str, token: str | None = "owner", body: Any = None
+    emu: IoTHubEmulator,
+    method: str,
+    path: str,
+    token: str | None = "owner",
+    body: Any = None,
+    *,
+    extra: dict[str, str] | None = None,
 ) -> requests.Response:
-    """One raw request to the emulator (``token="owner"`` signs one with iothubowner, None sends none)."""
+    """One raw request to the emulator (``token="owner"`` signs one with iothubowner, None sends none; ``extra``:
+    more headers, such as If-Match)."""
     headers = {"Authorization": hub_token(emu) if token == "owner" else token} if token else {}
+    headers.update(extra or {})
     return requests.request(
         method,
         f"{emu.url}{path}?api-version=2021-04-12",

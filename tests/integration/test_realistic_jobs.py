@@ -25,7 +25,7 @@ from shared.retry import RetryPolicy
 from shared.storage import BlobRef
 
 from .conftest import REALISTIC, engine_on
-from .helpers import FAST, Clock, Jobs, control, devices, hub_count, hub_token, run_to_end, upload, wait_until
+from .helpers import FAST, Clock, Jobs, control, devices, hub_call, hub_count, run_to_end, upload, wait_until
 from .test_safety import backup, keyed, read, registry
 
 pytestmark = pytest.mark.realistic
@@ -50,15 +50,7 @@ def usage(emu: IoTHubEmulator) -> dict[str, Any]:
 def config_call(
     emu: IoTHubEmulator, method: str, path: str, body: Any = None, if_match: str | None = None
 ) -> requests.Response:
-    headers = {"Authorization": hub_token(emu), **({"If-Match": if_match} if if_match else {})}
-    return requests.request(
-        method,
-        f"{emu.url}{path}?api-version=2021-04-12",
-        headers=headers,
-        json=body,
-        verify=str(emu.ca_path),
-        timeout=10,
-    )
+    return hub_call(emu, method, path, body=body, extra={"If-Match": if_match} if if_match else None)
 
 
 def configuration(config_id: str, site: str, priority: int) -> dict[str, Any]:
