@@ -126,6 +126,16 @@ def rollback_job(req: func.HttpRequest) -> func.HttpResponse:
     return _respond(api.rollback_job(services, _request(req)))
 
 
+@app.route(route="bulk", methods=["POST"])
+def start_bulk(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.start_bulk(services, _request(req)))
+
+
+@app.route(route="bulk/{id}/run", methods=["POST"])
+def run_bulk(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.run_bulk(services, _request(req)))
+
+
 @app.route(route="central/plan", methods=["POST"])
 def central_plan(req: func.HttpRequest) -> func.HttpResponse:
     return _respond(api.central_plan(services, _request(req)))

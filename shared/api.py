@@ -32,11 +32,12 @@ from .central import Central, is_central_upload
 from .config import ConfigError
 from .dataexport import DocumentError
 from .engine import CannotCancel
+from .fleet.bulk import InvalidBulk
 from .iotcentral import IoTCentralError
 from .iothub import IoTHubError, IoTHubHTTPError
 from .ledger import Job, JobNotFound, JobState, LedgerConflict, LedgerError
 from .openapi import document as openapi_document
-from .services import CannotApprove, CannotRollBack, Services
+from .services import CannotApprove, CannotRollBack, NotABulk, Services
 from .status import status_document
 from .storage import BlobRef, StorageError, UploadChanged
 from .views import job_view
@@ -327,6 +328,34 @@ def rollback_job(svc: Services, inp: Inputs) -> Reply:
         job = svc.rollback(target, force=bool(inp.body.get("force", False)))
     except CannotRollBack as exc:
         raise ApiError(409, "CannotRollBack", str(exc)) from None
+    return _job_reply(svc, job, 202 if not job.state.is_terminal else 200)
+
+
+@handles(schemas.BULK)
+def start_bulk(svc: Services, inp: Inputs) -> Reply:
+    """Act on a query: ``{"hub", "query", "action", "args"}``. Pages through the query, writes
+    ``bulk/<id>/devices.txt`` and queues a plan of it (changes nothing); the reply names the bulk id, the counts and
+    the plan job. ``POST /api/bulk/{id}/run`` imports it."""
+    hub = _hub(svc, inp.body.get("hub"))
+    try:
+        made, job = svc.bulk(hub, inp.body["query"], inp.body["action"], inp.body.get("args") or {})
+    except InvalidBulk as exc:
+        raise ApiError(400, "InvalidQuery", str(exc)) from None
+    except IoTHubHTTPError as exc:
+        if exc.status != 400:
+            raise
+        raise ApiError(400, "InvalidQuery", f"the hub refused the query: {exc}") from None
+    body = {"bulk": made.public(), "plan": _job_reply(svc, job).body, "run": f"/api/bulk/{made.bulk_id}/run"}
+    return Reply(202, body)
+
+
+@handles(schemas.RUN_BULK)
+def run_bulk(svc: Services, inp: Inputs) -> Reply:
+    """Import the file a bulk generated, as a normal import job."""
+    try:
+        job = svc.run_bulk(inp.path["id"])
+    except NotABulk as exc:
+        raise ApiError(404, "BulkNotFound", str(exc)) from None
     return _job_reply(svc, job, 202 if not job.state.is_terminal else 200)
 
 

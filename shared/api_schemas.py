@@ -259,6 +259,42 @@ ROLLBACK_JOB = Route(
         }
     ),
 )
+BULK = Route(
+    "POST /api/bulk",
+    summary="Act on a query: write the import file of an action on every device it selects, and queue its plan",
+    ok=(202,),
+    body=fields(
+        ("query", "action"),
+        hub=HUB,
+        query={
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 8192,
+            "description": "must be a device query: SELECT * FROM devices [WHERE ...] (at most 8192 characters)",
+        },
+        action={
+            "enum": ["delete", "disable", "enable", "setTags", "regenerateKeys"],
+            "description": "must be one of delete, disable, enable, setTags, regenerateKeys",
+        },
+        args={
+            "type": "object",
+            "description": 'must be an object: {"tags": {...}} for setTags, empty or absent otherwise',
+        },
+    ),
+)
+RUN_BULK = Route(
+    "POST /api/bulk/{id}/run",
+    path=fields(
+        ("id",),
+        id={
+            "type": "string",
+            "pattern": r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$",
+            "description": "must be a bulk id such as 20250101T020000Z-0a1b2c (POST /api/bulk answers it)",
+        },
+    ),
+    summary="Import the file POST /api/bulk generated, as a normal import job (validated, snapshotted, undoable)",
+    ok=(200, 202),
+)
 _DOCUMENT = RawBody(
     DOCUMENT_MAX_BYTES,
     f"a data-export file may be at most {DOCUMENT_MAX_BYTES // 2**20} MiB; is it the right one?",
@@ -293,6 +329,8 @@ ROUTES = (
     PLAN,
     APPROVE_JOB,
     ROLLBACK_JOB,
+    BULK,
+    RUN_BULK,
     CENTRAL_PLAN,
     CENTRAL_APPLY,
     CENTRAL_BACKUP,

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from azure.data.tables import TableServiceClient
 
@@ -22,6 +23,7 @@ from .central import PARTITION as CENTRAL
 from .central import Central, is_central_upload
 from .config import ConfigError, Settings, StorageAuth
 from .engine import TRANSIENT, Context, JobEngine, utcnow
+from .fleet.bulk import Bulk, read_manifest, write_bulk
 from .iotcentral import IoTCentralClient
 from .iothub import IoTHubClient
 from .kinds import nightly_key, registry, rollback_refusal
@@ -190,6 +192,41 @@ class Services:
         draft = replace(self.engine.draft(JobKind.ROLLBACK, target.hub), rollback_of=target.job_id, force=force)
         return self._start(self.engine.accept(draft))
 
+    def bulk(self, hub: str, query: str, action: str, args: Mapping[str, Any]) -> tuple[Bulk, Job]:
+        """Act on a query, first step: write ``bulk/<id>/devices.txt`` from the query's devices and queue a plan
+        of it (changes nothing). ``run_bulk`` imports it.
+
+        Raises:
+            InvalidBulk: the query or args are refused; IoTHubHTTPError: the hub refused the query.
+        """
+        self._check_hub(hub)
+        client = self.engine.ctx.hubs[hub]
+        made = write_bulk(
+            self.storage, self.settings.containers.bulk, client, hub, query=query, action=action, args=args
+        )
+        return made, self.plan(hub, made.ref)
+
+    def run_bulk(self, bulk_id: str) -> Job:
+        """Import a generated file as a normal import job (validated, snapshotted, reported, undoable); a request
+        sent twice finds the same job (an import is keyed by its source's version).
+
+        Raises:
+            NotABulk: no such bulk id, or its file is gone (a regenerateKeys file is deleted after its import).
+        """
+        container = self.settings.containers.bulk
+        manifest = read_manifest(self.storage, container, bulk_id)
+        if manifest is None:
+            raise NotABulk(f"no bulk '{bulk_id}': POST /api/bulk makes one")
+        name = f"{bulk_id}/devices.txt"
+        props = self.storage.properties(BlobRef(container, name))
+        if props is None:
+            listed, _ = self.ledger.list_jobs(manifest["hub"], source=f"{container}/{name}", limit=20)
+            imports = [j for j in listed if j.kind is JobKind.IMPORT]
+            if imports:
+                return imports[0]
+            raise NotABulk(f"bulk '{bulk_id}' has no file any more (a regenerateKeys file is deleted after its run)")
+        return self.on_upload(container, name, props.etag, manifest["hub"])
+
     def export(self, hub: str, *, include_keys: bool, key: str | None = None) -> Job:
         """Queue a backup of ``hub`` (``key``: a repeated request finds the queued one) and start it if idle."""
         self._check_hub(hub)
@@ -290,6 +327,10 @@ class Services:
 
 class CannotApprove(Exception):
     """The job is not awaiting approval; the message says what it is."""
+
+
+class NotABulk(Exception):
+    """No generated file under that bulk id; the message says why."""
 
 
 class CannotRollBack(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import requests
@@ -172,6 +173,31 @@ class IoTHubClient:
         errors: list[dict[str, Any]] = response.json().get("errors") or []
         return errors
 
+    def query_devices(self, query: str, *, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """The twins a query selects (``SELECT * FROM devices WHERE ...``), page by page as the hub answers them:
+        ``POST /devices/query`` with ``x-ms-max-item-count``, following the ``x-ms-continuation`` header until the
+        hub sends none. Each page is one call (throttling is retried by the policy).
+
+        Raises:
+            IoTHubHTTPError: the hub refused the query (400 with its message for one it cannot parse).
+        """
+        if not 1 <= page_size <= 1000:
+            raise ValueError("page_size must be 1 to 1000")
+        token: str | None = None
+        while True:
+            headers = {"x-ms-max-item-count": str(page_size)}
+            if token:
+                headers["x-ms-continuation"] = token
+            # A query only reads: safe to send again after a lost answer.
+            response = self._send("POST", "/devices/query", body={"query": query}, idempotent=True, headers=headers)
+            page = response.json()
+            if not isinstance(page, list):
+                raise IoTHubError(f"IoT Hub {self.host}: a query page was not a JSON array")
+            yield from (item for item in page if isinstance(item, dict))
+            token = response.headers.get("x-ms-continuation")
+            if not token:
+                return
+
     # --- transport ----------------------------------------------------------------------------------
 
     def _send(
@@ -182,6 +208,7 @@ class IoTHubClient:
         body: Any = None,
         idempotent: bool | None = None,
         accept: tuple[int, ...] = (),
+        headers: dict[str, str] | None = None,
     ) -> requests.Response:
         """One logical call: retries per the policy, then maps the outcome to a typed error."""
         idempotent = method in ("GET", "PUT", "DELETE") if idempotent is None else idempotent
@@ -193,6 +220,7 @@ class IoTHubClient:
                 body=body,
                 content_type="application/json; charset=utf-8",
                 idempotent=idempotent,
+                headers=headers,
                 label=f"IoT Hub {method} {path}",
             )
         except Unreachable as exc:

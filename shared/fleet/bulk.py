@@ -1,0 +1,196 @@
+"""Act on a query: the import file that applies one action to every device a hub query selects.
+
+``generate`` pages through ``SELECT * FROM devices [WHERE ...]`` and writes one import line per device, as it
+reads them, to a staged blob (``bulk/<id>/devices.txt``): the file is never held whole. The lines, per action:
+
+- ``delete``: ``{"id", "importMode": "delete"}``.
+- ``disable`` / ``enable``: ``importMode: update`` with the new ``status`` and the device's own Edge capability,
+  scopes and, for X.509 devices, thumbprints as the query returned them. A query result (a twin) carries no
+  symmetric keys, so a SAS device's line has no ``authentication``: the hub then keeps the keys it has (as the
+  emulator does; an ``update`` line that named keys would have to repeat them, and they are not in the query).
+  Twin tags and properties are not in the line, so they stay as they are.
+- ``setTags``: ``importMode: updateTwin`` with the twin's tags as the query returned them, ``args.tags`` set over
+  them (a tag set to null is removed): an import replaces a twin's tags, so the line carries the others over.
+- ``regenerateKeys``: ``importMode: update`` as for disable/enable (status kept) with a new primary and secondary
+  key, each ``secrets.token_bytes(32)`` in base64, minted here. Only SAS devices get a line; the others are counted
+  as skipped. The file is written with the metadata ``holdskeys=true``: the engine deletes it (and its snapshots)
+  when the import job of it ends. No key is ever returned, logged or reported: ``BulkResult`` counts devices.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..iothub import IoTHubClient
+from ..storage import NDJSON_TYPE, BlobRef, Storage
+
+ACTIONS = ("delete", "disable", "enable", "setTags", "regenerateKeys")
+HOLDS_KEYS = "holdskeys"  # blob metadata (lowercase: Azure returns metadata names as they were set)
+_SELECT_DEVICES = re.compile(r"^\s*SELECT\s+\*\s+FROM\s+devices(\s+WHERE\s+\S.*)?\s*$", re.IGNORECASE | re.DOTALL)
+
+
+class InvalidBulk(ValueError):
+    """A query or arguments this app refuses before asking the hub; the message says what to change."""
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    devices: int  # lines written
+    skipped: int  # devices the action does not apply to (regenerateKeys: not SAS; modules)
+
+
+def check(query: str, action: str, args: Mapping[str, Any]) -> None:
+    """Raises ``InvalidBulk`` for a query that is not ``SELECT * FROM devices [WHERE ...]`` or wrong ``args``."""
+    if not _SELECT_DEVICES.match(query):
+        raise InvalidBulk(
+            "the query must select whole device twins: 'SELECT * FROM devices [WHERE ...]' (no COUNT(), "
+            "projections or devices.modules)"
+        )
+    if action not in ACTIONS:
+        raise InvalidBulk(f"unknown action '{action}': one of {', '.join(ACTIONS)}")
+    if action == "setTags":
+        tags = args.get("tags")
+        if not isinstance(tags, dict) or not tags or set(args) != {"tags"}:
+            raise InvalidBulk('setTags takes args {"tags": {...}} with at least one tag')
+    elif args:
+        raise InvalidBulk(f"{action} takes no args")
+
+
+def new_key() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def line_for(action: str, twin: Mapping[str, Any], args: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The import line for one device's twin (None: the action does not apply to it)."""
+    device_id = twin.get("deviceId")
+    if not isinstance(device_id, str) or twin.get("moduleId") is not None:
+        return None
+    if action == "delete":
+        return {"id": device_id, "importMode": "delete"}
+    if action == "setTags":
+        given = twin.get("tags")
+        tags: dict[str, Any] = given if isinstance(given, dict) else {}
+        merged = {**tags, **args["tags"]}  # the import replaces the twin's tags: the others are carried over
+        return {"id": device_id, "importMode": "updateTwin", "tags": {k: v for k, v in merged.items() if v is not None}}
+    auth_type = str(twin.get("authenticationType") or "sas")
+    if action == "regenerateKeys" and auth_type.lower() != "sas":
+        return None
+    status = {"disable": "disabled", "enable": "enabled"}.get(action, str(twin.get("status") or "enabled"))
+    line: dict[str, Any] = {"id": device_id, "importMode": "update", "status": status}
+    if twin.get("statusReason"):
+        line["statusReason"] = twin["statusReason"]
+    caps = twin.get("capabilities")
+    if isinstance(caps, dict):
+        line["capabilities"] = {"iotEdge": bool(caps.get("iotEdge", False))}
+    if twin.get("deviceScope"):
+        line["deviceScope"] = twin["deviceScope"]
+    if twin.get("parentScopes"):
+        line["parentScopes"] = list(twin["parentScopes"])
+    if action == "regenerateKeys":
+        line["authentication"] = {"type": "sas", "symmetricKey": {"primaryKey": new_key(), "secondaryKey": new_key()}}
+    elif auth_type.lower() != "sas":
+        auth: dict[str, Any] = {"type": auth_type}
+        thumbs = twin.get("x509Thumbprint")
+        if auth_type.lower() == "selfsigned" and isinstance(thumbs, dict):
+            auth["x509Thumbprint"] = {k: v for k, v in thumbs.items() if v}
+        line["authentication"] = auth
+    return line
+
+
+def generate(
+    twins: Iterable[Mapping[str, Any]], action: str, args: Mapping[str, Any], write: Callable[[bytes], None]
+) -> BulkResult:
+    """Write one line per twin the action applies to, as the twins arrive."""
+    written = skipped = 0
+    for twin in twins:
+        line = line_for(action, twin, args)
+        if line is None:
+            skipped += 1
+            continue
+        write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+        written += 1
+    return BulkResult(written, skipped)
+
+
+MANIFEST = "bulk.json"
+DEVICES = "devices.txt"
+BULK_ID = r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$"
+
+
+@dataclass(frozen=True, slots=True)
+class Bulk:
+    """A generated file: ``bulk/<id>/devices.txt`` (``ref``) and what made it (``bulk/<id>/bulk.json``)."""
+
+    bulk_id: str
+    hub: str
+    query: str
+    action: str
+    result: BulkResult
+    ref: BlobRef  # devices.txt, pinned by its ETag
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.bulk_id,
+            "hub": self.hub,
+            "query": self.query,
+            "action": self.action,
+            "devices": self.result.devices,
+            "skipped": self.result.skipped,
+            "file": self.ref.path,
+        }
+
+
+def write_bulk(
+    storage: Storage,
+    container: str,
+    client: IoTHubClient,
+    hub: str,
+    *,
+    query: str,
+    action: str,
+    args: Mapping[str, Any],
+    now: datetime | None = None,
+) -> Bulk:
+    """Check, page through the query and write ``<container>/<id>/devices.txt`` (streamed, in blocks) and
+    ``bulk.json`` beside it.
+
+    Raises:
+        InvalidBulk: the query or the args are refused before asking the hub.
+        IoTHubHTTPError: the hub refused the query (e.g. 400 for one it cannot parse).
+    """
+    check(query, action, args)
+    bulk_id = f"{(now or datetime.now(UTC)):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    storage.ensure_container(container)
+    staged = storage.stage(container, f"{bulk_id}/{DEVICES}")
+    result = generate(client.query_devices(query), action, args, staged.write)
+    metadata = {HOLDS_KEYS: "true"} if action == "regenerateKeys" else {}
+    etag = staged.commit(metadata=metadata, content_type=NDJSON_TYPE)
+    ref = BlobRef(container, f"{bulk_id}/{DEVICES}", etag)
+    bulk = Bulk(bulk_id, hub, query, action, result, ref)
+    storage.upload_bytes(container, f"{bulk_id}/{MANIFEST}", json.dumps(bulk.public(), indent=2).encode())
+    return bulk
+
+
+def read_manifest(storage: Storage, container: str, bulk_id: str) -> dict[str, Any] | None:
+    """``bulk.json`` of a generated file (None: no such bulk id)."""
+    if storage.properties(BlobRef(container, f"{bulk_id}/{MANIFEST}")) is None:
+        return None
+    doc: dict[str, Any] = json.loads(b"".join(storage.open_read(BlobRef(container, f"{bulk_id}/{MANIFEST}"))))
+    return doc
+
+
+def drop_if_secret(storage: Storage, ref: BlobRef) -> bool:
+    """Delete a generated file that holds keys (and the engine's snapshot pins of it); True when it did."""
+    plain = BlobRef(ref.container, ref.name)
+    props = storage.properties(plain)
+    if props is None or props.metadata.get(HOLDS_KEYS) != "true":
+        return False
+    storage.delete_version(plain, with_snapshots=True)
+    return True

@@ -1,0 +1,153 @@
+"""Act on a query: the import file generated from a hub query, its plan, its run as a normal import job, and the
+keys regenerateKeys mints never leaving the file the hub reads."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from emulators.iothub import IoTHubEmulator
+from shared.fleet.bulk import Bulk, InvalidBulk, write_bulk
+from shared.iothub import IoTHubHTTPError
+from shared.ledger import Job, JobKind, JobState
+from shared.storage import BlobRef
+
+from .helpers import KEY, Clock, Jobs, hub_call, run_to_end, upload
+
+QUERY = "SELECT * FROM devices WHERE tags.site = 'a'"
+
+
+def seed(p: Jobs, clock: Clock) -> None:
+    auth = {"type": "sas", "symmetricKey": {"primaryKey": KEY, "secondaryKey": KEY}}
+    lines: list[dict[str, Any] | str] = [
+        {"id": f"q-{i}", "status": "enabled", "authentication": auth, "tags": {"site": "a" if i < 5 else "b"}}
+        for i in range(8)
+    ]
+    lines.append(
+        {
+            "id": "q-x509",
+            "status": "enabled",
+            "authentication": {"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": "A" * 40}},
+            "tags": {"site": "a"},
+        }
+    )
+    lines.append({"id": "q-edge", "status": "enabled", "capabilities": {"iotEdge": True}, "tags": {"site": "a"}})
+    done = run_to_end(p, p.accept_upload(upload(p, f"seed-{clock.now:%H%M%S}.jsonl", lines), "devhub"), clock)
+    assert done.state is JobState.COMPLETED, done.failure_reason
+
+
+def make(p: Jobs, action: str, args: dict[str, Any] | None = None, query: str = QUERY) -> Bulk:
+    return write_bulk(
+        p.storage, p.containers.bulk, p.hubs["devhub"], "devhub", query=query, action=action, args=args or {}
+    )
+
+
+def lines_of(p: Jobs, ref: BlobRef) -> list[dict[str, Any]]:
+    data = b"".join(p.storage.open_read(BlobRef(ref.container, ref.name)))
+    return [json.loads(x) for x in data.splitlines() if x.strip()]
+
+
+def device(emu: IoTHubEmulator, device_id: str) -> dict[str, Any]:
+    response = hub_call(emu, "GET", f"/devices/{device_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def run(p: Jobs, made: Bulk, clock: Clock) -> Job:
+    plan = run_to_end(
+        p, p.engine.accept(p.engine.draft(JobKind.PLAN, "devhub", source=made.ref, keyed_by_source=False)), clock
+    )
+    assert plan.state is JobState.COMPLETED, plan.failure_reason
+    done = run_to_end(p, p.accept_upload(made.ref, "devhub"), clock)
+    assert done.state is JobState.COMPLETED, done.failure_reason
+    return done
+
+
+def test_query_devices_pages_through_every_match(jobs: Jobs, clock: Clock) -> None:
+    seed(jobs, clock)
+    client = jobs.hubs["devhub"]
+    ids = sorted(t["deviceId"] for t in client.query_devices(QUERY, page_size=2))
+    assert ids == ["q-0", "q-1", "q-2", "q-3", "q-4", "q-edge", "q-x509"]
+    assert {t["deviceId"] for t in client.query_devices("SELECT * FROM devices", page_size=3)} >= set(ids)
+
+
+def test_an_invalid_query_is_refused(jobs: Jobs) -> None:
+    with pytest.raises(InvalidBulk):
+        make(jobs, "delete", query="SELECT COUNT() AS n FROM devices")
+    with pytest.raises(InvalidBulk):
+        make(jobs, "setTags", args={})
+    with pytest.raises(IoTHubHTTPError) as caught:
+        make(jobs, "delete", query="SELECT * FROM devices WHERE tags.site > 'a'")
+    assert caught.value.status == 400
+
+
+def test_disable_then_enable_changes_only_status(jobs: Jobs, iothub: IoTHubEmulator, clock: Clock) -> None:
+    seed(jobs, clock)
+    made = make(jobs, "disable")
+    assert made.result.devices == 7
+    lines = {x["id"]: x for x in lines_of(jobs, made.ref)}
+    assert lines["q-0"] == {
+        "id": "q-0",
+        "importMode": "update",
+        "status": "disabled",
+        "capabilities": {"iotEdge": False},
+    }
+    assert lines["q-edge"]["capabilities"] == {"iotEdge": True}
+    assert lines["q-x509"]["authentication"]["type"] == "selfSigned"
+    run(jobs, made, clock)
+    for i in range(8):
+        d = device(iothub, f"q-{i}")
+        assert d["status"] == ("disabled" if i < 5 else "enabled")
+        assert d["authentication"]["symmetricKey"]["primaryKey"] == KEY  # keys kept
+    assert device(iothub, "q-edge")["capabilities"]["iotEdge"] is True
+    assert device(iothub, "q-x509")["authentication"]["x509Thumbprint"]["primaryThumbprint"] == "A" * 40
+    run(jobs, make(jobs, "enable"), clock)
+    assert all(device(iothub, f"q-{i}")["status"] == "enabled" for i in range(5))
+
+
+def test_set_tags_and_delete(jobs: Jobs, iothub: IoTHubEmulator, clock: Clock) -> None:
+    seed(jobs, clock)
+    made = make(jobs, "setTags", {"tags": {"owner": "ops"}})
+    assert lines_of(jobs, made.ref)[0] == {
+        "id": "q-0",
+        "importMode": "updateTwin",
+        "tags": {"site": "a", "owner": "ops"},
+    }
+    run(jobs, made, clock)
+    twin = hub_call(iothub, "GET", "/twins/q-0").json()
+    assert twin["tags"]["owner"] == "ops" and twin["tags"]["site"] == "a"
+    gone = make(jobs, "delete", query="SELECT * FROM devices WHERE tags.site = 'b'")
+    assert {x["importMode"] for x in lines_of(jobs, gone.ref)} == {"delete"}
+    run(jobs, gone, clock)
+    assert hub_call(iothub, "GET", "/devices/q-5").status_code == 404
+    assert hub_call(iothub, "GET", "/devices/q-0").status_code == 200
+
+
+def test_regenerate_keys_never_leaks_a_key(
+    jobs: Jobs, iothub: IoTHubEmulator, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed(jobs, clock)
+    caplog.set_level(logging.DEBUG)
+    made = make(jobs, "regenerateKeys")
+    assert (made.result.devices, made.result.skipped) == (6, 1)  # the X.509 device has no keys
+    minted = {x["id"]: x["authentication"]["symmetricKey"]["primaryKey"] for x in lines_of(jobs, made.ref)}
+    assert len(set(minted.values())) == 6 and KEY not in minted.values()
+    done = run(jobs, made, clock)
+    for device_id, key in minted.items():
+        assert device(iothub, device_id)["authentication"]["symmetricKey"]["primaryKey"] == key
+    assert jobs.storage.properties(BlobRef(made.ref.container, made.ref.name)) is None  # deleted after the job
+    seen = [json.dumps(r.__dict__, default=str) for r in caplog.records]
+    seen += [
+        json.dumps(j.__dict__ if hasattr(j, "__dict__") else str(j), default=str)
+        for j in jobs.ledger.list_jobs("devhub", limit=50)[0]
+    ]
+    seen.append(json.dumps(made.public()))
+    for path in done.reports.values():
+        container, _, name = path.partition("/")
+        seen.append(b"".join(jobs.storage.open_read(BlobRef(container, name))).decode())
+    blob = "\n".join(seen)
+    assert not [k for k in minted.values() if k in blob]
