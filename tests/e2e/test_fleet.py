@@ -167,3 +167,34 @@ def test_rollback_over_http_survives_a_crash_and_refuses_what_it_cannot_undo(sta
     undo = [j for j in stack.app.jobs() if j["rollbackOf"] == imported["jobId"] and j["kind"] == "import"]
     assert len(undo) == 1 and undo[0]["state"] == "completed"  # one inverse import, though the end ran twice
     assert state(stack) == before
+
+
+def test_act_on_a_query_over_http_plans_then_runs_and_refuses_bad_input(stack: Stack) -> None:
+    stack.app.start()
+    stack.drop("seed.jsonl", [dev(f"q-{i}", tags={"site": "a" if i < 6 else "b"}) for i in range(10)])
+    stack.app.wait_jobs(1)
+    query = "SELECT * FROM devices WHERE tags.site = 'a'"
+    r = stack.app.call("POST", "bulk", json={"hub": "devhub", "query": query, "action": "disable"})
+    assert r.status_code == 202, r.text
+    made, plan = r.json()["bulk"], r.json()["plan"]
+    assert plan["kind"] == "plan" and r.json()["run"].endswith("/run")
+    until(stack, lambda j: j["jobId"] == plan["jobId"] and j["state"] in TERMINAL)
+    assert {d["status"] for d in registry(stack).values()} == {"enabled"}  # a plan changes nothing
+    run = stack.app.call("POST", r.json()["run"].removeprefix("/api/"))
+    assert run.status_code == 202, run.text
+    again = stack.app.call("POST", r.json()["run"].removeprefix("/api/"))
+    assert again.json()["jobId"] == run.json()["jobId"]  # run twice: one import
+    until(stack, lambda j: j["jobId"] == run.json()["jobId"] and j["state"] in TERMINAL)
+    assert stack.app.job("devhub", run.json()["jobId"])["state"] == "completed"
+    statuses = {k: d["status"] for k, d in registry(stack).items()}
+    assert statuses == {f"q-{i}": ("disabled" if i < 6 else "enabled") for i in range(10)}, made
+    for body, status, code in (
+        ({"hub": "devhub", "query": "DELETE FROM devices", "action": "delete"}, 400, "InvalidQuery"),
+        ({"hub": "devhub", "query": "SELECT * FROM devices WHERE", "action": "delete"}, 400, "InvalidQuery"),
+        ({"hub": "nohub", "query": query, "action": "delete"}, 404, "UnknownHub"),
+        ({"hub": "devhub", "query": query, "action": "explode"}, 400, "InvalidField"),
+    ):
+        bad = stack.app.call("POST", "bulk", json=body)
+        assert (bad.status_code, bad.json()["error"]["code"]) == (status, code), bad.text
+    missing = stack.app.call("POST", "bulk/nosuchbulk/run")
+    assert missing.status_code in (400, 404) and missing.json()["error"]["code"] in ("BulkNotFound", "InvalidField")
