@@ -14,10 +14,10 @@ It reads the app's own metadata (``app.get_functions()``) and calls the user fun
 
 Requests are refused as the real host refuses them: a method no function takes on a route (TRACE, FOO, HEAD on
 a GET route, GET on a POST route) is 404, not 405; a bad Content-Length is 400 and a body over Azure's 100 MB limit
-413, both without reading the body. Differences on purpose: errors are JSON ``{"error": {"code", "message"}}``
-(PascalCase codes, as the app's; the real host answers 401/404 with an empty body), the admin endpoint answers
-when the invocation has finished (the real one answers 202 at once), which keeps tests free of waits; keys are
-fixed development keys unless given.
+413, both without reading the body; the admin endpoint answers 202 at once for any non-HTTP function (a blob
+trigger takes ``{"input": "<container>/<blob>"}``) and the function runs in the background. Differences on
+purpose: errors are JSON ``{"error": {"code", "message"}}`` (PascalCase codes, as the app's; the real host answers
+401/404 with an empty body); keys are fixed development keys unless given.
 """
 
 from __future__ import annotations
@@ -173,12 +173,23 @@ class FunctionsHost:
 
     # --- invoking -------------------------------------------------------------------------------------
 
-    def invoke(self, name: str) -> None:
-        """Fire a timer function now (as the admin endpoint does), with the schedule status the host would pass."""
+    def invoke(self, name: str, blob_input: str | None = None) -> None:
+        """Run a non-HTTP function now, in the background, as the admin endpoint does: a timer with the schedule
+        status the host would pass, a blob trigger on ``blob_input`` (``<container>/<blob>``).
+
+        Raises:
+            KeyError: no such timer or blob trigger.
+            ValueError: a blob trigger without an input in its container.
+        """
         timer = self.timers.get(name)
-        if timer is None:
-            raise KeyError(name)
-        timer.fire(past_due=False)
+        if timer is not None:
+            self._spawn(lambda: timer.run_once(past_due=False), f"admin-{name}")
+            return
+        trigger = self.blobs[name]
+        container, _, blob = str(blob_input or "").partition("/")
+        if container != trigger.container or not blob:
+            raise ValueError(f"give the blob as {trigger.container}/<name>")
+        trigger.deliver(blob, "")
 
     def event_grid(self, function: str, events: list[dict[str, Any]]) -> dict[str, Any] | None:
         """Take a batch of Event Grid events for a blob trigger, as the blob extension's webhook does: answer the
@@ -312,7 +323,7 @@ class FunctionsHost:
                     body = self._read_body(length)
                     if body is not None:
                         self.close_connection = False
-                        self._admin(parts.path.removeprefix("/admin/functions/"), key)
+                        self._admin(parts.path.removeprefix("/admin/functions/"), key, body)
                     return
                 route = parts.path.removeprefix("/api/").rstrip("/") if parts.path.startswith("/api/") else None
                 # As the real host: a route no function takes with this method (or at all) is 404, never 405.
@@ -374,22 +385,24 @@ class FunctionsHost:
                 else:
                     self._send(202, b"")
 
-            def _admin(self, name: str, key: str | None) -> None:
+            def _admin(self, name: str, key: str | None, body: bytes) -> None:
+                # As Azure: 202 at once for any non-HTTP function, which runs in the background (a caller waits on
+                # what it does, never on this call). A blob trigger takes {"input": "<container>/<blob>"}.
                 if self.command != "POST":
                     self._error(404, "NotFound", "POST /admin/functions/<name> fires a function")
                 elif not key:
                     self._error(401, "MissingMasterKey", "the master key is required: x-functions-key or ?code=")
                 elif key != host.master_key:
                     self._error(401, "InvalidMasterKey", "the key given is not the master key")
-                elif name not in host.timers:
-                    self._error(404, "NotFound", f"no timer function named {name}")
+                elif name not in host.timers and name not in host.blobs:
+                    self._error(404, "NotFound", f"no timer or blob trigger function named {name}")
                 else:
                     try:
-                        host.invoke(name)
-                    except Exception as exc:
-                        self._error(500, "InternalError", f"{name} failed: {type(exc).__name__}")
+                        host.invoke(name, json.loads(body or b"{}").get("input"))
+                    except (ValueError, AttributeError):
+                        self._error(400, "InvalidInput", 'the body must be {"input": "<container>/<blob>"}')
                         return
-                    self._send(202, json.dumps({"function": name, "status": "completed"}).encode())
+                    self._send(202, json.dumps({"function": name, "status": "accepted"}).encode())
 
         return Handler
 

@@ -76,17 +76,18 @@ class Timer:
                 logger.info(
                     "timer %s missed %s while the host was down: firing once", self.binding.function, status["Next"]
                 )
-                self._fire_logged(past_due=True)
+                self.run_once(past_due=True)
         due = _next(self.schedule, datetime.now(UTC))
         logger.info("timer %s scheduled: next run at %s", self.binding.function, due.isoformat())
         while not stop.wait(max(0.0, (due - datetime.now(UTC)).total_seconds())):
-            self._fire_logged(past_due=False, scheduled=due)
+            self.run_once(past_due=False, scheduled=due)
             following = _next(self.schedule, due)
             if following < datetime.now(UTC):  # the run overran its period: catch up once, not once per miss
-                self._fire_logged(past_due=True)
+                self.run_once(past_due=True)
             due = _next(self.schedule, datetime.now(UTC))
 
-    def _fire_logged(self, *, past_due: bool, scheduled: datetime | None = None) -> None:
+    def run_once(self, *, past_due: bool, scheduled: datetime | None = None) -> None:
+        """Fire, logging a failure instead of raising (the next occurrence runs anyway)."""
         with contextlib.suppress(Exception):  # logged in fire; the next occurrence runs anyway
             self.fire(past_due=past_due, scheduled=scheduled)
 

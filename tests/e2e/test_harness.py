@@ -6,7 +6,12 @@ from __future__ import annotations
 import signal
 
 import pytest
+import requests
 from azure.core.exceptions import HttpResponseError
+
+from emulators.functions_host import MASTER_KEY
+from tests.integration.helpers import control
+from tests.integration.helpers import device_line as dev
 
 from .app import Stack
 
@@ -30,3 +35,28 @@ def test_names_of_a_missing_container_is_empty_but_a_failed_listing_raises(stack
     assert stack.names("no-such-container") == []
     with pytest.raises(HttpResponseError):
         stack.names("Not_A_Container_Name")  # refused by the service: not "nothing there"
+
+
+def test_the_admin_endpoint_answers_at_once_for_timers_and_the_blob_trigger(stack: Stack) -> None:
+    # As Azure: 202 at once for any non-HTTP function; callers wait on what it does.
+    stack.app.start()
+    control(stack.hub, "jobs", {"paused": True})  # the export the timer queues cannot finish yet
+    r = requests.post(
+        f"{stack.app.url}/admin/functions/nightly_backup", headers={"x-functions-key": MASTER_KEY}, json={}, timeout=10
+    )
+    assert r.status_code == 202 and r.json()["status"] == "accepted"
+    (job,) = stack.app.wait_jobs(1, states={"running", "submitting", "queued"})
+    assert job["kind"] == "export"  # it ran, and the call did not wait for its end
+    control(stack.hub, "jobs", {"paused": False})
+    stack.app.wait_jobs(1)
+    # The blob trigger, on a blob of its container; a wrong input is refused.
+    stack.drop("by-admin.jsonl", [dev("admin-1")])
+    url = f"{stack.app.url}/admin/functions/import_on_upload"
+    bad = requests.post(url, headers={"x-functions-key": MASTER_KEY}, json={"input": "reports/x"}, timeout=10)
+    assert bad.status_code == 400
+    ok = requests.post(
+        url, headers={"x-functions-key": MASTER_KEY}, json={"input": "uploads/by-admin.jsonl"}, timeout=10
+    )
+    assert ok.status_code == 202
+    jobs = stack.app.wait_jobs(2)
+    assert [j["source"] for j in jobs if j["kind"] == "import"] == ["uploads/by-admin.jsonl"]
