@@ -16,10 +16,12 @@ from ..iothub import (
     JobQuotaExceeded,
 )
 from ..iothub import Job as HubJob
-from ..ledger import Job
+from ..iothub import JobStatus as HubStatus
+from ..ledger import Job, JobState
 
 WORK_DEVICES_BLOB = "devices.txt"  # in a work container: what an import job reads, what an export job writes
 ERRORS_BLOB = "importErrors.log"  # what an import job writes to its output container
+REGISTRY_BLOB = "registry.txt"  # in a plan's or rollback's work container: the export it reads
 CONFIG_ERRORS_BLOB = "importConfigErrors.log"  # ... and, with configurations, its refusals of them (C# SDK sample)
 
 
@@ -75,3 +77,21 @@ def _urls(job: Job, ctx: Context) -> tuple[str, str]:
         ctx.storage.sas.container_sas_url(job.work_container, "rl"),
         ctx.storage.sas.container_sas_url(job.work_container, "rwdl"),
     )
+
+
+def export_registry(job: Job, client: IoTHubClient, container_url: tuple[str, str], ctx: Context) -> HubJob:
+    """An export of the whole registry, keys included, into the job's own work container (``REGISTRY_BLOB``): what a
+    plan or a rollback joins with its file. The container goes with the job, and no key reaches a report."""
+    return client.create_export_job(
+        container_url[1], output_blob_name=REGISTRY_BLOB, exclude_keys=False, identity_based=ctx.identity_based
+    )
+
+
+def export_unfinished(job: Job, hub_job: HubJob, nothing_done: str) -> Ending | None:
+    """The ending of a job whose registry export was cancelled or failed (``nothing_done`` says what did not
+    happen), or None when the export completed."""
+    if hub_job.status is HubStatus.CANCELLED:
+        return Ending(job, JobState.CANCELLED, f"cancelled on the hub; {nothing_done}")
+    if hub_job.status is HubStatus.FAILED:
+        return Ending(job, JobState.FAILED, f"the export failed: {hub_job.failure_reason or 'no reason given'}")
+    return None

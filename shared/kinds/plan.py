@@ -21,13 +21,11 @@ from ..engine import Context, Ending
 from ..fleet import Join, Plan, snapshot_record
 from ..iothub import IoTHubClient
 from ..iothub import Job as HubJob
-from ..iothub import JobStatus as HubStatus
 from ..ledger import Job, JobKind, JobState
 from ..storage import NDJSON_TYPE, BlobRef, UploadChanged
-from ._hub import WORK_DEVICES_BLOB
+from ._hub import REGISTRY_BLOB, WORK_DEVICES_BLOB, export_registry, export_unfinished
 from .imports import ImportKind
 
-REGISTRY_BLOB = "registry.txt"  # in a plan's work container: the export it reads (the staged file is devices.txt)
 SNAPSHOT_BLOB = "devices.jsonl"
 PLAN_REPORT = "plan.json"
 
@@ -66,17 +64,11 @@ class PlanKind(ImportKind):
         return super().submit(job, ctx)
 
     def create(self, job: Job, client: IoTHubClient, container_url: tuple[str, str], ctx: Context) -> HubJob:
-        # Keys are exported (a snapshot must restore them); the export stays in the job's own container, which is
-        # deleted when the job ends, and no key reaches a report.
-        return client.create_export_job(
-            container_url[1], output_blob_name=REGISTRY_BLOB, exclude_keys=False, identity_based=ctx.identity_based
-        )
+        return export_registry(job, client, container_url, ctx)  # with keys: a snapshot must restore them
 
     def end(self, job: Job, hub_job: HubJob, ctx: Context) -> Ending:
-        if hub_job.status is HubStatus.CANCELLED:
-            return Ending(job, JobState.CANCELLED, "cancelled on the hub; nothing was planned")
-        if hub_job.status is HubStatus.FAILED:
-            return Ending(job, JobState.FAILED, f"the export failed: {hub_job.failure_reason or 'no reason given'}")
+        if (ended := export_unfinished(job, hub_job, "nothing was planned")) is not None:
+            return ended
         job = replace(job, registry_from=f"a fresh export of {job.hub} (hub job {hub_job.job_id})")
         return self._planned(job, ctx, ctx.storage.open_read(BlobRef(job.work_container, REGISTRY_BLOB)))
 

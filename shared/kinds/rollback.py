@@ -18,12 +18,11 @@ from ..engine import Context, Ending
 from ..fleet import Inverse, Join
 from ..iothub import IoTHubClient
 from ..iothub import Job as HubJob
-from ..iothub import JobStatus as HubStatus
 from ..ledger import Job, JobKind, JobState, advance
 from ..storage import BlobRef
-from ._hub import HubJobKind
+from ._hub import REGISTRY_BLOB, HubJobKind, export_registry, export_unfinished
 from .imports import ImportKind
-from .plan import REGISTRY_BLOB, SNAPSHOT_BLOB, snapshot_folder
+from .plan import SNAPSHOT_BLOB, snapshot_folder
 
 ROLLBACK_REPORT = "rollback.json"
 _UNDOABLE = (JobState.COMPLETED, JobState.COMPLETED_WITH_ERRORS, JobState.FAILED, JobState.CANCELLED)
@@ -62,15 +61,11 @@ class RollbackKind(HubJobKind):
         return job
 
     def create(self, job: Job, client: IoTHubClient, container_url: tuple[str, str], ctx: Context) -> HubJob:
-        return client.create_export_job(
-            container_url[1], output_blob_name=REGISTRY_BLOB, exclude_keys=False, identity_based=ctx.identity_based
-        )
+        return export_registry(job, client, container_url, ctx)
 
     def end(self, job: Job, hub_job: HubJob, ctx: Context) -> Ending:
-        if hub_job.status is HubStatus.CANCELLED:
-            return Ending(job, JobState.CANCELLED, "cancelled on the hub; nothing was rolled back")
-        if hub_job.status is HubStatus.FAILED:
-            return Ending(job, JobState.FAILED, f"the export failed: {hub_job.failure_reason or 'no reason given'}")
+        if (ended := export_unfinished(job, hub_job, "nothing was rolled back")) is not None:
+            return ended
         target = job.rollback_of
         if target is None:
             return Ending(job, JobState.FAILED, "a rollback job must name the import it undoes")
