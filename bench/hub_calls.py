@@ -117,14 +117,7 @@ def import_job(
     reset(hub)
     counter.take()
     start = time.perf_counter()
-    job: Job = svc.on_upload(uploads, name, etag)
-    passes = 0
-    while not job.state.is_terminal:
-        time.sleep(monitor_every)
-        svc.monitor()
-        passes += 1
-        job = svc.ledger.get(job.hub, job.job_id)
-    assert job.state.value == "completed", (job.state, job.failure_reason)
+    job, passes = monitored(svc, svc.on_upload(uploads, name, etag), monitor_every)
     return {
         "state": str(job.state),
         "seconds": elapsed(start),
@@ -134,20 +127,26 @@ def import_job(
     }
 
 
+def monitored(svc: Services, job: Job, every: float) -> tuple[Job, int]:
+    """Monitor passes every ``every`` seconds until ``job`` completes; the job and how many passes it took."""
+    passes = 0
+    while not job.state.is_terminal:
+        time.sleep(every)
+        svc.monitor()
+        passes += 1
+        job = svc.ledger.get(job.hub, job.job_id)
+    assert job.state.value == "completed", (job.state, job.failure_reason)
+    return job, passes
+
+
 def nightly_backup(
     svc: Services, hub: IoTHubEmulator, counter: StorageCounter, *, monitor_every: float
 ) -> dict[str, Any]:
     """The nightly timer's export of the hub as the last import left it, followed by the monitor until it ends."""
     hub.throttle.reset()  # zero counts, the registry kept
     counter.take()
-    (job,) = svc.nightly_backup()
-    passes = 0
-    while not job.state.is_terminal:
-        time.sleep(monitor_every)
-        svc.monitor()
-        passes += 1
-        job = svc.ledger.get(job.hub, job.job_id)
-    assert job.state.value == "completed", (job.state, job.failure_reason)
+    (queued,) = svc.nightly_backup()
+    job, passes = monitored(svc, queued, monitor_every)
     return {
         "devices": job.devices,
         "monitor_passes": passes,
