@@ -650,6 +650,7 @@ class IoTHubEmulator:
         oauth: bool = False,
         tls: bool = True,
         profile: Profile | None = None,
+        tls_dir: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -671,7 +672,8 @@ class IoTHubEmulator:
             self.now,
             profile=lambda: self.profile,
         )
-        self._tls = ensure_certificates(self.data_dir / "tls") if tls else None
+        # A second hub of one local stack passes the first's ``tls_dir``: one CA (REQUESTS_CA_BUNDLE) trusts both.
+        self._tls = ensure_certificates(tls_dir or self.data_dir / "tls") if tls else None
         self._server = _Server((host, port), self._tls.server_context() if self._tls else None)
         self._server.emulator = self
         self.ready = threading.Event()
