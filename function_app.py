@@ -136,6 +136,16 @@ def run_bulk(req: func.HttpRequest) -> func.HttpResponse:
     return _respond(api.run_bulk(services, _request(req)))
 
 
+@app.route(route="migrations", methods=["POST"])
+def start_migration(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.start_migration(services, _request(req)))
+
+
+@app.route(route="migrations/{hub}/{job_id}", methods=["GET"])
+def get_migration(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.get_migration(services, _request(req)))
+
+
 @app.route(route="central/plan", methods=["POST"])
 def central_plan(req: func.HttpRequest) -> func.HttpResponse:
     return _respond(api.central_plan(services, _request(req)))

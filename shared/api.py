@@ -37,10 +37,10 @@ from .iotcentral import IoTCentralError
 from .iothub import IoTHubError, IoTHubHTTPError
 from .ledger import Job, JobNotFound, JobState, LedgerConflict, LedgerError
 from .openapi import document as openapi_document
-from .services import CannotApprove, CannotRollBack, NotABulk, Services
+from .services import CannotApprove, CannotMigrate, CannotRollBack, NotABulk, Services
 from .status import status_document
 from .storage import BlobRef, StorageError, UploadChanged
-from .views import job_view
+from .views import job_view, migration_view
 
 __all__ = ["ApiError", "Reply", "Request", "error"]
 
@@ -357,6 +357,46 @@ def run_bulk(svc: Services, inp: Inputs) -> Reply:
     except NotABulk as exc:
         raise ApiError(404, "BulkNotFound", str(exc)) from None
     return _job_reply(svc, job, 202 if not job.state.is_terminal else 200)
+
+
+@handles(schemas.MIGRATIONS)
+def start_migration(svc: Services, inp: Inputs) -> Reply:
+    """Migrate a hub: ``{"from", "to", "includeKeys": true, "configurations": false, "mode": "create"}``. The
+    reply is the migration (``GET /api/migrations/{from}/{migrationId}`` follows it)."""
+    source, target = _hub(svc, inp.body["from"]), _hub(svc, inp.body["to"])
+    if source == target:
+        raise ApiError(400, "SameHub", f"'from' and 'to' are both '{source}': a migration needs two different hubs")
+    try:
+        job = svc.migrate(
+            source,
+            target,
+            include_keys=bool(inp.body.get("includeKeys", True)),
+            configurations=bool(inp.body.get("configurations", False)),
+            mode=str(inp.body.get("mode", "create")),
+        )
+    except CannotMigrate as exc:
+        raise ApiError(400, "CannotMigrate", str(exc)) from None
+    return _migration_reply(svc, job, 202)
+
+
+@handles(schemas.GET_MIGRATION)
+def get_migration(svc: Services, inp: Inputs) -> Reply:
+    return _migration_reply(svc, svc.ledger.get(_hub(svc, inp.path["hub"]), inp.path["job_id"]))
+
+
+def _migration_reply(svc: Services, job: Job, status: int = 200) -> Reply:
+    exported, imported, verified = svc.migration(job.hub, job.job_id)
+    body = migration_view(exported, imported, verified)
+    reports = {
+        f"{step}.{name}": path
+        for step, step_job in zip(("export", "import", "verify"), (exported, imported, verified), strict=True)
+        if step_job is not None
+        for name, path in step_job.reports.items()
+    }
+    body["links"] = _links(svc, reports)
+    if verified is not None and "migration" in verified.reports and verified.state.is_terminal:
+        body["verification"] = _report(svc, verified.reports["migration"])
+    return Reply(status, body)
 
 
 def health(request: Request) -> Reply:

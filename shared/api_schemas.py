@@ -295,6 +295,44 @@ RUN_BULK = Route(
     summary="Import the file POST /api/bulk generated, as a normal import job (validated, snapshotted, undoable)",
     ok=(200, 202),
 )
+MIGRATIONS = Route(
+    "POST /api/migrations",
+    summary="Migrate a hub's registry to another hub: export, import, then verify device by device",
+    ok=(202,),
+    body=fields(
+        ("from", "to"),
+        **{
+            "from": {**HUB, "description": "must be the name of the configured hub to migrate from"},
+            "to": {**HUB, "description": "must be the name of the configured hub to migrate to (not the same)"},
+        },
+        includeKeys={
+            "type": "boolean",
+            "description": "must be true or false (true, the default: devices keep their keys in the new hub)",
+        },
+        configurations={
+            "type": "boolean",
+            "description": "must be true or false (true: the hub's configurations go too; default false)",
+        },
+        mode={
+            "enum": ["create", "createOrUpdate"],
+            "description": "must be create (the default: a device the target has already is refused, never "
+            "overwritten) or createOrUpdate (it is replaced)",
+        },
+    ),
+)
+GET_MIGRATION = Route(
+    "GET /api/migrations/{hub}/{job_id}",
+    path=fields(
+        ("hub", "job_id"),
+        hub={**HUB, "description": "must be the name of the hub migrated from"},
+        job_id={
+            "type": "string",
+            "pattern": JOB_ID,
+            "description": "must be a migration id such as 8234567890123-0a1b2c (POST /api/migrations answers it)",
+        },
+    ),
+    summary="A migration's stage, state, progress and its three jobs (export, import, verify)",
+)
 _DOCUMENT = RawBody(
     DOCUMENT_MAX_BYTES,
     f"a data-export file may be at most {DOCUMENT_MAX_BYTES // 2**20} MiB; is it the right one?",
@@ -331,6 +369,8 @@ ROUTES = (
     ROLLBACK_JOB,
     BULK,
     RUN_BULK,
+    MIGRATIONS,
+    GET_MIGRATION,
     CENTRAL_PLAN,
     CENTRAL_APPLY,
     CENTRAL_BACKUP,

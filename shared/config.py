@@ -91,6 +91,7 @@ class Containers:
     plans: str = "plans"  # files sent to POST /api/imports/plan (read by their plan job, never imported)
     snapshots: str = "snapshots"  # snapshots/<import job>/: the devices an import touched, keys included
     bulk: str = "bulk"  # bulk/<id>/devices.txt: import files generated from a query
+    migrations: str = "migrations"  # migrations/<migration job>/: the source hub's export (keys when asked)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,8 @@ from .fleet.bulk import Bulk, read_manifest, write_bulk
 from .iotcentral import IoTCentralClient
 from .iothub import IoTHubClient
 from .kinds import nightly_key, registry, rollback_refusal
-from .ledger import HubSlot, Job, JobKind, JobState, Ledger, idempotency_key
+from .kinds.migration import import_key, migration_refusal, verify_key
+from .ledger import HubSlot, Job, JobKind, JobNotFound, JobState, Ledger, idempotency_key
 from .storage import BlobRef, Storage, StorageSettings, UploadChanged
 
 logger = logging.getLogger(__name__)
@@ -227,6 +228,51 @@ class Services:
             raise NotABulk(f"bulk '{bulk_id}' has no file any more (a regenerateKeys file is deleted after its run)")
         return self.on_upload(container, name, props.etag, manifest["hub"])
 
+    def migrate(self, source: str, target: str, *, include_keys: bool, configurations: bool, mode: str) -> Job:
+        """Queue the migration of ``source``'s registry to ``target`` (its first job: the source's export) and start
+        it if the source hub is idle. A request sent twice finds the migration between the two that is under way.
+
+        Raises:
+            CannotMigrate: the two hubs or the mode are refused; the message says why.
+        """
+        why = migration_refusal(self.engine.ctx, source, target, mode)
+        if why is not None:
+            raise CannotMigrate(why)
+        for active in self.ledger.iter_active(source):
+            if active.kind is JobKind.MIGRATION and active.peer_hub == target:
+                return active
+        for active in self.ledger.iter_active(target):
+            if active.kind in (JobKind.MIGRATION_IMPORT, JobKind.MIGRATION_VERIFY) and active.peer_hub == source:
+                assert active.migration_of is not None
+                return self.ledger.get(source, active.migration_of)
+        draft = replace(
+            self.engine.draft(JobKind.MIGRATION, source),
+            peer_hub=target,
+            import_mode=mode,
+            include_keys=include_keys,
+            include_configurations=configurations,
+        )
+        return self._start(self.engine.accept(draft))
+
+    def migration(self, source: str, migration_id: str) -> tuple[Job, Job | None, Job | None]:
+        """A migration's three jobs as they stand: the source's export, the import, the verification (None: not
+        queued yet).
+
+        Raises:
+            JobNotFound: no migration with that id from that hub.
+        """
+        exported = self.ledger.get(source, migration_id)
+        if exported.kind is not JobKind.MIGRATION or exported.peer_hub is None:
+            raise JobNotFound(migration_id)
+        target = exported.peer_hub
+        if target not in self.settings.hubs:  # configured away since: its jobs cannot be read any more
+            return exported, None, None
+        return (
+            exported,
+            self.ledger.find_by_key(target, import_key(migration_id)),
+            self.ledger.find_by_key(target, verify_key(migration_id)),
+        )
+
     def export(self, hub: str, *, include_keys: bool, key: str | None = None) -> Job:
         """Queue a backup of ``hub`` (``key``: a repeated request finds the queued one) and start it if idle."""
         self._check_hub(hub)
@@ -331,6 +377,10 @@ class CannotApprove(Exception):
 
 class NotABulk(Exception):
     """No generated file under that bulk id; the message says why."""
+
+
+class CannotMigrate(Exception):
+    """The migration cannot start; the message says why."""
 
 
 class CannotRollBack(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .ledger import Job
+from .ledger import Job, JobState
 
 
 def job_view(job: Job) -> dict[str, Any]:
@@ -40,4 +40,54 @@ def job_view(job: Job) -> dict[str, Any]:
         "force": job.force,
         "planFor": job.plan_for,
         "registryFrom": job.registry_from,
+        "peerHub": job.peer_hub,
+        "migrationOf": job.migration_of,
+        "importMode": job.import_mode,
+        "includeConfigurations": job.include_configurations,
+    }
+
+
+_STAGES = ("export", "import", "verify")
+
+
+def migration_view(exported: Job, imported: Job | None, verified: Job | None) -> dict[str, Any]:
+    """A migration as one thing: its stage (the step under way, or the one it stopped at), its state, an overall
+    progress (each of the three steps a third), and its three jobs."""
+    steps = [exported, imported, verified]
+    stage = next((i for i, job in enumerate(steps) if job is None or not job.state.is_terminal), len(steps))
+    failed = next(
+        (
+            job
+            for job in steps
+            if job is not None and job.state in (JobState.FAILED, JobState.CANCELLED, JobState.REJECTED)
+        ),
+        None,
+    )
+    if failed is not None:
+        state, stage = failed.state, steps.index(failed)
+    elif stage < len(steps):
+        current = steps[stage]
+        state = JobState.QUEUED if current is None else current.state
+        if stage > 0 and state is JobState.QUEUED:
+            state = JobState.RUNNING  # the migration is under way; its next step waits for the hub's slot
+    else:
+        errors = any(job is not None and job.state is JobState.COMPLETED_WITH_ERRORS for job in steps)
+        state = JobState.COMPLETED_WITH_ERRORS if errors else JobState.COMPLETED
+    done = sum(100 for job in steps if job is not None and job.state.is_terminal)
+    current_job = steps[stage] if stage < len(steps) and failed is None else None
+    if current_job is not None:
+        done += current_job.progress
+    return {
+        "migrationId": exported.job_id,
+        "from": exported.hub,
+        "to": exported.peer_hub,
+        "mode": exported.import_mode,
+        "includeKeys": exported.include_keys,
+        "configurations": exported.include_configurations,
+        "created": exported.created.isoformat(),
+        "stage": _STAGES[min(stage, len(_STAGES) - 1)] if failed is not None or stage < len(steps) else "done",
+        "state": str(state),
+        "progress": min(done // len(steps), 100),
+        "failureReason": failed.failure_reason if failed is not None else None,
+        "jobs": {name: (job_view(job) if job is not None else None) for name, job in zip(_STAGES, steps, strict=True)},
     }

@@ -11,7 +11,7 @@ The spool folder is a ``SpoolDir``: a process killed mid-join leaves a folder th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,14 +117,17 @@ class Join:
             self.file.add(device_id, record)
         self.file.flush()
 
-    def add_registry(self, chunks: Iterable[bytes]) -> int:
+    def add_registry(self, chunks: Iterable[bytes], seen: Callable[[Doc], None] | None = None) -> int:
         """Spool a registry export (devices, each followed by its modules; a first line that is not JSON, as the
-        service may write, is skipped); its device and module line count."""
+        service may write, is skipped); its device and module line count. ``seen`` is shown every line's document
+        on the way (to count them without a second read)."""
         for _, batch in iter_batches(chunks):
             for raw in batch:
                 if raw is None or not raw.strip() or not raw.lstrip().startswith(b"{"):
                     continue
                 doc = orjson.loads(raw)
+                if seen is not None:
+                    seen(doc)
                 self.registry.add(str(doc["id"]), raw)
                 self.registry_lines += 1
         self.registry.flush()

@@ -194,19 +194,25 @@ class RestoreKind(ImportKind):
             ctx,
             ref,
             expected_sha256=str(manifest.get("sha256") or "") or None,
-            rewrite=_without_etags,
+            rewrite=self._rewrite(job),
             keep=left_out.restorable,
         )
         job = replace(job, notes=(*job.notes, *left_out.notes()))
         if job.failure_reason is None and manifest.get("configurationsBlob"):
             job = _stage_configurations(job, ctx, BlobRef(ref.container, f"{folder}/{CONFIGURATIONS_BLOB}"), manifest)
         if job.failure_reason is None and not manifest.get("includesKeys"):
-            note = (
-                "this backup holds no keys: devices it re-creates get new keys from the hub (devices that still "
-                "exist keep theirs); take backups with BACKUP_INCLUDE_KEYS=true to restore keys too"
-            )
-            job = replace(job, notes=(*job.notes, note))
+            job = replace(job, notes=(*job.notes, self._keyless_note(job)))
         return job
+
+    def _rewrite(self, job: Job) -> Callable[[Callable[[bytes], None]], Callable[[bytes], None]]:
+        """How the export's lines change on their way to the hub: without their ETags."""
+        return _without_etags
+
+    def _keyless_note(self, job: Job) -> str:
+        return (
+            "this backup holds no keys: devices it re-creates get new keys from the hub (devices that still "
+            "exist keep theirs); take backups with BACKUP_INCLUDE_KEYS=true to restore keys too"
+        )
 
     def create(self, job: Job, client: IoTHubClient, container_url: tuple[str, str], ctx: Context) -> HubJob:
         # Configurations go with the devices when prepare staged them (the backup holds some).

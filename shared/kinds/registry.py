@@ -12,6 +12,7 @@ from ..ledger import JobKind
 from .central_apply import CentralApplyKind
 from .export import ExportKind
 from .imports import ImportKind, RestoreKind
+from .migration import MigrationImportKind, MigrationKind, MigrationVerifyKind
 from .plan import PlanKind
 from .rollback import RollbackKind
 
@@ -35,6 +36,8 @@ def registry(
         ExportKind(retention_days, include_configurations=include_configurations),
     ]
     kinds += [PlanKind(plan_backup_max_age), RollbackKind(importer)]
+    migration_import = MigrationImportKind(MigrationVerifyKind())
+    kinds += [MigrationKind(migration_import), migration_import, migration_import.verifier]
     off: dict[JobKind, str] = {}
     if central is not None:
         kinds.append(CentralApplyKind(central))

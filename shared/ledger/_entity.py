@@ -48,6 +48,10 @@ class JobEntity(TypedDict):
     Force: bool
     PlanFor: str | None
     RegistryFrom: str | None
+    PeerHub: str | None
+    MigrationOf: str | None
+    ImportMode: str | None
+    IncludeConfigurations: bool
 
 
 def to_entity(job: Job) -> JobEntity:
@@ -87,6 +91,10 @@ def to_entity(job: Job) -> JobEntity:
         "Force": job.force,
         "PlanFor": job.plan_for,
         "RegistryFrom": job.registry_from,
+        "PeerHub": job.peer_hub,
+        "MigrationOf": job.migration_of,
+        "ImportMode": job.import_mode,
+        "IncludeConfigurations": job.include_configurations,
     }
 
 
@@ -139,6 +147,10 @@ def from_entity(row: Mapping[str, object], etag: str | None = None) -> Job:
         force=bool(row.get("Force")),
         plan_for=text("PlanFor"),
         registry_from=text("RegistryFrom"),
+        peer_hub=text("PeerHub"),
+        migration_of=text("MigrationOf"),
+        import_mode=text("ImportMode"),
+        include_configurations=bool(row.get("IncludeConfigurations")),
         etag=etag,
     )
 

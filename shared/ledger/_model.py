@@ -37,6 +37,11 @@ class JobKind(StrEnum):
     CENTRAL_APPLY = "central_apply"
     PLAN = "plan"  # what an import would do (a fresh export joined with the file); also takes an import's snapshot
     ROLLBACK = "rollback"  # an import's snapshot joined with a fresh export: the inverse file, queued as an import
+    # A hub migrated to another: an export of the source (partition: the source hub), which queues the import of it
+    # into the target (partition: the target), which queues the verification (a target export compared with it).
+    MIGRATION = "migration"
+    MIGRATION_IMPORT = "migration_import"
+    MIGRATION_VERIFY = "migration_verify"
 
 
 _TERMINAL = frozenset(
@@ -133,6 +138,10 @@ class Job:
     force: bool = False  # rollback: undo even devices changed since the import
     plan_for: str | None = None  # plan: the import whose snapshot it saves (None: a preview only)
     registry_from: str | None = None  # plan, rollback: where the registry side came from (a hub export, a backup)
+    peer_hub: str | None = None  # migration: the hub it migrates to; its import and verify: the hub migrated from
+    migration_of: str | None = None  # migration import and verify: the migration job (in ``peer_hub``'s partition)
+    import_mode: str | None = None  # migration: create | createOrUpdate, the mode of every line it imports
+    include_configurations: bool = False  # migration: the hub's configurations go too
     etag: str | None = field(default=None, compare=False)  # the table row's ETag, never persisted
 
     @classmethod

@@ -1,0 +1,338 @@
+"""Migrating a hub's registry to another hub, as three jobs, each on the slot of the hub it runs on:
+
+1. ``MigrationKind`` (partition: the source hub): the source exports its registry (keys, configurations when
+   asked) into the job's work container; its end copies the export to ``migrations/<migration id>/`` with a
+   manifest (counts, sha256), as a backup is saved, and queues
+2. ``MigrationImportKind`` (partition: the target): the export, checked against its manifest, validated and
+   imported as a restore is (without the source's ETags, Edge system modules left out), every line in the
+   migration's mode (``create``: a device the target has already is refused and reported, never overwritten;
+   ``createOrUpdate``: it is replaced); its end queues
+3. ``MigrationVerifyKind`` (partition: the target): the target exports its registry; its end joins that export with
+   the source's by device id and compares every device and module (``fleet.compare``), writing ``migration.json``.
+
+Each step is queued by the one before under a key derived from the migration id, and only then does the step before
+record its own end: a process that dies between the two finds the queued step by its key and never queues a second
+one. So a migration resumes after a crash wherever it stopped, and the hubs' slots keep one job per hub at a time on
+both ends.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+
+import orjson
+
+from ..backups import CONFIGURATIONS_BLOB, DEVICES_BLOB, MANIFEST_BLOB, save_backup
+from ..engine import Context, Ending
+from ..fleet import Join
+from ..fleet.compare import MAX_SHOWN, Census, Verification, source_records
+from ..iothub import IoTHubClient
+from ..iothub import Job as HubJob
+from ..iothub import JobStatus as HubStatus
+from ..ledger import Job, JobKind, JobState, advance
+from ..storage import JSON_TYPE, BlobRef, StorageError
+from ._hub import REGISTRY_BLOB, WORK_DEVICES_BLOB, HubJobKind, export_unfinished
+from .imports import RestoreKind, _without_etags
+
+MODES = ("create", "createOrUpdate")
+MIGRATION_REPORT = "migration.json"
+
+
+def import_key(migration_id: str) -> str:
+    return f"migration-import-{migration_id}"
+
+
+def verify_key(migration_id: str) -> str:
+    return f"migration-verify-{migration_id}"
+
+
+def export_folder(migration_id: str) -> str:
+    """Where a migration's export is kept in the migrations container."""
+    return migration_id
+
+
+class MigrationVerifyKind(HubJobKind):
+    """The target's export compared with the source's, device by device."""
+
+    name = JobKind.MIGRATION_VERIFY
+
+    def prepare(self, job: Job, ctx: Context) -> Job:
+        return job  # reads the migration's export, checked when the import was prepared
+
+    def create(self, job: Job, client: IoTHubClient, container_url: tuple[str, str], ctx: Context) -> HubJob:
+        return client.create_export_job(
+            container_url[1],
+            output_blob_name=REGISTRY_BLOB,
+            exclude_keys=not job.include_keys,  # keys are compared only when they were copied
+            identity_based=ctx.identity_based,
+            include_configurations=job.include_configurations,
+        )
+
+    def end(self, job: Job, hub_job: HubJob, ctx: Context) -> Ending:
+        if (ended := export_unfinished(job, hub_job, "the migration was not verified")) is not None:
+            return ended
+        report_ref = BlobRef(ctx.containers.reports, f"{job.job_id}/{MIGRATION_REPORT}")
+        try:  # ended once already (the process died before recording it): the report says how
+            doc = json.loads(b"".join(ctx.storage.open_read(report_ref)))
+        except StorageError:
+            doc = self._verify(job, hub_job, ctx)
+            ctx.storage.upload_bytes(
+                report_ref.container, report_ref.name, json.dumps(doc, indent=2).encode(), content_type=JSON_TYPE
+            )
+        job = replace(job, reports={**job.reports, "migration": report_ref.path}, progress=100)
+        job = replace(job, devices=int(doc["compared"]), failed_devices=int(doc["missing"]) + int(doc["different"]))
+        notes = [str(doc["verdict"])]
+        if job.include_keys:
+            notes.append(_drop_keyed_export(job, ctx))
+        job = replace(job, notes=(*job.notes, *notes))
+        summary = {k: doc[k] for k in ("counts", "compared", "equal", "missing", "different", "explained")}
+        state = JobState.COMPLETED if job.failed_devices == 0 else JobState.COMPLETED_WITH_ERRORS
+        return Ending(job, state, None, summary)
+
+    def _verify(self, job: Job, hub_job: HubJob, ctx: Context) -> dict[str, object]:
+        source_hub, target = job.peer_hub or "?", job.hub
+        migration_id = job.migration_of or "?"
+        folder = export_folder(migration_id)
+        source_counts, target_counts = Census(), Census()
+        verification = Verification(target)
+        with Join() as join:
+            join.add_records(source_records(ctx.storage.open_read(ctx.source(job)), source_counts))
+            join.add_registry(ctx.storage.open_read(BlobRef(job.work_container, REGISTRY_BLOB)), target_counts.see)
+            for device in join.devices():
+                verification.add(device)
+        only_in_target = verification.only_in_target(target_counts.devices)
+        counts: dict[str, object] = {"source": source_counts.public(), "target": target_counts.public()}
+        if job.include_configurations:
+            counts["configurations"] = _configurations(
+                ctx, BlobRef(ctx.containers.migrations, f"{folder}/{CONFIGURATIONS_BLOB}"), job
+            )
+        if verification.clean:
+            verdict = (
+                f"verified: all {verification.devices} device(s) of {source_hub} are in {target} alike (status, "
+                "authentication, tags, desired properties, Edge flag, modules)"
+            )
+        else:
+            verdict = (
+                f"{verification.missing} device(s) of {source_hub} are not in {target} and "
+                f"{verification.different} differ: see differences (the first {MAX_SHOWN} of each are listed)"
+            )
+        if only_in_target:
+            verdict += f"; {target} also holds {only_in_target} device(s) {source_hub} does not have"
+        return {
+            "migrationId": migration_id,
+            "from": source_hub,
+            "to": target,
+            "verifyJobId": job.job_id,
+            "targetExportHubJobId": hub_job.job_id,
+            "keysCompared": job.include_keys,
+            "counts": counts,
+            "compared": verification.devices,
+            "equal": verification.equal,
+            "missing": verification.missing,
+            "different": verification.different,
+            "explained": verification.explained,
+            "onlyInTarget": only_in_target,
+            "verdict": verdict,
+            "ignored": "ETags, generation ids, times, connection state and device scopes: each hub makes its own",
+            "differences": [d.public() for d in verification.shown],
+            "explainedDifferences": [d.public() for d in verification.explained_shown],
+        }
+
+
+class MigrationImportKind(RestoreKind):
+    """The source's export imported into the target, every line in the migration's mode; its end queues the
+    verification."""
+
+    name = JobKind.MIGRATION_IMPORT
+
+    def __init__(self, verifier: MigrationVerifyKind) -> None:
+        super().__init__()
+        self.verifier = verifier
+
+    def _rewrite(self, job: Job) -> Callable[[Callable[[bytes], None]], Callable[[bytes], None]]:
+        if job.import_mode != "create":
+            return _without_etags  # an export line has no importMode: createOrUpdate, the default
+
+        def rewrite(sink: Callable[[bytes], None]) -> Callable[[bytes], None]:
+            def write(batch: bytes) -> None:
+                out = []
+                for line in batch.split(b"\n"):
+                    if line.strip():
+                        doc = orjson.loads(line)
+                        doc.pop("eTag", None)
+                        doc.pop("twinETag", None)
+                        doc["importMode"] = "create"
+                        line = orjson.dumps(doc)  # noqa: PLW2901 - the line as the hub gets it
+                    out.append(line)
+                sink(b"\n".join(out))
+
+            return write
+
+        return rewrite
+
+    def _keyless_note(self, job: Job) -> str:
+        return (
+            f"the export of {job.peer_hub} holds no keys (includeKeys was false): every device created in {job.hub} "
+            "gets new keys from the hub, and its devices must be given them before they can connect"
+        )
+
+    def end(self, job: Job, hub_job: HubJob, ctx: Context) -> Ending:
+        ending = super().end(job, hub_job, ctx)
+        if hub_job.status is HubStatus.CANCELLED:
+            return ending  # cancelled by someone: the migration stops here
+        verify = self._queue_verify(job, ctx)
+        note = f"the migration is verified by job {verify.job_id} ({verify.state})"
+        return replace(ending, job=replace(ending.job, notes=(*ending.job.notes, note)))
+
+    def _queue_verify(self, job: Job, ctx: Context) -> Job:
+        assert job.migration_of is not None
+        key = verify_key(job.migration_of)
+        existing = ctx.ledger.find_by_key(job.hub, key)
+        if existing is not None:
+            return existing
+        draft = Job.new(job.hub, JobKind.MIGRATION_VERIFY, ctx.clock())
+        draft = replace(
+            draft,
+            source=job.source,
+            source_etag=job.source_etag,
+            idempotency_key=key,
+            peer_hub=job.peer_hub,
+            migration_of=job.migration_of,
+            import_mode=job.import_mode,
+            include_keys=job.include_keys,
+            include_configurations=job.include_configurations,
+        )
+        created, _ = ctx.ledger.create(self.verifier.prepare(draft, ctx))
+        return created
+
+
+class MigrationKind(HubJobKind):
+    """The source hub's export; its end keeps it under ``migrations/<id>/`` and queues its import into the target."""
+
+    name = JobKind.MIGRATION
+
+    def __init__(self, importer: MigrationImportKind) -> None:
+        self.importer = importer
+
+    def prepare(self, job: Job, ctx: Context) -> Job:
+        why = migration_refusal(ctx, job.hub, job.peer_hub, job.import_mode)
+        if why is not None:
+            report = ctx.write_report(job, "rejection.json", {"from": job.hub, "to": job.peer_hub, "verdict": why})
+            return replace(job, failure_reason=why, validation_errors=1, reports={"rejection": report})
+        return job
+
+    def create(self, job: Job, client: IoTHubClient, container_url: tuple[str, str], ctx: Context) -> HubJob:
+        return client.create_export_job(
+            container_url[1],
+            exclude_keys=not job.include_keys,
+            identity_based=ctx.identity_based,
+            include_configurations=job.include_configurations,
+        )
+
+    def end(self, job: Job, hub_job: HubJob, ctx: Context) -> Ending:
+        if (ended := export_unfinished(job, hub_job, f"nothing was imported into {job.peer_hub}")) is not None:
+            return ended
+        container, folder = ctx.containers.migrations, export_folder(job.job_id)
+        configurations = BlobRef(job.work_container, CONFIGURATIONS_BLOB)
+        wrote_configurations = ctx.storage.properties(configurations) is not None
+        manifest = save_backup(  # idempotent: a folder with its manifest is left as it is
+            ctx.storage,
+            source=BlobRef(job.work_container, WORK_DEVICES_BLOB),
+            container=container,
+            folder=folder,
+            hub=job.hub,
+            job_id=job.job_id,
+            hub_job_id=hub_job.job_id,
+            includes_keys=job.include_keys,
+            now=ctx.clock(),
+            configurations=configurations if wrote_configurations else None,
+        )
+        imported = self._queue_import(job, BlobRef(container, f"{folder}/{DEVICES_BLOB}"), ctx)
+        # The export itself is no report: it may hold keys (no link is ever made to it), and it goes once verified.
+        reports = {**job.reports, "manifest": f"{container}/{folder}/{MANIFEST_BLOB}"}
+        note = (
+            f"{manifest.devices} device(s) exported to {container}/{folder}/{DEVICES_BLOB}; imported into "
+            f"{job.peer_hub} by job {imported.job_id}"
+        )
+        done = replace(job, devices=manifest.devices, reports=reports, notes=(*job.notes, note), progress=100)
+        summary = {"modules": manifest.modules, "importJobId": imported.job_id}
+        if manifest.configurations is not None:
+            summary["configurations"] = manifest.configurations
+        return Ending(done, JobState.COMPLETED, None, summary)
+
+    def _queue_import(self, job: Job, ref: BlobRef, ctx: Context) -> Job:
+        assert job.peer_hub is not None
+        key = import_key(job.job_id)
+        existing = ctx.ledger.find_by_key(job.peer_hub, key)
+        if existing is not None:
+            return existing
+        props = ctx.storage.properties(ref)
+        draft = Job.new(job.peer_hub, JobKind.MIGRATION_IMPORT, ctx.clock())
+        draft = replace(
+            draft,
+            source=ref.path,
+            source_etag=props.etag if props is not None else None,
+            idempotency_key=key,
+            peer_hub=job.hub,
+            migration_of=job.job_id,
+            import_mode=job.import_mode,
+            include_keys=job.include_keys,
+            include_configurations=job.include_configurations,
+        )
+        prepared = self.importer.prepare(draft, ctx)
+        if prepared.failure_reason:  # a damaged export: recorded as rejected, with its report
+            prepared = advance(prepared, JobState.REJECTED, now=prepared.updated)
+        created, _ = ctx.ledger.create(prepared)
+        return created
+
+
+def migration_refusal(ctx: Context, source: str, target: str | None, mode: str | None) -> str | None:
+    """Why a migration from ``source`` to ``target`` cannot run (None: it can)."""
+    if target is None or target not in ctx.hubs:
+        return f"hub '{target}' is not configured: configured hubs are {', '.join(ctx.hubs)}"
+    if target == source:
+        return f"a migration needs two hubs: '{source}' is both its source and its target"
+    if mode not in MODES:
+        return f"mode '{mode}' is not one of {', '.join(MODES)}"
+    return None
+
+
+def _configurations(ctx: Context, source: BlobRef, job: Job) -> dict[str, object]:
+    """The configurations of both sides by id (a hub holds at most a few hundred: read whole)."""
+
+    def ids(ref: BlobRef) -> set[str]:
+        try:
+            data = b"".join(ctx.storage.open_read(ref))
+        except StorageError:
+            return set()
+        found = set()
+        for line in data.splitlines():
+            if line.strip().startswith(b"{"):
+                found.add(str(orjson.loads(line).get("id")))
+        return found
+
+    src, dst = ids(source), ids(BlobRef(job.work_container, CONFIGURATIONS_BLOB))
+    return {"source": len(src), "target": len(dst), "missingInTarget": sorted(src - dst)[:MAX_SHOWN]}
+
+
+def _drop_keyed_export(job: Job, ctx: Context) -> str:
+    """The source's export holds keys: once the migration is verified it goes (its manifest and the reports stay)."""
+    ref = ctx.source(job)
+    try:
+        ctx.storage.delete_version(BlobRef(ref.container, ref.name), with_snapshots=True)
+    except StorageError as exc:
+        return f"the source's export ({ref.container}/{ref.name}) holds keys and could not be deleted: {exc}"
+    return f"the source's export held keys and was deleted ({ref.container}/{ref.name}); the manifest stays"
+
+
+__all__ = [
+    "MODES",
+    "MigrationImportKind",
+    "MigrationKind",
+    "MigrationVerifyKind",
+    "import_key",
+    "migration_refusal",
+    "verify_key",
+]
