@@ -23,6 +23,7 @@ from shared.kinds.migration import import_key, verify_key
 from shared.ledger import HubSlot, Job, JobKind, JobState, Ledger
 from shared.storage import BlobRef, StorageSettings
 from shared.storage import Storage as LiveStorage
+from shared.views import migration_view
 
 from .helpers import FAST, KEY, Clock, Jobs, emptied, run_to_end, running_emulator, upload
 from .test_realistic_jobs import config_call, configuration, configurations
@@ -296,3 +297,24 @@ def test_a_damaged_export_is_never_imported(pair: Jobs, clock: Clock) -> None:
     kind = pair.engine.kinds[JobKind.MIGRATION_IMPORT]
     again = kind.prepare(replace(imported, source_etag=pair.storage.properties(ref).etag), pair.engine.ctx)  # type: ignore[union-attr]
     assert again.failure_reason and "manifest" in again.failure_reason
+
+
+def test_a_migration_cancelled_at_its_import_stops_there_and_its_view_says_so(pair: Jobs, clock: Clock) -> None:
+    seed(pair, clock, "devhub", fleet(5))
+    draft = replace(pair.engine.draft(JobKind.MIGRATION, "devhub"), peer_hub="stagehub", import_mode="create")
+    exported = run_to_end(pair, pair.engine.accept(draft), clock)
+    imported = pair.ledger.find_by_key("stagehub", import_key(exported.job_id))
+    assert imported is not None
+    view = migration_view(exported, imported, None)
+    assert (view["stage"], view["state"], view["progress"]) == ("import", "running", 33)
+
+    cancelled = pair.engine.cancel(imported)
+    for _ in range(3):
+        pair.monitor_pass("stagehub")
+
+    assert cancelled.state is JobState.CANCELLED
+    assert pair.ledger.find_by_key("stagehub", verify_key(exported.job_id)) is None  # no later step
+    assert pair.hubs["stagehub"].get_registry_statistics().total == 0
+    view = migration_view(exported, cancelled, None)
+    assert (view["stage"], view["state"]) == ("import", "cancelled")
+    assert view["failureReason"] == "cancelled by request"
