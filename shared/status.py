@@ -49,9 +49,9 @@ def timing(job: Job, now: datetime) -> dict[str, Any]:
 def devices_done(job: Job) -> int | None:
     """Devices handled so far: the lines of an import times its progress, the devices of a finished export
     (None where the job does not tell: a running export does not know the registry's size)."""
-    if job.kind in (JobKind.IMPORT, JobKind.RESTORE) and job.lines:
+    if job.kind in (JobKind.IMPORT, JobKind.RESTORE, JobKind.MIGRATION_IMPORT) and job.lines:
         return job.lines if job.progress >= 100 else job.lines * job.progress // 100
-    if job.kind is JobKind.EXPORT and job.state.is_terminal:
+    if job.kind in (JobKind.EXPORT, JobKind.MIGRATION) and job.state.is_terminal:
         return job.devices
     return None
 

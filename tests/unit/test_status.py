@@ -73,3 +73,10 @@ def test_the_page_takes_no_query_but_the_key() -> None:
     assert status_page(Request(query={"code": "k"})).status == 200
     refused = status_page(Request(query={"hub": "devhub"}))
     assert refused.status == 400 and refused.body["error"]["code"] == "UnknownField"
+
+
+def test_a_migration_s_steps_tell_their_devices_as_an_export_and_an_import_do() -> None:
+    exported = _job(JobKind.MIGRATION, state=JobState.COMPLETED, progress=100, devices=12)
+    assert devices_done(exported) == 12
+    assert devices_done(_job(JobKind.MIGRATION, progress=50, devices=0)) is None
+    assert devices_done(_job(JobKind.MIGRATION_IMPORT, progress=50, lines=12)) == 6
