@@ -304,25 +304,13 @@ class JobEngine:
             self.ctx.storage.delete_container(job.work_container)
         except StorageError as exc:
             logger.warning("could not delete the work container of job %s: %s", job.job_id, exc)
-        self._drop_secret_source(job)
+        kind = self.kinds.get(job.kind)
+        if kind is not None:
+            try:
+                kind.closed(job, self.ctx)
+            except StorageError as exc:
+                logger.warning("job %s ended; cleaning up after it failed: %s", job.job_id, exc)
         return job
-
-    def _drop_secret_source(self, job: Job) -> None:
-        """An import of a generated file that holds keys (``bulk/<id>/devices.txt`` of regenerateKeys, metadata
-        ``holdskeys=true``) deletes it, with its snapshot pins, once the job has ended: the hub has read it."""
-        if job.kind is not JobKind.IMPORT or job.source is None:
-            return
-        ref = self.ctx.source(job)
-        if ref.container != self.ctx.containers.bulk:
-            return
-        plain = BlobRef(ref.container, ref.name)
-        try:
-            props = self.ctx.storage.properties(plain)
-            if props is not None and props.metadata.get("holdskeys") == "true":
-                self.ctx.storage.delete_version(plain, with_snapshots=True)
-                logger.info("job %s ended: deleted %s (it held keys)", job.job_id, plain.path)
-        except StorageError as exc:
-            logger.warning("could not delete %s after job %s: %s", plain.path, job.job_id, exc)
 
     # --- uploads --------------------------------------------------------------------------------------
 

@@ -68,6 +68,9 @@ class HubJobKind:
         with contextlib.suppress(IoTHubNotFound):  # the hub forgot it; the monitor will close the job
             ctx.hubs[job.hub].cancel_job(job.hub_job_id)
 
+    def closed(self, job: Job, ctx: Context) -> None:
+        """Nothing to drop: the work container goes with every job."""
+
 
 def _urls(job: Job, ctx: Context) -> tuple[str, str]:
     if ctx.identity_based:

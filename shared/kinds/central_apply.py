@@ -86,6 +86,9 @@ class CentralApplyKind:
     def cancel(self, job: Job, ctx: Context) -> None:
         raise CannotCancel("an IoT Central apply runs to its end once started; it cannot be cancelled")
 
+    def closed(self, job: Job, ctx: Context) -> None:
+        """Nothing to drop: the upload is archived by the engine."""
+
 
 def _read(ctx: Context, ref: BlobRef) -> bytes:
     chunks, size = [], 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import timedelta
@@ -28,6 +29,8 @@ from ..ledger import Job, JobKind, JobState, advance
 from ..reports import error_summary, harvest_import_errors, rejection_document
 from ..storage import CSV_TYPE, NDJSON_TYPE, BlobRef, StorageError
 from ._hub import CONFIG_ERRORS_BLOB, ERRORS_BLOB, WORK_DEVICES_BLOB, HubJobKind
+
+logger = logging.getLogger(__name__)
 
 # An exported line carries the ETags of the moment it was exported. The hub checks a supplied twinETag even in
 # createOrUpdate mode (import/export docs: "twinETag ... processed independently"), so a restore sends neither:
@@ -110,6 +113,20 @@ class ImportKind(HubJobKind):
 
     def create(self, job: Job, client: IoTHubClient, container_url: tuple[str, str], ctx: Context) -> HubJob:
         return client.create_import_job(*container_url, identity_based=ctx.identity_based)
+
+    def closed(self, job: Job, ctx: Context) -> None:
+        """An import of a generated file that holds keys (``bulk/<id>/devices.txt`` of regenerateKeys, metadata
+        ``holdskeys=true``) deletes it, with its snapshot pins, once the job has ended: the hub has read it."""
+        if job.source is None:
+            return
+        ref = ctx.source(job)
+        if ref.container != ctx.containers.bulk:
+            return
+        plain = BlobRef(ref.container, ref.name)
+        props = ctx.storage.properties(plain)
+        if props is not None and props.metadata.get("holdskeys") == "true":
+            ctx.storage.delete_version(plain, with_snapshots=True)
+            logger.info("job %s ended: deleted %s (it held keys)", job.job_id, plain.path)
 
     def end(self, job: Job, hub_job: HubJob, ctx: Context) -> Ending:
         job, summary = _harvest(job, ctx)

@@ -19,6 +19,7 @@ both ends.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -35,6 +36,8 @@ from ..ledger import Job, JobKind, JobState, advance
 from ..storage import JSON_TYPE, BlobRef, StorageError
 from ._hub import REGISTRY_BLOB, WORK_DEVICES_BLOB, HubJobKind, export_unfinished
 from .imports import RestoreKind, _without_etags
+
+logger = logging.getLogger(__name__)
 
 MODES = ("create", "createOrUpdate")
 MIGRATION_REPORT = "migration.json"
@@ -83,13 +86,13 @@ class MigrationVerifyKind(HubJobKind):
             )
         job = replace(job, reports={**job.reports, "migration": report_ref.path}, progress=100)
         job = replace(job, devices=int(doc["compared"]), failed_devices=int(doc["missing"]) + int(doc["different"]))
-        notes = [str(doc["verdict"])]
-        if job.include_keys:
-            notes.append(_drop_keyed_export(job, ctx))
-        job = replace(job, notes=(*job.notes, *notes))
+        job = replace(job, notes=(*job.notes, str(doc["verdict"])))
         summary = {k: doc[k] for k in ("counts", "compared", "equal", "missing", "different", "explained")}
         state = JobState.COMPLETED if job.failed_devices == 0 else JobState.COMPLETED_WITH_ERRORS
         return Ending(job, state, None, summary)
+
+    def closed(self, job: Job, ctx: Context) -> None:
+        _drop_keyed_export(job, ctx)  # the last step, however it ended
 
     def _verify(self, job: Job, hub_job: HubJob, ctx: Context) -> dict[str, object]:
         source_hub, target = job.peer_hub or "?", job.hub
@@ -185,6 +188,12 @@ class MigrationImportKind(RestoreKind):
         verify = self._queue_verify(job, ctx)
         note = f"the migration is verified by job {verify.job_id} ({verify.state})"
         return replace(ending, job=replace(ending.job, notes=(*ending.job.notes, note)))
+
+    def closed(self, job: Job, ctx: Context) -> None:
+        """The migration stops here when no verification was queued (cancelled, failed before its end): its keyed
+        export goes now."""
+        if job.migration_of and ctx.ledger.find_by_key(job.hub, verify_key(job.migration_of)) is None:
+            _drop_keyed_export(job, ctx)
 
     def _queue_verify(self, job: Job, ctx: Context) -> Job:
         assert job.migration_of is not None
@@ -282,8 +291,9 @@ class MigrationKind(HubJobKind):
             include_configurations=job.include_configurations,
         )
         prepared = self.importer.prepare(draft, ctx)
-        if prepared.failure_reason:  # a damaged export: recorded as rejected, with its report
+        if prepared.failure_reason:  # a damaged export: recorded as rejected, with its report; the migration ends
             prepared = advance(prepared, JobState.REJECTED, now=prepared.updated)
+            _drop_keyed_export(prepared, ctx)
         created, _ = ctx.ledger.create(prepared)
         return created
 
@@ -317,14 +327,15 @@ def _configurations(ctx: Context, source: BlobRef, job: Job) -> dict[str, object
     return {"source": len(src), "target": len(dst), "missingInTarget": sorted(src - dst)[:MAX_SHOWN]}
 
 
-def _drop_keyed_export(job: Job, ctx: Context) -> str:
-    """The source's export holds keys: once the migration is verified it goes (its manifest and the reports stay)."""
+def _drop_keyed_export(job: Job, ctx: Context) -> None:
+    """The source's export (``job``'s source), when it holds keys, goes once the migration has ended (verified,
+    stopped, or refused as damaged); its manifest and the reports stay. Idempotent: an end repeated after a crash
+    finds it gone."""
+    if not job.include_keys or job.source is None:
+        return
     ref = ctx.source(job)
-    try:
-        ctx.storage.delete_version(BlobRef(ref.container, ref.name), with_snapshots=True)
-    except StorageError as exc:
-        return f"the source's export ({ref.container}/{ref.name}) holds keys and could not be deleted: {exc}"
-    return f"the source's export held keys and was deleted ({ref.container}/{ref.name}); the manifest stays"
+    ctx.storage.delete_version(BlobRef(ref.container, ref.name), with_snapshots=True)
+    logger.info("migration %s ended: deleted its export %s (it held keys)", job.migration_of, ref.path)
 
 
 __all__ = [

@@ -41,6 +41,9 @@ class PlanKind(ImportKind):
         super().__init__(Snapshots.OFF)
         self.backup_max_age = backup_max_age
 
+    def closed(self, job: Job, ctx: Context) -> None:
+        """A plan only reads its file: a generated one (a bulk's) stays for its run."""
+
     def prepare(self, job: Job, ctx: Context) -> Job:
         if job.plan_for:
             return job  # the import's own file, validated when it was accepted: read at the end, in place

@@ -301,7 +301,9 @@ def test_a_damaged_export_is_never_imported(pair: Jobs, clock: Clock) -> None:
 
 def test_a_migration_cancelled_at_its_import_stops_there_and_its_view_says_so(pair: Jobs, clock: Clock) -> None:
     seed(pair, clock, "devhub", fleet(5))
-    draft = replace(pair.engine.draft(JobKind.MIGRATION, "devhub"), peer_hub="stagehub", import_mode="create")
+    draft = replace(
+        pair.engine.draft(JobKind.MIGRATION, "devhub"), peer_hub="stagehub", import_mode="create", include_keys=True
+    )
     exported = run_to_end(pair, pair.engine.accept(draft), clock)
     imported = pair.ledger.find_by_key("stagehub", import_key(exported.job_id))
     assert imported is not None
@@ -314,6 +316,9 @@ def test_a_migration_cancelled_at_its_import_stops_there_and_its_view_says_so(pa
 
     assert cancelled.state is JobState.CANCELLED
     assert pair.ledger.find_by_key("stagehub", verify_key(exported.job_id)) is None  # no later step
+    # The migration ended here: its export, which held keys, went with it; its manifest stays.
+    names = pair.storage.list_names(pair.containers.migrations, exported.job_id)
+    assert names == [f"{exported.job_id}/manifest.json"]
     assert pair.hubs["stagehub"].get_registry_statistics().total == 0
     view = migration_view(exported, cancelled, None)
     assert (view["stage"], view["state"]) == ("import", "cancelled")
