@@ -45,18 +45,37 @@ class Difference:
 
 @dataclass(slots=True)
 class Census:
-    """What one registry export holds, per kind of line, counted as its lines go past (``see``)."""
+    """What one registry export holds, per kind of line, counted as its lines go past (``see``), and the scope of
+    each of its IoT Edge devices (a hub generates them: the same hierarchy has other scopes in another hub, so
+    parents are compared by device id, ``parent``). Memory: one entry per Edge device, not per device."""
 
     devices: int = 0
     edge_devices: int = 0
     modules: int = 0
+    edge_scopes: dict[str, str] = field(default_factory=dict)  # scope -> Edge device id
 
     def see(self, doc: Doc) -> None:
         if isinstance(doc.get("moduleId"), str):
             self.modules += 1
+            return
+        self.devices += 1
+        if (doc.get("capabilities") or {}).get("iotEdge"):
+            self.edge_devices += 1
+            scope = doc.get("deviceScope")
+            if isinstance(scope, str) and scope:
+                self.edge_scopes[scope] = str(doc["id"])
+
+    def parent(self, doc: Doc) -> str | None:
+        """The id of a device's parent Edge device (None: it has none): an Edge device names its parent's scope in
+        ``parentScopes``, a leaf device in ``deviceScope``. A scope no Edge device has reads as such."""
+        if (doc.get("capabilities") or {}).get("iotEdge"):
+            scopes = doc.get("parentScopes")
+            scope = scopes[0] if isinstance(scopes, list) and scopes else None
         else:
-            self.devices += 1
-            self.edge_devices += bool((doc.get("capabilities") or {}).get("iotEdge"))
+            scope = doc.get("deviceScope")
+        if not isinstance(scope, str) or not scope:
+            return None
+        return self.edge_scopes.get(scope, f"(no Edge device has scope {scope})")
 
     def public(self) -> dict[str, int]:
         return {"devices": self.devices, "edgeDevices": self.edge_devices, "modules": self.modules}
@@ -67,6 +86,8 @@ class Verification:
     """Differences between the source's devices and the target's, added one joined device at a time."""
 
     target: str  # the target hub's name, for the reasons
+    source_census: Census = field(default_factory=Census)  # both exports, seen whole before the first ``add``
+    target_census: Census = field(default_factory=Census)
     devices: int = 0  # source devices compared
     equal: int = 0  # source devices found in the target with every module, all alike
     missing: int = 0  # source devices not in the target
@@ -98,6 +119,11 @@ class Verification:
             if found is None:
                 continue
             (explained if found.why == _SYSTEM_WHY else needs_look).append(found)
+        parents = self.source_census.parent(source[None]), self.target_census.parent(target[None])
+        if parents[0] != parents[1]:
+            src_parent, dst_parent = (p or "none" for p in parents)
+            why = f"its parent Edge device is {src_parent} in the source and {dst_parent} in {self.target}"
+            needs_look.append(Difference(device.device_id, None, ("parent",), why))
         if needs_look:
             self.different += 1
             for diff in needs_look:

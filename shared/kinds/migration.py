@@ -99,7 +99,7 @@ class MigrationVerifyKind(HubJobKind):
         migration_id = job.migration_of or "?"
         folder = export_folder(migration_id)
         source_counts, target_counts = Census(), Census()
-        verification = Verification(target)
+        verification = Verification(target, source_counts, target_counts)
         with Join() as join:
             join.add_records(source_records(ctx.storage.open_read(ctx.source(job)), source_counts))
             join.add_registry(ctx.storage.open_read(BlobRef(job.work_container, REGISTRY_BLOB)), target_counts.see)

@@ -25,7 +25,7 @@ from shared.storage import BlobRef, StorageSettings
 from shared.storage import Storage as LiveStorage
 from shared.views import migration_view
 
-from .helpers import FAST, KEY, Clock, Jobs, emptied, run_to_end, running_emulator, upload
+from .helpers import FAST, KEY, Clock, Jobs, emptied, hub_call, run_to_end, running_emulator, upload
 from .test_realistic_jobs import config_call, configuration, configurations
 from .test_safety import _stable, read
 
@@ -161,20 +161,39 @@ def report(p: Jobs, job: Job) -> dict[str, Any]:
     return doc
 
 
-def test_a_migration_leaves_the_target_equal_to_the_source_and_verifies_every_device(pair: Jobs, clock: Clock) -> None:
+def scope_of(emu: IoTHubEmulator, device_id: str) -> str:
+    r = hub_call(emu, "GET", f"/devices/{device_id}")
+    assert r.status_code == 200, r.text
+    return str(r.json()["deviceScope"])
+
+
+def test_a_migration_leaves_the_target_equal_to_the_source_and_verifies_every_device(
+    pair: Jobs, clock: Clock, iothub: IoTHubEmulator, stage_server: IoTHubEmulator
+) -> None:
     seed(pair, clock, "devhub", fleet())
+    scope = scope_of(iothub, "gw")  # an Edge hierarchy: gw -> gw2 (Edge) and gw -> leaf
+    edge = {"iotEdge": True}
+    below = [
+        {"id": "gw2", "status": "enabled", "capabilities": edge, "parentScopes": [scope], "authentication": auth()},
+        {"id": "leaf", "status": "enabled", "deviceScope": scope, "authentication": auth()},
+    ]
+    seed(pair, clock, "devhub", below)
     before = registry_of(pair, clock, "devhub")
 
     verified = migrate(pair, clock)
 
     assert verified.state is JobState.COMPLETED, verified.notes
     assert registry_of(pair, clock, "stagehub") == before  # keys, twins, modules, x509, Edge flag: all alike
+    # The hierarchy came along: in the target, gw2 and leaf hang under the target's gw.
+    moved = scope_of(stage_server, "gw")
+    assert _ok(hub_call(stage_server, "GET", "/devices/leaf"))["deviceScope"] == moved
+    assert _ok(hub_call(stage_server, "GET", "/devices/gw2"))["parentScopes"] == [moved]
     doc = report(pair, verified)
-    assert doc["counts"]["source"] == {"devices": 42, "edgeDevices": 1, "modules": 12}
+    assert doc["counts"]["source"] == {"devices": 44, "edgeDevices": 2, "modules": 14}
     assert doc["counts"]["target"] == doc["counts"]["source"]
-    assert (doc["compared"], doc["equal"], doc["missing"], doc["different"]) == (42, 41, 0, 0)
-    # The gateway's system modules: made by each hub with keys of its own, explained, not a difference.
-    assert doc["explained"] == 1
+    assert (doc["compared"], doc["equal"], doc["missing"], doc["different"]) == (44, 42, 0, 0)
+    # The gateways' system modules: made by each hub with keys of its own, explained, not a difference.
+    assert doc["explained"] == 2
     assert {d["moduleId"] for d in doc["explainedDifferences"]} == {"$edgeAgent", "$edgeHub"}
     assert all("IoT Edge system module" in d["why"] for d in doc["explainedDifferences"])
     # The export held keys: gone once verified; its manifest stays. No key anywhere in the ledger or the reports.
@@ -323,3 +342,8 @@ def test_a_migration_cancelled_at_its_import_stops_there_and_its_view_says_so(pa
     view = migration_view(exported, cancelled, None)
     assert (view["stage"], view["state"]) == ("import", "cancelled")
     assert view["failureReason"] == "cancelled by request"
+
+
+def _ok(r: Any) -> Any:
+    assert r.status_code == 200, r.text
+    return r.json()
