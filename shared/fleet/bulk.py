@@ -3,18 +3,28 @@
 ``generate`` pages through ``SELECT * FROM devices [WHERE ...]`` and writes one import line per device, as it
 reads them, to a staged blob (``bulk/<id>/devices.txt``): the file is never held whole. The lines, per action:
 
-- ``delete``: ``{"id", "importMode": "delete"}``.
-- ``disable`` / ``enable``: ``importMode: update`` with the new ``status`` and the device's own Edge capability,
-  scopes and, for X.509 devices, thumbprints as the query returned them. A query result (a twin) carries no
-  symmetric keys, so a SAS device's line has no ``authentication``: the hub then keeps the keys it has (as the
-  emulator does; an ``update`` line that named keys would have to repeat them, and they are not in the query).
-  Twin tags and properties are not in the line, so they stay as they are.
-- ``setTags``: ``importMode: updateTwin`` with the twin's tags as the query returned them, ``args.tags`` set over
-  them (a tag set to null is removed): an import replaces a twin's tags, so the line carries the others over.
-- ``regenerateKeys``: ``importMode: update`` as for disable/enable (status kept) with a new primary and secondary
-  key, each ``secrets.token_bytes(32)`` in base64, minted here. Only SAS devices get a line; the others are counted
-  as skipped. The file is written with the metadata ``holdskeys=true``: the engine deletes it (and its snapshots)
-  when the import job of it ends. No key is ever returned, logged or reported: ``BulkResult`` counts devices.
+Every line is conditional on the device as the query saw it, so a device changed between the query and the run is
+refused by the hub (412001 PreconditionFailed in ``importErrors.log``, the job ``completed_with_errors``) instead
+of being overwritten: identity lines carry the twin's ``deviceEtag`` as ``eTag`` with ``updateIfMatchETag`` /
+``deleteIfMatchETag``, twin lines its ``etag`` as ``twinETag`` with ``updateTwinIfMatchETag`` (the Twin of the
+service's query answer has both, and the emulator returns both). A twin without the ETag a line needs gets the
+unconditional mode (``update``, ``delete``, ``updateTwin``): an ``*IfMatchETag`` line without an ETag is refused
+by our validator and applied unconditionally by the hub anyway.
+
+- ``delete``: ``{"id", "importMode": "deleteIfMatchETag", "eTag"}``.
+- ``disable`` / ``enable``: ``importMode: updateIfMatchETag`` with the new ``status`` and the device's own Edge
+  capability, scopes and, for X.509 devices, thumbprints as the query returned them. A query result (a twin)
+  carries no symmetric keys, so a SAS device's line has no ``authentication``: the hub then keeps the keys it has
+  (as the emulator does; an ``update`` line that named keys would have to repeat them, and they are not in the
+  query). Twin tags and properties are not in the line, so they stay as they are.
+- ``setTags``: ``importMode: updateTwinIfMatchETag`` with the twin's tags as the query returned them, ``args.tags``
+  set over them (a tag set to null is removed): an import replaces a twin's tags, so the line carries the others
+  over.
+- ``regenerateKeys``: ``importMode: updateIfMatchETag`` as for disable/enable (status kept) with a new primary and
+  secondary key, each ``secrets.token_bytes(32)`` in base64, minted here. Only SAS devices get a line; the others
+  are counted as skipped. The file is written with the metadata ``holdskeys=true``: the engine deletes it (and its
+  snapshots) when the import job of it ends. No key is ever returned, logged or reported: ``BulkResult`` counts
+  devices.
 """
 
 from __future__ import annotations
@@ -72,18 +82,22 @@ def line_for(action: str, twin: Mapping[str, Any], args: Mapping[str, Any]) -> d
     device_id = twin.get("deviceId")
     if not isinstance(device_id, str) or twin.get("moduleId") is not None:
         return None
+    device_etag = _etag(twin.get("deviceEtag"))
     if action == "delete":
-        return {"id": device_id, "importMode": "delete"}
+        return _if_match({"id": device_id, "importMode": "delete"}, "eTag", device_etag)
     if action == "setTags":
         given = twin.get("tags")
         tags: dict[str, Any] = given if isinstance(given, dict) else {}
         merged = {**tags, **args["tags"]}  # the import replaces the twin's tags: the others are carried over
-        return {"id": device_id, "importMode": "updateTwin", "tags": {k: v for k, v in merged.items() if v is not None}}
+        line: dict[str, Any] = {"id": device_id, "importMode": "updateTwin"}
+        line["tags"] = {k: v for k, v in merged.items() if v is not None}
+        return _if_match(line, "twinETag", _etag(twin.get("etag")))
     auth_type = str(twin.get("authenticationType") or "sas")
     if action == "regenerateKeys" and auth_type.lower() != "sas":
         return None
     status = {"disable": "disabled", "enable": "enabled"}.get(action, str(twin.get("status") or "enabled"))
-    line: dict[str, Any] = {"id": device_id, "importMode": "update", "status": status}
+    line = _if_match({"id": device_id, "importMode": "update"}, "eTag", device_etag)
+    line["status"] = status
     if twin.get("statusReason"):
         line["statusReason"] = twin["statusReason"]
     caps = twin.get("capabilities")
@@ -101,6 +115,19 @@ def line_for(action: str, twin: Mapping[str, Any], args: Mapping[str, Any]) -> d
         if auth_type.lower() == "selfsigned" and isinstance(thumbs, dict):
             auth["x509Thumbprint"] = {k: v for k, v in thumbs.items() if v}
         line["authentication"] = auth
+    return line
+
+
+def _etag(value: Any) -> str | None:
+    """An ETag of a query result as an import line carries it (a string, or None when there is none)."""
+    return value if isinstance(value, str) and value.strip('"') else None
+
+
+def _if_match(line: dict[str, Any], field: str, etag: str | None) -> dict[str, Any]:
+    """``line`` made conditional on ``etag`` (its mode's ``IfMatchETag`` form and the ETag in ``field``)."""
+    if etag is not None:
+        line["importMode"] += "IfMatchETag"
+        line[field] = etag
     return line
 
 

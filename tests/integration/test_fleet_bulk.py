@@ -92,7 +92,8 @@ def test_disable_then_enable_changes_only_status(jobs: Jobs, iothub: IoTHubEmula
     lines = {x["id"]: x for x in lines_of(jobs, made.ref)}
     assert lines["q-0"] == {
         "id": "q-0",
-        "importMode": "update",
+        "importMode": "updateIfMatchETag",
+        "eTag": device(iothub, "q-0")["etag"],
         "status": "disabled",
         "capabilities": {"iotEdge": False},
     }
@@ -114,14 +115,16 @@ def test_set_tags_and_delete(jobs: Jobs, iothub: IoTHubEmulator, clock: Clock) -
     made = make(jobs, "setTags", {"tags": {"owner": "ops"}})
     assert lines_of(jobs, made.ref)[0] == {
         "id": "q-0",
-        "importMode": "updateTwin",
+        "importMode": "updateTwinIfMatchETag",
+        "twinETag": hub_call(iothub, "GET", "/twins/q-0").json()["etag"],
         "tags": {"site": "a", "owner": "ops"},
     }
     run(jobs, made, clock)
     twin = hub_call(iothub, "GET", "/twins/q-0").json()
     assert twin["tags"]["owner"] == "ops" and twin["tags"]["site"] == "a"
     gone = make(jobs, "delete", query="SELECT * FROM devices WHERE tags.site = 'b'")
-    assert {x["importMode"] for x in lines_of(jobs, gone.ref)} == {"delete"}
+    assert {x["importMode"] for x in lines_of(jobs, gone.ref)} == {"deleteIfMatchETag"}
+    assert all(x["eTag"] for x in lines_of(jobs, gone.ref))
     run(jobs, gone, clock)
     assert hub_call(iothub, "GET", "/devices/q-5").status_code == 404
     assert hub_call(iothub, "GET", "/devices/q-0").status_code == 200
@@ -151,3 +154,60 @@ def test_regenerate_keys_never_leaks_a_key(
         seen.append(b"".join(jobs.storage.open_read(BlobRef(container, name))).decode())
     blob = "\n".join(seen)
     assert not [k for k in minted.values() if k in blob]
+
+
+def errors_of(p: Jobs, job: Job) -> list[dict[str, Any]]:
+    container, _, name = job.reports["errors"].partition("/")
+    data = b"".join(p.storage.open_read(BlobRef(container, name)))
+    return [json.loads(x) for x in data.splitlines() if x.strip()]
+
+
+@pytest.mark.parametrize(
+    ("action", "args", "change"),
+    [
+        # another writer changes the identity (device ETag), or the twin (twin ETag), after the query
+        ("disable", {}, ("PUT", "/devices/q-1", {"deviceId": "q-1", "status": "enabled", "statusReason": "moved"})),
+        ("delete", {}, ("PUT", "/devices/q-1", {"deviceId": "q-1", "status": "enabled", "statusReason": "moved"})),
+        ("setTags", {"tags": {"owner": "ops"}}, ("PATCH", "/twins/q-1", {"tags": {"site": "a", "room": "9"}})),
+    ],
+)
+def test_a_device_changed_after_the_query_is_refused_not_overwritten(
+    jobs: Jobs,
+    iothub: IoTHubEmulator,
+    clock: Clock,
+    *,
+    action: str,
+    args: dict[str, Any],
+    change: tuple[str, str, Any],
+) -> None:
+    seed(jobs, clock)
+    made = make(jobs, action, args)
+    plan = run_to_end(
+        jobs,
+        jobs.engine.accept(jobs.engine.draft(JobKind.PLAN, "devhub", source=made.ref, keyed_by_source=False)),
+        clock,
+    )
+    assert plan.state is JobState.COMPLETED, plan.failure_reason
+    method, path, body = change
+    if method == "PUT":
+        current = device(iothub, "q-1")
+        body = {**current, **body}
+    changed = hub_call(iothub, method, path, body=body, extra={"If-Match": "*"})
+    assert changed.status_code == 200, changed.text
+    before = device(iothub, "q-1")
+    twin_before = hub_call(iothub, "GET", "/twins/q-1").json()
+
+    done = run_to_end(jobs, jobs.accept_upload(made.ref, "devhub"), clock)
+    assert done.state is JobState.COMPLETED_WITH_ERRORS and done.failed_devices == 1, done.failure_reason
+    refused = errors_of(jobs, done)
+    assert [(e["deviceId"], e["errorCode"], e["errorName"]) for e in refused] == [("q-1", 412001, "PreconditionFailed")]
+    after = device(iothub, "q-1")  # the other writer's change stands
+    assert after["etag"] == before["etag"] and after["status"] == before["status"]
+    assert hub_call(iothub, "GET", "/twins/q-1").json()["tags"] == twin_before["tags"]
+    for other in ("q-0", "q-2", "q-3", "q-4", "q-edge", "q-x509"):
+        if action == "delete":
+            assert hub_call(iothub, "GET", f"/devices/{other}").status_code == 404
+        elif action == "disable":
+            assert device(iothub, other)["status"] == "disabled"
+        else:
+            assert hub_call(iothub, "GET", f"/twins/{other}").json()["tags"]["owner"] == "ops"
