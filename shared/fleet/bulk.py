@@ -146,6 +146,14 @@ def generate(
     return BulkResult(written, skipped)
 
 
+# The biggest page the query API takes: every page is one call against the hub's query quota (20 a minute per
+# S1/S2 unit, shared with everything else on the hub), so 1,000 devices a page reads 20,000 devices a minute there.
+QUERY_PAGE_SIZE = 1000
+# How long, in all, paging waits out throttling (429) and other passing faults before giving up: the plan is made
+# while its HTTP request waits, and Azure ends a request after 230 s. Given up, nothing was written (the staged blocks
+# are never committed) and the API answers 503 IoTHubBusy with the hub's Retry-After.
+QUERY_PATIENCE = 120.0
+
 MANIFEST = "bulk.json"
 DEVICES = "devices.txt"
 BULK_ID = r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$"
@@ -184,19 +192,24 @@ def write_bulk(
     action: str,
     args: Mapping[str, Any],
     now: datetime | None = None,
+    page_size: int = QUERY_PAGE_SIZE,
+    patience: float = QUERY_PATIENCE,
 ) -> Bulk:
     """Check, page through the query and write ``<container>/<id>/devices.txt`` (streamed, in blocks) and
-    ``bulk.json`` beside it.
+    ``bulk.json`` beside it. Pages of ``page_size`` devices; throttling is waited out for up to ``patience`` seconds
+    in all (see ``IoTHubClient.query_devices``).
 
     Raises:
         InvalidBulk: the query or the args are refused before asking the hub.
-        IoTHubHTTPError: the hub refused the query (e.g. 400 for one it cannot parse).
+        IoTHubHTTPError: the hub refused the query (e.g. 400 for one it cannot parse), or throttled it for longer
+            than ``patience`` (``passing``: nothing was written).
     """
     check(query, action, args)
     bulk_id = f"{(now or datetime.now(UTC)):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
     storage.ensure_container(container)
     staged = storage.stage(container, f"{bulk_id}/{DEVICES}")
-    result = generate(client.query_devices(query), action, args, staged.write)
+    twins = client.query_devices(query, page_size=page_size, patience=patience)
+    result = generate(twins, action, args, staged.write)
     metadata = {HOLDS_KEYS: "true"} if action == "regenerateKeys" else {}
     etag = staged.commit(metadata=metadata, content_type=NDJSON_TYPE)
     ref = BlobRef(container, f"{bulk_id}/{DEVICES}", etag)

@@ -9,13 +9,18 @@ from typing import Any
 
 import pytest
 
+from emulators.azurite import Azurite
 from emulators.iothub import IoTHubEmulator
+from emulators.iothub.quotas import Profile
 from shared.fleet.bulk import Bulk, InvalidBulk, write_bulk
-from shared.iothub import IoTHubHTTPError
+from shared.iothub import IoTHubHTTPError, IoTHubThrottled
 from shared.ledger import Job, JobKind, JobState
+from shared.retry import RetryPolicy
 from shared.storage import BlobRef
 
+from .conftest import engine_on
 from .helpers import KEY, Clock, Jobs, hub_call, run_to_end, upload
+from .test_realistic_jobs import usage
 
 QUERY = "SELECT * FROM devices WHERE tags.site = 'a'"
 
@@ -211,3 +216,44 @@ def test_a_device_changed_after_the_query_is_refused_not_overwritten(
             assert device(iothub, other)["status"] == "disabled"
         else:
             assert hub_call(iothub, "GET", f"/twins/{other}").json()["tags"]["owner"] == "ops"
+
+
+@pytest.mark.realistic
+def test_paging_a_query_waits_out_the_hubs_query_quota(
+    azurite: Azurite, realistic_hub: IoTHubEmulator, clock: Clock
+) -> None:
+    # An S1 unit answers 20 queries a (scaled) minute; nothing held back by traffic shaping, no query lag (not what
+    # this is about). The client hands every Retry-After back to its caller, as it does one over 30 s.
+    realistic_hub.set_profile(Profile("S1", 1, time_scale=0.05, shaping_seconds=0, query_lag=0))
+    hands_back = RetryPolicy(
+        max_retries=6, backoff_factor=0.01, backoff_max=0.05, total_timeout=30, max_retry_after=0.5
+    )
+    p = engine_on(azurite, realistic_hub, clock, retry=hands_back)
+    wanted = {f"z-{i:02}" for i in range(50)}
+    seeded = run_to_end(
+        p,
+        p.accept_upload(upload(p, "many.jsonl", [{"id": i, "status": "enabled"} for i in sorted(wanted)]), "devhub"),
+        clock,
+    )
+    assert seeded.state is JobState.COMPLETED, seeded.failure_reason
+    query = "SELECT * FROM devices WHERE status = 'enabled'"
+
+    def bulk(patience: float) -> Bulk:
+        hub = p.hubs["devhub"]
+        return write_bulk(
+            p.storage,
+            p.containers.bulk,
+            hub,
+            "devhub",
+            query=query,
+            action="disable",
+            args={},
+            page_size=2,
+            patience=patience,
+        )
+
+    with pytest.raises(IoTHubThrottled):  # 25 pages of 2 are more than the quota holds
+        bulk(patience=0)
+    made = bulk(patience=60)
+    assert made.result.devices == 50 and {x["id"] for x in lines_of(p, made.ref)} == wanted
+    assert usage(realistic_hub)["throttled"]["query"] >= 2  # refused on both runs, and the second still completed
