@@ -415,6 +415,12 @@ def cmd_bulk(api: Api, args: argparse.Namespace) -> int:
         raise configuration.ConfigError(f"unexpected '{args.bulk_id}': iotjobs bulk run <id>, or --query and --action")
     reply = api.call("POST", "bulk", json=_bulk_body(args), timeout=BULK_TIMEOUT)
     made, job = reply["bulk"], reply["plan"]
+    if job is None:  # nothing selected: no plan, nothing to run
+        if args.json:
+            out.print_json(data=reply)
+        else:
+            out.print(f"bulk {made['id']} on {made['hub']}: {reply.get('message', 'nothing to do')}", markup=False)
+        return OK
     if job["state"] not in TERMINAL:
         job = follow(api, job)
     if job["state"] != "completed":

@@ -146,6 +146,13 @@ def test_bulk_plans_a_query_then_runs_and_follows_it_with_the_usual_exit_codes(
     assert "enable 4 devices" in at_once.stdout and "completed (import of bulk/" in at_once.stdout
     assert {status(f"b-{i}") for i in range(6)} == {"enabled"}
 
+    # a query that selects nothing: no plan, nothing to run
+    none = iotjobs("--json", "bulk", "--query", "SELECT * FROM devices WHERE tags.site = 'x'", "--action", "delete")
+    assert none.returncode == 0, none.stdout + none.stderr
+    empty = json.loads(none.stdout)
+    assert empty["plan"] is None and empty["bulk"]["devices"] == 0 and "nothing to plan or run" in empty["message"]
+    nothing = iotjobs("bulk", "run", empty["bulk"]["id"], "--follow")
+    assert nothing.returncode == 1 and "NothingToRun" in nothing.stderr, nothing.stderr
     # usage errors exit 2; what the app refuses exits 1
     assert iotjobs("bulk", "--query", query).returncode == 2
     assert iotjobs("bulk", "--query", query, "--action", "disable", "--tag", "a=b").returncode == 2
