@@ -1,4 +1,5 @@
-"""The ``iotjobs`` command: drop devices files, follow jobs to their end, list, cancel, back up and restore.
+"""The ``iotjobs`` command: drop devices files, follow jobs to their end, list, cancel, back up and restore, preview
+and undo imports, act on a query (``iotjobs bulk``).
 
 Exit codes, for scripts: 0 the job completed (or the command did what it says), 3 rejected (nothing reached the
 hub), 4 failed, 5 completed with errors (some devices refused), 6 cancelled, 1 the app or storage refused or did
@@ -347,6 +348,97 @@ def cmd_rollback(api: Api, args: argparse.Namespace) -> int:
     return _started(api, [job], args)
 
 
+BULK_TIMEOUT = 240.0  # POST /api/bulk pages through the query while it answers (up to 120 s of hub throttling)
+
+
+def _tags(pairs: list[str]) -> dict[str, Any]:
+    """``--tag k=v`` as tags: ``v`` read as JSON when it is JSON (numbers, true, null removes the tag), else text."""
+    tags: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise configuration.ConfigError(f"--tag takes name=value, not '{pair}'")
+        try:
+            tags[name] = json.loads(raw)
+        except ValueError:
+            tags[name] = raw
+    return tags
+
+
+def _bulk_body(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.query or not args.action:
+        raise configuration.ConfigError("iotjobs bulk needs --query and --action (or: iotjobs bulk run <id>)")
+    body_args: dict[str, Any] = {}
+    if args.args:
+        try:
+            body_args = json.loads(args.args)
+        except ValueError:
+            raise configuration.ConfigError('--args must be a JSON object, e.g. \'{"tags": {"site": "a"}}\'') from None
+        if not isinstance(body_args, dict):
+            raise configuration.ConfigError("--args must be a JSON object")
+    if args.tag:
+        if args.action != "setTags":
+            raise configuration.ConfigError("--tag goes with --action setTags")
+        body_args = {"tags": {**(body_args.get("tags") or {}), **_tags(args.tag)}}
+    body: dict[str, Any] = {"query": args.query, "action": args.action, "args": body_args}
+    if args.hub:
+        body["hub"] = args.hub
+    return body
+
+
+def _plan_lines(made: dict[str, Any], plan: dict[str, Any]) -> list[str]:
+    """A bulk's plan for a person: what the query selected, what the import would do, a sample of the changes."""
+    lines = [
+        f"bulk {made['id']} on {made['hub']}: {made['action']} {_plural(made['devices'], 'device')}"
+        + (f" ({made['skipped']:,} skipped: the action does not apply to them)" if made.get("skipped") else ""),
+        f"  query: {cut(made['query'], 200)}",
+        "  plan: "
+        + ", ".join(f"{n:,} {k}" for k, n in plan.get("totals", {}).items() if n)
+        + "  (changes nothing yet)",
+    ]
+    for d in plan.get("diffSample", [])[:SHOWN]:
+        shown = d.get("changes") or {k: v for k, v in d.items() if k not in ("line", "deviceId", "moduleId")}
+        lines.append(f"  {d.get('deviceId', '?'):<24} {cut(json.dumps(shown, separators=(',', ':')), 70)}")
+    for r in plan.get("refused", [])[:SHOWN]:
+        lines.append(f"  {r['deviceId']:<24} refused: {r['code']}: {cut(r['message'], 60)}")
+    return lines
+
+
+def cmd_bulk(api: Api, args: argparse.Namespace) -> int:
+    """Act on a query: make the file and its plan (changes nothing) and print it; --run imports it (or
+    ``iotjobs bulk run <id>`` later), --follow follows the import (the exit code is its outcome)."""
+    if args.operation == "run":
+        if not args.bulk_id:
+            raise configuration.ConfigError("iotjobs bulk run needs the bulk id that iotjobs bulk printed")
+        return _started(api, [api.call("POST", f"bulk/{args.bulk_id}/run")], args)
+    if args.bulk_id:
+        raise configuration.ConfigError(f"unexpected '{args.bulk_id}': iotjobs bulk run <id>, or --query and --action")
+    reply = api.call("POST", "bulk", json=_bulk_body(args), timeout=BULK_TIMEOUT)
+    made, job = reply["bulk"], reply["plan"]
+    if job is None:  # nothing selected: no plan, nothing to run
+        if args.json:
+            out.print_json(data=reply)
+        else:
+            out.print(f"bulk {made['id']} on {made['hub']}: {reply.get('message', 'nothing to do')}", markup=False)
+        return OK
+    if job["state"] not in TERMINAL:
+        job = follow(api, job)
+    if job["state"] != "completed":
+        return finish(api, job, args)
+    plan = json.loads(api.report(api.job(job["hub"], job["jobId"]), "plan") or b"{}")
+    if args.json:
+        if not args.run_now:  # with --run, the JSON printed is the import's, as for every started job
+            out.print_json(data={"bulk": made, "plan": plan})
+    else:
+        for line in _plan_lines(made, plan):
+            out.print(line, markup=False)
+    if not args.run_now:
+        if not args.json:
+            out.print(f"run it: iotjobs bulk run {made['id']} --follow", markup=False)
+        return OK
+    return _started(api, [api.call("POST", f"bulk/{made['id']}/run")], args)
+
+
 # --- parsing --------------------------------------------------------------------------------------------
 
 
@@ -424,6 +516,29 @@ def parser() -> argparse.ArgumentParser:
     rollback.add_argument("--force", action="store_true", help="undo even devices changed since the import")
     rollback.add_argument("--follow", action="store_true")
     rollback.set_defaults(run=cmd_rollback)
+
+    bulk = command(
+        "bulk",
+        help="act on a query: plan an action on every device it selects (changes nothing), then --run it",
+        description="Act on a query: POST /api/bulk makes one import line per device the query selects "
+        "(bulk/<id>/devices.txt, each line conditional on the device's ETag as queried) and plans it; nothing "
+        "changes until it is run (--run now, or `iotjobs bulk run <id>` later), as a normal import job. Examples: "
+        "iotjobs bulk --hub prodhub --query \"SELECT * FROM devices WHERE tags.site = 'a'\" --action disable; "
+        "iotjobs bulk --query \"SELECT * FROM devices WHERE status = 'disabled'\" --action setTags --tag owner=ops "
+        "--run --follow.",
+    )
+    bulk.add_argument("operation", nargs="?", choices=("run",), help="run: import a bulk made before")
+    bulk.add_argument("bulk_id", nargs="?", help="with run: the bulk id (20261201T020000Z-0a1b2c)")
+    bulk.add_argument("--hub")
+    bulk.add_argument("--query", help="SELECT * FROM devices [WHERE ...]")
+    bulk.add_argument("--action", choices=("delete", "disable", "enable", "setTags", "regenerateKeys"))
+    bulk.add_argument("--args", help='the action\'s arguments as JSON, e.g. \'{"tags": {"site": "b"}}\'')
+    bulk.add_argument(
+        "--tag", action="append", metavar="NAME=VALUE", help="setTags: a tag to set (repeatable; =null removes it)"
+    )
+    bulk.add_argument("--run", dest="run_now", action="store_true", help="import it once planned")
+    bulk.add_argument("--follow", action="store_true", help="follow the import; the exit code is its outcome")
+    bulk.set_defaults(run=cmd_bulk)
 
     status = command("status", help="hubs, running jobs, queues, backups and what needs a look")
     status.set_defaults(run=cmd_status)

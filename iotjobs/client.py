@@ -35,10 +35,11 @@ class Api:
         if config.key:
             self.session.headers["x-functions-key"] = config.key
 
-    def call(self, method: str, path: str, **kw: Any) -> Any:
+    def call(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> Any:
+        """One API call (``timeout``: seconds for this one, when it may take longer than most)."""
         url = f"{self.config.api}/{path}"
         try:
-            reply = self.session.request(method, url, timeout=self.timeout, **kw)
+            reply = self.session.request(method, url, timeout=timeout or self.timeout, **kw)
         except requests.RequestException as exc:
             raise ApiError(0, "", f"the app at {self.config.url} does not answer ({type(exc).__name__})") from None
         try:

@@ -37,7 +37,7 @@ from .iotcentral import IoTCentralError
 from .iothub import IoTHubError, IoTHubHTTPError
 from .ledger import Job, JobNotFound, JobState, LedgerConflict, LedgerError
 from .openapi import document as openapi_document
-from .services import CannotApprove, CannotMigrate, CannotRollBack, NotABulk, Services
+from .services import CannotApprove, CannotMigrate, CannotRollBack, NotABulk, NothingToRun, Services
 from .status import status_document
 from .storage import BlobRef, StorageError, UploadChanged
 from .views import job_view, migration_view
@@ -335,7 +335,8 @@ def rollback_job(svc: Services, inp: Inputs) -> Reply:
 def start_bulk(svc: Services, inp: Inputs) -> Reply:
     """Act on a query: ``{"hub", "query", "action", "args"}``. Pages through the query, writes
     ``bulk/<id>/devices.txt`` and queues a plan of it (changes nothing); the reply names the bulk id, the counts and
-    the plan job. ``POST /api/bulk/{id}/run`` imports it."""
+    the plan job. ``POST /api/bulk/{id}/run`` imports it. A query that selects no device the action applies to
+    answers 200 with no plan (an empty file is no import)."""
     hub = _hub(svc, inp.body.get("hub"))
     try:
         made, job = svc.bulk(hub, inp.body["query"], inp.body["action"], inp.body.get("args") or {})
@@ -345,6 +346,9 @@ def start_bulk(svc: Services, inp: Inputs) -> Reply:
         if exc.status != 400:
             raise
         raise ApiError(400, "InvalidQuery", f"the hub refused the query: {exc}") from None
+    if job is None:
+        message = "the query selects no device the action applies to: there is nothing to plan or run"
+        return Reply(200, {"bulk": made.public(), "plan": None, "run": None, "message": message})
     body = {"bulk": made.public(), "plan": _job_reply(svc, job).body, "run": f"/api/bulk/{made.bulk_id}/run"}
     return Reply(202, body)
 
@@ -356,6 +360,8 @@ def run_bulk(svc: Services, inp: Inputs) -> Reply:
         job = svc.run_bulk(inp.path["id"])
     except NotABulk as exc:
         raise ApiError(404, "BulkNotFound", str(exc)) from None
+    except NothingToRun as exc:
+        raise ApiError(409, "NothingToRun", str(exc)) from None
     return _job_reply(svc, job, 202 if not job.state.is_terminal else 200)
 
 

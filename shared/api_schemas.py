@@ -262,7 +262,7 @@ ROLLBACK_JOB = Route(
 BULK = Route(
     "POST /api/bulk",
     summary="Act on a query: write the import file of an action on every device it selects, and queue its plan",
-    ok=(202,),
+    ok=(200, 202),
     body=fields(
         ("query", "action"),
         hub=HUB,

@@ -40,7 +40,10 @@ class ErrorSummary:
 ADVICE: dict[str, str] = {
     "DeviceNotFound": "the device does not exist: use createOrUpdate, or remove the line",
     "DeviceAlreadyExists": "the device exists: use createOrUpdate or update instead of create",
-    "PreconditionFailed": "the ETag is stale: export again to get current ETags, or drop IfMatchETag",
+    "PreconditionFailed": (
+        "the device changed since its ETag was read (by an export, or by the query of POST /api/bulk): read it again "
+        "(export again, or make the bulk again), or drop IfMatchETag"
+    ),
     "DeserializationError": "the line is not in the import format: validate the file and fix the field named",
     "ArgumentInvalid": "a value breaks a rule (id, key length, thumbprint, twin size): fix the value",
     "IotHubQuotaExceeded": "the hub's device quota is reached: add units or remove devices, then re-run those devices",

@@ -193,9 +193,10 @@ class Services:
         draft = replace(self.engine.draft(JobKind.ROLLBACK, target.hub), rollback_of=target.job_id, force=force)
         return self._start(self.engine.accept(draft))
 
-    def bulk(self, hub: str, query: str, action: str, args: Mapping[str, Any]) -> tuple[Bulk, Job]:
+    def bulk(self, hub: str, query: str, action: str, args: Mapping[str, Any]) -> tuple[Bulk, Job | None]:
         """Act on a query, first step: write ``bulk/<id>/devices.txt`` from the query's devices and queue a plan
-        of it (changes nothing). ``run_bulk`` imports it.
+        of it (changes nothing). ``run_bulk`` imports it. No plan (None) when the file has no line: the query
+        selected no device the action applies to, and an empty file is no import.
 
         Raises:
             InvalidBulk: the query or args are refused; IoTHubHTTPError: the hub refused the query.
@@ -205,6 +206,8 @@ class Services:
         made = write_bulk(
             self.storage, self.settings.containers.bulk, client, hub, query=query, action=action, args=args
         )
+        if made.result.devices == 0:
+            return made, None
         return made, self.plan(hub, made.ref)
 
     def run_bulk(self, bulk_id: str) -> Job:
@@ -213,11 +216,14 @@ class Services:
 
         Raises:
             NotABulk: no such bulk id, or its file is gone (a regenerateKeys file is deleted after its import).
+            NothingToRun: its query selected no device the action applies to.
         """
         container = self.settings.containers.bulk
         manifest = read_manifest(self.storage, container, bulk_id)
         if manifest is None:
             raise NotABulk(f"no bulk '{bulk_id}': POST /api/bulk makes one")
+        if not manifest.get("devices"):
+            raise NothingToRun(f"bulk '{bulk_id}' selected no device its action applies to: there is nothing to run")
         name = f"{bulk_id}/devices.txt"
         props = self.storage.properties(BlobRef(container, name))
         if props is None:
@@ -381,6 +387,10 @@ class NotABulk(Exception):
 
 class CannotMigrate(Exception):
     """The migration cannot start; the message says why."""
+
+
+class NothingToRun(Exception):
+    """A bulk whose file has no line (its query selected no device its action applies to)."""
 
 
 class CannotRollBack(Exception):

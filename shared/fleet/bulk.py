@@ -3,18 +3,28 @@
 ``generate`` pages through ``SELECT * FROM devices [WHERE ...]`` and writes one import line per device, as it
 reads them, to a staged blob (``bulk/<id>/devices.txt``): the file is never held whole. The lines, per action:
 
-- ``delete``: ``{"id", "importMode": "delete"}``.
-- ``disable`` / ``enable``: ``importMode: update`` with the new ``status`` and the device's own Edge capability,
-  scopes and, for X.509 devices, thumbprints as the query returned them. A query result (a twin) carries no
-  symmetric keys, so a SAS device's line has no ``authentication``: the hub then keeps the keys it has (as the
-  emulator does; an ``update`` line that named keys would have to repeat them, and they are not in the query).
-  Twin tags and properties are not in the line, so they stay as they are.
-- ``setTags``: ``importMode: updateTwin`` with the twin's tags as the query returned them, ``args.tags`` set over
-  them (a tag set to null is removed): an import replaces a twin's tags, so the line carries the others over.
-- ``regenerateKeys``: ``importMode: update`` as for disable/enable (status kept) with a new primary and secondary
-  key, each ``secrets.token_bytes(32)`` in base64, minted here. Only SAS devices get a line; the others are counted
-  as skipped. The file is written with the metadata ``holdskeys=true``: the engine deletes it (and its snapshots)
-  when the import job of it ends. No key is ever returned, logged or reported: ``BulkResult`` counts devices.
+Every line is conditional on the device as the query saw it, so a device changed between the query and the run is
+refused by the hub (412001 PreconditionFailed in ``importErrors.log``, the job ``completed_with_errors``) instead
+of being overwritten: identity lines carry the twin's ``deviceEtag`` as ``eTag`` with ``updateIfMatchETag`` /
+``deleteIfMatchETag``, twin lines its ``etag`` as ``twinETag`` with ``updateTwinIfMatchETag`` (the Twin of the
+service's query answer has both, and the emulator returns both). A twin without the ETag a line needs gets the
+unconditional mode (``update``, ``delete``, ``updateTwin``): an ``*IfMatchETag`` line without an ETag is refused
+by our validator and applied unconditionally by the hub anyway.
+
+- ``delete``: ``{"id", "importMode": "deleteIfMatchETag", "eTag"}``.
+- ``disable`` / ``enable``: ``importMode: updateIfMatchETag`` with the new ``status`` and the device's own Edge
+  capability, scopes and, for X.509 devices, thumbprints as the query returned them. A query result (a twin)
+  carries no symmetric keys, so a SAS device's line has no ``authentication``: the hub then keeps the keys it has
+  (as the emulator does; an ``update`` line that named keys would have to repeat them, and they are not in the
+  query). Twin tags and properties are not in the line, so they stay as they are.
+- ``setTags``: ``importMode: updateTwinIfMatchETag`` with the twin's tags as the query returned them, ``args.tags``
+  set over them (a tag set to null is removed): an import replaces a twin's tags, so the line carries the others
+  over.
+- ``regenerateKeys``: ``importMode: updateIfMatchETag`` as for disable/enable (status kept) with a new primary and
+  secondary key, each ``secrets.token_bytes(32)`` in base64, minted here. Only SAS devices get a line; the others
+  are counted as skipped. The file is written with the metadata ``holdskeys=true``: the engine deletes it (and its
+  snapshots) when the import job of it ends. No key is ever returned, logged or reported: ``BulkResult`` counts
+  devices.
 """
 
 from __future__ import annotations
@@ -72,18 +82,22 @@ def line_for(action: str, twin: Mapping[str, Any], args: Mapping[str, Any]) -> d
     device_id = twin.get("deviceId")
     if not isinstance(device_id, str) or twin.get("moduleId") is not None:
         return None
+    device_etag = _etag(twin.get("deviceEtag"))
     if action == "delete":
-        return {"id": device_id, "importMode": "delete"}
+        return _if_match({"id": device_id, "importMode": "delete"}, "eTag", device_etag)
     if action == "setTags":
         given = twin.get("tags")
         tags: dict[str, Any] = given if isinstance(given, dict) else {}
         merged = {**tags, **args["tags"]}  # the import replaces the twin's tags: the others are carried over
-        return {"id": device_id, "importMode": "updateTwin", "tags": {k: v for k, v in merged.items() if v is not None}}
+        line: dict[str, Any] = {"id": device_id, "importMode": "updateTwin"}
+        line["tags"] = {k: v for k, v in merged.items() if v is not None}
+        return _if_match(line, "twinETag", _etag(twin.get("etag")))
     auth_type = str(twin.get("authenticationType") or "sas")
     if action == "regenerateKeys" and auth_type.lower() != "sas":
         return None
     status = {"disable": "disabled", "enable": "enabled"}.get(action, str(twin.get("status") or "enabled"))
-    line: dict[str, Any] = {"id": device_id, "importMode": "update", "status": status}
+    line = _if_match({"id": device_id, "importMode": "update"}, "eTag", device_etag)
+    line["status"] = status
     if twin.get("statusReason"):
         line["statusReason"] = twin["statusReason"]
     caps = twin.get("capabilities")
@@ -104,6 +118,19 @@ def line_for(action: str, twin: Mapping[str, Any], args: Mapping[str, Any]) -> d
     return line
 
 
+def _etag(value: Any) -> str | None:
+    """An ETag of a query result as an import line carries it (a string, or None when there is none)."""
+    return value if isinstance(value, str) and value.strip('"') else None
+
+
+def _if_match(line: dict[str, Any], field: str, etag: str | None) -> dict[str, Any]:
+    """``line`` made conditional on ``etag`` (its mode's ``IfMatchETag`` form and the ETag in ``field``)."""
+    if etag is not None:
+        line["importMode"] += "IfMatchETag"
+        line[field] = etag
+    return line
+
+
 def generate(
     twins: Iterable[Mapping[str, Any]], action: str, args: Mapping[str, Any], write: Callable[[bytes], None]
 ) -> BulkResult:
@@ -118,6 +145,14 @@ def generate(
         written += 1
     return BulkResult(written, skipped)
 
+
+# The biggest page the query API takes: every page is one call against the hub's query quota (20 a minute per
+# S1/S2 unit, shared with everything else on the hub), so 1,000 devices a page reads 20,000 devices a minute there.
+QUERY_PAGE_SIZE = 1000
+# How long, in all, paging waits out throttling (429) and other passing faults before giving up: the plan is made
+# while its HTTP request waits, and Azure ends a request after 230 s. Given up, nothing was written (the staged blocks
+# are never committed) and the API answers 503 IoTHubBusy with the hub's Retry-After.
+QUERY_PATIENCE = 120.0
 
 MANIFEST = "bulk.json"
 DEVICES = "devices.txt"
@@ -157,19 +192,24 @@ def write_bulk(
     action: str,
     args: Mapping[str, Any],
     now: datetime | None = None,
+    page_size: int = QUERY_PAGE_SIZE,
+    patience: float = QUERY_PATIENCE,
 ) -> Bulk:
     """Check, page through the query and write ``<container>/<id>/devices.txt`` (streamed, in blocks) and
-    ``bulk.json`` beside it.
+    ``bulk.json`` beside it. Pages of ``page_size`` devices; throttling is waited out for up to ``patience`` seconds
+    in all (see ``IoTHubClient.query_devices``).
 
     Raises:
         InvalidBulk: the query or the args are refused before asking the hub.
-        IoTHubHTTPError: the hub refused the query (e.g. 400 for one it cannot parse).
+        IoTHubHTTPError: the hub refused the query (e.g. 400 for one it cannot parse), or throttled it for longer
+            than ``patience`` (``passing``: nothing was written).
     """
     check(query, action, args)
     bulk_id = f"{(now or datetime.now(UTC)):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
     storage.ensure_container(container)
     staged = storage.stage(container, f"{bulk_id}/{DEVICES}")
-    result = generate(client.query_devices(query), action, args, staged.write)
+    twins = client.query_devices(query, page_size=page_size, patience=patience)
+    result = generate(twins, action, args, staged.write)
     metadata = {HOLDS_KEYS: "true"} if action == "regenerateKeys" else {}
     etag = staged.commit(metadata=metadata, content_type=NDJSON_TYPE)
     ref = BlobRef(container, f"{bulk_id}/{DEVICES}", etag)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import requests
@@ -173,23 +174,52 @@ class IoTHubClient:
         errors: list[dict[str, Any]] = response.json().get("errors") or []
         return errors
 
-    def query_devices(self, query: str, *, page_size: int = 100) -> Iterator[dict[str, Any]]:
+    def query_devices(
+        self,
+        query: str,
+        *,
+        page_size: int = 100,
+        patience: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Iterator[dict[str, Any]]:
         """The twins a query selects (``SELECT * FROM devices WHERE ...``), page by page as the hub answers them:
         ``POST /devices/query`` with ``x-ms-max-item-count``, following the ``x-ms-continuation`` header until the
-        hub sends none. Each page is one call (throttling is retried by the policy).
+        hub sends none. Each page is one call, counted against the hub's query quota (20 a minute per S1 unit), so
+        a caller reading a whole registry asks for big pages.
+
+        A passing fault on a page (429 with a ``Retry-After`` the retry policy hands back, a 5xx or no answer after
+        its retries) is waited out and the same page asked again from its continuation token, as long as the waits
+        add up to at most ``patience`` seconds (0: raised at once); the pages already yielded stay valid.
 
         Raises:
-            IoTHubHTTPError: the hub refused the query (400 with its message for one it cannot parse).
+            IoTHubHTTPError: the hub refused the query (400 with its message for one it cannot parse), or a passing
+                fault outlasted ``patience`` (``passing`` is true, ``retry_after`` says how long the hub asked).
+            IoTHubUnavailable: no answer, retries and ``patience`` included.
         """
         if not 1 <= page_size <= 1000:
             raise ValueError("page_size must be 1 to 1000")
         token: str | None = None
+        waited = 0.0
+        faults = 0
         while True:
             headers = {"x-ms-max-item-count": str(page_size)}
             if token:
                 headers["x-ms-continuation"] = token
-            # A query only reads: safe to send again after a lost answer.
-            response = self._send("POST", "/devices/query", body={"query": query}, idempotent=True, headers=headers)
+            try:
+                # A query only reads: safe to send again after a lost answer.
+                response = self._send("POST", "/devices/query", body={"query": query}, idempotent=True, headers=headers)
+            except (IoTHubHTTPError, IoTHubUnavailable) as exc:
+                if isinstance(exc, IoTHubHTTPError) and not exc.passing and not isinstance(exc, IoTHubServerError):
+                    raise
+                faults += 1
+                asked = exc.retry_after if isinstance(exc, IoTHubHTTPError) else None
+                wait = asked if asked is not None else self._transport.retry.delay(faults)
+                if waited + wait > patience:
+                    raise
+                logger.warning("IoT Hub %s: query page throttled or unanswered: again in %.1fs", self.host, wait)
+                sleep(wait)
+                waited += wait
+                continue
             page = response.json()
             if not isinstance(page, list):
                 raise IoTHubError(f"IoT Hub {self.host}: a query page was not a JSON array")

@@ -13,7 +13,7 @@ import pytest
 
 from emulators.azurite import REPO
 from emulators.functions_host import FUNCTION_KEY
-from tests.integration.helpers import device_line
+from tests.integration.helpers import device_line, hub_call
 
 from .app import Stack
 
@@ -31,6 +31,8 @@ def iotjobs(stack: Stack, tmp_path: Path):  # type: ignore[no-untyped-def]
     app = stack.app.start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTJOBS_")}
     env.update(IOTJOBS_URL=app.url, IOTJOBS_KEY=FUNCTION_KEY, IOTJOBS_STORAGE=stack.azurite.connection_string)
+    # The installed script imports `iotjobs` from this checkout, not from wherever the virtualenv was installed.
+    env["PYTHONPATH"] = str(REPO)
 
     def run(*args: str, cwd: Path = tmp_path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -106,3 +108,57 @@ def test_the_command_finds_the_local_stack_from_a_settings_file(stack: Stack, tm
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("devhub") and "idle; 0 queued; no backup yet" in done.stdout
     assert FUNCTION_KEY not in done.stdout  # the status page's address is printed without the key
+
+
+def test_bulk_plans_a_query_then_runs_and_follows_it_with_the_usual_exit_codes(
+    iotjobs, stack: Stack, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    fleet = [device_line(f"b-{i}", tags={"site": "a" if i < 4 else "b"}) for i in range(6)]
+    assert iotjobs("upload", str(_lines(tmp_path / "fleet.jsonl", fleet)), "--follow").returncode == 0
+
+    def status(device_id: str) -> str:
+        return str(hub_call(stack.hub, "GET", f"/devices/{device_id}").json()["status"])
+
+    query = "SELECT * FROM devices WHERE tags.site = 'a'"
+    planned = iotjobs("bulk", "--hub", "devhub", "--query", query, "--action", "disable")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert "disable 4 devices" in planned.stdout and "4 update" in planned.stdout, planned.stdout
+    assert "b-0" in planned.stdout and '"status":{"from":"enabled","to":"disabled"}' in planned.stdout  # a sample
+    assert {status(f"b-{i}") for i in range(6)} == {"enabled"}  # a plan changes nothing
+    bulk_id = planned.stdout.split("iotjobs bulk run ", 1)[1].split()[0]
+    ran = iotjobs("bulk", "run", bulk_id, "--follow")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert f"completed (import of bulk/{bulk_id}/devices.txt)" in ran.stdout
+    assert [status(f"b-{i}") for i in range(6)] == ["disabled"] * 4 + ["enabled"] * 2
+
+    # Planned and run in one go; one selected device changed by someone else between the two: refused (exit 5).
+    made = iotjobs("--json", "bulk", "--query", query, "--action", "setTags", "--tag", "owner=ops")
+    assert made.returncode == 0, made.stderr
+    bulk_id = json.loads(made.stdout)["bulk"]["id"]
+    moved = hub_call(stack.hub, "PATCH", "/twins/b-1", body={"tags": {"room": 7}}, extra={"If-Match": "*"})
+    assert moved.status_code == 200, moved.text
+    refused = iotjobs("bulk", "run", bulk_id, "--follow")
+    assert refused.returncode == 5, refused.stdout + refused.stderr
+    assert "1 device refused by the hub" in refused.stdout and "b-1" in refused.stdout
+    assert "PreconditionFailed" in refused.stdout
+    at_once = iotjobs("bulk", "--query", query, "--action", "enable", "--run", "--follow")
+    assert at_once.returncode == 0, at_once.stdout + at_once.stderr
+    assert "enable 4 devices" in at_once.stdout and "completed (import of bulk/" in at_once.stdout
+    assert {status(f"b-{i}") for i in range(6)} == {"enabled"}
+
+    # a query that selects nothing: no plan, nothing to run
+    none = iotjobs("--json", "bulk", "--query", "SELECT * FROM devices WHERE tags.site = 'x'", "--action", "delete")
+    assert none.returncode == 0, none.stdout + none.stderr
+    empty = json.loads(none.stdout)
+    assert empty["plan"] is None and empty["bulk"]["devices"] == 0 and "nothing to plan or run" in empty["message"]
+    nothing = iotjobs("bulk", "run", empty["bulk"]["id"], "--follow")
+    assert nothing.returncode == 1 and "NothingToRun" in nothing.stderr, nothing.stderr
+    # usage errors exit 2; what the app refuses exits 1
+    assert iotjobs("bulk", "--query", query).returncode == 2
+    assert iotjobs("bulk", "--query", query, "--action", "disable", "--tag", "a=b").returncode == 2
+    assert iotjobs("bulk", "--query", query, "--action", "setTags", "--args", "[1]").returncode == 2
+    assert iotjobs("bulk", "run").returncode == 2
+    bad = iotjobs("bulk", "--query", "DELETE FROM devices", "--action", "delete")
+    assert bad.returncode == 1 and "InvalidQuery" in bad.stderr, bad.stderr
+    unknown = iotjobs("bulk", "run", "20260101T000000Z-0a1b2c")
+    assert unknown.returncode == 1 and "BulkNotFound" in unknown.stderr, unknown.stderr

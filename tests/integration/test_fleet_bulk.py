@@ -9,13 +9,18 @@ from typing import Any
 
 import pytest
 
+from emulators.azurite import Azurite
 from emulators.iothub import IoTHubEmulator
+from emulators.iothub.quotas import Profile
 from shared.fleet.bulk import Bulk, InvalidBulk, write_bulk
-from shared.iothub import IoTHubHTTPError
+from shared.iothub import IoTHubHTTPError, IoTHubThrottled
 from shared.ledger import Job, JobKind, JobState
+from shared.retry import RetryPolicy
 from shared.storage import BlobRef
 
+from .conftest import engine_on
 from .helpers import KEY, Clock, Jobs, hub_call, run_to_end, upload
+from .test_realistic_jobs import usage
 
 QUERY = "SELECT * FROM devices WHERE tags.site = 'a'"
 
@@ -92,7 +97,8 @@ def test_disable_then_enable_changes_only_status(jobs: Jobs, iothub: IoTHubEmula
     lines = {x["id"]: x for x in lines_of(jobs, made.ref)}
     assert lines["q-0"] == {
         "id": "q-0",
-        "importMode": "update",
+        "importMode": "updateIfMatchETag",
+        "eTag": device(iothub, "q-0")["etag"],
         "status": "disabled",
         "capabilities": {"iotEdge": False},
     }
@@ -114,14 +120,16 @@ def test_set_tags_and_delete(jobs: Jobs, iothub: IoTHubEmulator, clock: Clock) -
     made = make(jobs, "setTags", {"tags": {"owner": "ops"}})
     assert lines_of(jobs, made.ref)[0] == {
         "id": "q-0",
-        "importMode": "updateTwin",
+        "importMode": "updateTwinIfMatchETag",
+        "twinETag": hub_call(iothub, "GET", "/twins/q-0").json()["etag"],
         "tags": {"site": "a", "owner": "ops"},
     }
     run(jobs, made, clock)
     twin = hub_call(iothub, "GET", "/twins/q-0").json()
     assert twin["tags"]["owner"] == "ops" and twin["tags"]["site"] == "a"
     gone = make(jobs, "delete", query="SELECT * FROM devices WHERE tags.site = 'b'")
-    assert {x["importMode"] for x in lines_of(jobs, gone.ref)} == {"delete"}
+    assert {x["importMode"] for x in lines_of(jobs, gone.ref)} == {"deleteIfMatchETag"}
+    assert all(x["eTag"] for x in lines_of(jobs, gone.ref))
     run(jobs, gone, clock)
     assert hub_call(iothub, "GET", "/devices/q-5").status_code == 404
     assert hub_call(iothub, "GET", "/devices/q-0").status_code == 200
@@ -151,3 +159,101 @@ def test_regenerate_keys_never_leaks_a_key(
         seen.append(b"".join(jobs.storage.open_read(BlobRef(container, name))).decode())
     blob = "\n".join(seen)
     assert not [k for k in minted.values() if k in blob]
+
+
+def errors_of(p: Jobs, job: Job) -> list[dict[str, Any]]:
+    container, _, name = job.reports["errors"].partition("/")
+    data = b"".join(p.storage.open_read(BlobRef(container, name)))
+    return [json.loads(x) for x in data.splitlines() if x.strip()]
+
+
+@pytest.mark.parametrize(
+    ("action", "args", "change"),
+    [
+        # another writer changes the identity (device ETag), or the twin (twin ETag), after the query
+        ("disable", {}, ("PUT", "/devices/q-1", {"deviceId": "q-1", "status": "enabled", "statusReason": "moved"})),
+        ("delete", {}, ("PUT", "/devices/q-1", {"deviceId": "q-1", "status": "enabled", "statusReason": "moved"})),
+        ("setTags", {"tags": {"owner": "ops"}}, ("PATCH", "/twins/q-1", {"tags": {"site": "a", "room": "9"}})),
+    ],
+)
+def test_a_device_changed_after_the_query_is_refused_not_overwritten(
+    jobs: Jobs,
+    iothub: IoTHubEmulator,
+    clock: Clock,
+    *,
+    action: str,
+    args: dict[str, Any],
+    change: tuple[str, str, Any],
+) -> None:
+    seed(jobs, clock)
+    made = make(jobs, action, args)
+    plan = run_to_end(
+        jobs,
+        jobs.engine.accept(jobs.engine.draft(JobKind.PLAN, "devhub", source=made.ref, keyed_by_source=False)),
+        clock,
+    )
+    assert plan.state is JobState.COMPLETED, plan.failure_reason
+    method, path, body = change
+    if method == "PUT":
+        current = device(iothub, "q-1")
+        body = {**current, **body}
+    changed = hub_call(iothub, method, path, body=body, extra={"If-Match": "*"})
+    assert changed.status_code == 200, changed.text
+    before = device(iothub, "q-1")
+    twin_before = hub_call(iothub, "GET", "/twins/q-1").json()
+
+    done = run_to_end(jobs, jobs.accept_upload(made.ref, "devhub"), clock)
+    assert done.state is JobState.COMPLETED_WITH_ERRORS and done.failed_devices == 1, done.failure_reason
+    refused = errors_of(jobs, done)
+    assert [(e["deviceId"], e["errorCode"], e["errorName"]) for e in refused] == [("q-1", 412001, "PreconditionFailed")]
+    after = device(iothub, "q-1")  # the other writer's change stands
+    assert after["etag"] == before["etag"] and after["status"] == before["status"]
+    assert hub_call(iothub, "GET", "/twins/q-1").json()["tags"] == twin_before["tags"]
+    for other in ("q-0", "q-2", "q-3", "q-4", "q-edge", "q-x509"):
+        if action == "delete":
+            assert hub_call(iothub, "GET", f"/devices/{other}").status_code == 404
+        elif action == "disable":
+            assert device(iothub, other)["status"] == "disabled"
+        else:
+            assert hub_call(iothub, "GET", f"/twins/{other}").json()["tags"]["owner"] == "ops"
+
+
+@pytest.mark.realistic
+def test_paging_a_query_waits_out_the_hubs_query_quota(
+    azurite: Azurite, realistic_hub: IoTHubEmulator, clock: Clock
+) -> None:
+    # An S1 unit answers 20 queries a (scaled) minute; nothing held back by traffic shaping, no query lag (not what
+    # this is about). The client hands every Retry-After back to its caller, as it does one over 30 s.
+    realistic_hub.set_profile(Profile("S1", 1, time_scale=0.05, shaping_seconds=0, query_lag=0))
+    hands_back = RetryPolicy(
+        max_retries=6, backoff_factor=0.01, backoff_max=0.05, total_timeout=30, max_retry_after=0.5
+    )
+    p = engine_on(azurite, realistic_hub, clock, retry=hands_back)
+    wanted = {f"z-{i:02}" for i in range(50)}
+    seeded = run_to_end(
+        p,
+        p.accept_upload(upload(p, "many.jsonl", [{"id": i, "status": "enabled"} for i in sorted(wanted)]), "devhub"),
+        clock,
+    )
+    assert seeded.state is JobState.COMPLETED, seeded.failure_reason
+    query = "SELECT * FROM devices WHERE status = 'enabled'"
+
+    def bulk(patience: float) -> Bulk:
+        hub = p.hubs["devhub"]
+        return write_bulk(
+            p.storage,
+            p.containers.bulk,
+            hub,
+            "devhub",
+            query=query,
+            action="disable",
+            args={},
+            page_size=2,
+            patience=patience,
+        )
+
+    with pytest.raises(IoTHubThrottled):  # 25 pages of 2 are more than the quota holds
+        bulk(patience=0)
+    made = bulk(patience=60)
+    assert made.result.devices == 50 and {x["id"] for x in lines_of(p, made.ref)} == wanted
+    assert usage(realistic_hub)["throttled"]["query"] >= 2  # refused on both runs, and the second still completed
