@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -439,6 +440,77 @@ def cmd_bulk(api: Api, args: argparse.Namespace) -> int:
     return _started(api, [api.call("POST", f"bulk/{made['id']}/run")], args)
 
 
+def follow_migration(api: Api, doc: dict[str, Any]) -> dict[str, Any]:
+    """Follow a migration to its end with one bar over its three steps; returns it as it ended."""
+    path = f"migrations/{doc['from']}/{doc['migrationId']}"
+    with _progress() as bar:
+        task = bar.add_task(f"migration {doc['migrationId']}", total=100, state=doc["state"])
+        while True:
+            bar.update(task, completed=doc["progress"], state=f"{doc['stage']}: {doc['state']}")
+            if doc["state"] in TERMINAL:
+                return doc
+            time.sleep(1.0)
+            doc = api.call("GET", path)
+
+
+def migration_lines(doc: dict[str, Any]) -> list[str]:
+    """What a person needs to know about a migration: its state and step, why it stopped, what the verification
+    found (counts, the first differences), and its jobs."""
+    lines = [
+        f"migration {doc['migrationId']} {doc['from']} -> {doc['to']} ({doc['mode']}, keys "
+        f"{'included' if doc['includeKeys'] else 'not included'}): {doc['state']} at {doc['stage']}"
+    ]
+    if doc.get("failureReason"):
+        lines.append(f"  why: {cut(doc['failureReason'], 200)}")
+    for step, job in doc["jobs"].items():
+        if job is not None:
+            lines.append(f"  {step}: job {job['jobId']} on {job['hub']} {job['state']} ({job['progress']}%)")
+    found = doc.get("verification")
+    if found:
+        lines.append(f"  {cut(found['verdict'], 200)}")
+        src, dst = found["counts"]["source"], found["counts"]["target"]
+        lines.append(
+            f"  devices {src['devices']:,} -> {dst['devices']:,}, Edge devices {src['edgeDevices']:,} -> "
+            f"{dst['edgeDevices']:,}, modules {src['modules']:,} -> {dst['modules']:,}"
+        )
+        shown = [
+            f"  {d['deviceId']}{'/' + d['moduleId'] if d.get('moduleId') else ''}: {', '.join(d['fields'])} "
+            f"({cut(d['why'], 80)})"
+            for d in found["differences"][:SHOWN]
+        ]
+        lines += listing(shown, found["missing"] + found["different"], "devices that differ (see migration.json)")
+    if doc.get("links", {}).get("verify.migration"):
+        lines.append(f"  report: {doc['links']['verify.migration']}")
+    return lines
+
+
+def cmd_migrate(api: Api, args: argparse.Namespace) -> int:
+    """Migrate a hub to another (or, with --id, read a migration); --follow follows it to its end."""
+    if args.migration_id:
+        doc = api.call("GET", f"migrations/{args.source}/{args.migration_id}")
+    else:
+        if not args.target:
+            raise configuration.ConfigError("iotjobs migrate needs --to (the hub to migrate to), or --id to read one")
+        body = {
+            "from": args.source,
+            "to": args.target,
+            "includeKeys": not args.no_keys,
+            "configurations": args.configurations,
+            "mode": args.mode,
+        }
+        doc = api.call("POST", "migrations", json=body)
+    if args.follow and doc["state"] not in TERMINAL:
+        doc = follow_migration(api, doc)
+    if args.json:
+        out.print_json(data=doc)
+    else:
+        for line in migration_lines(doc):
+            out.print(line, markup=False)
+        if doc["state"] not in TERMINAL:
+            out.print(f"follow it: iotjobs migrate --from {doc['from']} --id {doc['migrationId']} --follow")
+    return EXIT_BY_STATE.get(doc["state"], OK) if doc["state"] in TERMINAL else OK
+
+
 # --- parsing --------------------------------------------------------------------------------------------
 
 
@@ -539,6 +611,16 @@ def parser() -> argparse.ArgumentParser:
     bulk.add_argument("--run", dest="run_now", action="store_true", help="import it once planned")
     bulk.add_argument("--follow", action="store_true", help="follow the import; the exit code is its outcome")
     bulk.set_defaults(run=cmd_bulk)
+
+    migrate = command("migrate", help="migrate a hub's registry to another hub, verified device by device")
+    migrate.add_argument("--from", dest="source", required=True, help="the hub to migrate from")
+    migrate.add_argument("--to", dest="target", help="the hub to migrate to")
+    migrate.add_argument("--id", dest="migration_id", help="read (and with --follow, follow) a migration instead")
+    migrate.add_argument("--mode", choices=("create", "createOrUpdate"), default="create")
+    migrate.add_argument("--no-keys", action="store_true", help="leave the keys behind (the devices get new ones)")
+    migrate.add_argument("--configurations", action="store_true", help="the hub's configurations go too")
+    migrate.add_argument("--follow", action="store_true", help="follow it; the exit code is its outcome")
+    migrate.set_defaults(run=cmd_migrate)
 
     status = command("status", help="hubs, running jobs, queues, backups and what needs a look")
     status.set_defaults(run=cmd_status)

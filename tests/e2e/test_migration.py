@@ -5,6 +5,9 @@ a host killed mid-way resumes it without repeating a step, and bad requests are 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +16,8 @@ from typing import Any
 import pytest
 import requests
 
-from emulators.azurite import Azurite
+from emulators.azurite import REPO, Azurite
+from emulators.functions_host import FUNCTION_KEY
 from emulators.iothub import IoTHubEmulator
 from tests.integration.helpers import emptied, hub_call, running_emulator
 
@@ -21,6 +25,7 @@ from .app import App, Stack, settings
 from .conftest import REALISTIC
 
 KEY = "c2VjcmV0LWRldmljZS1rZXktMDEyMzQ1Njc4OWFiY2Q="
+SCRIPT = Path(sys.executable).parent / "iotjobs"
 TERMINAL = {"completed", "completed_with_errors", "failed", "cancelled", "rejected"}
 
 
@@ -221,3 +226,40 @@ def test_bad_migration_requests_are_refused_with_what_to_change(
     other = stack.app.call("GET", f"migrations/devhub/{job['jobId']}")
     assert other.status_code == 404, other.text
     assert not [j for j in stack.app.jobs() if j["kind"].startswith("migration")]
+
+
+def test_iotjobs_migrate_follows_a_migration_and_exits_with_its_outcome(
+    fast_two_hubs: tuple[Stack, IoTHubEmulator], tmp_path: Path
+) -> None:
+    stack, target = fast_two_hubs
+    stack.app.start()
+    stack.drop("seed.jsonl", fleet(5))
+    stack.app.wait_jobs(1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTJOBS_")}
+    env.update(IOTJOBS_URL=stack.app.url, IOTJOBS_KEY=FUNCTION_KEY, PYTHONPATH=str(REPO))
+
+    def iotjobs(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+        )
+
+    done = iotjobs("migrate", "--from", "devhub", "--to", "stagehub", "--follow")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "devhub -> stagehub (create, keys included): completed at done" in done.stdout
+    assert "verified: all 6 device(s) of devhub are in stagehub alike" in done.stdout
+    assert "devices 6 -> 6, Edge devices 1 -> 1, modules 3 -> 3" in done.stdout, done.stdout
+    assert KEY not in done.stdout + done.stderr
+    migration_id = done.stdout.split("migration ", 1)[1].split()[0]
+
+    # Again with create: every device is there already, so each create is refused and reported (exit 5).
+    again = iotjobs("migrate", "--from", "devhub", "--to", "stagehub", "--follow")
+    assert again.returncode == 5, again.stdout + again.stderr
+    assert "completed_with_errors" in again.stdout
+    read = iotjobs("--json", "migrate", "--from", "devhub", "--id", migration_id)
+    assert read.returncode == 0 and json.loads(read.stdout)["state"] == "completed", read.stderr
+    # What the app refuses exits 1 with its message; a usage error exits 2.
+    same = iotjobs("migrate", "--from", "devhub", "--to", "devhub")
+    assert same.returncode == 1 and "SameHub" in same.stderr, same.stderr
+    assert iotjobs("migrate", "--from", "devhub").returncode == 2
+    assert iotjobs("migrate", "--to", "stagehub").returncode == 2
+    assert len(registry(target)) == 6
