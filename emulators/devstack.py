@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ from shared.iothub import IoTHubClient
 SAMPLES = REPO / "samples"
 USUAL = {"IoT Hub emulator": 8443, "IoT Central emulator": 8444, "Functions host": 7071}
 SHOWN = 10  # findings or refused devices listed per step; the reports hold them all
+CHANGES = "fleet-changes.jsonl"  # samples/: deletes, updates and creates some of the demo's devices (steps 9-11)
+WATCHED = "demo-camera-01"  # a device CHANGES disables: its status is shown before, after and after the rollback
+OSLO = "SELECT * FROM devices WHERE tags.site = 'oslo'"  # the devices step 12 disables
 
 
 def _say(text: str = "") -> None:
@@ -66,21 +70,52 @@ class Ports:
             _say("!! The addresses differ from the usual ones: use the connection strings printed at the end.")
 
 
+@dataclass(frozen=True)
+class Glance:
+    """The registry as the demo shows it: a device count and one device's status, and every device's status and
+    tags, compared to tell whether a rollback put it back."""
+
+    devices: int
+    disabled: int
+    watched: str  # WATCHED's status, or "absent"
+    everything: frozenset[tuple[str, str, str]] = field(repr=False)  # (id, status, tags as JSON)
+
+    def __str__(self) -> str:
+        return f"{self.devices} devices ({self.disabled} disabled), {WATCHED} {self.watched}"
+
+
 class Demo:
     """The demo's steps, each following the job it just started: by the ETag of its upload or the id the API
     returned, never by a file name (a second run finds the first run's jobs under the same names)."""
 
-    def __init__(self, app: HostProcess, service: BlobServiceClient) -> None:
+    def __init__(self, app: HostProcess, service: BlobServiceClient, hub: IoTHubClient) -> None:
         self.app = app
         self.service = service
+        self.hub = hub  # read directly, as a user would look at the hub, to show what the app's jobs did to it
         self.api = Api(Config(url=app.url, key=FUNCTION_KEY))
         self.started: list[str] = []  # ids of the jobs this run started
 
     def follow(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Print a job's state and progress as they change, until it ends; the job as it ended, with its links."""
+        """Print a job's state and progress as they change (and why a queued one waits), until it ends; the job as
+        it ended, with its links."""
         self.started.append(job["jobId"])
-        ended = self.api.follow(job, lambda j: _say(f"    job {j['jobId']}: {j['state']} {j['progress']}%"), poll=0.3)
+
+        def show(j: dict[str, Any]) -> None:
+            waiting = f", {cut(j['waitingFor'], 90)}" if j.get("waitingFor") else ""
+            _say(f"    job {j['jobId']}: {j['state']} {j['progress']}%{waiting}")
+
+        ended = self.api.follow(job, show, poll=0.3)
         return self.api.job(ended["hub"], ended["jobId"])
+
+    def glance(self) -> Glance:
+        twins = list(self.hub.query_devices("SELECT * FROM devices"))
+        statuses = {t["deviceId"]: t.get("status", "") for t in twins}
+        return Glance(
+            len(twins),
+            sum(1 for s in statuses.values() if s == "disabled"),
+            statuses.get(WATCHED, "absent"),
+            frozenset((t["deviceId"], t.get("status", ""), json.dumps(t.get("tags"), sort_keys=True)) for t in twins),
+        )
 
     def drop(self, sample: str) -> dict[str, Any]:
         """Upload a sample into uploads/ and follow the job the blob trigger records for exactly that upload."""
@@ -127,9 +162,11 @@ def demo(d: Demo) -> None:
 
     _say("\n== 3. The job ledger (GET /api/jobs, or: iotjobs jobs)")
     jobs = d.api.jobs(limit=200)
-    mine = [j for j in jobs if j["jobId"] in d.started]
+    # with the plan jobs that snapshotted this run's imports first
+    mine = [j for j in jobs if j["jobId"] in d.started or j.get("planFor") in d.started]
     for j in mine:
-        _say(f"    {j['jobId']}  {j['kind']:<7} {j['state']:<22} {j['lines']:>5} lines  {j['source']}")
+        source = j["source"] or f"(the snapshot before {j['planFor']})"
+        _say(f"    {j['jobId']}  {j['kind']:<7} {j['state']:<22} {j['lines']:>5} lines  {source}")
     if len(jobs) > len(mine):
         _say(f"    (and {len(jobs) - len(mine)} job(s) of earlier runs: iotjobs jobs lists them all)")
 
@@ -165,6 +202,64 @@ def central_demo(d: Demo) -> None:
     plan = d.api.call("POST", "central/plan", data=sample)
     _show_steps(plan["steps"])
     _say(f"    {plan['changes']} change(s)")
+
+
+def fleet_demo(d: Demo) -> None:
+    """Preview, import (snapshotted first), roll back, act on a query: each correct on a registry a first run left
+    (step 1 of a second run enables the oslo devices step 12 disabled, and step 11 undid step 10)."""
+    sample = (SAMPLES / CHANGES).read_bytes()
+    _say(f"\n== 9. Preview samples/{CHANGES} (POST /api/imports/plan, or: iotjobs plan): changes nothing")
+    reply = d.api.call(
+        "POST",
+        "imports/plan",
+        params={"hub": "devhub", "wait": "60"},
+        data=sample,
+        headers={"content-type": "application/x-ndjson"},
+    )
+    job = d.follow(reply)
+    plan = reply.get("plan") or json.loads(d.report(job, "plan"))
+    _show_plan(plan)
+    _say(f"    the whole plan: reports/{job['jobId']}/plan.json")
+
+    _say(f"\n== 10. Import it: drop samples/{CHANGES} into uploads (a plan job snapshots what it touches first)")
+    before = d.glance()
+    job = d.drop(CHANGES)
+    imported = job["jobId"]
+    _say(f"    {job['state']}: {job['failedDevices']} line(s) refused by the hub, as the plan said")
+    _say(f"    registry before: {before}")
+    _say(f"    registry after:  {d.glance()}")
+
+    _say("\n== 11. Roll it back (POST /api/jobs/<hub>/<job>/rollback, or: iotjobs rollback <job> --hub <hub>)")
+    _say(f"    iotjobs rollback {imported} --hub devhub")
+    job = d.follow(d.api.call("POST", f"jobs/devhub/{imported}/rollback", json={}))
+    if job["state"] != "completed":
+        _say(f"    the rollback {job['state']}: {job['failureReason']}")
+        return
+    report = json.loads(d.report(job, "rollback"))
+    modes = ", ".join(f"{n} {mode}" for mode, n in sorted(report["inverseModes"].items()))
+    _say(f"    the inverse file: {report['inverseLines']} line(s) ({modes}), imported with rollbackOf set:")
+    job = d.follow(d.api.job("devhub", report["importJobId"]))
+    after = d.glance()
+    verdict = "the registry is as before the import" if after == before else "NOT as before the import"
+    _say(f"    registry now:    {after}: {verdict}")
+
+    _say("\n== 12. Act on a query: disable the devices at site oslo (POST /api/bulk, then POST /api/bulk/<id>/run)")
+    reply = d.api.call("POST", "bulk", json={"hub": "devhub", "query": OSLO, "action": "disable"})
+    made = reply["bulk"]
+    _say(f"    {OSLO}: {made['devices']} device(s), one line each in {made['file']}; its plan:")
+    job = d.follow(reply["plan"])
+    _show_plan(json.loads(d.report(job, "plan")))
+    _say(f"    run it: POST {reply['run']}")
+    job = d.follow(d.api.call("POST", reply["run"].removeprefix("/api/")))
+    _say(f"    {job['state']}: registry now {d.glance()}")
+    _say(f"    (undo: iotjobs rollback {job['jobId']} --hub devhub)")
+
+
+def _show_plan(plan: dict[str, Any]) -> None:
+    totals = plan["totals"]
+    _say("    would " + ", ".join(f"{k} {n}" for k, n in totals.items()))
+    refused = (f"line {r['line']:>3} {r['deviceId']:<20} {r['code']}" for r in plan["refused"][:SHOWN])
+    _listed(refused, totals["refused"], "in plan.json")
 
 
 def _show_steps(steps: list[dict[str, Any]]) -> None:
@@ -271,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         port = ports.take("Functions host")
         # The iotjobs command reads the stack's address and key from the settings file the host is given.
         values = {
-            **stack_settings(azurite, hub_server, central),
+            # Snapshots as on Azure (the e2e tests' stack turns them off to count jobs): the rollback step needs one.
+            **stack_settings(azurite, hub_server, central, IMPORT_SNAPSHOTS="explicit"),
             "IOTJOBS_URL": f"http://127.0.0.1:{port}",
             "IOTJOBS_KEY": FUNCTION_KEY,
             "UPLOADS_TRIGGER_SOURCE": "EventGrid" if args.event_grid else "LogsAndContainerScan",
@@ -289,9 +385,14 @@ def main(argv: list[str] | None = None) -> int:
             publisher = EventGridPublisher(azurite.connection_string, "uploads", subscription, interval=0.5).start()
             started.append(publisher.stop)
             _say(f"Event Grid emulator subscribed to uploads/: BlobCreated events to {webhook}")
-        d = Demo(app, BlobServiceClient.from_connection_string(azurite.connection_string))
+        d = Demo(
+            app,
+            BlobServiceClient.from_connection_string(azurite.connection_string),
+            IoTHubClient.from_connection_string(hub_server.connection_string()),
+        )
         demo(d)
         central_demo(d)
+        fleet_demo(d)
         _banner(app, azurite, hub_server, central, args.state)
         ports.warn()
         if args.demo_only:
