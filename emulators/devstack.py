@@ -37,7 +37,16 @@ from shared.iotcentral import DESTINATIONS, EXPORTS, IoTCentralClient
 from shared.iothub import IoTHubClient
 
 SAMPLES = REPO / "samples"
-USUAL = {"IoT Hub emulator": 8443, "IoT Central emulator": 8444, "Functions host": 7071}
+USUAL = {
+    "IoT Hub emulator": 8443,
+    "IoT Central emulator": 8444,
+    "IoT Hub emulator (stagehub)": 8445,
+    "Functions host": 7071,
+}
+HUB, STAGE = (
+    "devhub",
+    "stagehub",
+)  # the first is the default hub for uploads; the second, empty, is a migration's target
 SHOWN = 10  # findings or refused devices listed per step; the reports hold them all
 CHANGES = "fleet-changes.jsonl"  # samples/: deletes, updates and creates some of the demo's devices (steps 9-11)
 WATCHED = "demo-camera-01"  # a device CHANGES disables: its status is shown before, after and after the rollback
@@ -171,7 +180,7 @@ def demo(d: Demo) -> None:
         _say(f"    (and {len(jobs) - len(mine)} job(s) of earlier runs: iotjobs jobs lists them all)")
 
     _say("\n== 4. Back up the registry now (POST /api/exports); the nightly timer does the same at 02:00 UTC")
-    queued = d.api.call("POST", "exports", json={"hub": "devhub"})["jobs"][0]
+    queued = d.api.call("POST", "exports", json={"hub": HUB})["jobs"][0]
     job = d.follow(queued)
     manifest = json.loads(d.report(job, "manifest"))
     _say(
@@ -212,7 +221,7 @@ def fleet_demo(d: Demo) -> None:
     reply = d.api.call(
         "POST",
         "imports/plan",
-        params={"hub": "devhub", "wait": "60"},
+        params={"hub": HUB, "wait": "60"},
         data=sample,
         headers={"content-type": "application/x-ndjson"},
     )
@@ -238,13 +247,13 @@ def fleet_demo(d: Demo) -> None:
     report = json.loads(d.report(job, "rollback"))
     modes = ", ".join(f"{n} {mode}" for mode, n in sorted(report["inverseModes"].items()))
     _say(f"    the inverse file: {report['inverseLines']} line(s) ({modes}), imported with rollbackOf set:")
-    job = d.follow(d.api.job("devhub", report["importJobId"]))
+    job = d.follow(d.api.job(HUB, report["importJobId"]))
     after = d.glance()
     verdict = "the registry is as before the import" if after == before else "NOT as before the import"
     _say(f"    registry now:    {after}: {verdict}")
 
     _say("\n== 12. Act on a query: disable the devices at site oslo (POST /api/bulk, then POST /api/bulk/<id>/run)")
-    reply = d.api.call("POST", "bulk", json={"hub": "devhub", "query": OSLO, "action": "disable"})
+    reply = d.api.call("POST", "bulk", json={"hub": HUB, "query": OSLO, "action": "disable"})
     made = reply["bulk"]
     _say(f"    {OSLO}: {made['devices']} device(s), one line each in {made['file']}; its plan:")
     job = d.follow(reply["plan"])
@@ -253,6 +262,14 @@ def fleet_demo(d: Demo) -> None:
     job = d.follow(d.api.call("POST", reply["run"].removeprefix("/api/")))
     _say(f"    {job['state']}: registry now {d.glance()}")
     _say(f"    (undo: iotjobs rollback {job['jobId']} --hub devhub)")
+
+
+# --- MIGRATION DEMO: a stub for another session to fill in -----------------------------------------------------
+def _demo_migration(d: Demo, source: str = HUB, target: str = STAGE) -> None:
+    """TODO (migration demo, written by another session): migrate ``source`` into ``target`` (the second hub of the
+    local stack, empty on a first run) through the app, printing its own numbered steps after step 12 and following
+    its own jobs as the other steps do; correct on a second run too. Does nothing yet, and prints nothing."""
+    del d, source, target
 
 
 def _show_plan(plan: dict[str, Any]) -> None:
@@ -302,7 +319,15 @@ def _seed(hub_server: IoTHubEmulator) -> None:
         )
 
 
-def _banner(app: HostProcess, azurite: Azurite, hub: IoTHubEmulator, central: IoTCentralEmulator, state: Path) -> None:
+def _banner(
+    app: HostProcess,
+    state: Path,
+    *,
+    azurite: Azurite,
+    hub: IoTHubEmulator,
+    stage: IoTHubEmulator,
+    central: IoTCentralEmulator,
+) -> None:
     cli = ".venv/bin/iotjobs"
     settings = app.workdir / "local.settings.json"
     _say("\n== The local stack is up")
@@ -321,10 +346,12 @@ def _banner(app: HostProcess, azurite: Azurite, hub: IoTHubEmulator, central: Io
         f"{app.url}/admin/functions/nightly_backup"
     )
     _say(f"    Azurite (storage)      {azurite.connection_string}")
-    _say(f"    IoT Hub emulator       {hub.url}")
+    _say(f"    IoT Hub emulator       {hub.url}  ({HUB}, the default hub for uploads)")
     _say(f"    IoT Hub connection     {hub.connection_string()}")
+    _say(f"    second IoT Hub         {stage.url}  ({STAGE}: --hub {STAGE}, or uploads/{STAGE}/...)")
+    _say(f"    its connection         {stage.connection_string()}")
     _say(f"    IoT Central emulator   {central.url}  (API token: {central.api_token()})")
-    _say(f"    trust their cert       export REQUESTS_CA_BUNDLE={hub.ca_path}")
+    _say(f"    trust their cert       export REQUESTS_CA_BUNDLE={hub.ca_path}  (one CA for all three)")
     _say(f"    host log               {app.log_path}")
 
 
@@ -358,6 +385,17 @@ def main(argv: list[str] | None = None) -> int:
         hub_server.start()
         started.append(hub_server.stop)
         os.environ["REQUESTS_CA_BUNDLE"] = str(hub_server.ca_path)
+        # A second hub (the target of a migration), under the first one's CA: one REQUESTS_CA_BUNDLE trusts both.
+        stage_server = IoTHubEmulator(
+            args.state / f"iothub-{STAGE}",
+            port=ports.take("IoT Hub emulator (stagehub)"),
+            hub_name=STAGE,
+            storage_identity=azurite.connection_string,
+            control_plane=True,
+            tls_dir=hub_server.data_dir / "tls",
+        )
+        stage_server.start()
+        started.append(stage_server.stop)
         central = IoTCentralEmulator(
             args.state / "iotcentral", port=ports.take("IoT Central emulator"), tls_dir=hub_server.data_dir / "tls"
         )
@@ -368,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         values = {
             # Snapshots as on Azure (the e2e tests' stack turns them off to count jobs): the rollback step needs one.
             **stack_settings(azurite, hub_server, central, IMPORT_SNAPSHOTS="explicit"),
+            "IOTHUB_HUBS": f"{HUB},{STAGE}",  # the first one stays the default for uploads
+            f"IOTHUB_{STAGE.upper()}_CONNECTION_STRING": stage_server.connection_string("iothubowner"),
             "IOTJOBS_URL": f"http://127.0.0.1:{port}",
             "IOTJOBS_KEY": FUNCTION_KEY,
             "UPLOADS_TRIGGER_SOURCE": "EventGrid" if args.event_grid else "LogsAndContainerScan",
@@ -393,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         demo(d)
         central_demo(d)
         fleet_demo(d)
-        _banner(app, azurite, hub_server, central, args.state)
+        _demo_migration(d)
+        _banner(app, args.state, azurite=azurite, hub=hub_server, stage=stage_server, central=central)
         ports.warn()
         if args.demo_only:
             return 0

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
@@ -249,6 +251,7 @@ def test_ctrl_c_stops_the_stack_cleanly_without_tracebacks(tmp_path: Path) -> No
         seen.append(line)
         if line.startswith("Serving until Ctrl-C"):
             break
+    _second_hub_answers_through_the_app(tmp_path)
     os.killpg(proc.pid, signal.SIGINT)
     rest, _ = proc.communicate(timeout=120)
     out = "".join(seen) + rest
@@ -361,3 +364,20 @@ def test_each_run_previews_imports_rolls_back_and_disables_by_query(runs: Runs, 
     assert set(now) == set(backup)
     assert {k: d["tags"] for k, d in now.items()} == {k: d.get("tags") or {} for k, d in backup.items()}
     assert "the registry is as before the import" in _section(out, 11)
+
+
+def _second_hub_answers_through_the_app(state: Path) -> None:
+    """The stack serves a second hub, stagehub (a migration's target; empty), configured in the app after devhub,
+    which stays the default: a backup of it through the app completes (its TLS under the first hub's CA, its SAS,
+    its jobs writing to the stack's storage)."""
+    values = json.loads((state / "functions" / "local.settings.json").read_text())["Values"]
+    assert values["IOTHUB_HUBS"] == "devhub,stagehub" and values["IOTHUB_STAGEHUB_CONNECTION_STRING"]
+    session = requests.Session()
+    session.headers["x-functions-key"] = values["IOTJOBS_KEY"]
+    api = f"{values['IOTJOBS_URL']}/api"
+    job = session.post(f"{api}/exports", json={"hub": "stagehub"}, timeout=30).json()["jobs"][0]
+    end = time.monotonic() + 120  # only stops a hung test
+    while job["state"] not in ("completed", "failed", "cancelled") and time.monotonic() < end:
+        time.sleep(0.3)
+        job = session.get(f"{api}/jobs/stagehub/{job['jobId']}", timeout=30).json()
+    assert (job["hub"], job["state"], job["devices"]) == ("stagehub", "completed", 0), job
