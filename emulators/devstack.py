@@ -337,6 +337,8 @@ def _banner(
     _say(f"    list jobs              {cli} jobs   (one job: {cli} job devhub <job id> --follow)")
     _say(f"    back up, restore       {cli} export --follow;  {cli} restore latest --follow")
     _say(f"    plan a data export     {cli} central plan samples/central/dataexport.json")
+    _say(f"    preview an import      {cli} plan samples/{CHANGES} --hub {HUB}")
+    _say(f"    undo an import         {cli} rollback <job id> --hub {HUB} --follow   (README: Fleet operations)")
     if state.resolve() != (REPO / ".devstack").resolve():
         _say(f"    (iotjobs reads {settings}: export IOTJOBS_SETTINGS={settings})")
     else:
