@@ -234,7 +234,9 @@ def fleet_demo(d: Demo) -> None:
     before = d.glance()
     job = d.drop(CHANGES)
     imported = job["jobId"]
-    _say(f"    {job['state']}: {job['failedDevices']} line(s) refused by the hub, as the plan said")
+    foreseen = plan["totals"]["refused"]
+    said = "as the plan said" if job["failedDevices"] == foreseen else f"the plan said {foreseen}"
+    _say(f"    {job['state']}: {job['failedDevices']} line(s) refused by the hub ({said})")
     _say(f"    registry before: {before}")
     _say(f"    registry after:  {d.glance()}")
 

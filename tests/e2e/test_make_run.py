@@ -363,7 +363,7 @@ def test_each_run_previews_imports_rolls_back_and_disables_by_query(runs: Runs, 
     assert {device for device, d in now.items() if d["status"] == "disabled"} == OSLO
     assert set(now) == set(backup)
     assert {k: d["tags"] for k, d in now.items()} == {k: d.get("tags") or {} for k, d in backup.items()}
-    assert "the registry is as before the import" in _section(out, 11)
+    assert "(as the plan said)" in _section(out, 10) and "the registry is as before the import" in _section(out, 11)
 
 
 def _second_hub_answers_through_the_app(state: Path) -> None:
