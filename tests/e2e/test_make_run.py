@@ -251,8 +251,10 @@ def test_ctrl_c_stops_the_stack_cleanly_without_tracebacks(tmp_path: Path) -> No
         seen.append(line)
         if line.startswith("Serving until Ctrl-C"):
             break
-    _second_hub_answers_through_the_app(tmp_path)
-    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _second_hub_answers_through_the_app(tmp_path)
+    finally:  # stopped whatever that found: a stack left running would hold the usual ports
+        os.killpg(proc.pid, signal.SIGINT)
     rest, _ = proc.communicate(timeout=120)
     out = "".join(seen) + rest
     assert proc.returncode == 0, out
