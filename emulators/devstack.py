@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,20 @@ from shared.iotcentral import DESTINATIONS, EXPORTS, IoTCentralClient
 from shared.iothub import IoTHubClient
 
 SAMPLES = REPO / "samples"
-USUAL = {"IoT Hub emulator": 8443, "IoT Central emulator": 8444, "Functions host": 7071}
+USUAL = {
+    "IoT Hub emulator": 8443,
+    "IoT Central emulator": 8444,
+    "IoT Hub emulator (stagehub)": 8445,
+    "Functions host": 7071,
+}
+HUB, STAGE = (
+    "devhub",
+    "stagehub",
+)  # the first is the default hub for uploads; the second, empty, is a migration's target
 SHOWN = 10  # findings or refused devices listed per step; the reports hold them all
+CHANGES = "fleet-changes.jsonl"  # samples/: deletes, updates and creates some of the demo's devices (steps 9-11)
+WATCHED = "demo-camera-01"  # a device CHANGES disables: its status is shown before, after and after the rollback
+OSLO = "SELECT * FROM devices WHERE tags.site = 'oslo'"  # the devices step 12 disables
 
 
 def _say(text: str = "") -> None:
@@ -66,21 +79,52 @@ class Ports:
             _say("!! The addresses differ from the usual ones: use the connection strings printed at the end.")
 
 
+@dataclass(frozen=True)
+class Glance:
+    """The registry as the demo shows it: a device count and one device's status, and every device's status and
+    tags, compared to tell whether a rollback put it back."""
+
+    devices: int
+    disabled: int
+    watched: str  # WATCHED's status, or "absent"
+    everything: frozenset[tuple[str, str, str]] = field(repr=False)  # (id, status, tags as JSON)
+
+    def __str__(self) -> str:
+        return f"{self.devices} devices ({self.disabled} disabled), {WATCHED} {self.watched}"
+
+
 class Demo:
     """The demo's steps, each following the job it just started: by the ETag of its upload or the id the API
     returned, never by a file name (a second run finds the first run's jobs under the same names)."""
 
-    def __init__(self, app: HostProcess, service: BlobServiceClient) -> None:
+    def __init__(self, app: HostProcess, service: BlobServiceClient, hub: IoTHubClient) -> None:
         self.app = app
         self.service = service
+        self.hub = hub  # read directly, as a user would look at the hub, to show what the app's jobs did to it
         self.api = Api(Config(url=app.url, key=FUNCTION_KEY))
         self.started: list[str] = []  # ids of the jobs this run started
 
     def follow(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Print a job's state and progress as they change, until it ends; the job as it ended, with its links."""
+        """Print a job's state and progress as they change (and why a queued one waits), until it ends; the job as
+        it ended, with its links."""
         self.started.append(job["jobId"])
-        ended = self.api.follow(job, lambda j: _say(f"    job {j['jobId']}: {j['state']} {j['progress']}%"), poll=0.3)
+
+        def show(j: dict[str, Any]) -> None:
+            waiting = f", {cut(j['waitingFor'], 90)}" if j.get("waitingFor") else ""
+            _say(f"    job {j['jobId']}: {j['state']} {j['progress']}%{waiting}")
+
+        ended = self.api.follow(job, show, poll=0.3)
         return self.api.job(ended["hub"], ended["jobId"])
+
+    def glance(self) -> Glance:
+        twins = list(self.hub.query_devices("SELECT * FROM devices"))
+        statuses = {t["deviceId"]: t.get("status", "") for t in twins}
+        return Glance(
+            len(twins),
+            sum(1 for s in statuses.values() if s == "disabled"),
+            statuses.get(WATCHED, "absent"),
+            frozenset((t["deviceId"], t.get("status", ""), json.dumps(t.get("tags"), sort_keys=True)) for t in twins),
+        )
 
     def drop(self, sample: str) -> dict[str, Any]:
         """Upload a sample into uploads/ and follow the job the blob trigger records for exactly that upload."""
@@ -127,14 +171,16 @@ def demo(d: Demo) -> None:
 
     _say("\n== 3. The job ledger (GET /api/jobs, or: iotjobs jobs)")
     jobs = d.api.jobs(limit=200)
-    mine = [j for j in jobs if j["jobId"] in d.started]
+    # with the plan jobs that snapshotted this run's imports first
+    mine = [j for j in jobs if j["jobId"] in d.started or j.get("planFor") in d.started]
     for j in mine:
-        _say(f"    {j['jobId']}  {j['kind']:<7} {j['state']:<22} {j['lines']:>5} lines  {j['source']}")
+        source = j["source"] or f"(the snapshot before {j['planFor']})"
+        _say(f"    {j['jobId']}  {j['kind']:<7} {j['state']:<22} {j['lines']:>5} lines  {source}")
     if len(jobs) > len(mine):
         _say(f"    (and {len(jobs) - len(mine)} job(s) of earlier runs: iotjobs jobs lists them all)")
 
     _say("\n== 4. Back up the registry now (POST /api/exports); the nightly timer does the same at 02:00 UTC")
-    queued = d.api.call("POST", "exports", json={"hub": "devhub"})["jobs"][0]
+    queued = d.api.call("POST", "exports", json={"hub": HUB})["jobs"][0]
     job = d.follow(queued)
     manifest = json.loads(d.report(job, "manifest"))
     _say(
@@ -165,6 +211,74 @@ def central_demo(d: Demo) -> None:
     plan = d.api.call("POST", "central/plan", data=sample)
     _show_steps(plan["steps"])
     _say(f"    {plan['changes']} change(s)")
+
+
+def fleet_demo(d: Demo) -> None:
+    """Preview, import (snapshotted first), roll back, act on a query: each correct on a registry a first run left
+    (step 1 of a second run enables the oslo devices step 12 disabled, and step 11 undid step 10)."""
+    sample = (SAMPLES / CHANGES).read_bytes()
+    _say(f"\n== 9. Preview samples/{CHANGES} (POST /api/imports/plan, or: iotjobs plan): changes nothing")
+    reply = d.api.call(
+        "POST",
+        "imports/plan",
+        params={"hub": HUB, "wait": "60"},
+        data=sample,
+        headers={"content-type": "application/x-ndjson"},
+    )
+    job = d.follow(reply)
+    plan = reply.get("plan") or json.loads(d.report(job, "plan"))
+    _show_plan(plan)
+    _say(f"    the whole plan: reports/{job['jobId']}/plan.json")
+
+    _say(f"\n== 10. Import it: drop samples/{CHANGES} into uploads (a plan job snapshots what it touches first)")
+    before = d.glance()
+    job = d.drop(CHANGES)
+    imported = job["jobId"]
+    foreseen = plan["totals"]["refused"]
+    said = "as the plan said" if job["failedDevices"] == foreseen else f"the plan said {foreseen}"
+    _say(f"    {job['state']}: {job['failedDevices']} line(s) refused by the hub ({said})")
+    _say(f"    registry before: {before}")
+    _say(f"    registry after:  {d.glance()}")
+
+    _say("\n== 11. Roll it back (POST /api/jobs/<hub>/<job>/rollback, or: iotjobs rollback <job> --hub <hub>)")
+    _say(f"    iotjobs rollback {imported} --hub devhub")
+    job = d.follow(d.api.call("POST", f"jobs/devhub/{imported}/rollback", json={}))
+    if job["state"] != "completed":
+        _say(f"    the rollback {job['state']}: {job['failureReason']}")
+        return
+    report = json.loads(d.report(job, "rollback"))
+    modes = ", ".join(f"{n} {mode}" for mode, n in sorted(report["inverseModes"].items()))
+    _say(f"    the inverse file: {report['inverseLines']} line(s) ({modes}), imported with rollbackOf set:")
+    job = d.follow(d.api.job(HUB, report["importJobId"]))
+    after = d.glance()
+    verdict = "the registry is as before the import" if after == before else "NOT as before the import"
+    _say(f"    registry now:    {after}: {verdict}")
+
+    _say("\n== 12. Act on a query: disable the devices at site oslo (POST /api/bulk, then POST /api/bulk/<id>/run)")
+    reply = d.api.call("POST", "bulk", json={"hub": HUB, "query": OSLO, "action": "disable"})
+    made = reply["bulk"]
+    _say(f"    {OSLO}: {made['devices']} device(s), one line each in {made['file']}; its plan:")
+    job = d.follow(reply["plan"])
+    _show_plan(json.loads(d.report(job, "plan")))
+    _say(f"    run it: POST {reply['run']}")
+    job = d.follow(d.api.call("POST", reply["run"].removeprefix("/api/")))
+    _say(f"    {job['state']}: registry now {d.glance()}")
+    _say(f"    (undo: iotjobs rollback {job['jobId']} --hub devhub)")
+
+
+# --- MIGRATION DEMO: a stub for another session to fill in -----------------------------------------------------
+def _demo_migration(d: Demo, source: str = HUB, target: str = STAGE) -> None:
+    """TODO (migration demo, written by another session): migrate ``source`` into ``target`` (the second hub of the
+    local stack, empty on a first run) through the app, printing its own numbered steps after step 12 and following
+    its own jobs as the other steps do; correct on a second run too. Does nothing yet, and prints nothing."""
+    del d, source, target
+
+
+def _show_plan(plan: dict[str, Any]) -> None:
+    totals = plan["totals"]
+    _say("    would " + ", ".join(f"{k} {n}" for k, n in totals.items()))
+    refused = (f"line {r['line']:>3} {r['deviceId']:<20} {r['code']}" for r in plan["refused"][:SHOWN])
+    _listed(refused, totals["refused"], "in plan.json")
 
 
 def _show_steps(steps: list[dict[str, Any]]) -> None:
@@ -207,7 +321,15 @@ def _seed(hub_server: IoTHubEmulator) -> None:
         )
 
 
-def _banner(app: HostProcess, azurite: Azurite, hub: IoTHubEmulator, central: IoTCentralEmulator, state: Path) -> None:
+def _banner(
+    app: HostProcess,
+    state: Path,
+    *,
+    azurite: Azurite,
+    hub: IoTHubEmulator,
+    stage: IoTHubEmulator,
+    central: IoTCentralEmulator,
+) -> None:
     cli = ".venv/bin/iotjobs"
     settings = app.workdir / "local.settings.json"
     _say("\n== The local stack is up")
@@ -217,6 +339,8 @@ def _banner(app: HostProcess, azurite: Azurite, hub: IoTHubEmulator, central: Io
     _say(f"    list jobs              {cli} jobs   (one job: {cli} job devhub <job id> --follow)")
     _say(f"    back up, restore       {cli} export --follow;  {cli} restore latest --follow")
     _say(f"    plan a data export     {cli} central plan samples/central/dataexport.json")
+    _say(f"    preview an import      {cli} plan samples/{CHANGES} --hub {HUB}")
+    _say(f"    undo an import         {cli} rollback <job id> --hub {HUB} --follow   (README: Fleet operations)")
     if state.resolve() != (REPO / ".devstack").resolve():
         _say(f"    (iotjobs reads {settings}: export IOTJOBS_SETTINGS={settings})")
     else:
@@ -226,10 +350,12 @@ def _banner(app: HostProcess, azurite: Azurite, hub: IoTHubEmulator, central: Io
         f"{app.url}/admin/functions/nightly_backup"
     )
     _say(f"    Azurite (storage)      {azurite.connection_string}")
-    _say(f"    IoT Hub emulator       {hub.url}")
+    _say(f"    IoT Hub emulator       {hub.url}  ({HUB}, the default hub for uploads)")
     _say(f"    IoT Hub connection     {hub.connection_string()}")
+    _say(f"    second IoT Hub         {stage.url}  ({STAGE}: --hub {STAGE}, or uploads/{STAGE}/...)")
+    _say(f"    its connection         {stage.connection_string()}")
     _say(f"    IoT Central emulator   {central.url}  (API token: {central.api_token()})")
-    _say(f"    trust their cert       export REQUESTS_CA_BUNDLE={hub.ca_path}")
+    _say(f"    trust their cert       export REQUESTS_CA_BUNDLE={hub.ca_path}  (one CA for all three)")
     _say(f"    host log               {app.log_path}")
 
 
@@ -263,6 +389,17 @@ def main(argv: list[str] | None = None) -> int:
         hub_server.start()
         started.append(hub_server.stop)
         os.environ["REQUESTS_CA_BUNDLE"] = str(hub_server.ca_path)
+        # A second hub (the target of a migration), under the first one's CA: one REQUESTS_CA_BUNDLE trusts both.
+        stage_server = IoTHubEmulator(
+            args.state / f"iothub-{STAGE}",
+            port=ports.take("IoT Hub emulator (stagehub)"),
+            hub_name=STAGE,
+            storage_identity=azurite.connection_string,
+            control_plane=True,
+            tls_dir=hub_server.data_dir / "tls",
+        )
+        stage_server.start()
+        started.append(stage_server.stop)
         central = IoTCentralEmulator(
             args.state / "iotcentral", port=ports.take("IoT Central emulator"), tls_dir=hub_server.data_dir / "tls"
         )
@@ -271,7 +408,10 @@ def main(argv: list[str] | None = None) -> int:
         port = ports.take("Functions host")
         # The iotjobs command reads the stack's address and key from the settings file the host is given.
         values = {
-            **stack_settings(azurite, hub_server, central),
+            # Snapshots as on Azure (the e2e tests' stack turns them off to count jobs): the rollback step needs one.
+            **stack_settings(azurite, hub_server, central, IMPORT_SNAPSHOTS="explicit"),
+            "IOTHUB_HUBS": f"{HUB},{STAGE}",  # the first one stays the default for uploads
+            f"IOTHUB_{STAGE.upper()}_CONNECTION_STRING": stage_server.connection_string("iothubowner"),
             "IOTJOBS_URL": f"http://127.0.0.1:{port}",
             "IOTJOBS_KEY": FUNCTION_KEY,
             "UPLOADS_TRIGGER_SOURCE": "EventGrid" if args.event_grid else "LogsAndContainerScan",
@@ -289,10 +429,16 @@ def main(argv: list[str] | None = None) -> int:
             publisher = EventGridPublisher(azurite.connection_string, "uploads", subscription, interval=0.5).start()
             started.append(publisher.stop)
             _say(f"Event Grid emulator subscribed to uploads/: BlobCreated events to {webhook}")
-        d = Demo(app, BlobServiceClient.from_connection_string(azurite.connection_string))
+        d = Demo(
+            app,
+            BlobServiceClient.from_connection_string(azurite.connection_string),
+            IoTHubClient.from_connection_string(hub_server.connection_string()),
+        )
         demo(d)
         central_demo(d)
-        _banner(app, azurite, hub_server, central, args.state)
+        fleet_demo(d)
+        _demo_migration(d)
+        _banner(app, args.state, azurite=azurite, hub=hub_server, stage=stage_server, central=central)
         ports.warn()
         if args.demo_only:
             return 0

@@ -57,8 +57,10 @@ def _auth(doc: Doc | None) -> tuple[str | None, Any]:
         return None, None
     kind = auth.get("type")
     creds = auth.get("symmetricKey") if kind in (None, "sas") else auth.get("x509Thumbprint")
-    if isinstance(creds, dict) and not any(creds.values()):
-        creds = None  # sas with null keys: the hub keeps (or makes) the keys
+    if isinstance(creds, dict):
+        # An export writes a credential never given as null (a self-signed device's secondaryThumbprint): the same
+        # as a line that leaves it out, or an update that left it so would count as changed since.
+        creds = {k: v for k, v in creds.items() if v} or None  # none: the hub keeps (or makes) keys
     return (kind if isinstance(kind, str) else "sas"), creds
 
 

@@ -12,19 +12,31 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
 from emulators.azurite import REPO, Azurite
+from emulators.iothub.store import Store
 from shared.ledger import Job, JobKind, JobState, Ledger
 
 SAMPLES = REPO / "samples"
+# The jobs of one run: imports of two samples (steps 1-2), of the fleet-changes sample (10), of its inverse (11) and
+# of a bulk file (12); a backup (4); an IoT Central apply (7); a rollback (11); plans: a preview (9), a bulk's (12)
+# and a snapshot before each import that is not createOrUpdate only (1, 10, 11, 12).
+SNAPSHOTS = 4
+PER_RUN = Counter(
+    {JobKind.IMPORT: 5, JobKind.EXPORT: 1, JobKind.CENTRAL_APPLY: 1, JobKind.ROLLBACK: 1, JobKind.PLAN: 2 + SNAPSHOTS}
+)
+OSLO = {f"demo-thermostat-{i:02d}" for i in (3, 6, 9, 12)}  # tags.site = 'oslo' in devices-good.jsonl
 
 
 def _demo(state: Path) -> str:
@@ -92,7 +104,11 @@ JOB_ID = re.compile(r"job (\d{13}-[0-9a-f]{6}): ")
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return lines_of(path.read_bytes())
+
+
+def lines_of(raw: bytes) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in raw.decode().splitlines() if x.strip()]
 
 
 def test_make_run_demo_imports_rejects_backs_up_and_applies_central(demo_state: Path, storage: Azurite) -> None:
@@ -107,8 +123,14 @@ def test_make_run_demo_imports_rejects_backs_up_and_applies_central(demo_state: 
         return sorted(b.name for b in blobs.get_container_client(container).list_blobs())
 
     jobs, _ = ledger.list_jobs(limit=100)
-    by_source: dict[str | None, Job] = {j.source: j for j in jobs}
-    assert len(jobs) == 4 and len(by_source) == 4, jobs
+    # steps 1-8: two imports, a backup, an IoT Central apply (steps 9-12 are judged on their own, below)
+    by_source: dict[str | None, Job] = {
+        j.source: j
+        for j in jobs
+        if j.kind in (JobKind.EXPORT, JobKind.CENTRAL_APPLY) or (j.source or "").startswith("uploads/devices-")
+    }
+    assert len(by_source) == 4, jobs
+    assert Counter(j.kind for j in jobs) == PER_RUN, jobs
 
     # 1. The good file: imported, the hub's one refusal (a delete of a device it does not have) reported per device.
     good = by_source["uploads/devices-good.jsonl"]
@@ -155,7 +177,7 @@ def test_make_run_demo_imports_rejects_backs_up_and_applies_central(demo_state: 
     assert set(app["destinations"]) == {"legacy-webhook", *wanted["destinations"]}  # kept: no prune
     assert set(app["exports"]) == {"legacy-export", *wanted["exports"]}
 
-    # Nothing left behind or lost: every upload was archived, exactly the three the demo dropped.
+    # Nothing left behind or lost: every upload was archived, exactly the four the demo dropped.
     assert names("uploads") == []
     assert names("archive") == sorted(j.archived.removeprefix("archive/") for j in jobs if j.archived)
     assert all(j.state.is_terminal for j in jobs)
@@ -167,12 +189,13 @@ def test_a_second_make_run_follows_its_own_jobs_and_prints_current_results(runs:
         assert (azurite_state / "functions" / "host.log").exists(), name
     first_ids = set(JOB_ID.findall(runs.first_out))
     second_ids = set(JOB_ID.findall(out))
-    assert len(first_ids) == len(second_ids) == 4 and not first_ids & second_ids
+    followed = sum(PER_RUN.values()) - SNAPSHOTS  # the snapshot plan jobs are waited for, not followed
+    assert len(first_ids) == len(second_ids) == followed and not first_ids & second_ids
     with _started(runs.second) as azurite:
         jobs, _ = _ledger(azurite).list_jobs(limit=100)
         by_id = {j.job_id: j for j in jobs}
-        assert len(jobs) == 8 and second_ids <= set(by_id) and first_ids <= set(by_id)
-        mine = {by_id[i].source: by_id[i] for i in second_ids}
+        assert len(jobs) == 2 * sum(PER_RUN.values()) and second_ids <= set(by_id) and first_ids <= set(by_id)
+        mine = {by_id[i].source: by_id[i] for i in second_ids if by_id[i].kind in (JobKind.IMPORT, JobKind.EXPORT)}
         good, export = mine["uploads/devices-good.jsonl"], mine[None]
         # The backup of this run was taken after this run's import had ended, and printed as such.
         assert export.created >= good.updated and export.reports["backup"] in _section(out, 4)
@@ -228,7 +251,10 @@ def test_ctrl_c_stops_the_stack_cleanly_without_tracebacks(tmp_path: Path) -> No
         seen.append(line)
         if line.startswith("Serving until Ctrl-C"):
             break
-    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _second_hub_answers_through_the_app(tmp_path)
+    finally:  # stopped whatever that found: a stack left running would hold the usual ports
+        os.killpg(proc.pid, signal.SIGINT)
     rest, _ = proc.communicate(timeout=120)
     out = "".join(seen) + rest
     assert proc.returncode == 0, out
@@ -236,3 +262,124 @@ def test_ctrl_c_stops_the_stack_cleanly_without_tracebacks(tmp_path: Path) -> No
     log = (tmp_path / "functions" / "host.log").read_text()
     assert "stopping (SIGTERM)" in log and "stopped" in log
     assert "Traceback" not in log and "KeyboardInterrupt" not in log
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None and not k.startswith("$")}
+    return value
+
+
+def _what_matters(status: Any, auth: Any, tags: Any, desired: Any) -> dict[str, Any]:
+    """What a rollback must put back of a device: status, type and keys or thumbprints, tags, desired properties."""
+    matters: dict[str, Any] = _without_nulls({"status": status, "auth": auth, "tags": tags, "desired": desired})
+    return {"tags": {}, "desired": {}, "auth": {}, **matters}
+
+
+def _registry(state: Path) -> dict[str, dict[str, Any]]:
+    """The demo hub's devices as the run left them, read from the emulator's own store (no server needed)."""
+    store = Store(state / "iothub" / "registry.sqlite")
+    try:
+        devices = store.page_devices(None, 1000)
+    finally:
+        store.close()
+    return {
+        d["deviceId"]: _what_matters(d["status"], d["authentication"], d["twin"]["tags"], d["twin"]["desired"])
+        for d in devices
+    }
+
+
+@pytest.mark.parametrize("run", ["first", "second"])
+def test_each_run_previews_imports_rolls_back_and_disables_by_query(runs: Runs, run: str) -> None:
+    """Steps 9-12 of each run, judged by the jobs that run followed (and the snapshot plans taken before them) and by
+    the hub's registry: the second run starts from what the first left (the oslo devices disabled, enabled again by
+    its step 1) and must leave the same."""
+    state, out = (runs.first, runs.first_out) if run == "first" else (runs.second, runs.second_out)
+    followed = set(JOB_ID.findall(out))
+    with _started(state) as azurite:
+        blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
+
+        def read(path: str) -> bytes:
+            container, _, name = path.partition("/")
+            return bytes(blobs.get_blob_client(container, name).download_blob().readall())
+
+        everything, _ = _ledger(azurite).list_jobs(limit=100)
+        jobs = [j for j in everything if j.job_id in followed or j.plan_for in followed]
+        assert Counter(j.kind for j in jobs) == PER_RUN, jobs
+
+        # 9. The preview: what the file would do, the two lines the hub would refuse; nothing imported by it.
+        (preview,) = [j for j in jobs if j.kind is JobKind.PLAN and (j.source or "").startswith("plans/devhub/")]
+        plan = json.loads(read(preview.reports["plan"]))
+        assert preview.state is JobState.COMPLETED
+        assert plan["totals"] == {"create": 1, "update": 1, "twin": 1, "delete": 2, "unchanged": 0, "refused": 2}
+        assert [(r["line"], r["deviceId"], r["code"]) for r in plan["refused"]] == [
+            (6, "demo-thermostat-05", "DeviceAlreadyExists"), (7, "demo-retired-01", "DeviceNotFound"),
+        ]  # fmt: skip
+
+        # 10. The import: snapshotted first by a plan job, then applied but for the two refused lines.
+        (changes,) = [j for j in jobs if j.source == "uploads/fleet-changes.jsonl"]
+        assert (changes.state, changes.failed_devices) == (JobState.COMPLETED_WITH_ERRORS, 2)
+        (snapshot,) = [j for j in jobs if j.plan_for == changes.job_id]
+        assert (
+            changes.started is not None and snapshot.state is JobState.COMPLETED and snapshot.created < changes.started
+        )
+
+        # 11. Its rollback: a rollback job, then the inverse file imported with rollbackOf set.
+        (rollback,) = [j for j in jobs if j.kind is JobKind.ROLLBACK]
+        assert (rollback.rollback_of, rollback.state) == (changes.job_id, JobState.COMPLETED)
+        (undo,) = [j for j in jobs if j.kind is JobKind.IMPORT and j.rollback_of == changes.job_id]
+        assert undo.state is JobState.COMPLETED and (undo.source or "").startswith(
+            f"snapshots/{changes.job_id}/rollback-"
+        )
+        assert json.loads(read(rollback.reports["rollback"]))["importJobId"] == undo.job_id
+
+        # 12. Act on a query: a bulk file of the oslo devices, its plan (4 updates), then its import.
+        (bulk,) = [j for j in jobs if j.kind is JobKind.IMPORT and (j.source or "").startswith("bulk/")]
+        assert (bulk.state, bulk.lines, bulk.modes) == (JobState.COMPLETED, 4, {"update": 4})
+        (bulk_plan,) = [j for j in jobs if j.kind is JobKind.PLAN and j.source == bulk.source]
+        assert json.loads(read(bulk_plan.reports["plan"]))["totals"]["update"] == 4
+
+        # The registry: every device the fleet-changes file touched is back as it was before it (keys included:
+        # the deleted ones were created again with theirs; the one it created is gone), and only the oslo devices
+        # are disabled. Everything else is as this run's backup (step 4) saw it.
+        before: dict[str, dict[str, Any] | None] = {}
+        for record in lines_of(read(f"snapshots/{changes.job_id}/devices.jsonl")):
+            device = [d for d in record["before"] if not d.get("moduleId")]  # [] : it did not exist
+            before[record["id"]] = next(
+                (
+                    _what_matters(d["status"], d["authentication"], d["tags"], d["properties"]["desired"])
+                    for d in device
+                ),
+                None,
+            )
+        (export,) = [j for j in jobs if j.kind is JobKind.EXPORT]
+        backup = {d["id"]: d for d in lines_of(read(export.reports["backup"]))}
+    now = _registry(state)
+    assert set(before) == {
+        "demo-seed-03", "demo-seed-04", "demo-camera-01", "demo-thermostat-02", "demo-sensor-01",
+        "demo-thermostat-05", "demo-retired-01",
+    }  # fmt: skip
+    assert {device: now.get(device) for device in before} == before
+    seed = before["demo-seed-03"]
+    assert seed is not None and seed["auth"]["symmetricKey"]["primaryKey"]  # a device deleted, then put back
+    assert {device for device, d in now.items() if d["status"] == "disabled"} == OSLO
+    assert set(now) == set(backup)
+    assert {k: d["tags"] for k, d in now.items()} == {k: d.get("tags") or {} for k, d in backup.items()}
+    assert "(as the plan said)" in _section(out, 10) and "the registry is as before the import" in _section(out, 11)
+
+
+def _second_hub_answers_through_the_app(state: Path) -> None:
+    """The stack serves a second hub, stagehub (a migration's target; empty), configured in the app after devhub,
+    which stays the default: a backup of it through the app completes (its TLS under the first hub's CA, its SAS,
+    its jobs writing to the stack's storage)."""
+    values = json.loads((state / "functions" / "local.settings.json").read_text())["Values"]
+    assert values["IOTHUB_HUBS"] == "devhub,stagehub" and values["IOTHUB_STAGEHUB_CONNECTION_STRING"]
+    session = requests.Session()
+    session.headers["x-functions-key"] = values["IOTJOBS_KEY"]
+    api = f"{values['IOTJOBS_URL']}/api"
+    job = session.post(f"{api}/exports", json={"hub": "stagehub"}, timeout=30).json()["jobs"][0]
+    end = time.monotonic() + 120  # only stops a hung test
+    while job["state"] not in ("completed", "failed", "cancelled") and time.monotonic() < end:
+        time.sleep(0.3)
+        job = session.get(f"{api}/jobs/stagehub/{job['jobId']}", timeout=30).json()
+    assert (job["hub"], job["state"], job["devices"]) == ("stagehub", "completed", 0), job
