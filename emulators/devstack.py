@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
 from emulators.serving import wait_until_stopped
 from iotjobs.cli import cut, listing
-from iotjobs.client import CENTRAL, UPLOADS, Api
+from iotjobs.client import CENTRAL, TERMINAL, UPLOADS, Api
 from iotjobs.config import Config
 from shared.iotcentral import DESTINATIONS, EXPORTS, IoTCentralClient
 from shared.iothub import IoTHubClient
@@ -266,12 +267,38 @@ def fleet_demo(d: Demo) -> None:
     _say(f"    (undo: iotjobs rollback {job['jobId']} --hub devhub)")
 
 
-# --- MIGRATION DEMO: a stub for another session to fill in -----------------------------------------------------
-def _demo_migration(d: Demo, source: str = HUB, target: str = STAGE) -> None:
-    """TODO (migration demo, written by another session): migrate ``source`` into ``target`` (the second hub of the
-    local stack, empty on a first run) through the app, printing its own numbered steps after step 12 and following
-    its own jobs as the other steps do; correct on a second run too. Does nothing yet, and prints nothing."""
-    del d, source, target
+def migration_demo(d: Demo, source: str = HUB, target: str = STAGE) -> None:
+    """Migrate the demo hub into the stack's second hub: export, import, verification, each followed. createOrUpdate,
+    so a second run (the target holds the first run's copy) puts the source's state over it again."""
+    _say(
+        f"\n== 13. Migrate {source} to {target} (POST /api/migrations, or: iotjobs migrate --from {source} --to "
+        f"{target} --follow)"
+    )
+    body = {"from": source, "to": target, "mode": "createOrUpdate", "includeKeys": True}
+    doc = d.api.call("POST", "migrations", json=body)
+    path = f"migrations/{source}/{doc['migrationId']}"
+    for step in ("export", "import", "verify"):
+        while doc["jobs"][step] is None and doc["state"] not in TERMINAL:
+            time.sleep(0.3)
+            doc = d.api.call("GET", path)
+        if doc["jobs"][step] is None:
+            break
+        _say(f"    {step}:")
+        d.follow(doc["jobs"][step])
+        doc = d.api.call("GET", path)
+    _say(f"    migration {doc['migrationId']}: {doc['state']}")
+    found = doc.get("verification")
+    if not found:
+        _say(f"    stopped at {doc['stage']}: {doc.get('failureReason')}")
+        return
+    src, dst = found["counts"]["source"], found["counts"]["target"]
+    _say(f"    {source}: {src['devices']} devices, {src['edgeDevices']} Edge, {src['modules']} modules")
+    _say(f"    {target}: {dst['devices']} devices, {dst['edgeDevices']} Edge, {dst['modules']} modules")
+    _say(f"    {cut(found['verdict'], 150)}")
+    for diff in found["differences"][:SHOWN]:
+        module = f"/{diff['moduleId']}" if diff.get("moduleId") else ""
+        _say(f"      {diff['deviceId']}{module}: {', '.join(diff['fields'])}: {cut(diff['why'], 90)}")
+    _say(f"    the whole comparison: reports/{doc['jobs']['verify']['jobId']}/migration.json")
 
 
 def _show_plan(plan: dict[str, Any]) -> None:
@@ -341,6 +368,8 @@ def _banner(
     _say(f"    plan a data export     {cli} central plan samples/central/dataexport.json")
     _say(f"    preview an import      {cli} plan samples/{CHANGES} --hub {HUB}")
     _say(f"    undo an import         {cli} rollback <job id> --hub {HUB} --follow   (README: Fleet operations)")
+    _say(f'    act on a query         {cli} bulk --hub {HUB} --query "{OSLO}" --action enable --run --follow')
+    _say(f"    migrate a hub          {cli} migrate --from {HUB} --to {STAGE} --follow")
     if state.resolve() != (REPO / ".devstack").resolve():
         _say(f"    (iotjobs reads {settings}: export IOTJOBS_SETTINGS={settings})")
     else:
@@ -437,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         demo(d)
         central_demo(d)
         fleet_demo(d)
-        _demo_migration(d)
+        migration_demo(d)
         _banner(app, args.state, azurite=azurite, hub=hub_server, stage=stage_server, central=central)
         ports.warn()
         if args.demo_only:

@@ -31,10 +31,19 @@ from shared.ledger import Job, JobKind, JobState, Ledger
 SAMPLES = REPO / "samples"
 # The jobs of one run: imports of two samples (steps 1-2), of the fleet-changes sample (10), of its inverse (11) and
 # of a bulk file (12); a backup (4); an IoT Central apply (7); a rollback (11); plans: a preview (9), a bulk's (12)
-# and a snapshot before each import that is not createOrUpdate only (1, 10, 11, 12).
+# and a snapshot before each import that is not createOrUpdate only (1, 10, 11, 12); a migration's three jobs (13).
 SNAPSHOTS = 4
 PER_RUN = Counter(
-    {JobKind.IMPORT: 5, JobKind.EXPORT: 1, JobKind.CENTRAL_APPLY: 1, JobKind.ROLLBACK: 1, JobKind.PLAN: 2 + SNAPSHOTS}
+    {
+        JobKind.IMPORT: 5,
+        JobKind.EXPORT: 1,
+        JobKind.CENTRAL_APPLY: 1,
+        JobKind.ROLLBACK: 1,
+        JobKind.PLAN: 2 + SNAPSHOTS,
+        JobKind.MIGRATION: 1,
+        JobKind.MIGRATION_IMPORT: 1,
+        JobKind.MIGRATION_VERIFY: 1,
+    }
 )
 OSLO = {f"demo-thermostat-{i:02d}" for i in (3, 6, 9, 12)}  # tags.site = 'oslo' in devices-good.jsonl
 
@@ -276,9 +285,10 @@ def _what_matters(status: Any, auth: Any, tags: Any, desired: Any) -> dict[str, 
     return {"tags": {}, "desired": {}, "auth": {}, **matters}
 
 
-def _registry(state: Path) -> dict[str, dict[str, Any]]:
-    """The demo hub's devices as the run left them, read from the emulator's own store (no server needed)."""
-    store = Store(state / "iothub" / "registry.sqlite")
+def _registry(state: Path, hub: str = "iothub") -> dict[str, dict[str, Any]]:
+    """A hub's devices as the run left them, read from the emulator's own store (no server needed): the demo hub's,
+    or (``iothub-stagehub``) the second hub's."""
+    store = Store(state / hub / "registry.sqlite")
     try:
         devices = store.page_devices(None, 1000)
     finally:
@@ -335,7 +345,7 @@ def test_each_run_previews_imports_rolls_back_and_disables_by_query(runs: Runs, 
 
         # 12. Act on a query: a bulk file of the oslo devices, its plan (4 updates), then its import.
         (bulk,) = [j for j in jobs if j.kind is JobKind.IMPORT and (j.source or "").startswith("bulk/")]
-        assert (bulk.state, bulk.lines, bulk.modes) == (JobState.COMPLETED, 4, {"update": 4})
+        assert (bulk.state, bulk.lines, bulk.modes) == (JobState.COMPLETED, 4, {"updateIfMatchETag": 4})
         (bulk_plan,) = [j for j in jobs if j.kind is JobKind.PLAN and j.source == bulk.source]
         assert json.loads(read(bulk_plan.reports["plan"]))["totals"]["update"] == 4
 
@@ -367,11 +377,24 @@ def test_each_run_previews_imports_rolls_back_and_disables_by_query(runs: Runs, 
     assert {k: d["tags"] for k, d in now.items()} == {k: d.get("tags") or {} for k, d in backup.items()}
     assert "(as the plan said)" in _section(out, 10) and "the registry is as before the import" in _section(out, 11)
 
+    # 13. The migration: its three jobs completed, and the second hub now holds what the first holds, keys included.
+    with _started(state) as azurite:
+        everything, _ = _ledger(azurite).list_jobs(limit=100)
+    steps = {j.kind: j for j in everything if j.job_id in followed and j.kind.value.startswith("migration")}
+    assert {k: j.state for k, j in steps.items()} == {
+        JobKind.MIGRATION: JobState.COMPLETED,
+        JobKind.MIGRATION_IMPORT: JobState.COMPLETED,
+        JobKind.MIGRATION_VERIFY: JobState.COMPLETED,
+    }
+    assert steps[JobKind.MIGRATION_VERIFY].migration_of == steps[JobKind.MIGRATION].job_id
+    assert _registry(state, "iothub-stagehub") == now
+    assert f"verified: all {len(now)} device(s) of devhub are in stagehub alike" in _section(out, 13)
+
 
 def _second_hub_answers_through_the_app(state: Path) -> None:
-    """The stack serves a second hub, stagehub (a migration's target; empty), configured in the app after devhub,
+    """The stack serves a second hub, stagehub (the demo's migration target), configured in the app after devhub,
     which stays the default: a backup of it through the app completes (its TLS under the first hub's CA, its SAS,
-    its jobs writing to the stack's storage)."""
+    its jobs writing to the stack's storage) with the devices step 13 migrated into it."""
     values = json.loads((state / "functions" / "local.settings.json").read_text())["Values"]
     assert values["IOTHUB_HUBS"] == "devhub,stagehub" and values["IOTHUB_STAGEHUB_CONNECTION_STRING"]
     session = requests.Session()
@@ -382,4 +405,4 @@ def _second_hub_answers_through_the_app(state: Path) -> None:
     while job["state"] not in ("completed", "failed", "cancelled") and time.monotonic() < end:
         time.sleep(0.3)
         job = session.get(f"{api}/jobs/stagehub/{job['jobId']}", timeout=30).json()
-    assert (job["hub"], job["state"], job["devices"]) == ("stagehub", "completed", 0), job
+    assert (job["hub"], job["state"]) == ("stagehub", "completed") and job["devices"] > 0, job
