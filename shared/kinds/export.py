@@ -7,7 +7,15 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
-from ..backups import CONFIGURATIONS_BLOB, DEVICES_BLOB, MANIFEST_BLOB, apply_retention, backup_folder, save_backup
+from ..backups import (
+    CONFIGURATIONS_BLOB,
+    DEVICES_BLOB,
+    MANIFEST_BLOB,
+    Manifest,
+    apply_retention,
+    backup_folder,
+    save_backup,
+)
 from ..engine import Context, Ending
 from ..iothub import IoTHubClient
 from ..iothub import Job as HubJob
@@ -43,21 +51,7 @@ class ExportKind(HubJobKind):
             return Ending(job, JobState.FAILED, reason)
         assert job.backup_folder is not None
         container, folder = ctx.containers.backups, job.backup_folder
-        # What the hub wrote decides, not today's setting: it may have changed since the job was submitted.
-        configurations = BlobRef(job.work_container, CONFIGURATIONS_BLOB)
-        wrote_configurations = ctx.storage.properties(configurations) is not None
-        manifest = save_backup(
-            ctx.storage,
-            source=BlobRef(job.work_container, WORK_DEVICES_BLOB),
-            container=container,
-            folder=folder,
-            hub=job.hub,
-            job_id=job.job_id,
-            hub_job_id=job.hub_job_id,
-            includes_keys=job.include_keys,
-            now=ctx.clock(),
-            configurations=configurations if wrote_configurations else None,
-        )
+        manifest = keep_export(job, ctx, container, folder, job.hub_job_id)
         reports = {
             **job.reports,
             "backup": f"{container}/{folder}/{DEVICES_BLOB}",
@@ -71,6 +65,26 @@ class ExportKind(HubJobKind):
         done = replace(job, devices=manifest.devices, reports=reports, progress=100)
         summary = {"configurations": manifest.configurations} if manifest.configurations is not None else {}
         return Ending(done, JobState.COMPLETED, summary=summary)
+
+
+def keep_export(job: Job, ctx: Context, container: str, folder: str, hub_job_id: str | None) -> Manifest:
+    """Copy what the job's export wrote (devices, and configurations when there are) to ``container/folder`` with
+    its manifest, written last. Idempotent: a folder that has its manifest is left as it is."""
+    # What the hub wrote decides, not today's setting: it may have changed since the job was submitted.
+    configurations = BlobRef(job.work_container, CONFIGURATIONS_BLOB)
+    wrote_configurations = ctx.storage.properties(configurations) is not None
+    return save_backup(
+        ctx.storage,
+        source=BlobRef(job.work_container, WORK_DEVICES_BLOB),
+        container=container,
+        folder=folder,
+        hub=job.hub,
+        job_id=job.job_id,
+        hub_job_id=hub_job_id,
+        includes_keys=job.include_keys,
+        now=ctx.clock(),
+        configurations=configurations if wrote_configurations else None,
+    )
 
 
 def nightly_key(hub: str, now: datetime) -> str:

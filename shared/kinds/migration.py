@@ -22,10 +22,11 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 
 import orjson
 
-from ..backups import CONFIGURATIONS_BLOB, DEVICES_BLOB, MANIFEST_BLOB, save_backup
+from ..backups import CONFIGURATIONS_BLOB, DEVICES_BLOB, MANIFEST_BLOB
 from ..engine import Context, Ending
 from ..fleet import Join
 from ..fleet.compare import MAX_SHOWN, Census, Verification, source_records
@@ -34,7 +35,8 @@ from ..iothub import Job as HubJob
 from ..iothub import JobStatus as HubStatus
 from ..ledger import Job, JobKind, JobState, advance
 from ..storage import JSON_TYPE, BlobRef, StorageError
-from ._hub import REGISTRY_BLOB, WORK_DEVICES_BLOB, HubJobKind, export_unfinished
+from ._hub import REGISTRY_BLOB, HubJobKind, export_unfinished
+from .export import keep_export
 from .imports import RestoreKind, _without_etags
 
 logger = logging.getLogger(__name__)
@@ -201,18 +203,10 @@ class MigrationImportKind(RestoreKind):
         existing = ctx.ledger.find_by_key(job.hub, key)
         if existing is not None:
             return existing
-        draft = Job.new(job.hub, JobKind.MIGRATION_VERIFY, ctx.clock())
-        draft = replace(
-            draft,
-            source=job.source,
-            source_etag=job.source_etag,
-            idempotency_key=key,
-            peer_hub=job.peer_hub,
-            migration_of=job.migration_of,
-            import_mode=job.import_mode,
-            include_keys=job.include_keys,
-            include_configurations=job.include_configurations,
-        )
+        assert job.source is not None
+        source = BlobRef.parse(job.source, job.source_etag)
+        draft = next_step(job, JobKind.MIGRATION_VERIFY, job.hub, source, key=key, now=ctx.clock())
+        draft = replace(draft, peer_hub=job.peer_hub, migration_of=job.migration_of)
         created, _ = ctx.ledger.create(self.verifier.prepare(draft, ctx))
         return created
 
@@ -244,20 +238,7 @@ class MigrationKind(HubJobKind):
         if (ended := export_unfinished(job, hub_job, f"nothing was imported into {job.peer_hub}")) is not None:
             return ended
         container, folder = ctx.containers.migrations, export_folder(job.job_id)
-        configurations = BlobRef(job.work_container, CONFIGURATIONS_BLOB)
-        wrote_configurations = ctx.storage.properties(configurations) is not None
-        manifest = save_backup(  # idempotent: a folder with its manifest is left as it is
-            ctx.storage,
-            source=BlobRef(job.work_container, WORK_DEVICES_BLOB),
-            container=container,
-            folder=folder,
-            hub=job.hub,
-            job_id=job.job_id,
-            hub_job_id=hub_job.job_id,
-            includes_keys=job.include_keys,
-            now=ctx.clock(),
-            configurations=configurations if wrote_configurations else None,
-        )
+        manifest = keep_export(job, ctx, container, folder, hub_job.job_id)  # idempotent, as a backup is saved
         imported = self._queue_import(job, BlobRef(container, f"{folder}/{DEVICES_BLOB}"), ctx)
         # The export itself is no report: it may hold keys (no link is ever made to it), and it goes once verified.
         reports = {**job.reports, "manifest": f"{container}/{folder}/{MANIFEST_BLOB}"}
@@ -278,24 +259,30 @@ class MigrationKind(HubJobKind):
         if existing is not None:
             return existing
         props = ctx.storage.properties(ref)
-        draft = Job.new(job.peer_hub, JobKind.MIGRATION_IMPORT, ctx.clock())
-        draft = replace(
-            draft,
-            source=ref.path,
-            source_etag=props.etag if props is not None else None,
-            idempotency_key=key,
-            peer_hub=job.hub,
-            migration_of=job.job_id,
-            import_mode=job.import_mode,
-            include_keys=job.include_keys,
-            include_configurations=job.include_configurations,
-        )
+        ref = replace(ref, etag=props.etag if props is not None else None)
+        draft = next_step(job, JobKind.MIGRATION_IMPORT, job.peer_hub, ref, key=key, now=ctx.clock())
+        draft = replace(draft, peer_hub=job.hub, migration_of=job.job_id)
         prepared = self.importer.prepare(draft, ctx)
         if prepared.failure_reason:  # a damaged export: recorded as rejected, with its report; the migration ends
             prepared = advance(prepared, JobState.REJECTED, now=prepared.updated)
             _drop_keyed_export(prepared, ctx)
         created, _ = ctx.ledger.create(prepared)
         return created
+
+
+def next_step(job: Job, kind: JobKind, hub: str, source: BlobRef, *, key: str, now: datetime) -> Job:
+    """A draft of a migration's next step on ``hub``: it reads ``source`` (the migration's export), is keyed by
+    ``key``, and has the migration's settings; the caller names the migration and the peer hub."""
+    draft = Job.new(hub, kind, now)
+    return replace(
+        draft,
+        source=source.path,
+        source_etag=source.etag,
+        idempotency_key=key,
+        import_mode=job.import_mode,
+        include_keys=job.include_keys,
+        include_configurations=job.include_configurations,
+    )
 
 
 def migration_refusal(ctx: Context, source: str, target: str | None, mode: str | None) -> str | None:

@@ -120,20 +120,24 @@ def engine_on(
     include_configurations: bool = False,
     retry: RetryPolicy = FAST,
     retry_base: timedelta = RETRY_BASE,
+    more_hubs: dict[str, IoTHubEmulator] | None = None,
 ) -> Jobs:
-    """The job engine on fresh containers and ledger table, with ``iothub`` as its one hub (``devhub``)."""
+    """The job engine on fresh containers and ledger table, with ``iothub`` as its hub ``devhub`` (and
+    ``more_hubs`` by name)."""
     prefix = f"p{uuid.uuid4().hex[:8]}"
     tables = TableServiceClient.from_connection_string(azurite.connection_string)
     storage = LiveStorage.from_settings(StorageSettings(connection_string=azurite.connection_string))
-    hub = IoTHubClient.from_connection_string(iothub.connection_string(), retry=retry)
+    emulators = {"devhub": iothub, **(more_hubs or {})}
+    hubs = {n: IoTHubClient.from_connection_string(e.connection_string(), retry=retry) for n, e in emulators.items()}
     containers = Containers(
         uploads=f"{prefix}-uploads",
         reports=f"{prefix}-reports",
         archive=f"{prefix}-archive",
         backups=f"{prefix}-backups",
+        migrations=f"{prefix}-migrations",
     )
     storage.ensure_container(containers.uploads)
     table = tables.create_table_if_not_exists(f"{prefix}jobs")
     kinds, off = registry(retention_days=None, central=None, include_configurations=include_configurations)
-    ctx = Context(storage, Ledger(table), containers, {"devhub": hub}, clock)
+    ctx = Context(storage, Ledger(table), containers, hubs, clock)
     return Jobs(JobEngine(ctx, HubSlot(table), kinds, off, retry_base=retry_base))

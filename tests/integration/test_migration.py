@@ -11,21 +11,16 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from azure.data.tables import TableServiceClient
 
 from emulators.azurite import Azurite
 from emulators.iothub import IoTHubEmulator
-from shared.config import Containers
-from shared.engine import Context, JobEngine
-from shared.iothub import IoTHubClient
-from shared.kinds import registry
 from shared.kinds.migration import import_key, verify_key
-from shared.ledger import HubSlot, Job, JobKind, JobState, Ledger
-from shared.storage import BlobRef, StorageSettings
-from shared.storage import Storage as LiveStorage
+from shared.ledger import Job, JobKind, JobState
+from shared.storage import BlobRef
 from shared.views import migration_view
 
-from .helpers import FAST, KEY, Clock, Jobs, emptied, hub_call, run_to_end, running_emulator, upload
+from .conftest import engine_on
+from .helpers import KEY, Clock, Jobs, emptied, hub_call, run_to_end, running_emulator, upload
 from .test_realistic_jobs import config_call, configuration, configurations
 from .test_safety import _stable, read
 
@@ -54,25 +49,7 @@ def pair(
     """The job engine with two hubs: ``devhub`` (the source) and ``stagehub`` (the target), both emptied."""
     stage = emptied(stage_server, monkeypatch)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(iothub.ca_path))
-    prefix = f"m{uuid.uuid4().hex[:8]}"
-    tables = TableServiceClient.from_connection_string(azurite.connection_string)
-    storage = LiveStorage.from_settings(StorageSettings(connection_string=azurite.connection_string))
-    hubs = {
-        "devhub": IoTHubClient.from_connection_string(iothub.connection_string(), retry=FAST),
-        "stagehub": IoTHubClient.from_connection_string(stage.connection_string(), retry=FAST),
-    }
-    containers = Containers(
-        uploads=f"{prefix}-uploads",
-        reports=f"{prefix}-reports",
-        archive=f"{prefix}-archive",
-        backups=f"{prefix}-backups",
-        migrations=f"{prefix}-migrations",
-    )
-    storage.ensure_container(containers.uploads)
-    table = tables.create_table_if_not_exists(f"{prefix}jobs")
-    kinds, off = registry(retention_days=None, central=None)
-    ctx = Context(storage, Ledger(table), containers, hubs, clock)
-    return Jobs(JobEngine(ctx, HubSlot(table), kinds, off))
+    return engine_on(azurite, iothub, clock, more_hubs={"stagehub": stage})
 
 
 def auth(key: str = KEY) -> dict[str, Any]:
