@@ -1,18 +1,27 @@
 """Undo: an import that updates or deletes is snapshotted first; its rollback (the inverse file, run as an import
-with rollbackOf set) leaves the registry as it was, by export; refused when a device changed since, unless forced."""
+with rollbackOf set) leaves the registry as it was, by export; refused when a device changed since, unless forced;
+a cancelled import and a failed one (the hub restarted mid-way, part of the file applied) are rolled back too."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from emulators.azurite import Azurite
+from emulators.iothub import IoTHubEmulator
+from shared.iothub import IoTHubClient
 from shared.kinds import rollback_refusal
 from shared.ledger import Job, JobKind, JobState
 from shared.storage import BlobRef
 
-from .helpers import KEY, Clock, Jobs, control, devices, run_to_end, upload
+from .conftest import engine_on
+from .helpers import FAST, KEY, Clock, Jobs, control, devices, run_to_end, upload, wait_until
 from .test_safety import registry
 
 OTHER = "b3RoZXIta2V5LW90aGVyLWtleS1vdGhlci1rZXktMTIz"
@@ -177,6 +186,52 @@ def test_a_cancelled_import_can_be_rolled_back(jobs: Jobs, clock: Clock, iothub:
     rb, _ = roll_back(jobs, clock, cancelled)
     assert rb.state is JobState.COMPLETED, rb.failure_reason
     assert registry(jobs, clock) == before
+
+
+def test_a_failed_import_can_be_rolled_back(
+    tmp_path: Path, azurite: Azurite, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub fails an import it was running when it restarts, part of the file applied: the rollback puts back
+    what was applied (and leaves what was not)."""
+    first = IoTHubEmulator(tmp_path, port=0, control_plane=True)
+    first.start()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(first.ca_path))
+    try:
+        jobs = engine_on(azurite, first, clock)
+        seeded = jobs.accept_upload(upload(jobs, "seed.jsonl", devices(1500, "x")), "devhub")
+        assert run_to_end(jobs, seeded, clock).state is JobState.COMPLETED
+        before = registry(jobs, clock)
+        lines: list[dict[str, Any] | str] = [{"id": f"x-{i}", "importMode": "delete"} for i in range(1000)]
+        lines += [{"id": f"x-{i}", "status": "disabled", "importMode": "update"} for i in range(1000, 1500)]
+        job = jobs.accept_upload(upload(jobs, "change.jsonl", lines), "devhub")
+        # Each hub job waits 2 s after every 1,000 lines or devices: the hub restarts after the first 1,000 deletes.
+        control(first, "faults", {"rate": 0, "jobStepDelay": 2})
+        hub = jobs.hubs["devhub"]
+        for _ in range(600):
+            jobs.monitor_pass("devhub")
+            if jobs.ledger.get("devhub", job.job_id).state is JobState.RUNNING:
+                break
+            clock.advance(0.5)
+            time.sleep(0.05)
+        wait_until(lambda: hub.get_registry_statistics().total == 500, deadline=30)
+    finally:
+        first.stop()
+    second = IoTHubEmulator(tmp_path, port=0, control_plane=True)  # the same hub, restarted on another port
+    second.start()
+    try:
+        client = IoTHubClient.from_connection_string(second.connection_string(), retry=FAST)
+        ctx = dataclasses.replace(jobs.engine.ctx, hubs={"devhub": client})
+        jobs = Jobs(dataclasses.replace(jobs.engine, ctx=ctx))
+        failed = run_to_end(jobs, job, clock)
+        assert failed.state is JobState.FAILED and "restarted" in (failed.failure_reason or "")
+        assert client.get_registry_statistics().total == 500  # the deletes applied, the updates not
+        rb, undo = roll_back(jobs, clock, failed)
+        assert rb.state is JobState.COMPLETED, rb.failure_reason
+        assert undo is not None and undo.state is JobState.COMPLETED, undo.failure_reason
+        assert report(jobs, rb.reports["rollback"])["inverseModes"] == {"create": 1000}
+        assert registry(jobs, clock) == before
+    finally:
+        second.stop()
 
 
 def test_what_cannot_be_rolled_back_says_why(jobs: Jobs, clock: Clock) -> None:
