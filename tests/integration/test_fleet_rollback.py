@@ -198,14 +198,17 @@ def test_a_failed_import_can_be_rolled_back(
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(first.ca_path))
     try:
         jobs = engine_on(azurite, first, clock)
-        seeded = jobs.accept_upload(upload(jobs, "seed.jsonl", devices(1500, "x")), "devhub")
+        seeded = jobs.accept_upload(upload(jobs, "seed.jsonl", devices(999, "x")), "devhub")
         assert run_to_end(jobs, seeded, clock).state is JobState.COMPLETED
         before = registry(jobs, clock)
-        lines: list[dict[str, Any] | str] = [{"id": f"x-{i}", "importMode": "delete"} for i in range(1000)]
-        lines += [{"id": f"x-{i}", "status": "disabled", "importMode": "update"} for i in range(1000, 1500)]
+        # The hub applies an import 1,000 lines at a time: the first batch deletes, updates and creates, the second
+        # only creates. Every hub job then waits 10 s after each 1,000 lines or devices (an export of 999 devices
+        # never waits): the hub restarts in that wait, after the first batch, while 400 devices are left.
+        lines: list[dict[str, Any] | str] = [{"id": f"x-{i}", "importMode": "delete"} for i in range(600)]
+        lines += [{"id": f"x-{i}", "status": "disabled", "importMode": "update"} for i in range(600, 999)]
+        lines += [{"id": f"n-{i}", "status": "enabled", "importMode": "create"} for i in range(500)]
         job = jobs.accept_upload(upload(jobs, "change.jsonl", lines), "devhub")
-        # Each hub job waits 2 s after every 1,000 lines or devices: the hub restarts after the first 1,000 deletes.
-        control(first, "faults", {"rate": 0, "jobStepDelay": 2})
+        control(first, "faults", {"rate": 0, "jobStepDelay": 10})
         hub = jobs.hubs["devhub"]
         for _ in range(600):
             jobs.monitor_pass("devhub")
@@ -213,7 +216,7 @@ def test_a_failed_import_can_be_rolled_back(
                 break
             clock.advance(0.5)
             time.sleep(0.05)
-        wait_until(lambda: hub.get_registry_statistics().total == 500, deadline=30)
+        wait_until(lambda: hub.get_registry_statistics().total == 400, deadline=30)
     finally:
         first.stop()
     second = IoTHubEmulator(tmp_path, port=0, control_plane=True)  # the same hub, restarted on another port
@@ -224,11 +227,12 @@ def test_a_failed_import_can_be_rolled_back(
         jobs = Jobs(dataclasses.replace(jobs.engine, ctx=ctx))
         failed = run_to_end(jobs, job, clock)
         assert failed.state is JobState.FAILED and "restarted" in (failed.failure_reason or "")
-        assert client.get_registry_statistics().total == 500  # the deletes applied, the updates not
+        assert client.get_registry_statistics().total == 400  # the first batch applied, the second not
         rb, undo = roll_back(jobs, clock, failed)
         assert rb.state is JobState.COMPLETED, rb.failure_reason
         assert undo is not None and undo.state is JobState.COMPLETED, undo.failure_reason
-        assert report(jobs, rb.reports["rollback"])["inverseModes"] == {"create": 1000}
+        modes = report(jobs, rb.reports["rollback"])["inverseModes"]
+        assert modes == {"create": 600, "createOrUpdate": 399, "delete": 1}  # n-0 only: n-1... were never made
         assert registry(jobs, clock) == before
     finally:
         second.stop()
