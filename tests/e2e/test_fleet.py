@@ -1,20 +1,25 @@
 """Preview, approval and undo through the local host: POST /api/imports/plan, .../approve, .../rollback, with bad
-input and a crash in the middle of a rollback."""
+input and crashes in the middle of a preview, of the snapshot an import takes first, and of a rollback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+import requests
+
 from emulators.azurite import Azurite
 from emulators.iothub import IoTHubEmulator
+from tests.integration.helpers import control, wait_until
 from tests.integration.helpers import device_line as dev
 
 from .app import TERMINAL, App, Stack, settings
-from .test_imports import registry
+from .test_imports import hub_jobs, registry
 
 
 def ndjson(lines: list[dict[str, Any]]) -> bytes:
@@ -166,6 +171,95 @@ def test_rollback_over_http_survives_a_crash_and_refuses_what_it_cannot_undo(sta
     assert rb["state"] == "completed", rb["failureReason"]
     undo = [j for j in stack.app.jobs() if j["rollbackOf"] == imported["jobId"] and j["kind"] == "import"]
     assert len(undo) == 1 and undo[0]["state"] == "completed"  # one inverse import, though the end ran twice
+    assert state(stack) == before
+
+
+# Where a crash hurts a job that exports the registry: its hub job created but not recorded (``submitted``: the
+# restart must adopt it, not export twice), seen running (``running``), its end done but not recorded
+# (``harvested``: the end runs again).
+EXPORT_STEPS = ["submitted", "running", "harvested"]
+
+
+def _crash_at(stack: Stack, step: str) -> None:
+    """Restart the host so that it dies right after ``step``; at ``running`` the hub holds its jobs until the host
+    has seen one running (released by ``_restart``)."""
+    stack.app.stop()
+    if step == "running":
+        control(stack.hub, "jobs", {"paused": True})
+    stack.app.start("--crash-at", step)
+
+
+def _restart(stack: Stack) -> None:
+    assert stack.app.wait_exit() == 86, stack.app.log()[-3000:]
+    control(stack.hub, "jobs", {"paused": False})
+    stack.app.start()
+
+
+def _no_work_container_left(stack: Stack) -> None:
+    wait_until(lambda: not [c.name for c in stack.blobs.list_containers() if c.name.startswith("job-")])
+
+
+@pytest.mark.parametrize("step", EXPORT_STEPS)
+def test_a_preview_killed_mid_way_gives_one_plan_and_changes_nothing(stack: Stack, step: str) -> None:
+    stack.app.start()
+    seed(stack)
+    before = registry(stack)
+    exports = len(hub_jobs(stack, "export"))
+    _crash_at(stack, step)
+    lines = [dev("f-1", "create"), dev("f-2", status="disabled"), {"id": "f-3", "importMode": "delete"}]
+    with contextlib.suppress(requests.ConnectionError):  # at `submitted` the host dies inside the request
+        r = stack.app.call(
+            "POST", "imports/plan", params={"hub": "devhub"}, data=ndjson(lines), headers={"content-type": "text/plain"}
+        )
+        assert r.status_code == 202, r.text
+    _restart(stack)
+    jobs = until(stack, lambda j: j["kind"] == "plan")
+    (plan,) = [j for j in jobs if j["kind"] == "plan"]
+    full = stack.app.job("devhub", plan["jobId"])
+    assert plan["state"] == "completed", full["failureReason"]
+    assert len(hub_jobs(stack, "export")) == exports + 1  # one export of the registry: adopted, never redone
+    container, _, name = full["reports"]["plan"].partition("/")
+    totals = json.loads(stack.read(container, name))["totals"]
+    assert totals == {"create": 0, "update": 1, "twin": 0, "delete": 1, "unchanged": 0, "refused": 1}
+    _no_work_container_left(stack)
+    assert registry(stack) == before  # nothing changed
+    assert [j["kind"] for j in stack.app.jobs()].count("import") == 1  # the seed only: a plan imports nothing
+
+
+@pytest.mark.parametrize("step", EXPORT_STEPS)
+def test_an_import_killed_while_its_snapshot_is_taken_runs_once_and_rolls_back(stack: Stack, step: str) -> None:
+    stack.app.values["IMPORT_SNAPSHOTS"] = "explicit"
+    stack.app.start()
+    seed(stack)
+    before = state(stack)
+    imports, exports = len(hub_jobs(stack, "import")), len(hub_jobs(stack, "export"))
+    _crash_at(stack, step)  # the first hub job after the upload is the snapshot's export
+    stack.drop(
+        "risky.jsonl",
+        [
+            *({"id": f"f-{i}", "importMode": "delete"} for i in range(3)),
+            dev("f-3", "update", status="disabled"),
+            dev("g-0", "create"),
+        ],
+    )
+    _restart(stack)
+    jobs = until(stack, lambda j: j["kind"] == "import" and j["source"].endswith("risky.jsonl"))
+    (imported,) = [j for j in jobs if j["kind"] == "import" and j["source"].endswith("risky.jsonl")]
+    assert imported["state"] == "completed", stack.app.job("devhub", imported["jobId"])["failureReason"]
+    (snapshot,) = [j for j in jobs if j["kind"] == "plan"]
+    assert snapshot["planFor"] == imported["jobId"] and snapshot["state"] == "completed"
+    assert stack.names("snapshots") == [f"{imported['jobId']}/devices.jsonl", f"{imported['jobId']}/manifest.json"]
+    assert len(hub_jobs(stack, "import")) == imports + 1  # the hub ran the import once
+    assert len(hub_jobs(stack, "export")) == exports + 1  # and the snapshot's export once
+    assert count(stack) == 18
+    _no_work_container_left(stack)
+
+    r = _rollback(stack, imported["jobId"])
+    assert r.status_code == 202, r.text
+    until(stack, lambda j: j["rollbackOf"] == imported["jobId"] and j["kind"] == "import")
+    assert stack.app.job("devhub", r.json()["jobId"])["state"] == "completed"
+    (undo,) = [j for j in stack.app.jobs() if j["rollbackOf"] == imported["jobId"] and j["kind"] == "import"]
+    assert undo["state"] == "completed"
     assert state(stack) == before
 
 

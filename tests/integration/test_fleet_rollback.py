@@ -1,22 +1,31 @@
 """Undo: an import that updates or deletes is snapshotted first; its rollback (the inverse file, run as an import
-with rollbackOf set) leaves the registry as it was, by export; refused when a device changed since, unless forced."""
+with rollbackOf set) leaves the registry as it was, by export; refused when a device changed since, unless forced;
+a cancelled import and a failed one (the hub restarted mid-way, part of the file applied) are rolled back too."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from emulators.azurite import Azurite
+from emulators.iothub import IoTHubEmulator
+from shared.iothub import IoTHubClient
 from shared.kinds import rollback_refusal
 from shared.ledger import Job, JobKind, JobState
 from shared.storage import BlobRef
 
-from .helpers import KEY, Clock, Jobs, control, devices, run_to_end, upload
+from .conftest import engine_on
+from .helpers import FAST, KEY, Clock, Jobs, control, devices, run_to_end, upload, wait_until
 from .test_safety import registry
 
 OTHER = "b3RoZXIta2V5LW90aGVyLWtleS1vdGhlci1rZXktMTIz"
-N = 2000  # devices seeded; the import below has about 4 lines per 3 devices, with modules: a few thousand lines
+N = 7500  # devices seeded; the import below has about 7 lines per 5 devices, with modules: over 10,000 lines
 
 
 def auth(key: str = KEY) -> dict[str, Any]:
@@ -63,6 +72,13 @@ def mixed() -> list[dict[str, Any] | str]:
         )
     for i in range(N // 2, 3 * N // 4):
         lines.append({"id": f"d-{i}", "importMode": "delete"})  # those ending in 0 take their module with them
+    for i in range(0, N // 2, 10):  # the modules of the updated devices: new keys, or a new twin
+        if i in (800, 810):
+            continue  # their modules change below
+        if i < N // 4:
+            lines.append({"id": f"d-{i}", "moduleId": "sensor", "importMode": "update", "authentication": auth(OTHER)})
+        else:
+            lines.append({"id": f"d-{i}", "moduleId": "sensor", "importMode": "updateTwin", "tags": {"m": "moved"}})
     lines.append({"id": "d-800", "moduleId": "sensor", "importMode": "delete"})
     lines.append({"id": "d-810", "moduleId": "sensor", "status": "disabled", "importMode": "update"})
     lines.append({"id": "d-801", "moduleId": "extra", "importMode": "create", "authentication": auth(OTHER)})
@@ -96,16 +112,21 @@ def test_an_import_then_its_rollback_leaves_the_registry_as_it_was(jobs: Jobs, c
     seed(jobs, clock)
     before = registry(jobs, clock)
     lines = mixed()
-    assert len(lines) > 2500
+    assert len(lines) >= 10_000
+    started = time.monotonic()
     imported = snapshotted_import(jobs, clock, "mixed.jsonl", lines)
-    assert imported.state is JobState.COMPLETED_WITH_ERRORS and imported.failed_devices == 1
+    print(f"import of {len(lines)} lines, snapshot first: {time.monotonic() - started:.1f} s")
+    assert imported.state is JobState.COMPLETED_WITH_ERRORS, imported.failure_reason
+    assert imported.failed_devices == 1
     # the snapshot was taken first, by a plan job that ran ahead of the import on the hub's slot
     snapshot = report(jobs, imported.reports.get("snapshot") or f"snapshots/{imported.job_id}/manifest.json")
     assert snapshot["importJobId"] == imported.job_id and snapshot["includesKeys"] is True
     changed = registry(jobs, clock)
     assert changed != before
 
+    started = time.monotonic()
     rb, undo = roll_back(jobs, clock, imported)
+    print(f"rollback, its inverse import included: {time.monotonic() - started:.1f} s")
     assert rb.state is JobState.COMPLETED, rb.failure_reason
     assert undo is not None and undo.rollback_of == imported.job_id and undo.kind is JobKind.IMPORT
     assert undo.state is JobState.COMPLETED, undo.failure_reason
@@ -165,6 +186,56 @@ def test_a_cancelled_import_can_be_rolled_back(jobs: Jobs, clock: Clock, iothub:
     rb, _ = roll_back(jobs, clock, cancelled)
     assert rb.state is JobState.COMPLETED, rb.failure_reason
     assert registry(jobs, clock) == before
+
+
+def test_a_failed_import_can_be_rolled_back(
+    tmp_path: Path, azurite: Azurite, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub fails an import it was running when it restarts, part of the file applied: the rollback puts back
+    what was applied (and leaves what was not)."""
+    first = IoTHubEmulator(tmp_path, port=0, control_plane=True)
+    first.start()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(first.ca_path))
+    try:
+        jobs = engine_on(azurite, first, clock)
+        seeded = jobs.accept_upload(upload(jobs, "seed.jsonl", devices(999, "x")), "devhub")
+        assert run_to_end(jobs, seeded, clock).state is JobState.COMPLETED
+        before = registry(jobs, clock)
+        # The hub applies an import 1,000 lines at a time: the first batch deletes, updates and creates, the second
+        # only creates. Every hub job then waits 10 s after each 1,000 lines or devices (an export of 999 devices
+        # never waits): the hub restarts in that wait, after the first batch, while 400 devices are left.
+        lines: list[dict[str, Any] | str] = [{"id": f"x-{i}", "importMode": "delete"} for i in range(600)]
+        lines += [{"id": f"x-{i}", "status": "disabled", "importMode": "update"} for i in range(600, 999)]
+        lines += [{"id": f"n-{i}", "status": "enabled", "importMode": "create"} for i in range(500)]
+        job = jobs.accept_upload(upload(jobs, "change.jsonl", lines), "devhub")
+        control(first, "faults", {"rate": 0, "jobStepDelay": 10})
+        hub = jobs.hubs["devhub"]
+        for _ in range(600):
+            jobs.monitor_pass("devhub")
+            if jobs.ledger.get("devhub", job.job_id).state is JobState.RUNNING:
+                break
+            clock.advance(0.5)
+            time.sleep(0.05)
+        wait_until(lambda: hub.get_registry_statistics().total == 400, deadline=30)
+    finally:
+        first.stop()
+    second = IoTHubEmulator(tmp_path, port=0, control_plane=True)  # the same hub, restarted on another port
+    second.start()
+    try:
+        client = IoTHubClient.from_connection_string(second.connection_string(), retry=FAST)
+        ctx = dataclasses.replace(jobs.engine.ctx, hubs={"devhub": client})
+        jobs = Jobs(dataclasses.replace(jobs.engine, ctx=ctx))
+        failed = run_to_end(jobs, job, clock)
+        assert failed.state is JobState.FAILED and "restarted" in (failed.failure_reason or "")
+        assert client.get_registry_statistics().total == 400  # the first batch applied, the second not
+        rb, undo = roll_back(jobs, clock, failed)
+        assert rb.state is JobState.COMPLETED, rb.failure_reason
+        assert undo is not None and undo.state is JobState.COMPLETED, undo.failure_reason
+        modes = report(jobs, rb.reports["rollback"])["inverseModes"]
+        assert modes == {"create": 600, "createOrUpdate": 399, "delete": 1}  # n-0 only: n-1... were never made
+        assert registry(jobs, clock) == before
+    finally:
+        second.stop()
 
 
 def test_what_cannot_be_rolled_back_says_why(jobs: Jobs, clock: Clock) -> None:
