@@ -123,13 +123,9 @@ def test_a_risky_import_waits_for_approval_then_runs(tmp_path: Path, azurite: Az
         app.stop()
 
 
-def _rollback(stack: Stack, job_id: str, **body: Any) -> Any:
-    return stack.app.call("POST", f"jobs/devhub/{job_id}/rollback", json=body)
-
-
-def test_rollback_over_http_survives_a_crash_and_refuses_what_it_cannot_undo(stack: Stack) -> None:
-    stack.app.values["IMPORT_SNAPSHOTS"] = "explicit"  # the app's default (the local stack turns it off)
-    stack.app.start()
+def import_changes(stack: Stack) -> tuple[dict[str, tuple[Any, ...]], dict[str, Any], list[dict[str, Any]]]:
+    """Seed the hub, then drop a file that deletes, updates, changes twins and creates (snapshotted first, on
+    ``IMPORT_SNAPSHOTS=explicit``): the registry before, the import job once it ended, every job then."""
     seed(stack)
     before = state(stack)
     stack.drop(
@@ -144,6 +140,17 @@ def test_rollback_over_http_survives_a_crash_and_refuses_what_it_cannot_undo(sta
     jobs = until(stack, lambda j: j["kind"] == "import" and j["source"].endswith("change.jsonl"))
     imported = next(j for j in jobs if j["kind"] == "import" and j["source"].endswith("change.jsonl"))
     assert any(j["kind"] == "plan" and j["planFor"] == imported["jobId"] for j in jobs)  # its snapshot, taken first
+    return before, imported, jobs
+
+
+def _rollback(stack: Stack, job_id: str, **body: Any) -> Any:
+    return stack.app.call("POST", f"jobs/devhub/{job_id}/rollback", json=body)
+
+
+def test_rollback_over_http_survives_a_crash_and_refuses_what_it_cannot_undo(stack: Stack) -> None:
+    stack.app.values["IMPORT_SNAPSHOTS"] = "explicit"  # the app's default (the local stack turns it off)
+    stack.app.start()
+    before, imported, jobs = import_changes(stack)
     assert imported["state"] == "completed"
     assert state(stack) != before
 

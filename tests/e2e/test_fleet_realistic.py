@@ -18,7 +18,7 @@ from tests.integration.helpers import control, hub_call
 from tests.integration.helpers import device_line as dev
 
 from .app import Stack
-from .test_fleet import ndjson, seed, state, until
+from .test_fleet import import_changes, ndjson, seed, state, until
 
 pytestmark = pytest.mark.realistic
 
@@ -80,21 +80,8 @@ def test_an_import_that_deletes_is_snapshotted_then_rolled_back(realistic_stack:
     stack = realistic_stack
     stack.app.values["IMPORT_SNAPSHOTS"] = "explicit"  # the app's default (the local stack turns it off)
     stack.app.start()
-    seed(stack)
-    before = state(stack)
-    stack.drop(
-        "change.jsonl",
-        [
-            *({"id": f"f-{i}", "importMode": "delete"} for i in range(4)),
-            *(dev(f"f-{i}", "update", status="disabled") for i in range(4, 8)),
-            *({"id": f"f-{i}", "importMode": "updateTwin", "tags": {"n": -1}} for i in range(8, 12)),
-            *(dev(f"g-{i}", "create") for i in range(5)),
-        ],
-    )
-    jobs = until(stack, lambda j: j["kind"] == "import" and j["source"].endswith("change.jsonl"))
-    imported = next(j for j in jobs if j["kind"] == "import" and j["source"].endswith("change.jsonl"))
+    before, imported, _ = import_changes(stack)
     assert imported["state"] == "completed", stack.app.job("devhub", imported["jobId"])["failureReason"]
-    assert any(j["kind"] == "plan" and j["planFor"] == imported["jobId"] for j in jobs)  # its snapshot, first
     assert state(stack) != before
 
     with throttled(stack):  # the rollback's export (and then its inverse import) start while the hub throttles
