@@ -15,7 +15,7 @@ import requests
 
 from emulators.azurite import Azurite
 from emulators.iothub import IoTHubEmulator
-from tests.integration.helpers import control, wait_until
+from tests.integration.helpers import control, hub_call, wait_until
 from tests.integration.helpers import device_line as dev
 
 from .app import TERMINAL, App, Stack, settings
@@ -299,3 +299,39 @@ def test_act_on_a_query_over_http_plans_then_runs_and_refuses_bad_input(stack: S
         assert (bad.status_code, bad.json()["error"]["code"]) == (status, code), bad.text
     missing = stack.app.call("POST", "bulk/nosuchbulk/run")
     assert missing.status_code in (400, 404) and missing.json()["error"]["code"] in ("BulkNotFound", "InvalidField")
+
+
+def test_a_bulk_run_killed_at_its_end_imports_once_and_still_drops_the_keys_it_minted(stack: Stack) -> None:
+    """regenerateKeys by query, its import killed after its end was read but before it was recorded: after the
+    restart, one import and one hub job; the devices have new keys; the generated file (the only place the keys
+    were written) is gone, and no key reached the log."""
+    stack.app.start()
+    stack.drop("seed.jsonl", [dev(f"k-{i}", tags={"rotate": i < 3}) for i in range(5)])
+    stack.app.wait_jobs(1)
+
+    def key(device_id: str) -> str:
+        doc = hub_call(stack.hub, "GET", f"/devices/{device_id}").json()
+        return str(doc["authentication"]["symmetricKey"]["primaryKey"])
+
+    before = {f"k-{i}": key(f"k-{i}") for i in range(5)}
+    query = "SELECT * FROM devices WHERE tags.rotate = true"
+    r = stack.app.call("POST", "bulk", json={"hub": "devhub", "query": query, "action": "regenerateKeys"})
+    assert r.status_code == 202, r.text
+    until(stack, lambda j: j["jobId"] == r.json()["plan"]["jobId"] and j["state"] in TERMINAL)
+    bulk_file = r.json()["bulk"]["file"]
+    assert bulk_file in [f"bulk/{n}" for n in stack.names("bulk")]
+
+    _crash_at(stack, "harvested")
+    run = stack.app.call("POST", r.json()["run"].removeprefix("/api/"))
+    assert run.status_code == 202, run.text
+    _restart(stack)
+    until(stack, lambda j: j["jobId"] == run.json()["jobId"] and j["state"] in TERMINAL)
+
+    imports = [j for j in stack.app.jobs() if j["kind"] == "import" and j["source"] == bulk_file]
+    assert [j["state"] for j in imports] == ["completed"]
+    assert len(hub_jobs(stack)) == 2  # the seed's and this one
+    after = {device_id: key(device_id) for device_id in before}
+    assert {d for d in before if after[d] != before[d]} == {"k-0", "k-1", "k-2"}
+    assert bulk_file not in [f"bulk/{n}" for n in stack.names("bulk")]
+    log = stack.app.log()
+    assert not any(after[d] in log for d in ("k-0", "k-1", "k-2"))
