@@ -50,6 +50,8 @@ bench: setup
 	$(BIN)/python -m bench.app_e2e
 	$(BIN)/python -m bench.central_apply
 	$(BIN)/python -m bench.hub_calls
+	$(BIN)/python -m bench.plan
+	$(BIN)/python -m bench.migration
 
 clean:
 	rm -rf $(VENV) $(IAC_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .devstack *.egg-info
