@@ -90,7 +90,8 @@ class MigrationVerifyKind(HubJobKind):
         job = replace(job, devices=int(doc["compared"]), failed_devices=int(doc["missing"]) + int(doc["different"]))
         job = replace(job, notes=(*job.notes, str(doc["verdict"])))
         summary = {k: doc[k] for k in ("counts", "compared", "equal", "missing", "different", "explained")}
-        state = JobState.COMPLETED if job.failed_devices == 0 else JobState.COMPLETED_WITH_ERRORS
+        clean = job.failed_devices == 0 and not doc.get("missingConfigurations")
+        state = JobState.COMPLETED if clean else JobState.COMPLETED_WITH_ERRORS
         return Ending(job, state, None, summary)
 
     def closed(self, job: Job, ctx: Context) -> None:
@@ -109,20 +110,23 @@ class MigrationVerifyKind(HubJobKind):
                 verification.add(device)
         only_in_target = verification.only_in_target(target_counts.devices)
         counts: dict[str, object] = {"source": source_counts.public(), "target": target_counts.public()}
+        missing_configurations: list[str] = []
         if job.include_configurations:
-            counts["configurations"] = _configurations(
-                ctx, BlobRef(ctx.containers.migrations, f"{folder}/{CONFIGURATIONS_BLOB}"), job
-            )
+            source_configurations = BlobRef(ctx.containers.migrations, f"{folder}/{CONFIGURATIONS_BLOB}")
+            counts["configurations"], missing_configurations = _configurations(ctx, source_configurations, job)
         if verification.clean:
             verdict = (
                 f"verified: all {verification.devices} device(s) of {source_hub} are in {target} alike (status, "
-                "authentication, tags, desired properties, Edge flag, modules)"
+                "authentication, tags, desired properties, Edge flag and parent, modules)"
             )
         else:
             verdict = (
                 f"{verification.missing} device(s) of {source_hub} are not in {target} and "
                 f"{verification.different} differ: see differences (the first {MAX_SHOWN} of each are listed)"
             )
+        if missing_configurations:
+            shown = ", ".join(missing_configurations[:5])
+            verdict += f"; {len(missing_configurations)} configuration(s) are not in {target} (first: {shown})"
         if only_in_target:
             verdict += f"; {target} also holds {only_in_target} device(s) {source_hub} does not have"
         return {
@@ -138,6 +142,7 @@ class MigrationVerifyKind(HubJobKind):
             "missing": verification.missing,
             "different": verification.different,
             "explained": verification.explained,
+            "missingConfigurations": len(missing_configurations),
             "onlyInTarget": only_in_target,
             "verdict": verdict,
             "ignored": "ETags, generation ids, times, connection state and device scopes: each hub makes its own",
@@ -296,8 +301,9 @@ def migration_refusal(ctx: Context, source: str, target: str | None, mode: str |
     return None
 
 
-def _configurations(ctx: Context, source: BlobRef, job: Job) -> dict[str, object]:
-    """The configurations of both sides by id (a hub holds at most a few hundred: read whole)."""
+def _configurations(ctx: Context, source: BlobRef, job: Job) -> tuple[dict[str, object], list[str]]:
+    """The configurations of both sides counted, and the ids of the source's the target lacks (a hub holds at most a
+    few hundred: read whole)."""
 
     def ids(ref: BlobRef) -> set[str]:
         try:
@@ -311,7 +317,8 @@ def _configurations(ctx: Context, source: BlobRef, job: Job) -> dict[str, object
         return found
 
     src, dst = ids(source), ids(BlobRef(job.work_container, CONFIGURATIONS_BLOB))
-    return {"source": len(src), "target": len(dst), "missingInTarget": sorted(src - dst)[:MAX_SHOWN]}
+    missing = sorted(src - dst)
+    return {"source": len(src), "target": len(dst), "missingInTarget": missing[:MAX_SHOWN]}, missing
 
 
 def _drop_keyed_export(job: Job, ctx: Context) -> None:

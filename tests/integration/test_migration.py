@@ -5,6 +5,7 @@ steps never queues a step twice."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -324,3 +325,37 @@ def test_a_migration_cancelled_at_its_import_stops_there_and_its_view_says_so(pa
 def _ok(r: Any) -> Any:
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def test_a_configuration_missing_from_the_target_is_a_difference(
+    pair: Jobs, clock: Clock, iothub: IoTHubEmulator, stage_server: IoTHubEmulator
+) -> None:
+    seed(pair, clock, "devhub", fleet(3))
+    for config_id in ("fw-a", "fw-b"):
+        assert config_call(iothub, "PUT", f"/configurations/{config_id}", configuration(config_id, "s0", 1)).ok
+    draft = replace(
+        pair.engine.draft(JobKind.MIGRATION, "devhub"),
+        peer_hub="stagehub",
+        import_mode="create",
+        include_configurations=True,
+    )
+    exported = run_to_end(pair, pair.engine.accept(draft), clock)
+    pair.monitor_pass("stagehub")  # the import's hub job starts
+    imported = pair.ledger.find_by_key("stagehub", import_key(exported.job_id))
+    assert imported is not None and imported.hub_job_id is not None
+    stage = pair.hubs["stagehub"]
+    while not stage.get_job(imported.hub_job_id).status.is_terminal:
+        time.sleep(0.05)
+    # Someone removes one from the target after the import put it there, before the verification looks.
+    assert config_call(stage_server, "DELETE", "/configurations/fw-b", if_match="*").status_code == 204
+    assert run_to_end(pair, imported, clock).state is JobState.COMPLETED
+    verified = pair.ledger.find_by_key("stagehub", verify_key(exported.job_id))
+    assert verified is not None
+    verified = run_to_end(pair, verified, clock)
+
+    doc = report(pair, verified)
+    assert verified.state is JobState.COMPLETED_WITH_ERRORS, json.dumps(doc)
+    assert doc["counts"]["configurations"] == {"source": 2, "target": 1, "missingInTarget": ["fw-b"]}
+    assert (
+        doc["missingConfigurations"] == 1 and "1 configuration(s) are not in stagehub (first: fw-b)" in doc["verdict"]
+    )
