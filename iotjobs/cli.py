@@ -344,6 +344,11 @@ def cmd_plan(api: Api, args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_approve(api: Api, args: argparse.Namespace) -> int:
+    """Let an import held awaiting_approval run (read its plan first: the job's waitingFor names the plan job)."""
+    return _started(api, [api.call("POST", f"jobs/{args.hub}/{args.job_id}/approve")], args)
+
+
 def cmd_rollback(api: Api, args: argparse.Namespace) -> int:
     job = api.call("POST", f"jobs/{args.hub}/{args.job_id}/rollback", json={"force": args.force})
     return _started(api, [job], args)
@@ -581,6 +586,12 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--hub")
     plan.add_argument("--wait", type=float, default=60, help="seconds the app waits for the plan (at most 120)")
     plan.set_defaults(run=cmd_plan)
+
+    approve = command("approve", help="let an import held awaiting_approval run (read its plan first)")
+    approve.add_argument("job_id")
+    approve.add_argument("--hub", required=True)
+    approve.add_argument("--follow", action="store_true", help="follow it; the exit code is its outcome")
+    approve.set_defaults(run=cmd_approve)
 
     rollback = command("rollback", help="undo an ended import from its snapshot")
     rollback.add_argument("job_id")

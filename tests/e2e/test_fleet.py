@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +16,8 @@ from typing import Any
 import pytest
 import requests
 
-from emulators.azurite import Azurite
+from emulators.azurite import REPO, Azurite
+from emulators.functions_host import FUNCTION_KEY
 from emulators.iothub import IoTHubEmulator
 from tests.integration.helpers import control, hub_call, wait_until
 from tests.integration.helpers import device_line as dev
@@ -113,10 +117,16 @@ def test_a_risky_import_waits_for_approval_then_runs(tmp_path: Path, azurite: Az
         plan = next(j for j in held if j["kind"] == "plan")
         assert stack.app.job("devhub", plan["jobId"])["reports"]["plan"]
         assert count(stack) == 20  # held: nothing deleted
-        r = app.call("POST", f"jobs/devhub/{risky['jobId']}/approve")
-        assert r.status_code in (200, 202), r.text
-        until(stack, lambda j: j["jobId"] == risky["jobId"] and j["state"] == "completed")
+        # Approved with the command line, followed to its end (exit 0); approving again is refused (exit 1).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IOTJOBS_")}
+        env.update(IOTJOBS_URL=app.url, IOTJOBS_KEY=FUNCTION_KEY, PYTHONPATH=str(REPO))
+        command = [str(Path(sys.executable).parent / "iotjobs"), "approve", risky["jobId"], "--hub", "devhub"]
+        done = subprocess.run([*command, "--follow"], env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"job {risky['jobId']} on devhub: completed" in done.stdout
         assert count(stack) == 17
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert again.returncode == 1 and "NotAwaitingApproval" in again.stderr, again.stderr
         r = app.call("POST", f"jobs/devhub/{risky['jobId']}/approve")
         assert (r.status_code, r.json()["error"]["code"]) == (409, "NotAwaitingApproval")
     finally:
