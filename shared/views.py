@@ -44,6 +44,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "migrationOf": job.migration_of,
         "importMode": job.import_mode,
         "includeConfigurations": job.include_configurations,
+        "cancelPending": job.cancel_pending,
     }
 
 

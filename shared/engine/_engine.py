@@ -254,6 +254,8 @@ class JobEngine:
             reason = "the hub no longer knows this job (history is kept 30 days)"
             return self._close(job, Ending(job, JobState.FAILED, reason))
         if not hub_job.status.is_terminal:
+            if job.cancel_pending:
+                job = self._send_cancel(job)
             if hub_job.progress != job.progress:
                 job = self.ledger.save(replace(job, progress=hub_job.progress, updated=self.ctx.clock()))
             checkpoint("running")
@@ -276,8 +278,26 @@ class JobEngine:
             return self._close(job, Ending(job, JobState.CANCELLED, "cancelled by request"))
         if job.state is JobState.SUBMITTING or not job.hub_job_id:
             raise CannotCancel(f"job {job.job_id} is being submitted; try again in a minute")
-        self.kinds[job.kind].cancel(job, self.ctx)
-        return self.ledger.save(replace(job, waiting_for="cancellation requested", updated=self.ctx.clock()))
+        # Remembered first: a cancel the hub does not take now (throttling, no answer) is sent again by the monitor.
+        job = self.ledger.save(
+            replace(job, cancel_pending=True, waiting_for="cancellation requested", updated=self.ctx.clock())
+        )
+        return self._send_cancel(job)
+
+    def _send_cancel(self, job: Job) -> Job:
+        """Ask the executor to cancel ``job``; a passing fault leaves the request pending for the next pass."""
+        try:
+            self.kinds[job.kind].cancel(job, self.ctx)
+        except CannotCancel:
+            self.ledger.save(replace(job, cancel_pending=False, waiting_for=None, updated=self.ctx.clock()))
+            raise
+        except TRANSIENT as exc:
+            logger.warning("cancelling job %s: %s; the monitor sends it again", job.job_id, exc)
+            why = f"cancellation requested; the hub did not take it yet ({exc}): the monitor sends it again"
+            return self.ledger.save(replace(job, waiting_for=why, updated=self.ctx.clock()))
+        return self.ledger.save(
+            replace(job, cancel_pending=False, waiting_for="cancellation requested", updated=self.ctx.clock())
+        )
 
     def _close(self, job: Job, ending: Ending) -> Job:
         """End a job: archive its upload, write its summary, record the end, free the slot, drop the work container.
@@ -288,7 +308,7 @@ class JobEngine:
         """
         succeeded = ending.state in (JobState.COMPLETED, JobState.COMPLETED_WITH_ERRORS)
         now = self.ctx.clock()
-        final = replace(ending.job, failure_reason=ending.reason, waiting_for=None, retry_at=None)
+        final = replace(ending.job, failure_reason=ending.reason, waiting_for=None, retry_at=None, cancel_pending=False)
         try:
             final = replace(
                 final, archived=self._archive(final, ArchiveKind.PROCESSED if succeeded else ArchiveKind.FAILED)

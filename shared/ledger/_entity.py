@@ -52,6 +52,7 @@ class JobEntity(TypedDict):
     MigrationOf: str | None
     ImportMode: str | None
     IncludeConfigurations: bool
+    CancelPending: bool
 
 
 def to_entity(job: Job) -> JobEntity:
@@ -95,6 +96,7 @@ def to_entity(job: Job) -> JobEntity:
         "MigrationOf": job.migration_of,
         "ImportMode": job.import_mode,
         "IncludeConfigurations": job.include_configurations,
+        "CancelPending": job.cancel_pending,
     }
 
 
@@ -151,6 +153,7 @@ def from_entity(row: Mapping[str, object], etag: str | None = None) -> Job:
         migration_of=text("MigrationOf"),
         import_mode=text("ImportMode"),
         include_configurations=bool(row.get("IncludeConfigurations")),
+        cancel_pending=bool(row.get("CancelPending")),
         etag=etag,
     )
 

@@ -142,6 +142,7 @@ class Job:
     migration_of: str | None = None  # migration import and verify: the migration job (in ``peer_hub``'s partition)
     import_mode: str | None = None  # migration: create | createOrUpdate, the mode of every line it imports
     include_configurations: bool = False  # migration: the hub's configurations go too
+    cancel_pending: bool = False  # a cancel the executor has not taken yet (it was throttling): sent again each pass
     etag: str | None = field(default=None, compare=False)  # the table row's ETag, never persisted
 
     @classmethod
