@@ -223,7 +223,7 @@ class RestoreKind(ImportKind):
 
     def _rewrite(self, job: Job) -> Callable[[Callable[[bytes], None]], Callable[[bytes], None]]:
         """How the export's lines change on their way to the hub: without their ETags."""
-        return _without_etags
+        return without_etags
 
     def _keyless_note(self, job: Job) -> str:
         return (
@@ -394,7 +394,7 @@ def _harvest(job: Job, ctx: Context) -> tuple[Job, dict[str, object]]:
     return replace(job, failed_devices=errors.failed, reports=reports), error_summary(errors)
 
 
-def _without_etags(sink: Callable[[bytes], None]) -> Callable[[bytes], None]:
+def without_etags(sink: Callable[[bytes], None]) -> Callable[[bytes], None]:
     def write(batch: bytes) -> None:
         lines = batch.split(b"\n")
         for i, line in enumerate(lines):

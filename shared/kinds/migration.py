@@ -37,7 +37,7 @@ from ..ledger import Job, JobKind, JobState, advance
 from ..storage import JSON_TYPE, BlobRef, StorageError
 from ._hub import REGISTRY_BLOB, HubJobKind, export_unfinished
 from .export import keep_export
-from .imports import RestoreKind, _without_etags
+from .imports import RestoreKind, without_etags
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class MigrationImportKind(RestoreKind):
 
     def _rewrite(self, job: Job) -> Callable[[Callable[[bytes], None]], Callable[[bytes], None]]:
         if job.import_mode != "create":
-            return _without_etags  # an export line has no importMode: createOrUpdate, the default
+            return without_etags  # an export line has no importMode: createOrUpdate, the default
 
         def rewrite(sink: Callable[[bytes], None]) -> Callable[[bytes], None]:
             def write(batch: bytes) -> None:
