@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from ..iothub import IoTHubNotFound, IoTHubServerError, IoTHubThrottled, IoTHubUnavailable
-from ..ledger import HubSlot, Job, JobKind, JobState, Ledger, LedgerConflict, advance, idempotency_key
+from ..ledger import HubSlot, Job, JobKind, JobNotFound, JobState, Ledger, LedgerConflict, advance, idempotency_key
 from ..reports import summary_document
 from ..storage import ArchiveKind, BlobRef, StorageError, fitted_name
 from ..uploads import move_to_archive
@@ -41,7 +41,7 @@ RETRY_CAP = timedelta(minutes=15)
 TRANSIENT: tuple[type[Exception], ...] = (IoTHubThrottled, IoTHubServerError, IoTHubUnavailable, StorageError)
 
 # Observers called with the name of each step just completed ("validated", "accepted", "claimed", "submitted",
-# "running", "harvested", "central_step"): the local runner uses one to kill the process between steps.
+# "running", "harvested", "ended", "central_step"): the local runner uses one to kill the process between steps.
 CHECKPOINTS: list[Callable[[str], None]] = []
 
 
@@ -156,6 +156,11 @@ class JobEngine:
         if job.retry_at is not None and now < job.retry_at:
             return None
         holder = self.slots.holder(partition)
+        if holder not in (None, job.job_id) and self._has_ended(partition, holder):
+            # Its process died between recording the end and freeing the slot: free it for it.
+            logger.warning("job %s ended without freeing the slot of %s: freed now", holder, partition)
+            self.slots.release(partition, holder, now=now)
+            holder = None
         if holder not in (None, job.job_id) or not self.slots.claim(partition, job.job_id, now=now):
             return None
         checkpoint("claimed")
@@ -165,6 +170,12 @@ class JobEngine:
             self.slots.release(partition, job.job_id, now=now)
             return None
         return self._submit(job)
+
+    def _has_ended(self, partition: str, job_id: str) -> bool:
+        try:
+            return self.ledger.get(partition, job_id).state.is_terminal
+        except JobNotFound:
+            return True  # no such job: nothing can be running under it
 
     def _submit(self, job: Job) -> Job:
         kind = self.kinds.get(job.kind)
@@ -300,11 +311,12 @@ class JobEngine:
         )
 
     def _close(self, job: Job, ending: Ending) -> Job:
-        """End a job: archive its upload, write its summary, record the end, free the slot, drop the work container.
+        """End a job: archive its upload, write its summary, let its kind drop what it no longer needs (``closed``),
+        record the end, free the slot, drop the work container.
 
-        The upload is archived and the summary written before the ledger records the end, so a crash in between
-        leaves the job open and the next pass repeats those (idempotent) steps; a crash after it leaves at most an
-        unused container.
+        Everything before the ledger records the end is idempotent: a crash in between leaves the job open and the
+        next pass repeats those steps (a file that held keys is never left behind by a crash); a crash after it
+        leaves at most an unused container.
         """
         succeeded = ending.state in (JobState.COMPLETED, JobState.COMPLETED_WITH_ERRORS)
         now = self.ctx.clock()
@@ -318,18 +330,19 @@ class JobEngine:
         final = advance(final, ending.state, now=now)
         doc = summary_document(job_view(final), dict(ending.summary))
         final = replace(final, reports={**final.reports, "summary": self.ctx.write_report(final, "summary.json", doc)})
+        kind = self.kinds.get(final.kind)
+        if kind is not None:
+            try:
+                kind.closed(final, self.ctx)
+            except StorageError as exc:
+                logger.warning("job %s is ending; cleaning up after it failed: %s", job.job_id, exc)
         job = self.ledger.save(final)
+        checkpoint("ended")
         self.slots.release(job.hub, job.job_id, now=now)
         try:
             self.ctx.storage.delete_container(job.work_container)
         except StorageError as exc:
             logger.warning("could not delete the work container of job %s: %s", job.job_id, exc)
-        kind = self.kinds.get(job.kind)
-        if kind is not None:
-            try:
-                kind.closed(job, self.ctx)
-            except StorageError as exc:
-                logger.warning("job %s ended; cleaning up after it failed: %s", job.job_id, exc)
         return job
 
     # --- uploads --------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ questions, each at one point of that lifecycle:
 - ``submit``: start it (a hub job to follow, or, for a kind that runs in the app, how it ended)
 - ``end``: how did its finished hub job end (counts, reports)?
 - ``adopt``: after a crash mid-submission, which started job is its own (None: it never started)?
-- ``closed``: the end is recorded; what can go now (a source that holds keys)?
+- ``closed``: the end is decided; what can go now (a source that holds keys)?
 
 Submitting meets faults the engine must tell apart; a kind raises one of:
 ``Busy`` (the executor is busy with work of others: wait, no back-off), ``Throttled`` (a passing refusal: wait,
@@ -128,6 +128,7 @@ class Kind(Protocol):
         ...
 
     def closed(self, job: Job, ctx: Context) -> None:
-        """The job's end is recorded (whatever it is, a cancel while queued too): drop what it no longer needs,
-        such as a source that holds keys. Idempotent: a crash may repeat it, or skip it (the next sweep does not)."""
+        """The job's end is decided (whatever it is, a cancel while queued too) and about to be recorded: drop what
+        it no longer needs, such as a source that holds keys. A crash before the end is recorded runs ``end`` and
+        this again: idempotent, and never removing what ``end`` reads a second time."""
         ...

@@ -311,10 +311,12 @@ def test_act_on_a_query_over_http_plans_then_runs_and_refuses_bad_input(stack: S
     assert missing.status_code in (400, 404) and missing.json()["error"]["code"] in ("BulkNotFound", "InvalidField")
 
 
-def test_a_bulk_run_killed_at_its_end_imports_once_and_still_drops_the_keys_it_minted(stack: Stack) -> None:
-    """regenerateKeys by query, its import killed after its end was read but before it was recorded: after the
-    restart, one import and one hub job; the devices have new keys; the generated file (the only place the keys
-    were written) is gone, and no key reached the log."""
+@pytest.mark.parametrize("step", ["harvested", "ended"])
+def test_a_bulk_run_killed_at_its_end_imports_once_and_still_drops_the_keys_it_minted(stack: Stack, step: str) -> None:
+    """regenerateKeys by query, its import killed after its end was read but before it was recorded (``harvested``),
+    or after it was recorded but before the hub's slot was freed (``ended``): after the restart, one import and one
+    hub job; the devices have new keys; the generated file (the only place the keys were written) is gone, no key
+    reached the log, and the hub takes the next upload."""
     stack.app.start()
     stack.drop("seed.jsonl", [dev(f"k-{i}", tags={"rotate": i < 3}) for i in range(5)])
     stack.app.wait_jobs(1)
@@ -331,7 +333,7 @@ def test_a_bulk_run_killed_at_its_end_imports_once_and_still_drops_the_keys_it_m
     bulk_file = r.json()["bulk"]["file"]
     assert bulk_file in [f"bulk/{n}" for n in stack.names("bulk")]
 
-    _crash_at(stack, "harvested")
+    _crash_at(stack, step)
     run = stack.app.call("POST", r.json()["run"].removeprefix("/api/"))
     assert run.status_code == 202, run.text
     _restart(stack)
@@ -345,3 +347,6 @@ def test_a_bulk_run_killed_at_its_end_imports_once_and_still_drops_the_keys_it_m
     assert bulk_file not in [f"bulk/{n}" for n in stack.names("bulk")]
     log = stack.app.log()
     assert not any(after[d] in log for d in ("k-0", "k-1", "k-2"))
+    stack.drop("next.jsonl", [dev("k-next")])
+    done = until(stack, lambda j: (j["source"] or "").endswith("next.jsonl") and j["state"] in TERMINAL)
+    assert [j["state"] for j in done if (j["source"] or "").endswith("next.jsonl")] == ["completed"]

@@ -396,3 +396,17 @@ def test_a_backup_as_the_hub_exports_it_restores(jobs: Jobs, clock: Clock, inclu
         assert strip == {k: {f: v for f, v in d.items() if f != "authentication"} for k, d in before.items()}
         assert after[("gw-1", None)]["authentication"] == before[("gw-1", None)]["authentication"]
         assert any("no keys" in n for n in done.notes)
+
+
+def test_a_slot_left_held_by_a_job_that_ended_is_freed_for_the_next(jobs: Jobs, clock: Clock) -> None:
+    """A process that dies after recording a job's end but before freeing the hub's slot must not block the hub."""
+    first = run_to_end(jobs, jobs.accept_upload(upload(jobs, "one.jsonl", devices(3)), "devhub"), clock)
+    assert first.state is JobState.COMPLETED
+    assert jobs.slots.claim("devhub", first.job_id, now=clock())  # as the dead process left it
+    nxt = jobs.accept_upload(upload(jobs, "two.jsonl", devices(3, prefix="e")), "devhub")
+
+    started = jobs.start_next("devhub")
+
+    assert started is not None and started.job_id == nxt.job_id
+    assert jobs.slots.holder("devhub") == nxt.job_id
+    assert run_to_end(jobs, nxt, clock).state is JobState.COMPLETED
