@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from ..iothub import IoTHubNotFound, IoTHubServerError, IoTHubThrottled, IoTHubUnavailable
+from ..iothub import IoTHubError, IoTHubNotFound, IoTHubServerError, IoTHubThrottled, IoTHubUnavailable
 from ..ledger import HubSlot, Job, JobKind, JobNotFound, JobState, Ledger, LedgerConflict, advance, idempotency_key
 from ..reports import summary_document
 from ..storage import ArchiveKind, BlobRef, StorageError, fitted_name
@@ -266,7 +266,7 @@ class JobEngine:
             return self._close(job, Ending(job, JobState.FAILED, reason))
         if not hub_job.status.is_terminal:
             if job.cancel_pending:
-                job = self._send_cancel(job)
+                job = self._send_cancel(job, raising=False)
             if hub_job.progress != job.progress:
                 job = self.ledger.save(replace(job, progress=hub_job.progress, updated=self.ctx.clock()))
             checkpoint("running")
@@ -295,17 +295,22 @@ class JobEngine:
         )
         return self._send_cancel(job)
 
-    def _send_cancel(self, job: Job) -> Job:
-        """Ask the executor to cancel ``job``; a passing fault leaves the request pending for the next pass."""
+    def _send_cancel(self, job: Job, *, raising: bool = True) -> Job:
+        """Ask the executor to cancel ``job``; a passing fault leaves the request pending for the next pass. A
+        definitive refusal ends the request: raised to the caller (``raising``), or logged by a monitor pass."""
         try:
             self.kinds[job.kind].cancel(job, self.ctx)
-        except CannotCancel:
-            self.ledger.save(replace(job, cancel_pending=False, waiting_for=None, updated=self.ctx.clock()))
-            raise
         except TRANSIENT as exc:
             logger.warning("cancelling job %s: %s; the monitor sends it again", job.job_id, exc)
             why = f"cancellation requested; the hub did not take it yet ({exc}): the monitor sends it again"
             return self.ledger.save(replace(job, waiting_for=why, updated=self.ctx.clock()))
+        except (CannotCancel, IoTHubError) as exc:
+            why = f"the cancellation was refused: {exc}"
+            job = self.ledger.save(replace(job, cancel_pending=False, waiting_for=why, updated=self.ctx.clock()))
+            if raising:
+                raise
+            logger.warning("cancelling job %s: %s", job.job_id, why)
+            return job
         return self.ledger.save(
             replace(job, cancel_pending=False, waiting_for="cancellation requested", updated=self.ctx.clock())
         )

@@ -17,7 +17,9 @@ import pytest
 from emulators.iothub import IoTHubEmulator
 from shared.backups import NotABackup
 from shared.config import Snapshots
-from shared.iothub import IoTHubClient
+from shared.engine import Context
+from shared.iothub import IoTHubAuthError, IoTHubClient
+from shared.kinds.imports import ImportKind
 from shared.ledger import Job, JobKind, JobState
 from shared.storage import ArchiveKind, BlobRef, within_limits
 
@@ -410,3 +412,39 @@ def test_a_slot_left_held_by_a_job_that_ended_is_freed_for_the_next(jobs: Jobs, 
     assert started is not None and started.job_id == nxt.job_id
     assert jobs.slots.holder("devhub") == nxt.job_id
     assert run_to_end(jobs, nxt, clock).state is JobState.COMPLETED
+
+
+class _RefusedCancel(ImportKind):
+    """An import whose cancel the hub refuses for good (as a 403 would), to see what the engine does with it."""
+
+    def cancel(self, job: Job, ctx: Context) -> None:
+        raise IoTHubAuthError(
+            "forbidden", status=403, code=403001, code_name="IotHubUnauthorizedAccess", request_id=None
+        )
+
+
+def test_a_cancel_refused_for_good_ends_the_request_and_never_stops_a_monitor_pass(
+    jobs: Jobs, iothub: IoTHubEmulator, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = dataclasses.replace(jobs.engine, kinds={**jobs.engine.kinds, JobKind.IMPORT: _RefusedCancel()})
+    p = Jobs(engine)
+    job = p.accept_upload(upload(p, "r.jsonl", devices(3)), "devhub")
+    control(iothub, "jobs", {"paused": True})
+    running = p.start_next("devhub")
+    assert running is not None and running.state is JobState.RUNNING
+
+    with pytest.raises(IoTHubAuthError):  # the caller (the HTTP call) hears why
+        engine.cancel(running)
+    refused = p.ledger.get("devhub", job.job_id)
+    assert not refused.cancel_pending and "refused" in (refused.waiting_for or "")
+
+    # A request left pending by an earlier throttled attempt meets the refusal in a monitor pass: one warning, the
+    # pass goes on, the request ends.
+    p.ledger.save(dataclasses.replace(refused, cancel_pending=True))
+    with caplog.at_level(logging.WARNING):
+        p.monitor_pass("devhub")
+    after = p.ledger.get("devhub", job.job_id)
+    assert after.state is JobState.RUNNING and not after.cancel_pending
+    assert any("refused" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    control(iothub, "jobs", {"paused": False})
+    assert run_to_end(p, job, clock).state is JobState.COMPLETED
