@@ -59,17 +59,22 @@ def seed(stack: Stack, n: int = 20) -> None:
     stack.app.wait_jobs(1)
 
 
+# A file to preview against ``seed``: a create the hub refuses (f-1 exists), an update, a delete, a delete it refuses
+# (nobody), a create.
+PREVIEWED = [
+    dev("f-1", "create"),
+    dev("f-2", status="disabled"),
+    {"id": "f-3", "importMode": "delete"},
+    {"id": "nobody", "importMode": "delete"},
+    dev("brand-new", "create"),
+]
+
+
 def test_a_plan_over_http_answers_what_an_import_would_do_and_changes_nothing(stack: Stack) -> None:
     stack.app.start()
     seed(stack)
     before = state(stack)
-    lines = [
-        dev("f-1", "create"),
-        dev("f-2", status="disabled"),
-        {"id": "f-3", "importMode": "delete"},
-        {"id": "nobody", "importMode": "delete"},
-        dev("brand-new", "create"),
-    ]
+    lines = PREVIEWED
     r = stack.app.call(
         "POST",
         "imports/plan",

@@ -18,7 +18,7 @@ from tests.integration.helpers import control, hub_call
 from tests.integration.helpers import device_line as dev
 
 from .app import Stack
-from .test_fleet import import_changes, ndjson, seed, state, until
+from .test_fleet import PREVIEWED, import_changes, ndjson, seed, state, until
 
 pytestmark = pytest.mark.realistic
 
@@ -42,13 +42,7 @@ def test_a_preview_answers_what_an_import_would_do_and_changes_nothing(realistic
     stack.app.start()
     seed(stack)
     before = state(stack)
-    lines = [
-        dev("f-1", "create"),
-        dev("f-2", status="disabled"),
-        {"id": "f-3", "importMode": "delete"},
-        {"id": "nobody", "importMode": "delete"},
-        dev("brand-new", "create"),
-    ]
+    lines = PREVIEWED
     with throttled(stack):
         r = stack.app.call(
             "POST",
