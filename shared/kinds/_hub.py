@@ -82,11 +82,37 @@ def _urls(job: Job, ctx: Context) -> tuple[str, str]:
     )
 
 
-def export_registry(job: Job, client: IoTHubClient, container_url: tuple[str, str], ctx: Context) -> HubJob:
-    """An export of the whole registry, keys included, into the job's own work container (``REGISTRY_BLOB``): what a
-    plan or a rollback joins with its file. The container goes with the job, and no key reaches a report."""
+def export_registry(
+    job: Job,
+    client: IoTHubClient,
+    container_url: tuple[str, str],
+    ctx: Context,
+    *,
+    keys: bool = True,
+    configurations: bool = False,
+) -> HubJob:
+    """An export of the whole registry (keys included unless ``keys`` is false; with ``configurations``, the hub's
+    configurations beside it) into the job's own work container, as ``REGISTRY_BLOB``: what a plan, a rollback or a
+    migration's verification joins with its own side. The container goes with the job; no key reaches a report."""
     return client.create_export_job(
-        container_url[1], output_blob_name=REGISTRY_BLOB, exclude_keys=False, identity_based=ctx.identity_based
+        container_url[1],
+        output_blob_name=REGISTRY_BLOB,
+        exclude_keys=not keys,
+        identity_based=ctx.identity_based,
+        include_configurations=configurations,
+    )
+
+
+def export_devices(
+    job: Job, client: IoTHubClient, container_url: tuple[str, str], ctx: Context, *, configurations: bool
+) -> HubJob:
+    """An export of the registry as a backup holds it (``WORK_DEVICES_BLOB``, keys as the job asks; configurations
+    beside it when asked), into the job's work container: a backup's, or a migration's source."""
+    return client.create_export_job(
+        container_url[1],
+        exclude_keys=not job.include_keys,
+        identity_based=ctx.identity_based,
+        include_configurations=configurations,
     )
 
 

@@ -22,7 +22,7 @@ from ..iothub import Job as HubJob
 from ..iothub import JobStatus as HubStatus
 from ..ledger import Job, JobKind, JobState
 from ..storage import BlobRef
-from ._hub import WORK_DEVICES_BLOB, HubJobKind
+from ._hub import WORK_DEVICES_BLOB, HubJobKind, export_devices
 
 
 class ExportKind(HubJobKind):
@@ -36,12 +36,7 @@ class ExportKind(HubJobKind):
         return replace(job, backup_folder=backup_folder(job.hub, job.created))
 
     def create(self, job: Job, client: IoTHubClient, container_url: tuple[str, str], ctx: Context) -> HubJob:
-        return client.create_export_job(
-            container_url[1],
-            exclude_keys=not job.include_keys,
-            identity_based=ctx.identity_based,
-            include_configurations=self.include_configurations,
-        )
+        return export_devices(job, client, container_url, ctx, configurations=self.include_configurations)
 
     def end(self, job: Job, hub_job: HubJob, ctx: Context) -> Ending:
         if hub_job.status is HubStatus.CANCELLED:

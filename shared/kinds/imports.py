@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 # An exported line carries the ETags of the moment it was exported. The hub checks a supplied twinETag even in
 # createOrUpdate mode (import/export docs: "twinETag ... processed independently"), so a restore sends neither:
 # it puts the backup's state back whatever happened since.
-_EXPORT_ETAGS = ("eTag", "twinETag")
+EXPORT_ETAGS = ("eTag", "twinETag")
 
 
 class ImportKind(HubJobKind):
@@ -400,7 +400,7 @@ def without_etags(sink: Callable[[bytes], None]) -> Callable[[bytes], None]:
         for i, line in enumerate(lines):
             if b'Tag"' in line:  # cheap test first: most lines of an export have both
                 doc = orjson.loads(line)
-                for name in _EXPORT_ETAGS:
+                for name in EXPORT_ETAGS:
                     doc.pop(name, None)
                 lines[i] = orjson.dumps(doc)
         sink(b"\n".join(lines))

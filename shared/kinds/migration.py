@@ -35,9 +35,9 @@ from ..iothub import Job as HubJob
 from ..iothub import JobStatus as HubStatus
 from ..ledger import Job, JobKind, JobState, advance
 from ..storage import JSON_TYPE, BlobRef, StorageError
-from ._hub import REGISTRY_BLOB, HubJobKind, export_unfinished
+from ._hub import REGISTRY_BLOB, HubJobKind, export_devices, export_registry, export_unfinished
 from .export import keep_export
-from .imports import RestoreKind, without_etags
+from .imports import EXPORT_ETAGS, RestoreKind, without_etags
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +67,9 @@ class MigrationVerifyKind(HubJobKind):
         return job  # reads the migration's export, checked when the import was prepared
 
     def create(self, job: Job, client: IoTHubClient, container_url: tuple[str, str], ctx: Context) -> HubJob:
-        return client.create_export_job(
-            container_url[1],
-            output_blob_name=REGISTRY_BLOB,
-            exclude_keys=not job.include_keys,  # keys are compared only when they were copied
-            identity_based=ctx.identity_based,
-            include_configurations=job.include_configurations,
-        )
+        # Keys are compared only when they were copied.
+        keys, configurations = job.include_keys, job.include_configurations
+        return export_registry(job, client, container_url, ctx, keys=keys, configurations=configurations)
 
     def end(self, job: Job, hub_job: HubJob, ctx: Context) -> Ending:
         if (ended := export_unfinished(job, hub_job, "the migration was not verified")) is not None:
@@ -171,8 +167,8 @@ class MigrationImportKind(RestoreKind):
                 for line in batch.split(b"\n"):
                     if line.strip():
                         doc = orjson.loads(line)
-                        doc.pop("eTag", None)
-                        doc.pop("twinETag", None)
+                        for name in EXPORT_ETAGS:  # as a restore drops them
+                            doc.pop(name, None)
                         doc["importMode"] = "create"
                         line = orjson.dumps(doc)  # noqa: PLW2901 - the line as the hub gets it
                     out.append(line)
@@ -232,12 +228,7 @@ class MigrationKind(HubJobKind):
         return job
 
     def create(self, job: Job, client: IoTHubClient, container_url: tuple[str, str], ctx: Context) -> HubJob:
-        return client.create_export_job(
-            container_url[1],
-            exclude_keys=not job.include_keys,
-            identity_based=ctx.identity_based,
-            include_configurations=job.include_configurations,
-        )
+        return export_devices(job, client, container_url, ctx, configurations=job.include_configurations)
 
     def end(self, job: Job, hub_job: HubJob, ctx: Context) -> Ending:
         if (ended := export_unfinished(job, hub_job, f"nothing was imported into {job.peer_hub}")) is not None:
