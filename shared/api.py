@@ -382,16 +382,16 @@ def start_migration(svc: Services, inp: Inputs) -> Reply:
         )
     except CannotMigrate as exc:
         raise ApiError(400, "CannotMigrate", str(exc)) from None
-    return _migration_reply(svc, job, 202)
+    return _migration_reply(svc, svc.migration_steps(job), 202)
 
 
 @handles(schemas.GET_MIGRATION)
 def get_migration(svc: Services, inp: Inputs) -> Reply:
-    return _migration_reply(svc, svc.ledger.get(_hub(svc, inp.path["hub"]), inp.path["job_id"]))
+    return _migration_reply(svc, svc.migration(_hub(svc, inp.path["hub"]), inp.path["job_id"]))
 
 
-def _migration_reply(svc: Services, job: Job, status: int = 200) -> Reply:
-    exported, imported, verified = svc.migration(job.hub, job.job_id)
+def _migration_reply(svc: Services, steps: tuple[Job, Job | None, Job | None], status: int = 200) -> Reply:
+    exported, imported, verified = steps
     body = migration_view(exported, imported, verified)
     reports = {
         f"{step}.{name}": path

@@ -270,13 +270,17 @@ class Services:
         exported = self.ledger.get(source, migration_id)
         if exported.kind is not JobKind.MIGRATION or exported.peer_hub is None:
             raise JobNotFound(migration_id)
+        return self.migration_steps(exported)
+
+    def migration_steps(self, exported: Job) -> tuple[Job, Job | None, Job | None]:
+        """The three jobs of the migration whose first job is ``exported``."""
         target = exported.peer_hub
-        if target not in self.settings.hubs:  # configured away since: its jobs cannot be read any more
+        if target is None or target not in self.settings.hubs:  # configured away since: its jobs cannot be read
             return exported, None, None
         return (
             exported,
-            self.ledger.find_by_key(target, import_key(migration_id)),
-            self.ledger.find_by_key(target, verify_key(migration_id)),
+            self.ledger.find_by_key(target, import_key(exported.job_id)),
+            self.ledger.find_by_key(target, verify_key(exported.job_id)),
         )
 
     def export(self, hub: str, *, include_keys: bool, key: str | None = None) -> Job:
