@@ -70,18 +70,23 @@ PREVIEWED = [
 ]
 
 
-def test_a_plan_over_http_answers_what_an_import_would_do_and_changes_nothing(stack: Stack) -> None:
-    stack.app.start()
-    seed(stack)
-    before = state(stack)
-    lines = PREVIEWED
-    r = stack.app.call(
+def preview(stack: Stack, lines: list[dict[str, Any]]) -> requests.Response:
+    """POST the file to /api/imports/plan, waiting up to 60 s for the plan."""
+    return stack.app.call(
         "POST",
         "imports/plan",
         params={"hub": "devhub", "wait": "60"},
         data=ndjson(lines),
         headers={"content-type": "application/x-ndjson"},
     )
+
+
+def test_a_plan_over_http_answers_what_an_import_would_do_and_changes_nothing(stack: Stack) -> None:
+    stack.app.start()
+    seed(stack)
+    before = state(stack)
+    lines = PREVIEWED
+    r = preview(stack, lines)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["kind"] == "plan" and body["state"] == "completed"

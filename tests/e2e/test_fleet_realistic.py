@@ -18,7 +18,7 @@ from tests.integration.helpers import control, hub_call
 from tests.integration.helpers import device_line as dev
 
 from .app import Stack
-from .test_fleet import PREVIEWED, import_changes, ndjson, seed, state, until
+from .test_fleet import PREVIEWED, import_changes, preview, seed, state, until
 
 pytestmark = pytest.mark.realistic
 
@@ -44,13 +44,7 @@ def test_a_preview_answers_what_an_import_would_do_and_changes_nothing(realistic
     before = state(stack)
     lines = PREVIEWED
     with throttled(stack):
-        r = stack.app.call(
-            "POST",
-            "imports/plan",
-            params={"hub": "devhub", "wait": "60"},
-            data=ndjson(lines),
-            headers={"content-type": "application/x-ndjson"},
-        )
+        r = preview(stack, lines)
     assert r.status_code in (200, 202), r.text
     job = r.json()
     if job["state"] != "completed":  # the hub's export took longer than the request waits: the plan is its report

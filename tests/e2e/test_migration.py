@@ -156,11 +156,19 @@ def test_a_hub_migrated_over_http_is_verified_device_by_device(two_hubs: tuple[S
     again = stack.app.call("POST", "migrations", json={"from": "devhub", "to": "stagehub"})
     assert again.json()["migrationId"] == started["migrationId"]  # sent twice while under way: one migration
 
-    stages: set[str] = set()
-    done = follow(stack, started, lambda d: stages.add(d["stage"]) or ended(d))  # type: ignore[func-returns-value]
+    seen: list[tuple[str, int]] = []
+
+    def record(doc: dict[str, Any]) -> bool:
+        seen.append((doc["stage"], doc["progress"]))
+        return ended(doc)
+
+    done = follow(stack, started, record)
     assert done["state"] == "completed", json.dumps(done)[:3000]
     assert done["stage"] == "done" and done["progress"] == 100
-    assert {"export", "import", "verify"} & stages  # progress was shown step by step
+    # Followed step by step: the stages come in order and the progress never goes back.
+    order = ["export", "import", "verify", "done"]
+    assert [order.index(stage) for stage, _ in seen] == sorted(order.index(stage) for stage, _ in seen), seen
+    assert [progress for _, progress in seen] == sorted(progress for _, progress in seen), seen
     verification = done["verification"]
     assert (verification["compared"], verification["equal"], verification["missing"]) == (13, 12, 0)
     assert verification["counts"]["source"] == verification["counts"]["target"]

@@ -265,6 +265,7 @@ def test_a_step_ended_twice_queues_the_next_step_once(pair: Jobs, clock: Clock) 
     kind = pair.engine.kinds[JobKind.MIGRATION]
     hub_job = pair.hubs["devhub"].get_job(job.hub_job_id or "")
     while not hub_job.status.is_terminal:
+        time.sleep(0.05)
         hub_job = pair.hubs["devhub"].get_job(job.hub_job_id or "")
     first = kind.end(job, hub_job, pair.engine.ctx)
     second = kind.end(job, hub_job, pair.engine.ctx)  # the crash: ended again by the next pass
