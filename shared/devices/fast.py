@@ -11,7 +11,6 @@ what is wrong. A property test holds the two to that contract (``tests/unit/test
 
 from __future__ import annotations
 
-import binascii
 from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
@@ -45,39 +44,47 @@ FAST_LINE_MAX = PROPERTY_VALUE_MAX_BYTES * 2 // 9
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.%_*?!(),:=@$'"
 _HEX = "0123456789abcdefABCDEF"
 _BAD_TWIN_KEY = TWIN_KEY_BAD.search
-_a2b = binascii.a2b_base64
 _NEEDS_TWIN_ETAG = frozenset(TWIN_ETAG_MODES)
 _IF_MATCH_MODES = frozenset(ETAG_MODES) | _NEEDS_TWIN_ETAG  # the modes that need eTag, or twinETag
 _META = ("$metadata", "$version")
 
 
-class _SymmetricKey(msgspec.Struct, forbid_unknown_fields=True):
-    primaryKey: str | None = None
-    secondaryKey: str | None = None
+# A key is decoded from strict base64 and its length checked in C, as a ``bytes`` field: what msgspec accepts as
+# base64 the full check's ``binascii.a2b_base64(strict_mode=True)`` accepts too (a property test holds them to it).
+_Key = Annotated[bytes, msgspec.Meta(min_length=MIN_KEY_BYTES, max_length=MAX_KEY_BYTES)]
+_Thumb = Annotated[str, msgspec.Meta(min_length=40, max_length=64)]
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 
-class _X509(msgspec.Struct, forbid_unknown_fields=True):
-    primaryThumbprint: str | None = None
-    secondaryThumbprint: str | None = None
+# gc=False: these structs hold no cycles, and untracked objects cost the cyclic collector nothing when a million
+# of them pass through (a tracked struct per line made collections a large share of the time).
+class _SymmetricKey(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    primaryKey: _Key | None = None
+    secondaryKey: _Key | None = None
 
 
-class _Authentication(msgspec.Struct, forbid_unknown_fields=True):
+class _X509(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    primaryThumbprint: _Thumb | None = None
+    secondaryThumbprint: _Thumb | None = None
+
+
+class _Authentication(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     type: AuthType | None = None
     symmetricKey: _SymmetricKey | None = None
     x509Thumbprint: _X509 | None = None
 
 
-class _Capabilities(msgspec.Struct, forbid_unknown_fields=True):
+class _Capabilities(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     iotEdge: bool = False
 
 
-class _Properties(msgspec.Struct, Generic[V], forbid_unknown_fields=True):
+class _Properties(msgspec.Struct, Generic[V], forbid_unknown_fields=True, gc=False):
     desired: dict[str, V] | None = None
     reported: dict[str, V] | None = None
 
 
-class _Line(msgspec.Struct, Generic[V], forbid_unknown_fields=True):
-    id: str
+class _Line(msgspec.Struct, Generic[V], forbid_unknown_fields=True, gc=False):
+    id: _Id
     importMode: ImportMode | None = None
     status: Status | None = None
     statusReason: Annotated[str, msgspec.Meta(max_length=STATUS_REASON_MAX)] | None = None
@@ -92,7 +99,7 @@ class _Line(msgspec.Struct, Generic[V], forbid_unknown_fields=True):
 
 
 # Two decoders: flat twins for the usual lines, and twins with "$metadata" for lines exported from a hub (a backup
-# being restored), told apart by a substring search so that the usual lines pay nothing for the second shape.
+# being restored), told apart by a substring search so that neither shape pays for the other.
 _decode = msgspec.json.Decoder(_Line[Scalar]).decode
 _decode_exported = msgspec.json.Decoder(_Line[MetaValue]).decode
 _NOT_FAST = (msgspec.DecodeError, ValueError)  # a ValidationError is a DecodeError; bad UTF-8 a ValueError
@@ -100,57 +107,81 @@ _NOT_FAST = (msgspec.DecodeError, ValueError)  # a ValidationError is a DecodeEr
 
 def accept(raw: bytes) -> tuple[str, str] | None:
     """(device id, import mode) when the line is certainly valid; None when the full check must look at it."""
-    # Escapes go to the full check: one could hide a lone surrogate, which the two parsers do not treat alike.
-    if len(raw) > FAST_LINE_MAX or b"\\" in raw:
-        return None
-    exported = False
-    try:
-        line: _Line[Any] = _decode(raw)
-    except _NOT_FAST:
-        # Only a line that fails the usual shape pays for the exported one.
-        if b'"$metadata"' not in raw:
-            return None
+    ids: list[str] = []
+    modes: list[str] = []
+    accept_run([raw], 0, ids, modes)
+    return (ids[0], modes[0]) if ids else None
+
+
+def accept_run(batch: list[bytes | None], start: int, ids: list[str], modes: list[str]) -> int:
+    """Accept lines from ``batch[start]`` on while each is certainly valid; the index of the first that is not.
+
+    The id and import mode of each accepted line are appended to ``ids`` and ``modes``. One call covers a run of
+    lines (all of a valid file's batch, usually), so the hot loop pays no call per line. ``None`` (an over-long
+    line) and anything this cannot prove valid end the run: the caller gives that line to the full check.
+    """
+    add_id, add_mode = ids.append, modes.append
+    decode, decode_exported, not_fast = _decode, _decode_exported, _NOT_FAST
+    for i in range(start, len(batch)):
+        raw = batch[i]
+        # Escapes go to the full check: one could hide a lone surrogate, which the two parsers do not treat alike.
+        if raw is None or len(raw) > FAST_LINE_MAX or b"\\" in raw:
+            return i
+        # A line exported from a hub (twin metadata) goes straight to its own shape, so it is decoded once.
+        exported = b'"$metadata"' in raw
         try:
-            line = _decode_exported(raw)
-        except _NOT_FAST:
-            return None
-        exported = True
-    dev = line.id
-    if not 0 < len(dev) <= 128 or dev.strip(_ID_CHARS):
-        return None
-    mode = line.importMode or DEFAULT_MODE
-    if line.status is None and mode not in NO_STATUS_MODES:
-        return None
-    if mode in _IF_MATCH_MODES and not (line.twinETag if mode in _NEEDS_TWIN_ETAG else line.eTag):
-        return None
-    if line.authentication is not None and not _authentication_ok(line.authentication):
-        return None
-    # Twin keys: values are scalars by type, so the top-level keys of each section are all its keys.
-    tags, props = line.tags, line.properties
-    if exported:
-        keys_text = _exported_twin_keys(tags, props)
-        if keys_text is None:
-            return None
-    else:
-        keys_text = "".join(tags) if tags else ""
-        if props is not None:
-            if props.desired:
-                keys_text += "".join(props.desired)
-            if props.reported:
-                keys_text += "".join(props.reported)
-    if keys_text and not keys_text.isalnum() and _BAD_TWIN_KEY(keys_text):
-        return None
-    return dev, mode
+            line: _Line[Any] = decode_exported(raw) if exported else decode(raw)
+        except not_fast:
+            return i
+        dev = line.id
+        if dev.strip(_ID_CHARS):  # its length (1-128) is the type's
+            return i
+        mode = line.importMode or DEFAULT_MODE
+        if line.status is None and mode not in NO_STATUS_MODES:
+            return i
+        if mode in _IF_MATCH_MODES and not (line.twinETag if mode in _NEEDS_TWIN_ETAG else line.eTag):
+            return i
+        auth = line.authentication
+        if auth is not None:
+            # The usual shape decided inline: a SAS device with both keys (base64 decoded and sized by the type).
+            keys = auth.symmetricKey
+            if not (
+                keys is not None
+                and auth.x509Thumbprint is None
+                and keys.primaryKey is not None
+                and keys.secondaryKey is not None
+                and auth.type in (None, "sas")
+            ) and not _authentication_ok(auth):
+                return i
+        # Twin keys: values are scalars by type, so the top-level keys of each section are all its keys.
+        tags, props = line.tags, line.properties
+        if exported:
+            keys_text = _exported_twin_keys(tags, props)
+            if keys_text is None:
+                return i
+        else:
+            keys_text = "".join(tags) if tags else ""
+            if props is not None:
+                if props.desired:
+                    keys_text += "".join(props.desired)
+                if props.reported:
+                    keys_text += "".join(props.reported)
+        if keys_text and not keys_text.isalnum() and _BAD_TWIN_KEY(keys_text):
+            return i
+        add_id(dev)
+        add_mode(mode)
+    return len(batch)
 
 
 def _authentication_ok(auth: _Authentication) -> bool:
-    """The full check's authentication rules, for what the types let through; the usual shapes are decided first."""
+    """The full check's authentication rules, for what the types let through (keys are valid base64 of 16-64
+    bytes, thumbprints 40-64 characters, by type)."""
     kind, keys, thumbs = auth.type, auth.symmetricKey, auth.x509Thumbprint
     k1, k2 = (None, None) if keys is None else (keys.primaryKey, keys.secondaryKey)
     if thumbs is None or (thumbs.primaryThumbprint is None and thumbs.secondaryThumbprint is None):
         if k1 is None and k2 is None:
             return kind != "selfSigned"  # it needs a primary thumbprint
-        return kind in (None, "sas") and k1 is not None and k2 is not None and _key_ok(k1) and _key_ok(k2)
+        return kind in (None, "sas") and k1 is not None and k2 is not None
     if k1 is not None or k2 is not None or kind not in (None, "selfSigned"):
         return False
     t1, t2 = thumbs.primaryThumbprint, thumbs.secondaryThumbprint
@@ -178,14 +209,6 @@ def _metadata_only(section: dict[str, MetaValue]) -> bool:
     exported lines have objects anywhere, one level deep, so this keeps every other value a scalar."""
     objects = list(map(type, section.values())).count(dict)
     return objects == 0 or (objects == 1 and type(section.get("$metadata")) is dict)
-
-
-def _key_ok(key: str) -> bool:
-    # The same test as the full check's (strict base64, 16-64 bytes), without building a message.
-    try:
-        return MIN_KEY_BYTES <= len(_a2b(key, strict_mode=True)) <= MAX_KEY_BYTES
-    except ValueError:  # binascii.Error, and non-ASCII text
-        return False
 
 
 def _thumb_ok(thumb: str) -> bool:

@@ -827,6 +827,52 @@ def test_fast_path_holds_its_contract_on_mutated_bytes(line: dict[str, Any], at:
     assert_fast_agrees(bytes(raw))
 
 
+B64_NEAR = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ .", max_size=96)
+
+
+@settings(max_examples=2000)
+@given(st.one_of(B64_NEAR, st.binary(min_size=10, max_size=70).map(lambda b: base64.b64encode(b).decode())))
+def test_fast_path_keys_are_what_the_full_check_calls_keys(text: str) -> None:
+    """The fast path decodes keys as a typed ``bytes`` field (msgspec's base64, in C) instead of calling
+    ``a2b_base64(strict_mode=True)``: whatever msgspec accepts there, the full check must accept too."""
+    raw = json.dumps(
+        {
+            "id": "d1",
+            "status": "enabled",
+            "authentication": {"type": "sas", "symmetricKey": {"primaryKey": text, "secondaryKey": KEY}},
+        }
+    ).encode()
+    assert_fast_agrees(raw)
+
+
+def test_a_run_of_lines_stops_at_the_first_the_fast_path_cannot_prove() -> None:
+    good = [json.dumps({"id": f"d{i}", "status": "enabled"}).encode() for i in range(4)]
+    batch: list[bytes | None] = [good[0], good[1], b'{"id": "d?", "status": "on"}', None, good[2], b"", good[3]]
+    ids: list[str] = []
+    modes: list[str] = []
+    assert fast.accept_run(batch, 0, ids, modes) == 2
+    assert fast.accept_run(batch, 3, ids, modes) == 3  # an over-long line (None) is never accepted
+    assert fast.accept_run(batch, 4, ids, modes) == 5  # nor a blank one
+    assert fast.accept_run(batch, 6, ids, modes) == 7
+    assert ids == ["d0", "d1", "d2", "d3"] and modes == ["createOrUpdate"] * 4
+
+
+def test_lines_around_the_slow_ones_keep_their_numbers_and_ids() -> None:
+    """A batch mixes runs of fast lines with lines the full check decides: line numbers and repeats stay exact."""
+    lines = [json.dumps({"id": f"d{i}", "status": "enabled"}) for i in range(7)]
+    # Valid, but escaped (json.dumps writes \u00e9), so the full check decides them: repeats of d0 and d1.
+    lines[2] = json.dumps({"id": "d0", "status": "enabled", "statusReason": "caf\u00e9"})
+    lines[4] = json.dumps({"id": "d1", "status": "enabled", "statusReason": "\u00e9t\u00e9"})
+    lines[5] = json.dumps({"id": "d5", "status": "on"})  # invalid: explained on its own line
+    report = validate_stream(io.BytesIO(("\n".join(lines) + "\n\n").encode()))
+    assert sorted((f.line, f.code) for f in report.errors) == [
+        (3, Code.DUPLICATE_ID),
+        (5, Code.DUPLICATE_ID),
+        (6, Code.INVALID_STATUS),
+    ]
+    assert report.lines == 7 and report.blank_lines == 1
+
+
 def test_common_shapes_take_the_fast_path() -> None:
     """The bench's speed rests on this: the usual lines never reach the full check."""
     fast = [line for line in VALID_LINES if accept(json.dumps(line, separators=(",", ":")).encode())]
