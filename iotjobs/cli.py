@@ -151,6 +151,21 @@ def follow(api: Api, job: dict[str, Any]) -> dict[str, Any]:
         return api.follow(job, show)
 
 
+def follow_through(api: Api, job: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Follow a job to its end, then the job its work goes on in (``followUp``: a rollback's inverse import), and
+    so on; returns the last one as it ended, whose outcome is the work's. Each job ended before it is shown."""
+    job = follow(api, job) if job["state"] not in TERMINAL else job
+    while job["state"] == "completed" and job.get("followUp"):
+        if not args.json:
+            for line in outcome(api, api.job(job["hub"], job["jobId"])):
+                out.print(line, markup=False)
+        err.print(f"following job {job['followUp']} on {job['hub']}, where the work goes on", markup=False)
+        job = api.job(job["hub"], job["followUp"])
+        if job["state"] not in TERMINAL:
+            job = follow(api, job)
+    return job
+
+
 def finish(api: Api, job: dict[str, Any], args: argparse.Namespace) -> int:
     if "links" not in job:  # a job as listed: read it whole, with its report links
         job = api.job(job["hub"], job["jobId"])
@@ -193,9 +208,9 @@ def cmd_upload(api: Api, args: argparse.Namespace) -> int:
     err.print(f"uploaded {UPLOADS}/{name} ({size:,} bytes); waiting for the app to record its job …", markup=False)
     partition = CENTRAL if name.startswith(f"{CENTRAL}/") else args.hub
     job = api.job_of_upload(name, etag, hub=partition, wait=args.wait)
-    if args.follow and job["state"] not in TERMINAL:
-        job = follow(api, job)
-    elif not args.follow and job["state"] not in TERMINAL:
+    if args.follow:
+        job = follow_through(api, job, args)
+    elif job["state"] not in TERMINAL:
         err.print(hint(job), markup=False)
         if args.json:
             out.print_json(data=job)
@@ -216,8 +231,8 @@ def cmd_jobs(api: Api, args: argparse.Namespace) -> int:
 
 def cmd_job(api: Api, args: argparse.Namespace) -> int:
     job = api.job(args.hub, args.job_id)
-    if args.follow and job["state"] not in TERMINAL:
-        job = follow(api, job)
+    if args.follow:
+        job = follow_through(api, job, args)
     if job["state"] not in TERMINAL and not args.json:
         out.print(f"job {job['jobId']} on {job['hub']}: {job['state']} {job.get('progress', 0)}%", markup=False)
         if job.get("waitingFor"):
@@ -243,7 +258,7 @@ def _started(api: Api, jobs: list[dict[str, Any]], args: argparse.Namespace) -> 
     """Report jobs just started; with --follow, follow each to its end (exit code: the worst outcome)."""
     code = OK
     for started in jobs:
-        job = follow(api, started) if args.follow and started["state"] not in TERMINAL else started
+        job = follow_through(api, started, args) if args.follow else started
         if job["state"] in TERMINAL:
             code = max(code, finish(api, job, args), key=_severity)
         elif args.json:
@@ -597,7 +612,11 @@ def parser() -> argparse.ArgumentParser:
     rollback.add_argument("job_id")
     rollback.add_argument("--hub", required=True)
     rollback.add_argument("--force", action="store_true", help="undo even devices changed since the import")
-    rollback.add_argument("--follow", action="store_true")
+    rollback.add_argument(
+        "--follow",
+        action="store_true",
+        help="follow it, then the import of the inverse file; the exit code is its outcome",
+    )
     rollback.set_defaults(run=cmd_rollback)
 
     bulk = command(

@@ -27,6 +27,11 @@ def _lines(path: Path, rows: list[dict[str, object]]) -> Path:
 
 @pytest.fixture
 def iotjobs(stack: Stack, tmp_path: Path):  # type: ignore[no-untyped-def]
+    return runner(stack, tmp_path)
+
+
+def runner(stack: Stack, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The iotjobs command against the stack's app (started now, with the settings it has)."""
     assert SCRIPT.exists(), "the iotjobs command is not installed: run `make setup`"
     app = stack.app.start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTJOBS_")}
@@ -162,3 +167,45 @@ def test_bulk_plans_a_query_then_runs_and_follows_it_with_the_usual_exit_codes(
     assert bad.returncode == 1 and "InvalidQuery" in bad.stderr, bad.stderr
     unknown = iotjobs("bulk", "run", "20260101T000000Z-0a1b2c")
     assert unknown.returncode == 1 and "BulkNotFound" in unknown.stderr, unknown.stderr
+
+
+def test_rollback_follow_follows_the_inverse_import_to_its_end_and_exits_with_its_outcome(
+    stack: Stack, tmp_path: Path
+) -> None:
+    stack.app.values["IMPORT_SNAPSHOTS"] = "explicit"  # the app's default (the local stack turns it off)
+    iotjobs = runner(stack, tmp_path)
+    fleet = _lines(tmp_path / "fleet.jsonl", [device_line(f"rb-{i}", "create") for i in range(4)])
+    imported = iotjobs("--json", "upload", str(fleet), "--follow")
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    import_id = json.loads(imported.stdout)["jobId"]
+
+    undone = iotjobs("rollback", import_id, "--hub", "devhub", "--follow")
+    assert undone.returncode == 0, undone.stdout + undone.stderr
+    jobs = stack.app.jobs()
+    (rollback,) = [j for j in jobs if j["kind"] == "rollback"]
+    (inverse,) = [j for j in jobs if j["kind"] == "import" and j["rollbackOf"] == import_id]
+    # The rollback names the import its work goes on in; when the command returned, that import had ended too.
+    assert stack.app.job("devhub", rollback["jobId"])["followUp"] == inverse["jobId"]
+    assert inverse["state"] == "completed"
+    assert [hub_call(stack.hub, "GET", f"/devices/rb-{i}").status_code for i in range(4)] == [404] * 4
+    # Both outcomes shown, the rollback's first, then the import's, whose outcome is the exit code.
+    out = undone.stdout
+    at_rollback = out.index(f"job {rollback['jobId']} on devhub: completed (rollback)")
+    at_import = out.index(f"job {inverse['jobId']} on devhub: completed (import of snapshots/")
+    assert at_rollback < at_import, out
+    assert f"following job {inverse['jobId']} on devhub" in undone.stderr
+
+    # As JSON: the job printed, whose state is the exit code, is the inverse import, ended.
+    again = iotjobs("--json", "upload", str(fleet), "--follow")
+    assert again.returncode == 0, again.stderr
+    second = iotjobs("--json", "rollback", json.loads(again.stdout)["jobId"], "--hub", "devhub", "--follow")
+    assert second.returncode == 0, second.stdout + second.stderr
+    last = json.loads(second.stdout)
+    assert (last["kind"], last["rollbackOf"], last["state"]) == (
+        "import",
+        json.loads(again.stdout)["jobId"],
+        "completed",
+    )
+    # and `iotjobs job <rollback> --follow` follows through the same way
+    followed = iotjobs("--json", "job", "devhub", rollback["jobId"], "--follow")
+    assert followed.returncode == 0 and json.loads(followed.stdout)["jobId"] == inverse["jobId"], followed.stdout
