@@ -177,16 +177,42 @@ def finish(api: Api, job: dict[str, Any], args: argparse.Namespace) -> int:
     return exit_code(job)
 
 
+JOB_COLUMNS = ("job", "hub", "kind", "state", "progress", "lines", "refused", "source", "updated")
+
+
+def job_row(j: dict[str, Any]) -> list[str]:
+    """A listed job's values, whole (a table cuts the long ones itself)."""
+    return [
+        j["jobId"], j["hub"], j["kind"], j["state"], f"{j.get('progress', 0)}%", str(j.get("lines") or ""),
+        str(j.get("failedDevices") or ""), j.get("source") or "", j["updated"],
+    ]  # fmt: skip
+
+
 def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     table = Table(box=None, pad_edge=False)
-    for column in ("job", "hub", "kind", "state", "progress", "lines", "refused", "source", "updated"):
+    for column in JOB_COLUMNS:
         table.add_column(column, no_wrap=column in ("job", "state"))
     for j in jobs:
-        table.add_row(
-            j["jobId"], j["hub"], j["kind"], j["state"], f"{j.get('progress', 0)}%", str(j.get("lines") or ""),
-            str(j.get("failedDevices") or ""), cut(j.get("source") or "", 50), j["updated"][:19],
-        )  # fmt: skip
+        row = job_row(j)
+        table.add_row(*row[:7], cut(row[7], 50), row[8][:19])
     return table
+
+
+def output_format(args: argparse.Namespace) -> str:
+    """How a listing is printed: ``--output`` (or ``--json``), else a table on a terminal and tab-separated values,
+    whole, when stdout is a pipe or a file (as ``az`` chooses ``-o``)."""
+    if args.json:
+        return "json"
+    chosen: str | None = getattr(args, "output", None)
+    return chosen or ("table" if out.is_terminal else "tsv")
+
+
+def print_tsv(columns: Iterable[str], rows: Iterable[list[str]]) -> None:
+    """One header line, then one line per row: values whole, tab-separated (a tab or newline inside a value
+    becomes a space), written as they are (no wrapping, no markup), for grep, cut and spreadsheets."""
+    for values in [list(columns), *rows]:
+        sys.stdout.write("\t".join(" ".join(v.split("\t")).replace("\n", " ") for v in values) + "\n")
+    sys.stdout.flush()
 
 
 # --- commands -------------------------------------------------------------------------------------------
@@ -220,8 +246,11 @@ def cmd_upload(api: Api, args: argparse.Namespace) -> int:
 
 def cmd_jobs(api: Api, args: argparse.Namespace) -> int:
     jobs = api.jobs(hub=args.hub, states=args.state, limit=args.limit)
-    if args.json:
+    shape = output_format(args)
+    if shape == "json":
         out.print_json(data=jobs)
+    elif shape == "tsv":
+        print_tsv(JOB_COLUMNS, (job_row(j) for j in jobs))  # no jobs: the header alone
     elif not jobs:
         out.print("no jobs")
     else:
@@ -541,6 +570,14 @@ def _common(p: argparse.ArgumentParser, default: Any) -> None:
         "--settings", type=Path, default=default, help="a local.settings.json (default: ./ or .devstack/functions/)"
     )
     p.add_argument("--json", action="store_true", default=False if default is None else default, help="print JSON")
+    p.add_argument(
+        "--output",
+        "-o",
+        choices=("table", "json", "tsv"),
+        default=default,
+        help="how listings print: table (the default on a terminal), tsv (tab-separated, whole values: the default "
+        "when stdout is a pipe or a file), json (as --json)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -665,6 +702,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "output", None) == "json":
+        args.json = True
     run: Callable[[Api, argparse.Namespace], int] = args.run
     try:
         config = configuration.load(url=args.url, key=args.key, settings=args.settings)

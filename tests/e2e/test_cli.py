@@ -209,3 +209,36 @@ def test_rollback_follow_follows_the_inverse_import_to_its_end_and_exits_with_it
     # and `iotjobs job <rollback> --follow` follows through the same way
     followed = iotjobs("--json", "job", "devhub", rollback["jobId"], "--follow")
     assert followed.returncode == 0 and json.loads(followed.stdout)["jobId"] == inverse["jobId"], followed.stdout
+
+
+def test_piped_listings_print_whole_values_tab_separated_and_output_chooses_the_shape(
+    iotjobs, stack: Stack, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    long_name = "site-oslo-building-7-floor-3-" + "thermostats-replaced-in-december-" * 3 + "batch-1.jsonl"
+    assert len(f"uploads/{long_name}") > 100
+    fleet = _lines(tmp_path / long_name, [device_line(f"tsv-{i}") for i in range(3)])
+    assert iotjobs("upload", str(fleet), "--follow").returncode == 0
+    assert iotjobs("upload", str(_lines(tmp_path / "short.jsonl", [device_line("tsv-9")])), "--follow").returncode == 0
+
+    # stdout is a pipe here, as in `iotjobs jobs | grep ...` or `> file`: tab-separated, one job a line, whole values
+    piped = iotjobs("jobs")
+    assert piped.returncode == 0, piped.stderr
+    header, *rows = [line.split("\t") for line in piped.stdout.splitlines()]
+    assert header == ["job", "hub", "kind", "state", "progress", "lines", "refused", "source", "updated"]
+    listed = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+    jobs = {j["jobId"]: j for j in stack.app.jobs()}
+    assert set(listed) == set(jobs) and len(rows) == 2
+    for job_id, row in listed.items():
+        assert row["source"] == jobs[job_id]["source"] and row["updated"] == jobs[job_id]["updated"]
+        assert (row["state"], row["lines"]) == (jobs[job_id]["state"], str(jobs[job_id]["lines"]))
+    assert f"uploads/{long_name}" in {row["source"] for row in listed.values()}
+    grepped = [line for line in piped.stdout.splitlines() if "thermostats-replaced" in line]
+    assert len(grepped) == 1 and grepped[0].endswith(jobs[grepped[0].split("\t")[0]]["updated"])
+
+    # --output picks the shape whatever stdout is: json as --json, table as on a terminal (long values cut)
+    as_json = iotjobs("jobs", "--output", "json")
+    assert as_json.returncode == 0 and {j["jobId"] for j in json.loads(as_json.stdout)} == set(jobs)
+    table = iotjobs("jobs", "-o", "table")
+    assert table.returncode == 0 and table.stdout.split()[:3] == ["job", "hub", "kind"] and "\t" not in table.stdout
+    assert f"uploads/{long_name}" not in table.stdout
+    assert iotjobs("jobs", "--output", "csv").returncode == 2
