@@ -707,7 +707,9 @@ def main(argv: list[str] | None = None) -> int:
     run: Callable[[Api, argparse.Namespace], int] = args.run
     try:
         config = configuration.load(url=args.url, key=args.key, settings=args.settings)
-        return run(Api(config), args)
+        api = Api(config)
+        api.check_instance()
+        return run(api, args)
     except configuration.ConfigError as exc:
         err.print(f"iotjobs: {exc}", markup=False)
         return USAGE

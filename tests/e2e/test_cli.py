@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from emulators.azurite import REPO
 from emulators.functions_host import FUNCTION_KEY
@@ -242,3 +243,27 @@ def test_piped_listings_print_whole_values_tab_separated_and_output_chooses_the_
     assert table.returncode == 0 and table.stdout.split()[:3] == ["job", "hub", "kind"] and "\t" not in table.stdout
     assert f"uploads/{long_name}" not in table.stdout
     assert iotjobs("jobs", "--output", "csv").returncode == 2
+
+
+def test_the_command_refuses_a_local_stack_other_than_the_one_its_settings_name(stack: Stack, tmp_path: Path) -> None:
+    stack.app.values["IOTJOBS_INSTANCE_ID"] = "devstack-this-one"
+    app = stack.app.start()
+    assert requests.get(f"{app.url}/api/health", timeout=10).json() == {
+        "status": "ok", "instance": "devstack-this-one",
+    }  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTJOBS_")}
+
+    def jobs_with(instance: str) -> subprocess.CompletedProcess[str]:
+        values = {"IOTJOBS_URL": app.url, "IOTJOBS_KEY": FUNCTION_KEY, "IOTJOBS_INSTANCE_ID": instance}
+        (tmp_path / "local.settings.json").write_text(json.dumps({"Values": values}))
+        return subprocess.run(
+            [str(SCRIPT), "jobs"], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    ours = jobs_with("devstack-this-one")
+    assert ours.returncode == 0, ours.stderr
+    other = jobs_with("devstack-another-one")  # the settings name a stack; another one holds its port
+    assert other.returncode == 2 and other.stdout == "", other.stdout + other.stderr
+    assert "is not the local stack" in other.stderr and "instance devstack-another-one" in other.stderr
+    assert "Traceback" not in other.stderr
