@@ -1,7 +1,7 @@
 # Two commands on a fresh machine: `make run` (the local stack and a demo) and `make test` (the whole suite).
-# Both install what is missing: a Python virtualenv from requirements-dev.txt (with the iotjobs command), Azurite
-# from package-lock.json, and checkov (infra/ checks) in a virtualenv of its own from requirements-iac.txt (its pins
-# clash with pytest's).
+# Both install what is missing: a Python virtualenv from requirements-dev.txt (with the iotjobs command) and Azurite
+# from package-lock.json; `make test` also checkov (infra/ checks) in a virtualenv of its own from
+# requirements-iac.txt (its pins clash with pytest's), which `make run` never needs (a minute of a cold start).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -11,9 +11,12 @@ NODE_STAMP := node_modules/.deps-stamp
 IAC_VENV := .venv-iac
 IAC_STAMP := $(IAC_VENV)/.deps-stamp
 
-.PHONY: setup run test lint pytest bench clean
+.PHONY: setup setup-run run test lint pytest bench clean
 
-setup: $(PY_STAMP) $(NODE_STAMP) $(IAC_STAMP)
+setup: setup-run $(IAC_STAMP)
+
+# What the local stack needs, and no more.
+setup-run: $(PY_STAMP) $(NODE_STAMP)
 
 $(PY_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +34,7 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-lint: setup
+lint: $(PY_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -41,10 +44,10 @@ pytest: setup
 
 test: lint pytest
 
-run: setup
+run: setup-run
 	$(BIN)/python -m emulators.devstack $(RUN_ARGS)
 
-bench: setup
+bench: setup-run
 	$(BIN)/python -m bench.iothub_import_export
 	$(BIN)/python -m bench.validate
 	$(BIN)/python -m bench.app_e2e

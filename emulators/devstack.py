@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -56,6 +57,18 @@ OSLO = "SELECT * FROM devices WHERE tags.site = 'oslo'"  # the devices step 12 d
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
+
+
+def instance_id(state: Path) -> str:
+    """This stack's id, made once per state folder (``--fresh`` makes a new one): the host answers it at
+    ``/api/health`` and iotjobs, reading it from the settings file, refuses another stack that holds the address."""
+    path = state / "instance-id"
+    if path.is_file() and (found := path.read_text().strip()):
+        return found
+    made = f"devstack-{secrets.token_hex(6)}"
+    state.mkdir(parents=True, exist_ok=True)
+    path.write_text(made + "\n")
+    return made
 
 
 class Ports:
@@ -443,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             f"IOTHUB_{STAGE.upper()}_CONNECTION_STRING": stage_server.connection_string("iothubowner"),
             "IOTJOBS_URL": f"http://127.0.0.1:{port}",
             "IOTJOBS_KEY": FUNCTION_KEY,
+            "IOTJOBS_INSTANCE_ID": instance_id(args.state),
             "UPLOADS_TRIGGER_SOURCE": "EventGrid" if args.event_grid else "LogsAndContainerScan",
         }
         app = HostProcess(args.state / "functions", values, port=port, own_session=True)

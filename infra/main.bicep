@@ -28,7 +28,15 @@ param iotCentralAppUrl string = ''
 @description('Optional: object id of the user who may upload device files (azd passes the signed-in user).')
 param principalId string = ''
 
+@description('Optional app settings the template leaves at their defaults, as a JSON object of names and values (azd env set APP_SETTINGS \'{"BACKUP_RETENTION_DAYS": "90"}\'). Kept in the azd environment, so every azd provision sets them again; one set by hand in the portal or with az is deleted by the next provision. Never a secret: use a Key Vault reference.')
+param appSettings string = ''
+
 var hubNames = split(replace(iotHubNames, ' ', ''), ',')
+// App settings on a site are replaced as a whole by each deployment: what the template does not name is deleted.
+var extraAppSettings = [for setting in items(empty(appSettings) ? {} : json(appSettings)): {
+  name: setting.key
+  value: string(setting.value)
+}]
 var iotHubs = [
   for name in hubNames: {
     name: name
@@ -53,6 +61,7 @@ module resources 'resources.bicep' = {
     iotHubs: iotHubs
     iotCentralAppUrl: iotCentralAppUrl
     operatorPrincipalId: principalId
+    extraAppSettings: extraAppSettings
   }
 }
 

@@ -53,6 +53,9 @@ var ledgerTable = 'jobledger'
 // The blob trigger's poison queue lives on the trigger's own account (DEVICE_STORAGE).
 var poisonQueue = 'webjobs-blobtrigger-poison'
 var uploadsFunction = 'import_on_upload'
+// Event Grid event subscription names take 3-64 letters, digits and hyphens, no underscore
+// (https://learn.microsoft.com/azure/event-grid/subscription-creation-schema): the function's name, hyphenated.
+var uploadsSubscription = 'uploads-to-${replace(uploadsFunction, '_', '-')}'
 
 // Built-in role definition ids: https://learn.microsoft.com/azure/role-based-access-control/built-in-roles
 var roles = {
@@ -510,5 +513,5 @@ output HOST_STORAGE_ACCOUNT string = hostStorage.name
 output UPLOADS_CONTAINER string = dataContainers[0]
 output UPLOADS_FUNCTION string = uploadsFunction
 output EVENTGRID_SYSTEM_TOPIC string = uploadsTopic.name
-output EVENTGRID_SUBSCRIPTION string = 'uploads-to-${uploadsFunction}'
+output EVENTGRID_SUBSCRIPTION string = uploadsSubscription
 output APPLICATIONINSIGHTS_NAME string = insights.name

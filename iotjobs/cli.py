@@ -151,6 +151,21 @@ def follow(api: Api, job: dict[str, Any]) -> dict[str, Any]:
         return api.follow(job, show)
 
 
+def follow_through(api: Api, job: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Follow a job to its end, then the job its work goes on in (``followUp``: a rollback's inverse import), and
+    so on; returns the last one as it ended, whose outcome is the work's. Each job ended before it is shown."""
+    job = follow(api, job) if job["state"] not in TERMINAL else job
+    while job["state"] == "completed" and job.get("followUp"):
+        if not args.json:
+            for line in outcome(api, api.job(job["hub"], job["jobId"])):
+                out.print(line, markup=False)
+        err.print(f"following job {job['followUp']} on {job['hub']}, where the work goes on", markup=False)
+        job = api.job(job["hub"], job["followUp"])
+        if job["state"] not in TERMINAL:
+            job = follow(api, job)
+    return job
+
+
 def finish(api: Api, job: dict[str, Any], args: argparse.Namespace) -> int:
     if "links" not in job:  # a job as listed: read it whole, with its report links
         job = api.job(job["hub"], job["jobId"])
@@ -162,16 +177,42 @@ def finish(api: Api, job: dict[str, Any], args: argparse.Namespace) -> int:
     return exit_code(job)
 
 
+JOB_COLUMNS = ("job", "hub", "kind", "state", "progress", "lines", "refused", "source", "updated")
+
+
+def job_row(j: dict[str, Any]) -> list[str]:
+    """A listed job's values, whole (a table cuts the long ones itself)."""
+    return [
+        j["jobId"], j["hub"], j["kind"], j["state"], f"{j.get('progress', 0)}%", str(j.get("lines") or ""),
+        str(j.get("failedDevices") or ""), j.get("source") or "", j["updated"],
+    ]  # fmt: skip
+
+
 def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     table = Table(box=None, pad_edge=False)
-    for column in ("job", "hub", "kind", "state", "progress", "lines", "refused", "source", "updated"):
+    for column in JOB_COLUMNS:
         table.add_column(column, no_wrap=column in ("job", "state"))
     for j in jobs:
-        table.add_row(
-            j["jobId"], j["hub"], j["kind"], j["state"], f"{j.get('progress', 0)}%", str(j.get("lines") or ""),
-            str(j.get("failedDevices") or ""), cut(j.get("source") or "", 50), j["updated"][:19],
-        )  # fmt: skip
+        row = job_row(j)
+        table.add_row(*row[:7], cut(row[7], 50), row[8][:19])
     return table
+
+
+def output_format(args: argparse.Namespace) -> str:
+    """How a listing is printed: ``--output`` (or ``--json``), else a table on a terminal and tab-separated values,
+    whole, when stdout is a pipe or a file (as ``az`` chooses ``-o``)."""
+    if args.json:
+        return "json"
+    chosen: str | None = getattr(args, "output", None)
+    return chosen or ("table" if out.is_terminal else "tsv")
+
+
+def print_tsv(columns: Iterable[str], rows: Iterable[list[str]]) -> None:
+    """One header line, then one line per row: values whole, tab-separated (a tab or newline inside a value
+    becomes a space), written as they are (no wrapping, no markup), for grep, cut and spreadsheets."""
+    for values in [list(columns), *rows]:
+        sys.stdout.write("\t".join(" ".join(v.split("\t")).replace("\n", " ") for v in values) + "\n")
+    sys.stdout.flush()
 
 
 # --- commands -------------------------------------------------------------------------------------------
@@ -193,9 +234,9 @@ def cmd_upload(api: Api, args: argparse.Namespace) -> int:
     err.print(f"uploaded {UPLOADS}/{name} ({size:,} bytes); waiting for the app to record its job …", markup=False)
     partition = CENTRAL if name.startswith(f"{CENTRAL}/") else args.hub
     job = api.job_of_upload(name, etag, hub=partition, wait=args.wait)
-    if args.follow and job["state"] not in TERMINAL:
-        job = follow(api, job)
-    elif not args.follow and job["state"] not in TERMINAL:
+    if args.follow:
+        job = follow_through(api, job, args)
+    elif job["state"] not in TERMINAL:
         err.print(hint(job), markup=False)
         if args.json:
             out.print_json(data=job)
@@ -205,8 +246,11 @@ def cmd_upload(api: Api, args: argparse.Namespace) -> int:
 
 def cmd_jobs(api: Api, args: argparse.Namespace) -> int:
     jobs = api.jobs(hub=args.hub, states=args.state, limit=args.limit)
-    if args.json:
+    shape = output_format(args)
+    if shape == "json":
         out.print_json(data=jobs)
+    elif shape == "tsv":
+        print_tsv(JOB_COLUMNS, (job_row(j) for j in jobs))  # no jobs: the header alone
     elif not jobs:
         out.print("no jobs")
     else:
@@ -216,8 +260,8 @@ def cmd_jobs(api: Api, args: argparse.Namespace) -> int:
 
 def cmd_job(api: Api, args: argparse.Namespace) -> int:
     job = api.job(args.hub, args.job_id)
-    if args.follow and job["state"] not in TERMINAL:
-        job = follow(api, job)
+    if args.follow:
+        job = follow_through(api, job, args)
     if job["state"] not in TERMINAL and not args.json:
         out.print(f"job {job['jobId']} on {job['hub']}: {job['state']} {job.get('progress', 0)}%", markup=False)
         if job.get("waitingFor"):
@@ -243,7 +287,7 @@ def _started(api: Api, jobs: list[dict[str, Any]], args: argparse.Namespace) -> 
     """Report jobs just started; with --follow, follow each to its end (exit code: the worst outcome)."""
     code = OK
     for started in jobs:
-        job = follow(api, started) if args.follow and started["state"] not in TERMINAL else started
+        job = follow_through(api, started, args) if args.follow else started
         if job["state"] in TERMINAL:
             code = max(code, finish(api, job, args), key=_severity)
         elif args.json:
@@ -526,6 +570,14 @@ def _common(p: argparse.ArgumentParser, default: Any) -> None:
         "--settings", type=Path, default=default, help="a local.settings.json (default: ./ or .devstack/functions/)"
     )
     p.add_argument("--json", action="store_true", default=False if default is None else default, help="print JSON")
+    p.add_argument(
+        "--output",
+        "-o",
+        choices=("table", "json", "tsv"),
+        default=default,
+        help="how listings print: table (the default on a terminal), tsv (tab-separated, whole values: the default "
+        "when stdout is a pipe or a file), json (as --json)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -597,7 +649,11 @@ def parser() -> argparse.ArgumentParser:
     rollback.add_argument("job_id")
     rollback.add_argument("--hub", required=True)
     rollback.add_argument("--force", action="store_true", help="undo even devices changed since the import")
-    rollback.add_argument("--follow", action="store_true")
+    rollback.add_argument(
+        "--follow",
+        action="store_true",
+        help="follow it, then the import of the inverse file; the exit code is its outcome",
+    )
     rollback.set_defaults(run=cmd_rollback)
 
     bulk = command(
@@ -646,10 +702,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "output", None) == "json":
+        args.json = True
     run: Callable[[Api, argparse.Namespace], int] = args.run
     try:
         config = configuration.load(url=args.url, key=args.key, settings=args.settings)
-        return run(Api(config), args)
+        api = Api(config)
+        api.check_instance()
+        return run(api, args)
     except configuration.ConfigError as exc:
         err.print(f"iotjobs: {exc}", markup=False)
         return USAGE

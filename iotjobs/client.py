@@ -51,6 +51,25 @@ class Api:
             raise ApiError(reply.status_code, err.get("code", ""), err.get("message", reply.reason or "refused"))
         return body
 
+    def check_instance(self) -> None:
+        """When the settings file names a local stack (``Config.instance``), refuse to talk to another app that holds
+        its address (a second stack on the same machine, started after this one moved its ports).
+
+        Raises:
+            ConfigError: the app that answers is another instance.
+        """
+        want = self.config.instance
+        if not want:
+            return
+        got = self.call("GET", "health").get("instance")
+        if got != want:
+            raise ConfigError(
+                f"the app at {self.config.url} is not the local stack {self.config.settings_file} names (instance "
+                f"{want}) but {'instance ' + got if got else 'an app without an instance id'}: another `make run` or "
+                "program holds that port. Start this checkout's stack (`make run`, which prints its addresses), or "
+                "choose the app with IOTJOBS_URL, --url or --settings"
+            )
+
     def jobs(
         self, *, hub: str | None = None, states: str | None = None, limit: int = 50, source: str | None = None
     ) -> list[dict[str, Any]]:

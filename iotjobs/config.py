@@ -32,6 +32,9 @@ class Config:
     key: str | None = field(default=None, repr=False)
     storage: str | None = field(default=None, repr=False)  # connection string or blob endpoint URL
     settings_file: Path | None = None
+    # The instance id of the local stack the settings file names (IOTJOBS_INSTANCE_ID), when the app's address came
+    # from that file: the app that answers there must be that stack (GET /api/health), not another one on its port.
+    instance: str | None = None
 
     @property
     def api(self) -> str:
@@ -88,10 +91,12 @@ def load(
             "`make run` serves (it writes .devstack/functions/local.settings.json)"
         )
     base, code = split_function_url(raw_url)
+    from_file = not (url or env.get("IOTJOBS_URL"))
     storage = env.get("IOTJOBS_STORAGE") or values.get("IOTJOBS_STORAGE") or values.get("DEVICE_STORAGE")
     return Config(
         url=base,
         key=key or env.get("IOTJOBS_KEY") or code or values.get("IOTJOBS_KEY"),
         storage=storage or None,
         settings_file=found,
+        instance=(values.get("IOTJOBS_INSTANCE_ID") or None) if from_file else None,
     )

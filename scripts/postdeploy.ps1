@@ -2,8 +2,10 @@
 #
 # The same steps as postdeploy.sh: wait for the blobs_extension system key (it exists once the deployed code runs),
 # leave an up-to-date subscription as it is, delete and create again one with another URL or filter (Event Grid
-# does not let a subscription's endpoint change), retry while the webhook handshake fails. The key is never printed.
-# azd passes its environment (the outputs of infra/main.bicep) as variables; without azd, set them yourself.
+# does not let a subscription's endpoint change), retry while the webhook handshake fails (and only then: any other
+# error is shown at once). The key is never printed. azd passes its environment (the outputs of infra/main.bicep,
+# and AZURE_SUBSCRIPTION_ID, which azd sets itself) as variables; without azd, set them yourself. Every az call
+# names that subscription: az's own default may be another one.
 $ErrorActionPreference = 'Stop'
 
 function Require([string]$Name) {
@@ -20,24 +22,32 @@ if (-not (Get-Command az -ErrorAction SilentlyContinue)) {
     throw 'postdeploy: the Azure CLI (az) is needed: https://learn.microsoft.com/cli/azure/install-azure-cli'
 }
 
+$sub = Require 'AZURE_SUBSCRIPTION_ID'
 $rg = Require 'AZURE_RESOURCE_GROUP'
 $app = Require 'AZURE_FUNCTION_APP_NAME'
 $topic = Require 'EVENTGRID_SYSTEM_TOPIC'
 $function = OrDefault 'UPLOADS_FUNCTION' 'import_on_upload'
 $container = OrDefault 'UPLOADS_CONTAINER' 'uploads'
-$subscription = OrDefault 'EVENTGRID_SUBSCRIPTION' "uploads-to-$function"
+# Event Grid subscription names take 3-64 letters, digits and hyphens: the function's name, hyphenated
+# (https://learn.microsoft.com/azure/event-grid/subscription-creation-schema).
+$subscription = OrDefault 'EVENTGRID_SUBSCRIPTION' ("uploads-to-" + ($function -replace '_', '-'))
 $waitSeconds = [int](OrDefault 'POSTDEPLOY_WAIT_SECONDS' '600')
+$retrySeconds = [int](OrDefault 'POSTDEPLOY_RETRY_SECONDS' '20')
 $eventType = 'Microsoft.Storage.BlobCreated'
 $subject = "/blobServices/default/containers/$container/"
 
-$hostName = az functionapp show -g $rg -n $app --query defaultHostName -o tsv
+if ($subscription -cnotmatch '^[A-Za-z0-9-]{3,64}$') {
+    throw "postdeploy: '$subscription' is not a valid Event Grid subscription name (3-64 letters, digits, hyphens)."
+}
+
+$hostName = az functionapp show --subscription $sub -g $rg -n $app --query defaultHostName -o tsv
 if ($LASTEXITCODE -ne 0) { throw "postdeploy: cannot read the function app $app in $rg" }
 $deadline = (Get-Date).AddSeconds($waitSeconds)
 
 # The host creates the blobs_extension key when it starts with an Event Grid blob trigger: wake it and wait.
 $key = ''
 while ($true) {
-    $key = az functionapp keys list -g $rg -n $app --query systemKeys.blobs_extension -o tsv 2>$null
+    $key = az functionapp keys list --subscription $sub -g $rg -n $app --query systemKeys.blobs_extension -o tsv 2>$null
     if (-not [string]::IsNullOrEmpty($key)) { break }
     if ((Get-Date) -ge $deadline) {
         throw ("postdeploy: no blobs_extension key on $app after ${waitSeconds}s. Is $function indexed with source " +
@@ -51,10 +61,10 @@ while ($true) {
 $url = "https://$hostName/runtime/webhooks/blobs?functionName=Host.Functions.$function&code=$key"
 $wanted = "$url|$subject|$eventType|EventGridSchema"
 
-$exists = az eventgrid system-topic event-subscription list -g $rg --system-topic-name $topic `
+$exists = az eventgrid system-topic event-subscription list --subscription $sub -g $rg --system-topic-name $topic `
     --query "[?name=='$subscription'].name" -o tsv
 if (-not [string]::IsNullOrEmpty($exists)) {
-    $current = az eventgrid system-topic event-subscription show -g $rg --system-topic-name $topic `
+    $current = az eventgrid system-topic event-subscription show --subscription $sub -g $rg --system-topic-name $topic `
         -n $subscription --include-full-endpoint-url true `
         --query "join('|', [destination.endpointUrl, filter.subjectBeginsWith, join(',', filter.includedEventTypes), eventDeliverySchema])" `
         -o tsv 2>$null
@@ -63,28 +73,35 @@ if (-not [string]::IsNullOrEmpty($exists)) {
         exit 0
     }
     Write-Host "postdeploy: $subscription has another endpoint or filter: deleting it to create it again."
-    az eventgrid system-topic event-subscription delete -g $rg --system-topic-name $topic -n $subscription --yes | Out-Null
+    az eventgrid system-topic event-subscription delete --subscription $sub -g $rg --system-topic-name $topic -n $subscription --yes | Out-Null
     if ($LASTEXITCODE -ne 0) { throw "postdeploy: could not delete $subscription" }
 }
 
-# Event Grid validates the webhook while creating; a host still starting fails that handshake, so retry.
+# Event Grid validates the webhook while creating: a host still starting fails that handshake ("Webhook validation
+# handshake failed", "The attempt to validate the provided endpoint ... failed", https://aka.ms/esvalidation), which
+# heals once the host answers, so that error alone is retried; any other error will not heal and is shown at once
+# (https://learn.microsoft.com/azure/event-grid/end-point-validation-event-grid-events-schema).
 # The URL goes through a file (@file): PowerShell would otherwise mangle the '&' when it calls az.
 $endpointFile = New-TemporaryFile
 try {
     Set-Content -Path $endpointFile -Value $url -NoNewline
     while ($true) {
-        $errors = az eventgrid system-topic event-subscription create -g $rg --system-topic-name $topic -n $subscription `
+        $errors = az eventgrid system-topic event-subscription create --subscription $sub -g $rg `
+            --system-topic-name $topic -n $subscription `
             --endpoint-type webhook --endpoint "@$endpointFile" `
             --included-event-types $eventType --subject-begins-with $subject `
             --event-delivery-schema eventgridschema --max-delivery-attempts 30 --event-ttl 1440 `
             --query provisioningState -o tsv 2>&1
         if ($LASTEXITCODE -eq 0) { break }
+        $masked = ($errors | Out-String) -replace 'code=[^&" ]*', 'code=***'
+        if ($masked -notmatch 'validation handshake|attempt to validate|esvalidation') {
+            throw "postdeploy: could not create $subscription (key masked): $masked"
+        }
         if ((Get-Date) -ge $deadline) {
-            $masked = ($errors | Out-String) -replace 'code=[^&" ]*', 'code=***'
-            throw "postdeploy: could not create $subscription. The last error (key masked): $masked"
+            throw "postdeploy: the webhook still fails Event Grid's validation after ${waitSeconds}s. The last error (key masked): $masked"
         }
         Write-Host "postdeploy: the webhook did not answer Event Grid's validation yet; retrying..."
-        Start-Sleep -Seconds 20
+        Start-Sleep -Seconds $retrySeconds
     }
 }
 finally {

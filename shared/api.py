@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import secrets
 from collections.abc import Callable, Mapping
@@ -29,7 +30,7 @@ from .api_schemas import ApiError, Inputs, Request, Route
 from .backups import NotABackup
 from .central import PARTITION as CENTRAL
 from .central import Central, is_central_upload
-from .config import ConfigError
+from .config import ConfigError, instance_id
 from .dataexport import DocumentError
 from .engine import CannotCancel
 from .fleet.bulk import InvalidBulk
@@ -405,9 +406,12 @@ def _migration_reply(svc: Services, steps: tuple[Job, Job | None, Job | None], s
     return Reply(status, body)
 
 
-def health(request: Request) -> Reply:
-    """Liveness: answers without building the services (no settings, storage or hub needed)."""
-    return guarded(schemas.HEALTH, request, lambda _: Reply(200, {"status": "ok"}), "health")
+def health(request: Request, env: Mapping[str, str] | None = None) -> Reply:
+    """Liveness: answers without building the services (no settings, storage or hub needed); ``instance`` names
+    the deployment that answers (``config.instance_id``), so a client can tell it is talking to the stack it means."""
+    found = instance_id(os.environ if env is None else env)
+    body = {"status": "ok", **({"instance": found} if found else {})}
+    return guarded(schemas.HEALTH, request, lambda _: Reply(200, body), "health")
 
 
 # --- the status page and the API's description ----------------------------------------------------------

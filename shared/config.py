@@ -29,6 +29,13 @@ def schedule(setting: tuple[str, str], env: Mapping[str, str]) -> str:
     return f"%{name}%" if env.get(name, "").strip() else default
 
 
+def instance_id(env: Mapping[str, str]) -> str | None:
+    """Which deployment answers (``GET /api/health``), so a client can tell two stacks apart:
+    ``IOTJOBS_INSTANCE_ID`` (the local stack sets one per state folder), else the app's name, which App Service sets
+    as ``WEBSITE_SITE_NAME`` (learn.microsoft.com/azure/app-service/reference-app-settings); None without either."""
+    return env.get("IOTJOBS_INSTANCE_ID", "").strip() or env.get("WEBSITE_SITE_NAME", "").strip() or None
+
+
 def uploads_trigger_source(env: Mapping[str, str]) -> str:
     """The blob trigger's source (read when the app is indexed): ``EventGrid``, the only one the Flex Consumption
     plan runs, or ``LogsAndContainerScan``, the polling source of the other plans (the default).

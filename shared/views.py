@@ -38,6 +38,8 @@ def job_view(job: Job) -> dict[str, Any]:
         "started": job.started.isoformat() if job.started else None,
         "rollbackOf": job.rollback_of,
         "force": job.force,
+        # The job the work goes on in (a rollback's inverse import): a client following this one follows that next.
+        "followUp": job.follow_up,
         "planFor": job.plan_for,
         "registryFrom": job.registry_from,
         "peerHub": job.peer_hub,

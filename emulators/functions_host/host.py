@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -118,7 +119,7 @@ class FunctionsHost:
                 self.blobs[name] = BlobTrigger(binding, host_id=host_id, pool=self._pool, stop=self._stop)
             else:
                 raise ValueError(f"{name}: trigger {trigger['type']} is not supported by the local runner")
-        self.server = ThreadingHTTPServer((host, port), self._handler())
+        self.server = _Server((host, port), self._handler())
         self.server.daemon_threads = True
 
     # --- lifecycle --------------------------------------------------------------------------------------
@@ -405,6 +406,18 @@ class FunctionsHost:
                     self._send(202, json.dumps({"function": name, "status": "accepted"}).encode())
 
         return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    # A client that goes away before its reply is written (a closed script, a Ctrl-C'd curl) is the client's
+    # business, not a host fault: one line, where socketserver would print a traceback.
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
+            why = type(exc).__name__
+            logger.info("the client %s went away before its reply was written (%s)", client_address[0], why)
+            return
+        super().handle_error(request, client_address)
 
 
 class _Refused(Exception):

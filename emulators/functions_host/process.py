@@ -14,11 +14,16 @@ from typing import Any
 
 import requests
 
-from emulators.azurite import REPO, Azurite, free_port
+from emulators.azurite import ACCOUNT_KEY, REPO, Azurite, free_port
 from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
 
 from .host import FUNCTION_KEY, MASTER_KEY
+
+# Azurite's well-known development key under another account name: an example, not an account anywhere.
+CENTRAL_ARCHIVE_STORAGE = (
+    f"DefaultEndpointsProtocol=https;AccountName=devarchive;AccountKey={ACCOUNT_KEY};EndpointSuffix=core.windows.net"
+)
 
 
 def stack_settings(
@@ -45,7 +50,10 @@ def stack_settings(
         values["IOTCENTRAL_APP_URL"] = central.url
         values["IOTCENTRAL_API_TOKEN"] = central.api_token()
         # The app settings the sample data-export file refers to (local development values only).
-        values["CENTRAL_ARCHIVE_STORAGE"] = azurite.connection_string
+        # A storage account IoT Central (a cloud service) would write telemetry to, never the local Azurite: a fixed
+        # value, so that a stack started again on other ports does not read as a changed destination (its endpoint
+        # is compared; only its key comes back masked).
+        values["CENTRAL_ARCHIVE_STORAGE"] = CENTRAL_ARCHIVE_STORAGE
         values["CENTRAL_ALERTS_API_KEY"] = "local-dev-alerts-api-key-0000"
     values.update(overrides)
     return values

@@ -76,7 +76,8 @@ class RollbackKind(HubJobKind):
             # inverse file by its ETag, so the file is not written again.
             reports = {**job.reports, "rollback": f"{ctx.containers.reports}/{job.job_id}/{ROLLBACK_REPORT}"}
             note = f"the inverse file runs as import job {queued.job_id} ({queued.state})"
-            return Ending(replace(job, reports=reports, notes=(*job.notes, note), progress=100), JobState.COMPLETED)
+            done = replace(job, reports=reports, notes=(*job.notes, note), progress=100, follow_up=queued.job_id)
+            return Ending(done, JobState.COMPLETED)
         snapshots = ctx.containers.snapshots
         folder = snapshot_folder(target)
         inverse_name = f"{folder}/rollback-{job.job_id}.txt"
@@ -119,7 +120,9 @@ class RollbackKind(HubJobKind):
         undo = self._queue_import(job, BlobRef(snapshots, inverse_name, etag), ctx)
         reports["rollback"] = ctx.write_report(job, ROLLBACK_REPORT, {**doc, "importJobId": undo.job_id})
         note = f"the inverse file ({inverse.lines} line(s)) runs as import job {undo.job_id} ({undo.state})"
-        done = replace(job, reports=reports, notes=(*job.notes, note), lines=inverse.lines, progress=100)
+        done = replace(
+            job, reports=reports, notes=(*job.notes, note), lines=inverse.lines, progress=100, follow_up=undo.job_id
+        )
         return Ending(done, JobState.COMPLETED, None, {"importJobId": undo.job_id, "inverseModes": inverse.modes})
 
     def _queue_import(self, job: Job, ref: BlobRef, ctx: Context) -> Job:

@@ -46,6 +46,7 @@ class JobEntity(TypedDict):
     Started: datetime | None
     RollbackOf: str | None
     Force: bool
+    FollowUp: str | None
     PlanFor: str | None
     RegistryFrom: str | None
     PeerHub: str | None
@@ -90,6 +91,7 @@ def to_entity(job: Job) -> JobEntity:
         "Started": job.started,
         "RollbackOf": job.rollback_of,
         "Force": job.force,
+        "FollowUp": job.follow_up,
         "PlanFor": job.plan_for,
         "RegistryFrom": job.registry_from,
         "PeerHub": job.peer_hub,
@@ -147,6 +149,7 @@ def from_entity(row: Mapping[str, object], etag: str | None = None) -> Job:
         started=_utc(row["Started"]) if row.get("Started") else None,
         rollback_of=text("RollbackOf"),
         force=bool(row.get("Force")),
+        follow_up=text("FollowUp"),
         plan_for=text("PlanFor"),
         registry_from=text("RegistryFrom"),
         peer_hub=text("PeerHub"),

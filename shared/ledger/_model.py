@@ -136,6 +136,7 @@ class Job:
     started: datetime | None = None  # when its latest submission began (elapsed time and ETA count from here)
     rollback_of: str | None = None  # rollback, and the import it queues: the import being undone
     force: bool = False  # rollback: undo even devices changed since the import
+    follow_up: str | None = None  # rollback: the import job (same hub) its work goes on in, once it has queued it
     plan_for: str | None = None  # plan: the import whose snapshot it saves (None: a preview only)
     registry_from: str | None = None  # plan, rollback: where the registry side came from (a hub export, a backup)
     peer_hub: str | None = None  # migration: the hub it migrates to; its import and verify: the hub migrated from

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from emulators.azurite import REPO
 from emulators.functions_host import FUNCTION_KEY
@@ -27,6 +28,11 @@ def _lines(path: Path, rows: list[dict[str, object]]) -> Path:
 
 @pytest.fixture
 def iotjobs(stack: Stack, tmp_path: Path):  # type: ignore[no-untyped-def]
+    return runner(stack, tmp_path)
+
+
+def runner(stack: Stack, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The iotjobs command against the stack's app (started now, with the settings it has)."""
     assert SCRIPT.exists(), "the iotjobs command is not installed: run `make setup`"
     app = stack.app.start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTJOBS_")}
@@ -162,3 +168,102 @@ def test_bulk_plans_a_query_then_runs_and_follows_it_with_the_usual_exit_codes(
     assert bad.returncode == 1 and "InvalidQuery" in bad.stderr, bad.stderr
     unknown = iotjobs("bulk", "run", "20260101T000000Z-0a1b2c")
     assert unknown.returncode == 1 and "BulkNotFound" in unknown.stderr, unknown.stderr
+
+
+def test_rollback_follow_follows_the_inverse_import_to_its_end_and_exits_with_its_outcome(
+    stack: Stack, tmp_path: Path
+) -> None:
+    stack.app.values["IMPORT_SNAPSHOTS"] = "explicit"  # the app's default (the local stack turns it off)
+    iotjobs = runner(stack, tmp_path)
+    fleet = _lines(tmp_path / "fleet.jsonl", [device_line(f"rb-{i}", "create") for i in range(4)])
+    imported = iotjobs("--json", "upload", str(fleet), "--follow")
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    import_id = json.loads(imported.stdout)["jobId"]
+
+    undone = iotjobs("rollback", import_id, "--hub", "devhub", "--follow")
+    assert undone.returncode == 0, undone.stdout + undone.stderr
+    jobs = stack.app.jobs()
+    (rollback,) = [j for j in jobs if j["kind"] == "rollback"]
+    (inverse,) = [j for j in jobs if j["kind"] == "import" and j["rollbackOf"] == import_id]
+    # The rollback names the import its work goes on in; when the command returned, that import had ended too.
+    assert stack.app.job("devhub", rollback["jobId"])["followUp"] == inverse["jobId"]
+    assert inverse["state"] == "completed"
+    assert [hub_call(stack.hub, "GET", f"/devices/rb-{i}").status_code for i in range(4)] == [404] * 4
+    # Both outcomes shown, the rollback's first, then the import's, whose outcome is the exit code.
+    out = undone.stdout
+    at_rollback = out.index(f"job {rollback['jobId']} on devhub: completed (rollback)")
+    at_import = out.index(f"job {inverse['jobId']} on devhub: completed (import of snapshots/")
+    assert at_rollback < at_import, out
+    assert f"following job {inverse['jobId']} on devhub" in undone.stderr
+
+    # As JSON: the job printed, whose state is the exit code, is the inverse import, ended.
+    again = iotjobs("--json", "upload", str(fleet), "--follow")
+    assert again.returncode == 0, again.stderr
+    second = iotjobs("--json", "rollback", json.loads(again.stdout)["jobId"], "--hub", "devhub", "--follow")
+    assert second.returncode == 0, second.stdout + second.stderr
+    last = json.loads(second.stdout)
+    assert (last["kind"], last["rollbackOf"], last["state"]) == (
+        "import",
+        json.loads(again.stdout)["jobId"],
+        "completed",
+    )
+    # and `iotjobs job <rollback> --follow` follows through the same way
+    followed = iotjobs("--json", "job", "devhub", rollback["jobId"], "--follow")
+    assert followed.returncode == 0 and json.loads(followed.stdout)["jobId"] == inverse["jobId"], followed.stdout
+
+
+def test_piped_listings_print_whole_values_tab_separated_and_output_chooses_the_shape(
+    iotjobs, stack: Stack, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    long_name = "site-oslo-building-7-floor-3-" + "thermostats-replaced-in-december-" * 3 + "batch-1.jsonl"
+    assert len(f"uploads/{long_name}") > 100
+    fleet = _lines(tmp_path / long_name, [device_line(f"tsv-{i}") for i in range(3)])
+    assert iotjobs("upload", str(fleet), "--follow").returncode == 0
+    assert iotjobs("upload", str(_lines(tmp_path / "short.jsonl", [device_line("tsv-9")])), "--follow").returncode == 0
+
+    # stdout is a pipe here, as in `iotjobs jobs | grep ...` or `> file`: tab-separated, one job a line, whole values
+    piped = iotjobs("jobs")
+    assert piped.returncode == 0, piped.stderr
+    header, *rows = [line.split("\t") for line in piped.stdout.splitlines()]
+    assert header == ["job", "hub", "kind", "state", "progress", "lines", "refused", "source", "updated"]
+    listed = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+    jobs = {j["jobId"]: j for j in stack.app.jobs()}
+    assert set(listed) == set(jobs) and len(rows) == 2
+    for job_id, row in listed.items():
+        assert row["source"] == jobs[job_id]["source"] and row["updated"] == jobs[job_id]["updated"]
+        assert (row["state"], row["lines"]) == (jobs[job_id]["state"], str(jobs[job_id]["lines"]))
+    assert f"uploads/{long_name}" in {row["source"] for row in listed.values()}
+    grepped = [line for line in piped.stdout.splitlines() if "thermostats-replaced" in line]
+    assert len(grepped) == 1 and grepped[0].endswith(jobs[grepped[0].split("\t")[0]]["updated"])
+
+    # --output picks the shape whatever stdout is: json as --json, table as on a terminal (long values cut)
+    as_json = iotjobs("jobs", "--output", "json")
+    assert as_json.returncode == 0 and {j["jobId"] for j in json.loads(as_json.stdout)} == set(jobs)
+    table = iotjobs("jobs", "-o", "table")
+    assert table.returncode == 0 and table.stdout.split()[:3] == ["job", "hub", "kind"] and "\t" not in table.stdout
+    assert f"uploads/{long_name}" not in table.stdout
+    assert iotjobs("jobs", "--output", "csv").returncode == 2
+
+
+def test_the_command_refuses_a_local_stack_other_than_the_one_its_settings_name(stack: Stack, tmp_path: Path) -> None:
+    stack.app.values["IOTJOBS_INSTANCE_ID"] = "devstack-this-one"
+    app = stack.app.start()
+    assert requests.get(f"{app.url}/api/health", timeout=10).json() == {
+        "status": "ok", "instance": "devstack-this-one",
+    }  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTJOBS_")}
+
+    def jobs_with(instance: str) -> subprocess.CompletedProcess[str]:
+        values = {"IOTJOBS_URL": app.url, "IOTJOBS_KEY": FUNCTION_KEY, "IOTJOBS_INSTANCE_ID": instance}
+        (tmp_path / "local.settings.json").write_text(json.dumps({"Values": values}))
+        return subprocess.run(
+            [str(SCRIPT), "jobs"], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    ours = jobs_with("devstack-this-one")
+    assert ours.returncode == 0, ours.stderr
+    other = jobs_with("devstack-another-one")  # the settings name a stack; another one holds its port
+    assert other.returncode == 2 and other.stdout == "", other.stdout + other.stderr
+    assert "is not the local stack" in other.stderr and "instance devstack-another-one" in other.stderr
+    assert "Traceback" not in other.stderr

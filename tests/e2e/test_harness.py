@@ -4,12 +4,15 @@ fails raises instead of reading as an empty container."""
 from __future__ import annotations
 
 import signal
+import socket
+import struct
+import time
 
 import pytest
 import requests
 from azure.core.exceptions import HttpResponseError
 
-from emulators.functions_host import MASTER_KEY
+from emulators.functions_host import FUNCTION_KEY, MASTER_KEY
 from tests.integration.helpers import control
 from tests.integration.helpers import device_line as dev
 
@@ -60,3 +63,23 @@ def test_the_admin_endpoint_answers_at_once_for_timers_and_the_blob_trigger(stac
     assert ok.status_code == 202
     jobs = stack.app.wait_jobs(2)
     assert [j["source"] for j in jobs if j["kind"] == "import"] == ["uploads/by-admin.jsonl"]
+
+
+def test_a_client_that_goes_away_mid_reply_is_one_line_in_the_host_log_not_a_traceback(stack: Stack) -> None:
+    app = stack.app.start()
+    went_away = "went away before its reply was written"
+    # Each request sent, then its socket reset at once (SO_LINGER 0: an RST, as a killed client leaves): the host
+    # reads or writes a connection that is gone. One asks for a reply the app takes a while to make (the write
+    # fails), one for a reply made at once (the read may fail first).
+    for path in ("status.json", "health"):
+        request = f"GET /api/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nx-functions-key: {FUNCTION_KEY}\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", app.port), timeout=10) as client:
+            client.sendall(request.encode())
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    end = time.monotonic() + 60  # only stops a hung test: the host logs each in its own thread
+    while stack.app.log().count(went_away) < 2 and time.monotonic() < end:
+        time.sleep(0.1)
+    assert requests.get(f"{app.url}/api/health", timeout=10).status_code == 200  # the host serves on
+    log = stack.app.log()
+    assert log.count(went_away) == 2, log[-3000:]
+    assert "Traceback" not in log and "Exception occurred during processing" not in log, log[-3000:]

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -78,6 +79,56 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     first = tmp_path_factory.mktemp("devstack-first")
     shutil.copytree(state, first, dirs_exist_ok=True)
     return Runs(first, state, first_out, _demo(state))
+
+
+# Every port make run prefers (emulators/devstack.py USUAL, Azurite's own): taken by another stack, each moves.
+USUAL_PORTS = (7071, 8443, 8444, 8445, 10000, 10001, 10002)
+
+
+@contextlib.contextmanager
+def _ports_held(ports: tuple[int, ...] = USUAL_PORTS) -> Iterator[None]:
+    """Listeners on the usual ports, as another stack on the same machine holds them (a port something already
+    holds stays held by it)."""
+    held = []
+    try:
+        for port in ports:
+            listener = socket.socket()
+            try:
+                listener.bind(("127.0.0.1", port))
+            except OSError:
+                listener.close()
+                continue
+            listener.listen()
+            held.append(listener)
+        yield
+    finally:
+        for listener in held:
+            listener.close()
+
+
+@pytest.fixture(scope="module")
+def runs_elsewhere(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    """``make run`` twice on one state folder while another stack holds the usual ports: each run moves to free
+    ports of its own, so the two runs' addresses differ."""
+    state = tmp_path_factory.mktemp("devstack-elsewhere")
+    with _ports_held():
+        first_out = _demo(state)
+        first_values = json.loads((state / "functions" / "local.settings.json").read_text())["Values"]
+        second_out = _demo(state)
+    return Runs(state, state, first_out, second_out + f"\n(first run at {first_values['IOTJOBS_URL']})")
+
+
+def test_a_second_make_run_on_other_ports_finds_nothing_changed_in_iot_central(runs_elsewhere: Runs) -> None:
+    first, second = runs_elsewhere.first_out, runs_elsewhere.second_out
+    for out in (first, second):
+        assert "!! PORT 7071 (Functions host) IS TAKEN" in out and "!! PORT 8444 (IoT Central emulator)" in out
+    values = json.loads((runs_elsewhere.second / "functions" / "local.settings.json").read_text())["Values"]
+    assert f"(first run at {values['IOTJOBS_URL']})" not in second  # the two runs had different addresses
+    # The second run applies the same data-export file: nothing to change, as on the usual ports.
+    assert "(no changes: the app already matches the file)" in _section(second, 7), _section(second, 7)
+    assert "0 change(s)" in _section(second, 8)
+    # one stack, one instance id, from run to run (iotjobs holds the address it finds to it)
+    assert values["IOTJOBS_INSTANCE_ID"] == (runs_elsewhere.second / "instance-id").read_text().strip()
 
 
 @pytest.fixture

@@ -191,6 +191,12 @@ def test_health_needs_no_services() -> None:
     assert api.health(Request(query={"x": "1"})).status == 400
 
 
+def test_health_names_the_instance_that_answers() -> None:
+    assert api.health(Request(), {"IOTJOBS_INSTANCE_ID": "stack-1"}).body == {"status": "ok", "instance": "stack-1"}
+    assert api.health(Request(), {"WEBSITE_SITE_NAME": "func-abc"}).body == {"status": "ok", "instance": "func-abc"}
+    assert api.health(Request(), {}).body == {"status": "ok"}
+
+
 class _NoCentral:
     """Just enough of Services for the routes that read the ledger or need IoT Central."""
 

@@ -498,7 +498,11 @@ def test_azure_yaml_runs_the_postdeploy_hook_in_both_shells() -> None:
     outputs = set(main["outputs"])
     hook = (REPO / "scripts" / "postdeploy.sh").read_text()
     used = set(re.findall(r"\$\{(\w+):[?-]", hook))
-    assert used - {"POSTDEPLOY_WAIT_SECONDS"} <= outputs, "the hook reads a variable azd does not set"
+    # azd's own variables beside the template's outputs (learn.microsoft.com/azure/developer/azure-developer-cli/
+    # environment-variables-faq: AZURE_SUBSCRIPTION_ID is set when the environment is made), and the hook's knobs
+    azd_sets = outputs | {"AZURE_SUBSCRIPTION_ID"}
+    knobs = {"POSTDEPLOY_WAIT_SECONDS", "POSTDEPLOY_RETRY_SECONDS"}
+    assert used - knobs <= azd_sets, "the hook reads a variable azd does not set"
 
 
 def test_the_hook_never_prints_the_key() -> None:
@@ -548,3 +552,166 @@ def test_the_deploy_docs_are_linked_from_the_readme() -> None:
     docs = (REPO / "docs" / "deploy.md").read_text()
     for must in ("azd up", "az deployment group create", "webjobs-blobtrigger-poison", "Troubleshooting"):
         assert must in docs
+
+
+def test_the_sample_settings_name_the_hub_role_and_identity_settings_the_template_uses() -> None:
+    values = json.loads((REPO / "local.settings.sample.json").read_text())["Values"]
+    hub_doc = parsed(INFRA / "modules" / "iot-hub-access.bicep")
+    assigned = {role for _, role, _ in role_assignments(hub_doc)}
+    named = re.findall(r"\((IoT Hub [A-Za-z ]+?)[:)]", values["IOTHUB_DEVHUB_HOSTNAME"])
+    assert named and set(named) == assigned == {HUB_ROLE}, named
+    # As the template sets them: a user-assigned identity is __credential=managedidentity and __clientId, both.
+    for name in [n for n in values if n.endswith("__clientId")]:
+        credential = name.replace("__clientId", "__credential")
+        assert credential in values and "managedidentity" in values[credential], name
+        assert template_settings().get(credential) == "managedidentity"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The Event Grid subscription and the postdeploy hooks
+
+# Event subscription names: 3-64 characters, a-z, A-Z, 0-9 and "-"
+# (https://learn.microsoft.com/azure/event-grid/subscription-creation-schema).
+EVENT_SUBSCRIPTION_NAME = re.compile(r"[A-Za-z0-9-]{3,64}")
+
+
+def valid_event_subscription_name(name: str) -> bool:
+    return EVENT_SUBSCRIPTION_NAME.fullmatch(name) is not None
+
+
+def test_the_event_subscription_name_rule() -> None:
+    assert valid_event_subscription_name("uploads-to-import-on-upload") and valid_event_subscription_name("a-1")
+    for bad in ("uploads-to-import_on_upload", "ab", "x" * 65, "uploads.to", "uploads to", ""):
+        assert not valid_event_subscription_name(bad), bad
+
+
+FAKE_AZ = r"""#!/bin/sh
+# A stand-in for the Azure CLI: records each call, answers what the hook reads, and fails
+# `event-subscription create` as $FAKE_AZ_CREATE says, one word per try (ok, handshake, denied).
+echo "$*" >> "$FAKE_AZ_LOG"
+HANDSHAKE_URL=https://func-x.azurewebsites.net/runtime/webhooks/blobs?functionName=Host.Functions.x\&code=the-blobs-extension-key
+HANDSHAKE_WHY="Http POST request failed with response code Unknown. For troublehooting, visit https://aka.ms/esvalidation."
+DENIED="perform action 'Microsoft.EventGrid/systemTopics/eventSubscriptions/write'"
+case "$*" in
+    *"functionapp show"*) echo func-x.azurewebsites.net ;;
+    *"functionapp keys list"*) echo the-blobs-extension-key ;;
+    *"event-subscription list"*) ;;
+    *"event-subscription create"*)
+        tries=$(grep -c "event-subscription create" "$FAKE_AZ_LOG")
+        outcome=$(echo "$FAKE_AZ_CREATE" | cut -d' ' -f"$tries")
+        case "$outcome" in
+            handshake) echo "ERROR: Webhook validation handshake failed for $HANDSHAKE_URL. $HANDSHAKE_WHY" >&2
+                exit 1 ;;
+            denied) echo "ERROR: (AuthorizationFailed) The client 'me' does not have authorization to $DENIED" >&2
+                exit 1 ;;
+            *) echo Succeeded ;;
+        esac ;;
+esac
+"""
+
+
+def run_hook(tmp_path: Path, create: str, **env: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """scripts/postdeploy.sh with the fake az first on PATH; returns the run and the az calls it made."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    az = bin_dir / "az"
+    az.write_text(FAKE_AZ)
+    az.chmod(0o755)
+    log = tmp_path / "az.log"
+    log.write_text("")
+    base = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "FAKE_AZ_LOG": str(log),
+        "FAKE_AZ_CREATE": create,
+        "AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-00000000abcd",
+        "AZURE_RESOURCE_GROUP": "rg-x",
+        "AZURE_FUNCTION_APP_NAME": "func-x",
+        "EVENTGRID_SYSTEM_TOPIC": "evgt-x",
+        "POSTDEPLOY_RETRY_SECONDS": "0",
+    }
+    base.update(env)
+    run = subprocess.run(
+        ["sh", str(REPO / "scripts" / "postdeploy.sh")],
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return run, log.read_text().splitlines()
+
+
+def test_every_event_subscription_name_in_infra_and_the_hooks_is_valid(tmp_path: Path) -> None:
+    # the template's output, which azd hands the hook as EVENTGRID_SUBSCRIPTION
+    output = resources_bicep()["outputs"]["EVENTGRID_SUBSCRIPTION"]["value"]
+    function = variable(resources_bicep()["outputs"]["UPLOADS_FUNCTION"]["value"])
+    from_template = evaluate(variable(output).replace("uploadsFunction", "hub.name"), function)
+    assert from_template == "uploads-to-" + function.replace("_", "-")
+    # the POSIX hook's default, as it names it to az
+    run, calls = run_hook(tmp_path, "ok", UPLOADS_FUNCTION=function)
+    assert run.returncode == 0, run.stderr
+    (create,) = [c for c in calls if "event-subscription create" in c]
+    from_hook = re.search(r" -n (\S+)", create).group(1)  # type: ignore[union-attr]
+    # the PowerShell hook's default: the same expression over the same function name
+    ps1 = (REPO / "scripts" / "postdeploy.ps1").read_text()
+    default = re.search(r"'EVENTGRID_SUBSCRIPTION' \(\"([\w-]+)\" \+ \(\$function -replace '_', '-'\)\)", ps1)
+    assert default, "postdeploy.ps1 names its default subscription another way: check it here"
+    from_ps1 = default.group(1) + function.replace("_", "-")
+    deploy_md = re.findall(r"The subscription `([^`]+)`", (REPO / "docs" / "deploy.md").read_text())
+    for name in (from_template, from_hook, from_ps1, *deploy_md):
+        assert valid_event_subscription_name(name), name
+    assert from_template == from_hook == from_ps1 and deploy_md == [from_template]
+    # and a name given by hand that breaks the rule is refused before any az call
+    bad, calls = run_hook(tmp_path, "ok", EVENTGRID_SUBSCRIPTION="uploads_to_x")
+    assert bad.returncode == 1 and "not a valid Event Grid subscription name" in bad.stderr and calls == []
+
+
+def test_the_hook_retries_the_webhook_handshake_only_and_names_azd_subscription(tmp_path: Path) -> None:
+    # The handshake fails while the host starts: retried until it passes.
+    run, calls = run_hook(tmp_path, "handshake handshake ok")
+    assert run.returncode == 0, run.stderr
+    assert sum("event-subscription create" in c for c in calls) == 3
+    assert run.stdout.count("did not answer Event Grid's validation yet") == 2
+    # Every az call names azd's subscription, never az's default one.
+    assert calls and all("--subscription 00000000-0000-0000-0000-00000000abcd" in c for c in calls), calls
+    # Any other error will not heal: shown at once, after one try, the key masked.
+    denied, calls = run_hook(tmp_path, "denied ok")
+    assert denied.returncode == 1
+    assert sum("event-subscription create" in c for c in calls) == 1
+    assert "AuthorizationFailed" in denied.stderr and "retrying" not in denied.stdout
+    # A handshake that never passes ends at the deadline with the last error, the key masked.
+    late, _ = run_hook(tmp_path, "handshake handshake", POSTDEPLOY_WAIT_SECONDS="0")
+    assert late.returncode == 1 and "still fails Event Grid's validation" in late.stderr
+    assert "the-blobs-extension-key" not in late.stdout + late.stderr and "code=***" in late.stderr
+    # Without azd's subscription the hook refuses to guess.
+    unset, calls = run_hook(tmp_path, "ok", AZURE_SUBSCRIPTION_ID="")
+    assert unset.returncode != 0 and "AZURE_SUBSCRIPTION_ID" in unset.stderr and calls == []
+
+
+def test_make_run_does_not_build_the_checkov_environment() -> None:
+    def recipe(target: str) -> str:
+        # -n: print what would run; -B: as on a fresh machine, everything out of date
+        done = subprocess.run(["make", "-n", "-B", target], cwd=REPO, capture_output=True, text=True, check=True)
+        return done.stdout
+
+    assert "requirements-iac.txt" not in recipe("run") and "emulators.devstack" in recipe("run")
+    assert "requirements-iac.txt" in recipe("pytest")  # test (lint + pytest) runs the infra checks: it needs it
+
+
+def test_optional_settings_are_a_deployment_parameter_that_survives_the_next_provision() -> None:
+    params = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert params["appSettings"] == {"value": "${APP_SETTINGS}"}  # from the azd environment
+    main = parsed(INFRA / "main.bicep")
+    assert "default" in main["parameters"]["appSettings"]  # optional
+    assert render(body(main["modules"]["resources"])["params"]["extraAppSettings"]) == "extraAppSettings"
+    loop = main["variables"]["extraAppSettings"]["value"]
+    assert loop["loop_type"]["detail"]["item_name"] == "setting" and "appSettings" in str(loop["loop_type"])
+    assert render(loop["config"]["name"]) == "setting.key"
+    # resources.bicep adds them after its own settings (template_settings checks the order of the parts)
+    assert "extraAppSettings" in resources_bicep()["parameters"]
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    assert "azd env set APP_SETTINGS" in docs.split("### Optional settings", 1)[1]
+    # a setting set by hand is deleted by the next provision: the docs never suggest it without saying so
+    for paragraph in docs.split("\n\n"):
+        if "appsettings set" in paragraph:
+            assert "deleted by the next `azd provision`" in paragraph, paragraph

@@ -67,3 +67,11 @@ def test_a_listing_says_how_many_more_the_report_has_and_long_messages_end_in_an
     long = "word " * 40
     assert len(cut(long, 50)) == 50 and cut(long, 50).endswith("…")
     assert cut("short") == "short"
+
+
+def test_the_instance_the_settings_file_names_is_checked_only_when_its_address_is_used(tmp_path: Path) -> None:
+    path = _settings(tmp_path, {"IOTJOBS_URL": "http://127.0.0.1:7071", "IOTJOBS_INSTANCE_ID": "devstack-1"})
+    assert load(settings=path, env={}).instance == "devstack-1"
+    # an address given another way is the user's choice: no stack to hold it to
+    assert load(settings=path, env={"IOTJOBS_URL": "http://127.0.0.1:7999"}).instance is None
+    assert load(settings=path, url="http://127.0.0.1:7999", env={}).instance is None
