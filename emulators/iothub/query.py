@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lark import Lark, Token, Transformer, Tree, UnexpectedEOF, UnexpectedInput, UnexpectedToken, v_args
+from lark.exceptions import VisitError
 
 from .errors import ApiError
 
@@ -295,7 +296,7 @@ def _unescape(text: str) -> str:
         if nxt in "'\"\\/":
             out.append(nxt)
             i += 2
-        elif nxt == "u" and len(body) >= i + 6:
+        elif nxt == "u" and all(h in "0123456789abcdefABCDEF" for h in body[i + 2 : i + 6]) and len(body) >= i + 6:
             out.append(chr(int(body[i + 2 : i + 6], 16)))
             i += 6
         else:
@@ -449,7 +450,12 @@ def parse(text: Any) -> Query:
     build = _Build()
 
     def transform(node: Tree[Token] | Token) -> Any:
-        return build.transform(node) if isinstance(node, Tree) else node
+        try:
+            return build.transform(node) if isinstance(node, Tree) else node
+        except VisitError as exc:  # a refusal raised while building (a bad escape in a string)
+            if isinstance(exc.orig_exc, ApiError):
+                raise exc.orig_exc from None
+            raise
 
     collection = ".".join(str(t) for t in coll_node.children).lower()
     if collection == "devices.jobs":
