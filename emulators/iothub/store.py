@@ -40,7 +40,6 @@ CREATE TABLE IF NOT EXISTS lagged (id TEXT PRIMARY KEY, before TEXT, due REAL NO
 -- sort before text (SQLite's order: numbers < text), and Booleans are stored as 1/0.
 CREATE TABLE IF NOT EXISTS twin_index (
     path TEXT NOT NULL, value NOT NULL, id TEXT NOT NULL, PRIMARY KEY (path, value, id)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS twin_index_by_id ON twin_index (id, path, value);
 """
 _SCHEMA_VERSION = 1  # PRAGMA user_version: 1 = twin_index built (older data directories are indexed on open)
 ACTIVE_JOB_STATES = ("enqueued", "running")
@@ -156,13 +155,9 @@ class Store:
                 )
             ups = [(k, v["status"], _dumps(v)) for k, v in devices.items() if v is not None]
             dels = [(k,) for k, v in devices.items() if v is None]
-            c.executemany("DELETE FROM twin_index WHERE id = ?", [(k,) for k in devices])
+            self._reindex(c, devices)
             if ups:
                 c.executemany("INSERT OR REPLACE INTO devices (id, status, data) VALUES (?, ?, ?)", ups)
-                c.executemany(
-                    "INSERT OR IGNORE INTO twin_index (path, value, id) VALUES (?, ?, ?)",
-                    [r for v in devices.values() if v is not None for r in index_rows(v)],
-                )
             if dels:
                 c.executemany("DELETE FROM devices WHERE id = ?", dels)
                 c.executemany("DELETE FROM modules WHERE device_id = ?", dels)
@@ -174,6 +169,28 @@ class Store:
                         "INSERT OR REPLACE INTO modules (device_id, module_id, data) VALUES (?, ?, ?)",
                         (dev, mod, _dumps(rec)),
                     )
+
+    @staticmethod
+    def _reindex(c: sqlite3.Connection, devices: dict[str, Record | None]) -> None:
+        """Bring ``twin_index`` from the stored devices to ``devices`` (before they are written): only the rows
+        that change are deleted and inserted (an update that keeps the twin writes none; a new device reads
+        nothing but its id)."""
+        ids = list(devices)
+        before: dict[str, set[tuple[str, Any, str]]] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for did, data in c.execute(f"SELECT id, data FROM devices WHERE id IN ({marks})", part):  # noqa: S608
+                before[did] = set(index_rows(json.loads(data)))
+        gone: list[tuple[str, Any, str]] = []
+        new: list[tuple[str, Any, str]] = []
+        for did, record in devices.items():
+            old = before.get(did, set())
+            now = set(index_rows(record)) if record is not None else set()
+            gone.extend(old - now)
+            new.extend(now - old)
+        c.executemany("DELETE FROM twin_index WHERE path = ? AND value = ? AND id = ?", gone)
+        c.executemany("INSERT OR IGNORE INTO twin_index (path, value, id) VALUES (?, ?, ?)", new)
 
     def page_devices(self, after: str | None, limit: int) -> list[Record]:
         c = self._conn()
