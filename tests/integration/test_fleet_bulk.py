@@ -80,6 +80,16 @@ def test_query_devices_pages_through_every_match(jobs: Jobs, clock: Clock) -> No
     assert {t["deviceId"] for t in client.query_devices("SELECT * FROM devices", page_size=3)} >= set(ids)
 
 
+def test_query_devices_pages_through_the_hubs_query_language(jobs: Jobs, clock: Clock) -> None:
+    seed(jobs, clock)
+    client = jobs.hubs["devhub"]
+    query = (
+        "SELECT * FROM devices WHERE (tags.site IN ['b'] OR NOT STARTSWITH(deviceId, 'q-')) "
+        "OR (capabilities.iotEdge = true AND status != 'disabled')"
+    )
+    assert [t["deviceId"] for t in client.query_devices(query, page_size=2)] == ["q-5", "q-6", "q-7", "q-edge"]
+
+
 def test_an_invalid_query_is_refused(jobs: Jobs) -> None:
     with pytest.raises(InvalidBulk):
         make(jobs, "delete", query="SELECT COUNT() AS n FROM devices")
