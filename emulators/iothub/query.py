@@ -689,9 +689,9 @@ def _filter(node: Any) -> Filter | None:
             return None
         if node.op == "in":
             x, values = node.args
-            if isinstance(x, Path) and indexed(x.dotted):
-                vals = [v for v in values.value if _indexable_value(v)]
-                return AnyOf(tuple(Cmp(x.dotted, "=", v) for v in vals))
+            # Every value must be one the index holds (`IN [null]` selects twins whose value is null).
+            if isinstance(x, Path) and indexed(x.dotted) and all(_indexable_value(v) for v in values.value):
+                return AnyOf(tuple(Cmp(x.dotted, "=", v) for v in values.value))
         return None
     if isinstance(node, Call) and node.name == "startswith":
         x, s = node.args

@@ -251,6 +251,8 @@ class Store:
         if lagging:
             sql = "SELECT id, before FROM lagged WHERE due > :now AND id > :after ORDER BY id LIMIT :limit"
             streams.append(self._batches(sql, {"now": now, "limit": batch}, after))
+        if not streams:  # `IN []`: nothing to seek
+            return
         last = None
         for did, data in heapq.merge(*streams, key=lambda r: r[0]) if len(streams) > 1 else streams[0]:
             if did == last or data is None:

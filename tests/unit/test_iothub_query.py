@@ -66,6 +66,8 @@ def where(condition: str, doc: dict[str, Any] = TWIN) -> bool:
         ("tags.site NIN ['oslo']", False),
         ("tags.missing NIN ['oslo']", False),
         ("tags.floor IN [-1, 3]", True),
+        ("tags.none IN ['x', null]", True),
+        ("tags.site IN []", False),
         ("IS_DEFINED(tags.site)", True),
         ("IS_DEFINED(tags.none)", True),  # assigned a value, null included (the docs)
         ("is_defined(tags.missing)", False),
@@ -224,6 +226,7 @@ def test_filters_push_comparisons_and_their_combinations() -> None:
         "tags.a = null",
         "tags.a < true",
         "tags.a = tags.b",
+        "tags.a IN ['x', null]",  # null is not in the index, and null IN [null] is true
     ],
 )
 def test_filters_leave_what_the_index_cannot_answer(condition: str) -> None:
@@ -299,6 +302,10 @@ def test_a_prefix_range_and_type_bounds(store: Store) -> None:
     assert len(run(store, "SELECT * FROM devices WHERE tags.big > 2")[1]) == 1000  # beyond 64 bits
     flags = run(store, "SELECT * FROM devices WHERE tags.flag = true")
     assert flags[0] == flags[1] and len(flags[1]) == 500
+
+
+def test_an_empty_in_selects_nothing(store: Store) -> None:
+    assert run(store, "SELECT * FROM devices WHERE tags.lot IN [] OR deviceId IN []") == ([], [])
 
 
 def test_a_walk_continues_after_the_cursor(store: Store) -> None:
