@@ -7,8 +7,8 @@ Queries read an index kept beside the devices, ``twin_index`` (path, value, devi
 connection state and every leaf of its tags and desired and reported properties, written in the same transaction
 as the device. A page of a query then costs the page: an equality (or IN) is a seek in (path, value, id) order,
 continued after the last device id of the previous page (a keyset cursor, not an offset); other conditions on
-indexed paths are checked in SQL while walking the devices in id order, and the query module checks every row
-again with the language's full semantics (``query.py``).
+those paths are checked in SQL (``json_extract`` of the row) while walking the devices in id order, and the query
+module checks every row again with the language's full semantics (``query.py``).
 """
 
 from __future__ import annotations
@@ -463,6 +463,27 @@ def _range(column: str, op: str, value: Any, name: str, params: dict[str, Any]) 
     return cond + f" AND {column} < ''"
 
 
+# Where a twin path lives in a stored device record (model.py's record, not the twin JSON queries see).
+_RECORD_PATHS = {
+    "tags": "$.twin.tags",
+    "properties.desired": "$.twin.desired",
+    "properties.reported": "$.twin.reported",
+}
+
+
+def _json_path(path: str) -> str | None:
+    """The SQLite JSON path of an indexed twin path in the stored record, keys quoted (None: not expressible)."""
+    if path in ("status", "connectionState"):
+        return f"$.{path}"
+    for prefix, stored in _RECORD_PATHS.items():
+        if path.startswith(prefix + "."):
+            keys = path[len(prefix) + 1 :].split(".")
+            if any('"' in k or "\\" in k for k in keys):
+                return None
+            return stored + "".join(f'."{k}"' for k in keys)
+    return None
+
+
 def _sql(f: Filter, params: dict[str, Any]) -> str:
     """A query filter as an SQL condition over ``devices d``; bind values are added to ``params``."""
     if isinstance(f, AllOf):
@@ -474,8 +495,10 @@ def _sql(f: Filter, params: dict[str, Any]) -> str:
         if not isinstance(f.value, str):
             return "0"  # ids are strings: nothing else compares to them
         return "(" + _range("d.id", f.op, f.value, name, params) + ")"
-    params[name + "p"] = f.path
-    return (  # only placeholders are interpolated: values are bound
-        f"EXISTS (SELECT 1 FROM twin_index t WHERE t.id = d.id AND t.path = :{name}p AND "  # noqa: S608
-        f"{_range('t.value', f.op, f.value, name, params)})"
-    )
+    where = _json_path(f.path)
+    if where is None:
+        return "1"  # a key SQLite's JSON paths cannot name: left to the row-by-row check
+    # Checked on the row being read (its JSON), not through the index: a probe of the index per row would seek
+    # (path, value) ranges, and a second index by id would cost every write.
+    params[name + "p"] = where
+    return "(" + _range(f"json_extract(d.data, :{name}p)", f.op, f.value, name, params) + ")"
