@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +103,9 @@ NAME: /[A-Za-z_$][A-Za-z0-9_$]*/
 """
 
 _PARSER = Lark(_GRAMMAR, parser="lalr", maybe_placeholders=False)
+# Request threads share the parser; lark does not document a parser instance as thread-safe, and a parse takes
+# well under a millisecond, so one at a time.
+_PARSE_LOCK = threading.Lock()
 
 
 class _Undefined:
@@ -430,7 +434,8 @@ def parse(text: Any) -> Query:
     if not isinstance(text, str) or not text.strip():
         raise _refuse('The request body must be {"query": "SELECT ... FROM devices ..."}.')
     try:
-        tree = _PARSER.parse(text)
+        with _PARSE_LOCK:
+            tree = _PARSER.parse(text)
     except (UnexpectedEOF, UnexpectedToken) as exc:
         if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
             raise _refuse(_syntax_error(text, exc)) from None
