@@ -631,7 +631,8 @@ def evaluate(node: Any, doc: dict[str, Any]) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Cmp:
-    """``path op value`` on an indexed path (``deviceId``, see ``indexed``); op is = < <= > >= or prefix."""
+    """``path op value`` on an indexed path (``deviceId``, see ``indexed``); op is = != < <= > >=, prefix
+    (STARTSWITH) or suffix (ENDSWITH). Only = is sought in the index; the others are checked on each row read."""
 
     path: str
     op: str
@@ -661,7 +662,7 @@ def indexed(path: str) -> bool:
     return path.startswith(INDEXED_SECTIONS) and "$" not in path
 
 
-_FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "=": "="}
+_FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "=": "=", "!=": "!="}
 
 
 def _indexable_value(v: Any) -> bool:
@@ -688,7 +689,7 @@ def _filter(node: Any) -> Filter | None:
                 and isinstance(right, Const)
                 and indexed(left.dotted)
                 and _indexable_value(right.value)
-                and (op == "=" or _kind(right.value) in ("number", "string"))
+                and (op in ("=", "!=") or _kind(right.value) in ("number", "string"))
             ):
                 return Cmp(left.dotted, op, right.value)
             return None
@@ -698,10 +699,10 @@ def _filter(node: Any) -> Filter | None:
             if isinstance(x, Path) and indexed(x.dotted) and all(_indexable_value(v) for v in values.value):
                 return AnyOf(tuple(Cmp(x.dotted, "=", v) for v in values.value))
         return None
-    if isinstance(node, Call) and node.name == "startswith":
+    if isinstance(node, Call) and node.name in ("startswith", "endswith"):
         x, s = node.args
         if isinstance(x, Path) and isinstance(s, Const) and isinstance(s.value, str) and indexed(x.dotted):
-            return Cmp(x.dotted, "prefix", s.value)
+            return Cmp(x.dotted, "prefix" if node.name == "startswith" else "suffix", s.value)
     return None
 
 

@@ -449,8 +449,10 @@ def _range(column: str, op: str, value: Any, name: str, params: dict[str, Any]) 
     """``column op value`` for the index's untyped column, bounded to the value's type (numbers sort before
     text, so a numeric lower bound stops at the first text and a text upper bound starts at the first text)."""
     params[name] = _sql_value(value)
-    if op == "=":
-        return f"{column} = :{name}"
+    if op in ("=", "!="):
+        return f"{column} {op} :{name}"
+    if op == "suffix":  # the last characters (substr counts characters); a number never ends a match (rechecked)
+        return f"substr({column}, -length(:{name})) = :{name}" if value else f"{column} >= ''"
     if op == "prefix":
         upper = _next_prefix(value)
         if upper is None:

@@ -209,16 +209,17 @@ def test_filters_push_comparisons_and_their_combinations() -> None:
     assert flt("tags.a = 1 OR properties.reported.b = true") == AnyOf(
         (Cmp("tags.a", "=", 1), Cmp("properties.reported.b", "=", True))
     )
+    assert flt("tags.a != 'x' AND 2 != deviceId") == AllOf((Cmp("tags.a", "!=", "x"), Cmp("deviceId", "!=", 2)))
+    assert flt("ENDSWITH(tags.a, 'x')") == Cmp("tags.a", "suffix", "x")
     # An AND keeps what the index answers; the rest is checked row by row.
     assert flt("tags.a = 1 AND NOT tags.b = 2") == Cmp("tags.a", "=", 1)
-    assert flt("tags.a = 1 AND ENDSWITH(deviceId, 'x')") == Cmp("tags.a", "=", 1)
+    assert flt("tags.a = 1 AND IS_DEFINED(tags.x)") == Cmp("tags.a", "=", 1)
 
 
 @pytest.mark.parametrize(
     "condition",
     [
         "NOT tags.a = 1",  # the index cannot say what is not there
-        "tags.a != 1",
         "tags.a NIN [1]",
         "tags.a = 1 OR IS_DEFINED(tags.b)",  # one side of an OR outside the index: every twin may match
         "lastActivityTime > '2020'",  # not indexed
@@ -302,6 +303,17 @@ def test_a_prefix_range_and_type_bounds(store: Store) -> None:
     assert len(run(store, "SELECT * FROM devices WHERE tags.big > 2")[1]) == 1000  # beyond 64 bits
     flags = run(store, "SELECT * FROM devices WHERE tags.flag = true")
     assert flags[0] == flags[1] and len(flags[1]) == 500
+
+
+def test_not_equal_and_endswith_are_checked_in_sql(store: Store) -> None:
+    read, selected = run(store, "SELECT * FROM devices WHERE ENDSWITH(deviceId, '99') AND tags.lot != 'lot-99'")
+    assert read == selected == []
+    read, selected = run(store, "SELECT * FROM devices WHERE ENDSWITH(tags.lot, '-42') OR ENDSWITH(deviceId, '')")
+    assert len(read) == 1000  # every id ends with ''
+    read, selected = run(store, "SELECT * FROM devices WHERE ENDSWITH(deviceId, '77') AND status != 'disabled'")
+    assert read == selected == [f"d-{i:04d}" for i in range(77, 1000, 100) if i % 10]
+    read, selected = run(store, "SELECT * FROM devices WHERE tags.floor != 0 AND tags.lot = 'lot-07'")
+    assert read == selected == [f"d-{i:04d}" for i in range(7, 1000, 100) if i % 7]
 
 
 def test_an_empty_in_selects_nothing(store: Store) -> None:
