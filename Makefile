@@ -55,6 +55,7 @@ bench: setup-run
 	$(BIN)/python -m bench.hub_calls
 	$(BIN)/python -m bench.plan
 	$(BIN)/python -m bench.migration
+	$(BIN)/python -m bench.hub_query
 
 clean:
 	rm -rf $(VENV) $(IAC_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .devstack *.egg-info

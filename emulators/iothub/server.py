@@ -13,7 +13,7 @@ import re
 import ssl
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -217,40 +217,100 @@ def bulk(emu: IoTHubEmulator, req: Request) -> Response:
 
 @route("POST", r"/devices/query", Right.REGISTRY_READ, Op.QUERY)
 def query_devices(emu: IoTHubEmulator, req: Request) -> Response:
-    # Queries read the index, which lags behind writes in realistic mode (store.page_visible).
+    # Queries read the index, which lags behind writes in realistic mode (store.query_devices). One call is one
+    # page, counted once against the query throttle (quotas.py), whatever the page holds.
     q = query.parse(req.body.get("query") if isinstance(req.body, dict) else None)
-    if q.count_alias:
-        total, after = 0, None
-        while page := emu.store.page_visible(after, 1000):
-            total += sum(1 for r in page if q.predicate(twin_json(r)))
-            after = page[-1]["deviceId"]
-        return Response(body=[{q.count_alias: total}], headers={"x-ms-item-type": "JSON"})
+    if q.aggregate:
+        return Response(body=_aggregate(emu, q), headers={"x-ms-item-type": "JSON"})
     try:
         limit = max(1, min(1000, int(req.headers.get("x-ms-max-item-count") or 100)))
     except ValueError:
         limit = 100
-    token = req.headers.get("x-ms-continuation")
-    after = base64.urlsafe_b64decode(token.encode()).decode() if token else None
+    cursor = _Cursor.decode(req.headers.get("x-ms-continuation"))
+    if q.top is not None:
+        limit = min(limit, q.top - cursor.returned)
     items: list[dict[str, Any]] = []
     more = False
-    while len(items) < limit:
-        page = emu.store.page_visible(after, limit)
-        if not page:
-            break
-        for r in page:
-            twin = twin_json(r)
-            after = r["deviceId"]
-            if q.predicate(twin):
-                items.append(twin)
-                if len(items) == limit:
-                    break
-        more = bool(emu.store.page_visible(after, 1))
-        if not more:
-            break
-    headers = {"x-ms-item-type": "Twin"}
-    if more and after is not None:
-        headers["x-ms-continuation"] = base64.urlsafe_b64encode(after.encode()).decode()
+    if limit > 0:
+        rows = _query_rows(emu, q, cursor.after, limit + 1)
+        for key, doc in rows:
+            if len(items) == limit:
+                more = True  # one more match exists: the page ends at the last one returned
+                break
+            items.append(q.project(doc))
+            cursor = _Cursor(key, cursor.returned + 1)
+        rows.close()
+    if q.top is not None and cursor.returned >= q.top:
+        more = False
+    headers = {"x-ms-item-type": "Twin" if q.select is None else "JSON"}
+    if more:
+        headers["x-ms-continuation"] = cursor.encode()
     return Response(body=items, headers=headers)
+
+
+@dataclass(frozen=True, slots=True)
+class _Cursor:
+    """A query's continuation: the key of the last twin returned (a keyset cursor, not an offset) and how many
+    were returned in all (for TOP). Opaque to clients, as the service's token is."""
+
+    after: list[str] | None = None
+    returned: int = 0
+
+    @staticmethod
+    def decode(token: str | None) -> _Cursor:
+        if not token:
+            return _Cursor()
+        try:
+            raw = json.loads(base64.urlsafe_b64decode(token.encode()))
+            after, returned = raw["k"], raw["n"]
+            if not (isinstance(after, list) and all(isinstance(k, str) for k in after) and isinstance(returned, int)):
+                raise ValueError(token)
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(400004, "The x-ms-continuation header is not a token this hub returned.") from None
+        return _Cursor(after, returned)
+
+    def encode(self) -> str:
+        return base64.urlsafe_b64encode(json.dumps({"k": self.after, "n": self.returned}).encode()).decode()
+
+
+def _query_rows(
+    emu: IoTHubEmulator, q: query.Query, after: list[str] | None, batch: int
+) -> Generator[tuple[list[str], dict[str, Any]], None, None]:
+    """The twins ``q`` selects after the cursor key, in key order, each with its key."""
+    if q.collection == "devices.modules":
+        # Module twins are read in (device id, module id) order and checked here (they are not indexed).
+        start = (after[0], after[1]) if after and len(after) == 2 else None
+        while page := emu.store.page_modules(start, batch):
+            for r in page:
+                start = (r["deviceId"], r["moduleId"])
+                doc = twin_json(r)
+                if q.matches(doc):
+                    yield [r["deviceId"], r["moduleId"]], doc
+            if len(page) < batch:
+                return
+        return
+    where = q.filter()
+    for r in emu.store.query_devices(where, query.seek_terms(where), after[0] if after else None, batch):
+        doc = twin_json(r)
+        if q.matches(doc):
+            yield [r["deviceId"]], doc
+
+
+def _aggregate(emu: IoTHubEmulator, q: query.Query) -> list[dict[str, Any]]:
+    """Aggregate rows, all in one answer (inferred: the docs show a GROUP BY's rows as one array)."""
+    assert q.select is not None
+    if (
+        q.where is None
+        and not q.group_by
+        and all(isinstance(p.expr, query.Call) and p.expr.name == "count" for p in q.select)
+    ):
+        n = emu.store.count_visible()  # SELECT COUNT() AS n FROM devices: the count the store keeps
+        return [{p.alias: n for p in q.select}]
+    rows = _query_rows(emu, q, None, 1000)
+    try:
+        return q.aggregate_rows(doc for _, doc in rows)
+    finally:
+        rows.close()
 
 
 @route("GET", r"/statistics/devices", Right.REGISTRY_READ, Op.REGISTRY)

@@ -2,11 +2,20 @@
 
 Each thread gets its own connection (sqlite3 connections are not shared across threads); WAL mode lets the job
 runner stream an export while request threads keep reading and writing.
+
+Queries read an index kept beside the devices, ``twin_index`` (path, value, device id): the device's status and
+connection state and every leaf of its tags and desired and reported properties, written in the same transaction
+as the device. A page of a query then costs the page: an equality (or IN) is a seek in (path, value, id) order,
+continued after the last device id of the previous page (a keyset cursor, not an offset); other conditions on
+those paths are checked in SQL (``json_extract`` of the row) while walking the devices in id order, and the query
+module checks every row again with the language's full semantics (``query.py``).
 """
 
 from __future__ import annotations
 
+import heapq
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -15,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .model import Record
+from .query import AllOf, AnyOf, Cmp, Filter
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (id TEXT PRIMARY KEY, status TEXT NOT NULL, data TEXT NOT NULL);
@@ -26,17 +36,12 @@ CREATE TABLE IF NOT EXISTS configurations (id TEXT PRIMARY KEY, data TEXT NOT NU
 -- Read-after-write lag of queries: a device changed less than the lag ago is seen by queries as it was before
 -- (`before`, NULL if it did not exist) until `due` (Unix seconds).
 CREATE TABLE IF NOT EXISTS lagged (id TEXT PRIMARY KEY, before TEXT, due REAL NOT NULL);
+-- What queries filter on (see the module's docstring); `value` has no type affinity, so numbers stay numbers and
+-- sort before text (SQLite's order: numbers < text), and Booleans are stored as 1/0.
+CREATE TABLE IF NOT EXISTS twin_index (
+    path TEXT NOT NULL, value NOT NULL, id TEXT NOT NULL, PRIMARY KEY (path, value, id)) WITHOUT ROWID;
 """
-# A device as queries see it at :now: its stored data, or the data from before a change that is not due yet.
-_VISIBLE = """
-SELECT id, v FROM (
-    SELECT d.id AS id, CASE WHEN l.due > :now THEN l.before ELSE d.data END AS v
-    FROM devices d LEFT JOIN lagged l ON l.id = d.id WHERE d.id > :after
-    UNION ALL
-    SELECT l.id AS id, l.before AS v FROM lagged l
-    WHERE l.due > :now AND l.id > :after AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = l.id)
-) WHERE v IS NOT NULL ORDER BY id LIMIT :limit
-"""
+_SCHEMA_VERSION = 1  # PRAGMA user_version: 1 = twin_index built (older data directories are indexed on open)
 ACTIVE_JOB_STATES = ("enqueued", "running")
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -52,6 +57,24 @@ class Store:
         self.write_lock = threading.Lock()  # one writer at a time: keeps read-modify-write batches atomic
         with self._conn() as c:
             c.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        c = self._conn()
+        if c.execute("PRAGMA user_version").fetchone()[0] >= _SCHEMA_VERSION:
+            return
+        with c:
+            c.execute("DELETE FROM twin_index")
+            after = ""
+            while rows := c.execute(
+                "SELECT id, data FROM devices WHERE id > ? ORDER BY id LIMIT 5000", (after,)
+            ).fetchall():
+                c.executemany(
+                    "INSERT OR IGNORE INTO twin_index (path, value, id) VALUES (?, ?, ?)",
+                    [r for _, data in rows for r in index_rows(json.loads(data))],
+                )
+                after = rows[-1][0]
+            c.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -132,6 +155,7 @@ class Store:
                 )
             ups = [(k, v["status"], _dumps(v)) for k, v in devices.items() if v is not None]
             dels = [(k,) for k, v in devices.items() if v is None]
+            self._reindex(c, devices)
             if ups:
                 c.executemany("INSERT OR REPLACE INTO devices (id, status, data) VALUES (?, ?, ?)", ups)
             if dels:
@@ -145,6 +169,28 @@ class Store:
                         "INSERT OR REPLACE INTO modules (device_id, module_id, data) VALUES (?, ?, ?)",
                         (dev, mod, _dumps(rec)),
                     )
+
+    @staticmethod
+    def _reindex(c: sqlite3.Connection, devices: dict[str, Record | None]) -> None:
+        """Bring ``twin_index`` from the stored devices to ``devices`` (before they are written): only the rows
+        that change are deleted and inserted (an update that keeps the twin writes none; a new device reads
+        nothing but its id)."""
+        ids = list(devices)
+        before: dict[str, set[tuple[str, Any, str]]] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for did, data in c.execute(f"SELECT id, data FROM devices WHERE id IN ({marks})", part):  # noqa: S608
+                before[did] = set(index_rows(json.loads(data)))
+        gone: list[tuple[str, Any, str]] = []
+        new: list[tuple[str, Any, str]] = []
+        for did, record in devices.items():
+            old = before.get(did, set())
+            now = set(index_rows(record)) if record is not None else set()
+            gone.extend(old - now)
+            new.extend(now - old)
+        c.executemany("DELETE FROM twin_index WHERE path = ? AND value = ? AND id = ?", gone)
+        c.executemany("INSERT OR IGNORE INTO twin_index (path, value, id) VALUES (?, ?, ?)", new)
 
     def page_devices(self, after: str | None, limit: int) -> list[Record]:
         c = self._conn()
@@ -170,10 +216,73 @@ class Store:
         finally:
             conn.close()
 
-    def page_visible(self, after: str | None, limit: int) -> list[Record]:
-        """Devices in id order as queries see them now (see ``write``'s ``query_lag``)."""
-        rows = self._conn().execute(_VISIBLE, {"now": time.time(), "after": after or "", "limit": limit})
-        return [json.loads(v) for _, v in rows]
+    def query_devices(
+        self, where: Filter | None, seeks: list[Cmp] | None, after: str | None, batch: int
+    ) -> Iterator[Record]:
+        """Devices as queries see them now (see ``write``'s ``query_lag``), in id order after ``after``, that may
+        match ``where`` (a superset: the caller checks each one): read by seeking ``seeks`` (equalities whose
+        union holds every match) in the index, or else by walking the devices in id order, ``batch`` rows per
+        statement, so a page reads about a page."""
+        c = self._conn()
+        now = time.time()
+        lagging = c.execute("SELECT EXISTS (SELECT 1 FROM lagged WHERE due > ?)", (now,)).fetchone()[0] == 1
+        params: dict[str, Any] = {"now": now, "limit": batch}
+        cond = _sql(where, params) if where is not None else "1"
+        if lagging:  # devices changed within the lag are read from `lagged` below, as they were
+            cond += " AND NOT EXISTS (SELECT 1 FROM lagged l WHERE l.id = d.id AND l.due > :now)"
+        streams: list[Iterator[tuple[str, str | None]]] = []
+        if seeks is None:
+            sql = f"SELECT d.id, d.data FROM devices d WHERE d.id > :after AND {cond} ORDER BY d.id LIMIT :limit"  # noqa: S608
+            streams.append(self._batches(sql, params, after))
+        else:
+            for term in seeks:
+                p = {**params, "sv": _sql_value(term.value)}
+                if term.path == "deviceId":
+                    sql = (
+                        f"SELECT d.id, d.data FROM devices d WHERE d.id = :sv AND d.id > :after AND {cond} LIMIT :limit"  # noqa: S608
+                    )
+                else:
+                    p["sp"] = term.path
+                    sql = (
+                        "SELECT d.id, d.data FROM twin_index s CROSS JOIN devices d ON d.id = s.id "  # noqa: S608
+                        f"WHERE s.path = :sp AND s.value = :sv AND s.id > :after AND {cond} ORDER BY s.id LIMIT :limit"
+                    )
+                streams.append(self._batches(sql, p, after))
+        if lagging:
+            sql = "SELECT id, before FROM lagged WHERE due > :now AND id > :after ORDER BY id LIMIT :limit"
+            streams.append(self._batches(sql, {"now": now, "limit": batch}, after))
+        if not streams:  # `IN []`: nothing to seek
+            return
+        last = None
+        for did, data in heapq.merge(*streams, key=lambda r: r[0]) if len(streams) > 1 else streams[0]:
+            if did == last or data is None:
+                continue
+            last = did
+            yield json.loads(data)
+
+    def _batches(self, sql: str, params: dict[str, Any], after: str | None) -> Iterator[tuple[str, str | None]]:
+        """Rows of ``sql`` (id first, ``:after`` and ``:limit`` bound) batch by batch, each after the last id."""
+        c = self._conn()
+        last = after or ""
+        while True:
+            rows = c.execute(sql, {**params, "after": last}).fetchall()
+            yield from rows
+            if len(rows) < params["limit"]:
+                return
+            last = rows[-1][0]
+
+    def page_modules(self, after: tuple[str, str] | None, limit: int) -> list[Record]:
+        """Module identities in (device id, module id) order after ``after`` (queries ``FROM devices.modules``)."""
+        dev, mod = after or ("", "")
+        rows = self._conn().execute(
+            "SELECT data FROM modules WHERE (device_id, module_id) > (?, ?) ORDER BY device_id, module_id LIMIT ?",
+            (dev, mod, limit),
+        )
+        return [json.loads(r[0]) for r in rows]
+
+    def count_visible(self) -> int:
+        """How many devices queries see now."""
+        return self.statistics_visible()["totalDeviceCount"]
 
     def statistics_visible(self) -> dict[str, int]:
         """``statistics`` as queries see the registry now (inferred: statistics come from the same index): the
@@ -287,3 +396,111 @@ class Store:
             c.execute("DELETE FROM jobs")
             c.execute("DELETE FROM configurations")
             c.execute("DELETE FROM lagged")
+            c.execute("DELETE FROM twin_index")
+
+
+# --- the query index ------------------------------------------------------------------------------------
+
+_INT64 = 2**63
+
+
+def _sql_value(v: Any) -> Any:
+    """A JSON scalar as the index stores it: Booleans 1/0 (SQLite has no Boolean), integers beyond 64 bits as
+    floats (SQLite's integers are 64-bit)."""
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, int) and not -_INT64 <= v < _INT64:
+        return float(v)
+    return v
+
+
+def _leaves(prefix: str, node: Any, device_id: str, out: list[tuple[str, Any, str]]) -> None:
+    for key, value in node.items():
+        path = f"{prefix}.{key}"
+        if isinstance(value, dict):
+            _leaves(path, value, device_id, out)
+        elif isinstance(value, bool | int | str) or (isinstance(value, float) and math.isfinite(value)):
+            out.append((path, _sql_value(value), device_id))
+        # null and arrays are not indexed: no indexed condition (=, IN, <, STARTSWITH...) is true of them
+
+
+def index_rows(record: Record) -> list[tuple[str, Any, str]]:
+    """The ``twin_index`` rows of a device (``query.indexed`` says which paths)."""
+    did = record["deviceId"]
+    out: list[tuple[str, Any, str]] = [
+        ("status", record["status"], did),
+        ("connectionState", record["connectionState"], did),
+    ]
+    twin = record["twin"]
+    _leaves("tags", twin.get("tags") or {}, did, out)
+    _leaves("properties.desired", twin.get("desired") or {}, did, out)
+    _leaves("properties.reported", twin.get("reported") or {}, did, out)
+    return out
+
+
+def _next_prefix(prefix: str) -> str | None:
+    """The smallest string above every string starting with ``prefix`` (None: no bound)."""
+    while prefix and ord(prefix[-1]) == 0x10FFFF:
+        prefix = prefix[:-1]
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else None
+
+
+def _range(column: str, op: str, value: Any, name: str, params: dict[str, Any]) -> str:
+    """``column op value`` for the index's untyped column, bounded to the value's type (numbers sort before
+    text, so a numeric lower bound stops at the first text and a text upper bound starts at the first text)."""
+    params[name] = _sql_value(value)
+    if op in ("=", "!="):
+        return f"{column} {op} :{name}"
+    if op == "suffix":  # the last characters (substr counts characters); a number never ends a match (rechecked)
+        return f"substr({column}, -length(:{name})) = :{name}" if value else f"{column} >= ''"
+    if op == "prefix":
+        upper = _next_prefix(value)
+        if upper is None:
+            return f"{column} >= ''"
+        params[name + "u"] = upper
+        return f"{column} >= :{name} AND {column} < :{name}u"
+    cond = f"{column} {op} :{name}"
+    if isinstance(value, str):
+        return cond + f" AND {column} >= ''"
+    return cond + f" AND {column} < ''"
+
+
+# Where a twin path lives in a stored device record (model.py's record, not the twin JSON queries see).
+_RECORD_PATHS = {
+    "tags": "$.twin.tags",
+    "properties.desired": "$.twin.desired",
+    "properties.reported": "$.twin.reported",
+}
+
+
+def _json_path(path: str) -> str | None:
+    """The SQLite JSON path of an indexed twin path in the stored record, keys quoted (None: not expressible)."""
+    if path in ("status", "connectionState"):
+        return f"$.{path}"
+    for prefix, stored in _RECORD_PATHS.items():
+        if path.startswith(prefix + "."):
+            keys = path[len(prefix) + 1 :].split(".")
+            if any('"' in k or "\\" in k for k in keys):
+                return None
+            return stored + "".join(f'."{k}"' for k in keys)
+    return None
+
+
+def _sql(f: Filter, params: dict[str, Any]) -> str:
+    """A query filter as an SQL condition over ``devices d``; bind values are added to ``params``."""
+    if isinstance(f, AllOf):
+        return "(" + " AND ".join(_sql(p, params) for p in f.parts) + ")"
+    if isinstance(f, AnyOf):
+        return "(" + " OR ".join(_sql(p, params) for p in f.parts) + ")" if f.parts else "0"
+    name = f"p{len(params)}"
+    if f.path == "deviceId":
+        if not isinstance(f.value, str):
+            return "0"  # ids are strings: nothing else compares to them
+        return "(" + _range("d.id", f.op, f.value, name, params) + ")"
+    where = _json_path(f.path)
+    if where is None:
+        return "1"  # a key SQLite's JSON paths cannot name: left to the row-by-row check
+    # Checked on the row being read (its JSON), not through the index: a probe of the index per row would seek
+    # (path, value) ranges, and a second index by id would cost every write.
+    params[name + "p"] = where
+    return "(" + _range(f"json_extract(d.data, :{name}p)", f.op, f.value, name, params) + ")"

@@ -80,14 +80,51 @@ def test_query_devices_pages_through_every_match(jobs: Jobs, clock: Clock) -> No
     assert {t["deviceId"] for t in client.query_devices("SELECT * FROM devices", page_size=3)} >= set(ids)
 
 
+def test_query_devices_pages_through_the_hubs_query_language(jobs: Jobs, clock: Clock) -> None:
+    seed(jobs, clock)
+    client = jobs.hubs["devhub"]
+    query = (
+        "SELECT * FROM devices WHERE (tags.site IN ['b'] OR NOT STARTSWITH(deviceId, 'q-')) "
+        "OR (capabilities.iotEdge = true AND status != 'disabled')"
+    )
+    assert [t["deviceId"] for t in client.query_devices(query, page_size=2)] == ["q-5", "q-6", "q-7", "q-edge"]
+
+
 def test_an_invalid_query_is_refused(jobs: Jobs) -> None:
     with pytest.raises(InvalidBulk):
         make(jobs, "delete", query="SELECT COUNT() AS n FROM devices")
     with pytest.raises(InvalidBulk):
         make(jobs, "setTags", args={})
     with pytest.raises(IoTHubHTTPError) as caught:
-        make(jobs, "delete", query="SELECT * FROM devices WHERE tags.site > 'a'")
+        make(jobs, "delete", query="SELECT * FROM devices WHERE tags.site = ")  # malformed: the hub says 400
     assert caught.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("SELECT * FROM devices WHERE tags.site = 'b' OR deviceId = 'q-0'", ["q-0", "q-5", "q-6", "q-7"]),
+        ("SELECT * FROM devices WHERE deviceId IN ['q-1', 'q-edge', 'nope']", ["q-1", "q-edge"]),
+        ("SELECT * FROM devices WHERE NOT tags.site = 'a' AND STARTSWITH(deviceId, 'q-')", ["q-5", "q-6", "q-7"]),
+        (
+            "SELECT * FROM devices WHERE STARTSWITH(deviceId, 'q-x') OR capabilities.iotEdge = true",
+            ["q-edge", "q-x509"],
+        ),
+    ],
+)
+def test_a_bulk_selects_with_the_hubs_query_language(jobs: Jobs, clock: Clock, query: str, expected: list[str]) -> None:
+    seed(jobs, clock)
+    made = make(jobs, "disable", query=query)
+    assert made.result.devices == len(expected)
+    assert sorted(x["id"] for x in lines_of(jobs, made.ref)) == expected
+
+
+def test_a_bulk_from_an_or_in_not_query_runs_as_an_import(jobs: Jobs, iothub: IoTHubEmulator, clock: Clock) -> None:
+    seed(jobs, clock)
+    query = "SELECT * FROM devices WHERE (tags.site = 'b' OR deviceId IN ['q-0']) AND NOT deviceId = 'q-7'"
+    run(jobs, make(jobs, "disable", query=query), clock)
+    disabled = sorted(d for d in [f"q-{i}" for i in range(8)] if device(iothub, d)["status"] == "disabled")
+    assert disabled == ["q-0", "q-5", "q-6"]
 
 
 def test_disable_then_enable_changes_only_status(jobs: Jobs, iothub: IoTHubEmulator, clock: Clock) -> None:

@@ -149,6 +149,51 @@ def test_query_pages_with_continuation(iothub: IoTHubEmulator) -> None:
     assert rm.query_iot_hub(count).items[0].additional_properties == {"n": 25}  # the SDK reads every row as a Twin
 
 
+def test_query_language_through_the_sdk_with_paging(iothub: IoTHubEmulator) -> None:
+    rm = registry(iothub)
+    for start in range(0, 300, 100):
+        result = rm.bulk_create_or_update_devices(
+            [
+                ExportImportDevice(
+                    id=f"s-{i:03d}",
+                    status="disabled" if i % 5 == 0 else "enabled",
+                    import_mode="create",
+                    tags={"site": ["oslo", "lyon", "porto"][i % 3], "floor": i % 4},
+                )
+                for i in range(start, start + 100)
+            ]
+        )
+        assert result.is_successful is True
+    text = (
+        "SELECT * FROM devices WHERE (tags.site IN ['oslo', 'porto'] OR status = 'disabled') "
+        "AND NOT tags.floor = 0 AND STARTSWITH(deviceId, 's-')"
+    )
+    expected = [f"s-{i:03d}" for i in range(300) if (i % 3 in (0, 2) or i % 5 == 0) and i % 4 != 0]
+    count = QuerySpecification(query=text.replace("SELECT *", "SELECT COUNT() AS n"))
+    wait_until(lambda: rm.query_iot_hub(count).items[0].additional_properties == {"n": len(expected)})
+    seen: list[str] = []
+    token = None
+    while True:
+        page = rm.query_iot_hub(QuerySpecification(query=text), token, 50)
+        assert len(page.items) <= 50
+        seen += [t.device_id for t in page.items]
+        token = page.continuation_token
+        if not token:
+            break
+    assert seen == expected
+    grouped = rm.query_iot_hub(
+        QuerySpecification(query="SELECT tags.site AS site, COUNT() AS n FROM devices GROUP BY tags.site")
+    )
+    assert [t.additional_properties for t in grouped.items] == [
+        {"site": "lyon", "n": 100},
+        {"site": "oslo", "n": 100},
+        {"site": "porto", "n": 100},
+    ]
+    with pytest.raises(HttpOperationError) as refused:
+        rm.query_iot_hub(QuerySpecification(query="SELECT * FROM devices WHERE tags.site = 'oslo' AND"))
+    assert error_code(refused.value) == "ArgumentInvalid"
+
+
 def test_import_then_export_round_trip(iothub: IoTHubEmulator, storage: Storage) -> None:
     src, out = storage.container("in"), storage.container("out")
     lines = [

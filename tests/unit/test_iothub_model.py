@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from emulators.iothub import model, query
+from emulators.iothub import model
 from emulators.iothub.auth import POLICIES, Right, authorize, sign
-from emulators.iothub.errors import ApiError, AuthError
+from emulators.iothub.errors import AuthError
 from emulators.iothub.jobs import _lines
 from emulators.iothub.model import DELETE, LineError, apply
 
@@ -200,12 +200,3 @@ def test_authorize_round_trip_and_rights() -> None:
     assert authorize(scoped, host=host, path="/devices/a", needed=Right.REGISTRY_READ)
     with pytest.raises(AuthError):
         authorize(scoped, host=host, path="/devices/b", needed=Right.REGISTRY_READ)
-
-
-def test_query_subset() -> None:
-    q = query.parse("SELECT * FROM devices WHERE tags.site = 'o''slo' AND capabilities.iotEdge = true")
-    assert q.predicate({"tags": {"site": "o'slo"}, "capabilities": {"iotEdge": True}})
-    assert not q.predicate({"tags": {"site": "oslo"}, "capabilities": {"iotEdge": True}})
-    assert query.parse("select count() as total from devices").count_alias == "total"
-    with pytest.raises(ApiError):
-        query.parse("SELECT * FROM devices.modules")
