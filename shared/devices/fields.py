@@ -100,6 +100,9 @@ def near_miss(key: str, shape: Shape, present: Mapping[str, object]) -> tuple[Mi
     for name in shape.fields:
         if _squash(name) == squashed:
             return Miss.CASE, name
+    alias = _ALIASES.get((shape.path, squashed))
+    if alias is not None and alias not in present:
+        return Miss.NEAR, alias
     lowered = key.lower()
     best: tuple[float, int, int, str] | None = None
     for name in shape.fields:
@@ -115,6 +118,9 @@ def near_miss(key: str, shape: Shape, present: Mapping[str, object]) -> tuple[Mi
     return (Miss.NEAR, best[3]) if best else (Miss.UNKNOWN, None)
 
 
+# Names other tools give a field (IoT Central, the portal's CSV, the device SDKs say 'deviceId'), too far from it
+# for the typo rules: (shape path, squashed name) -> the field meant.
+_ALIASES = {("", "deviceid"): "id", ("", "device"): "id", ("", "moduleid"): "moduleId"}
 _RATIO = 0.8  # difflib's closeness past which most of the name is there (its own default, 0.6, reaches 'mode')
 
 

@@ -19,7 +19,7 @@ import orjson
 from .fast import accept
 from .rules import MAX_LINE_BYTES, Code, Finding, LineChecker, ValidationReport
 from .seen import SeenIds
-from .sniff import HEAD_BYTES, sniff
+from .sniff import FIRST_LINE_BYTES, HEAD_BYTES, sniff
 
 CHUNK = 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
@@ -34,11 +34,12 @@ def _chunks(stream: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
 
 
 def _head(chunks: Iterator[bytes]) -> bytes:
-    """The first ``HEAD_BYTES`` bytes or more (all of a shorter stream), however small the chunks are."""
+    """The first ``HEAD_BYTES`` bytes and the first line (up to ``FIRST_LINE_BYTES``) or more (all of a shorter
+    stream), however small the chunks are."""
     head = b""
     for chunk in chunks:
         head += chunk
-        if len(head) >= HEAD_BYTES:
+        if len(head) >= HEAD_BYTES and (b"\n" in head or len(head) >= FIRST_LINE_BYTES):
             break
     return head
 

@@ -50,6 +50,26 @@ def checkpoint(step: str) -> None:
         observer(step)
 
 
+def _unavailable_document(job: Job, reason: str) -> dict[str, object]:
+    """The rejection report of a job whose kind this app has turned off: one finding for the whole file, shaped as
+    a file's findings are (code, message, fix), so every reader of a rejection shows it."""
+    what, _, fix = reason.partition(": ")
+    finding = {
+        "line": None,
+        "code": "KIND_NOT_CONFIGURED",
+        "message": f"{what}: this app does not run {job.kind} jobs, so nothing in the file was applied",
+        "fix": fix or reason,
+    }
+    return {
+        "source": job.source,
+        "verdict": f"rejected: {reason}",
+        "valid": False,
+        "errorCount": 1,
+        "errors": [finding],
+        "errorsShown": 1,
+    }
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -131,7 +151,7 @@ class JobEngine:
         kind = self.kinds.get(job.kind)
         if kind is None:
             reason = self.unavailable.get(job.kind, f"jobs of kind {job.kind} are not handled by this app")
-            report = self.ctx.write_report(job, "rejection.json", {"source": job.source, "verdict": reason})
+            report = self.ctx.write_report(job, "rejection.json", _unavailable_document(job, reason))
             job = replace(job, failure_reason=reason, validation_errors=1, reports={"rejection": report})
         else:
             job = kind.prepare(job, self.ctx)
