@@ -115,6 +115,7 @@ class Services:
             off,
             submit_grace=settings.submit_grace,
             retry_base=settings.retry_backoff,
+            denied_for=settings.storage_denied_for,
         )
         return cls(settings, storage, ledger, engine, central)
 

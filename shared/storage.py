@@ -52,6 +52,16 @@ class StorageError(Exception):
     """A storage operation failed; the message is safe to show (no keys, no SAS)."""
 
 
+class StorageDenied(StorageError):
+    """Storage refused the app (403 AuthorizationPermissionMismatch, AuthorizationFailure): a role assignment not
+    yet in effect right after a deployment heals by itself in minutes, so jobs wait for it a bounded time."""
+
+
+# Storage's error codes for a caller without the permission (Blob service error codes); AuthenticationFailed
+# (a bad key or SAS signature) is not among them: waiting never heals it.
+DENIED_CODES = frozenset({"AuthorizationPermissionMismatch", "AuthorizationFailure"})
+
+
 class ArchiveKind(StrEnum):
     PROCESSED = "processed"
     FAILED = "failed"
@@ -122,7 +132,10 @@ class StorageSettings:
 def _explain(exc: AzureError, what: str) -> StorageError:
     code = getattr(exc, "error_code", None) or type(exc).__name__
     status = getattr(exc, "status_code", None)
-    return StorageError(f"storage failed on {what}: {status or ''} {code}".replace("  ", " "))
+    message = f"storage failed on {what}: {status or ''} {code}".replace("  ", " ")
+    if status == 403 and code in DENIED_CODES:
+        return StorageDenied(f"{message} (the app lacks a role on the storage account, or it is not in effect yet)")
+    return StorageError(message)
 
 
 class StagedBlob:

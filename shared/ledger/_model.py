@@ -65,8 +65,9 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
             JobState.CANCELLED,
         }
     ),
+    # back to QUEUED when its hub job failed because storage refused the hub (a role not yet in effect): resubmitted
     JobState.RUNNING: frozenset(
-        {JobState.COMPLETED, JobState.COMPLETED_WITH_ERRORS, JobState.FAILED, JobState.CANCELLED}
+        {JobState.COMPLETED, JobState.COMPLETED_WITH_ERRORS, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}
     ),
 }
 
@@ -127,6 +128,7 @@ class Job:
     failure_reason: str | None = None  # why a job failed, was rejected or cancelled; None while it may still succeed
     waiting_for: str | None = None  # why a queued or submitting job is waiting (busy hub, throttling, no answer)
     retry_at: datetime | None = None  # a queued job waits until then after a passing fault
+    denied_since: datetime | None = None  # storage has refused the hub or the app since then (waited for, bounded)
     reports: dict[str, str] = field(default_factory=dict)  # name -> container/blob path
     include_keys: bool = False  # export: the backup holds the devices' keys
     backup_folder: str | None = None  # export: <hub>/<stamp> under the backups container
