@@ -39,7 +39,7 @@ from .ledger import Job, JobNotFound, JobState, LedgerConflict, LedgerError
 from .openapi import document as openapi_document
 from .services import CannotApprove, CannotMigrate, CannotRollBack, NotABulk, NothingToRun, Services
 from .status import status_document
-from .storage import BlobRef, StorageError, UploadChanged
+from .storage import BlobRef, StorageError, StorageUnavailable, UploadChanged
 from .views import job_view, migration_view
 
 __all__ = ["ApiError", "Reply", "Request", "error"]
@@ -125,6 +125,9 @@ def guarded(route: Route, request: Request, work: Callable[[Inputs], Reply], whe
         return _hub_error(exc)
     except IoTCentralError as exc:
         return error(502, "IoTCentralError", f"IoT Central refused the request: {exc}")
+    except StorageUnavailable as exc:
+        reply = error(503, "StorageUnavailable", f"{exc}: send the request again in {exc.retry_after} s")
+        return replace(reply, headers={"Retry-After": str(exc.retry_after)})
     except (StorageError, LedgerError) as exc:
         return error(503, "StorageUnavailable", f"storage is not answering: {exc}; retry shortly")
     except RecursionError:  # input nested deeper than a parser past the schema check could follow

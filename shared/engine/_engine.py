@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from ..iothub import IoTHubError, IoTHubNotFound, IoTHubServerError, IoTHubThrottled, IoTHubUnavailable
 from ..ledger import HubSlot, Job, JobKind, JobNotFound, JobState, Ledger, LedgerConflict, advance, idempotency_key
 from ..reports import summary_document
-from ..storage import ArchiveKind, BlobRef, StorageDenied, StorageError, fitted_name
+from ..storage import ArchiveKind, BlobRef, StorageDenied, StorageError, StorageUnavailable, fitted_name
 from ..uploads import move_to_archive
 from ..views import job_view
 from ._kind import Busy, Context, Ending, Kind, Refused, Throttled, Unanswered
@@ -303,6 +303,8 @@ class JobEngine:
                     changed.append(self._follow(job))
             except LedgerConflict:
                 logger.info("job %s changed under us; next pass will see it", job.job_id)
+            except StorageUnavailable:
+                raise  # storage does not answer: nothing else in this pass can go on either (one warning upstream)
             except StorageDenied as exc:
                 logger.warning("job %s on %s: %s; the next pass tries again", job.job_id, partition, exc)
                 changed.append(self._denied(job, f"storage refused the app: {exc}", resubmit=False))

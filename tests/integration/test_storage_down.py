@@ -1,0 +1,78 @@
+"""Storage that stops answering for a while (Azurite stopped during an import): the HTTP API answers 503
+``StorageUnavailable`` with a Retry-After, the monitor logs one warning line per pass and no traceback, and the job
+completes once storage is back."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from emulators.azurite import Azurite
+from emulators.iothub import IoTHubEmulator
+from shared import api
+from shared.api_schemas import Request
+from shared.config import Settings
+from shared.iothub import JobStatus
+from shared.ledger import JobState
+from shared.services import Services
+
+from .helpers import devices
+
+
+@pytest.fixture
+def own_azurite(tmp_path: Path) -> Iterator[Azurite]:
+    """An Azurite of this test alone: stopping it leaves the session's to the other tests."""
+    server = Azurite(tmp_path / "azurite").start()
+    yield server
+    server.stop()
+
+
+def test_storage_down_during_an_import_is_503_and_one_warning_per_pass_then_the_job_completes(
+    own_azurite: Azurite, iothub: IoTHubEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = {
+        "IOTHUB_HUBS": "devhub",
+        "IOTHUB_DEVHUB_CONNECTION_STRING": iothub.connection_string(),
+        "DEVICE_STORAGE": own_azurite.connection_string,
+    }
+    svc = Services.build(Settings.from_env(env), env)
+    uploads = svc.settings.containers.uploads
+    svc.storage.ensure_container(uploads)
+    body = "".join(json.dumps(d) + "\n" for d in devices(5)).encode()
+    etag = svc.storage.upload_bytes(uploads, "fleet.jsonl", body)
+    job = svc.on_upload(uploads, "fleet.jsonl", etag)
+    assert job.state is JobState.RUNNING and job.hub_job_id
+    hub = svc.engine.ctx.hubs["devhub"]
+    deadline = time.monotonic() + 60  # only stops a hung test
+    while hub.get_job(job.hub_job_id).status is not JobStatus.COMPLETED:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    own_azurite.pause()
+    try:
+        reply = api.get_job(svc, Request(path={"hub": "devhub", "job_id": job.job_id}))
+        assert reply.status == 503 and reply.body["error"]["code"] == "StorageUnavailable", reply.body
+        assert int(reply.headers["Retry-After"]) > 0
+        listed = api.list_jobs(svc, Request(query={"hub": "devhub"}))
+        assert listed.status == 503 and listed.headers["Retry-After"]
+        for _ in range(2):
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="shared"):
+                svc.monitor()
+            (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+            assert record.levelno == logging.WARNING and record.exc_info is None
+            assert "storage is not answering" in record.getMessage()
+    finally:
+        own_azurite.resume()
+
+    deadline = time.monotonic() + 60
+    while (job := svc.ledger.get("devhub", job.job_id)).state is JobState.RUNNING:
+        assert time.monotonic() < deadline
+        svc.monitor()
+    assert job.state is JobState.COMPLETED, job.failure_reason
+    assert hub.get_registry_statistics().total == 5
