@@ -76,6 +76,7 @@ class Code(StrEnum):
     COMPRESSED_FILE = "COMPRESSED_FILE"  # the whole file: gzip
     JSON_ARRAY = "JSON_ARRAY"  # the whole file: one JSON array instead of JSON lines
     CSV_FILE = "CSV_FILE"  # the whole file: a CSV (or semicolon-separated) table
+    NO_DEVICE_LINES = "NO_DEVICE_LINES"  # the whole file: so many lines in, not one device line; the rest unread
     LINE_TOO_LONG = "LINE_TOO_LONG"
     INVALID_JSON = "INVALID_JSON"
     NOT_AN_OBJECT = "NOT_AN_OBJECT"

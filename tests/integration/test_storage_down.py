@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -16,31 +14,16 @@ from emulators.azurite import Azurite
 from emulators.iothub import IoTHubEmulator
 from shared import api
 from shared.api_schemas import Request
-from shared.config import Settings
 from shared.iothub import JobStatus
 from shared.ledger import JobState
-from shared.services import Services
 
-from .helpers import devices
-
-
-@pytest.fixture
-def own_azurite(tmp_path: Path) -> Iterator[Azurite]:
-    """An Azurite of this test alone: stopping it leaves the session's to the other tests."""
-    server = Azurite(tmp_path / "azurite").start()
-    yield server
-    server.stop()
+from .helpers import devices, services_on
 
 
 def test_storage_down_during_an_import_is_503_and_one_warning_per_pass_then_the_job_completes(
     own_azurite: Azurite, iothub: IoTHubEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
-    env = {
-        "IOTHUB_HUBS": "devhub",
-        "IOTHUB_DEVHUB_CONNECTION_STRING": iothub.connection_string(),
-        "DEVICE_STORAGE": own_azurite.connection_string,
-    }
-    svc = Services.build(Settings.from_env(env), env)
+    svc = services_on(own_azurite, iothub)
     uploads = svc.settings.containers.uploads
     svc.storage.ensure_container(uploads)
     body = "".join(json.dumps(d) + "\n" for d in devices(5)).encode()

@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import tracemalloc
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -24,6 +25,7 @@ from shared.devices import (
     LineChecker,
     ValidationReport,
     fast,
+    fields,
     validate_stream,
 )
 from shared.devices.fast import accept
@@ -993,3 +995,37 @@ def test_mutated_valid_files_yield_valid_or_line_numbered_errors(index: int, at:
     assert any(f.line in (broken_line, broken_line + 1) for f in report.errors) or any(
         f.code == Code.DUPLICATE_ID for f in report.errors
     )
+
+
+SENSOR = {"name": "sensor-1", "temperature": 21.5, "humidity": 40, "location": {"lat": 59.9}}
+
+
+def test_a_large_file_of_other_objects_is_given_up_on_early_but_read_to_its_end() -> None:
+    body = "".join(json.dumps({**SENSOR, "name": f"s-{i}"}) + "\n" for i in range(5000)).encode()
+    read = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal read
+        for chunk in in_chunks(body, 1024):
+            read += len(chunk)
+            yield chunk
+
+    report = validate_stream(chunks(), give_up_after=100, max_errors=20)
+    assert report.errors[0].code is Code.NO_DEVICE_LINES and report.errors[0].line == 0
+    assert f"None of the first {report.lines:,} lines is a device line" in report.errors[0].message
+    assert 100 <= report.lines < 200 and len(report.errors) == 20
+    assert read == len(body)  # what a caller hashes is the whole file
+
+
+def test_a_devices_file_with_bad_lines_later_is_checked_to_its_end() -> None:
+    lines = [json.dumps(dev(f"d{i}")) for i in range(10)] + [json.dumps(SENSOR)] * 300
+    report = validate_stream(in_chunks("\n".join(lines).encode(), 1024), give_up_after=100)
+    assert Code.NO_DEVICE_LINES not in codes(report) and report.lines == 310
+
+
+def test_the_near_miss_of_a_key_is_worked_out_once_per_key() -> None:
+    body = "".join(json.dumps({**SENSOR, "name": f"s-{i}"}) + "\n" for i in range(300)).encode()
+    fields._candidates.cache_clear()
+    validate_stream(io.BytesIO(body))
+    info = fields._candidates.cache_info()
+    assert info.misses <= 10 and info.hits >= 300 * 3
