@@ -149,7 +149,9 @@ class ImportKind(HubJobKind):
             state = JobState.CANCELLED if hub_job.status is HubStatus.CANCELLED else JobState.FAILED
             return Ending(replace(job, progress=progress), state, reason, summary)
         state = JobState.COMPLETED_WITH_ERRORS if job.failed_devices else JobState.COMPLETED
-        return Ending(replace(job, progress=100), state, None, summary)
+        # What the import applied: its lines (a device or a module each) less those the hub refused.
+        applied = max(job.lines - job.failed_devices, 0)
+        return Ending(replace(job, progress=100, devices=applied), state, None, summary)
 
     # --- preparing ------------------------------------------------------------------------------------
 

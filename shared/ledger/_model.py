@@ -121,7 +121,9 @@ class Job:
     progress: int = 0  # percent
     lines: int = 0  # import, restore: lines in the devices file
     modes: dict[str, int] = field(default_factory=dict)  # import, restore: lines per import mode
-    devices: int = 0  # export: devices written to the backup
+    # export, migration: devices written; plan, migration_verify: devices compared; an import that completed: the
+    # lines it applied (a device or module each, those the hub refused left out). Shown only where it says something.
+    devices: int = 0
     steps: dict[str, int] = field(default_factory=dict)  # IoT Central apply: planned steps per action
     validation_errors: int = 0
     failed_devices: int = 0

@@ -13,6 +13,7 @@ from emulators.iothub import IoTHubEmulator
 from shared.kinds._hub import _urls
 from shared.ledger import JobKind, JobState
 from shared.storage import BlobRef
+from shared.views import job_view
 
 from .helpers import KEY, Clock, Jobs, control, devices, hub_count, run_to_end, upload
 
@@ -165,3 +166,17 @@ def test_a_data_export_file_while_central_is_off_is_rejected_with_a_finding_that
     assert finding["code"] == "KIND_NOT_CONFIGURED" and report["errorCount"] == 1
     assert "IoT Central is not configured" in finding["message"]
     assert "IOTCENTRAL_APP_URL" in finding["fix"]
+
+
+def test_summary_shows_the_devices_an_import_applied_and_no_count_where_it_means_nothing(
+    jobs: Jobs, clock: Clock
+) -> None:
+    ref = upload(jobs, "mixed.jsonl", [*devices(4), {"id": "gone", "importMode": "delete"}])
+    done = run_to_end(jobs, jobs.accept_upload(ref, "devhub"), clock)
+    assert done.state is JobState.COMPLETED_WITH_ERRORS and done.failed_devices == 1  # 'gone' does not exist
+    container, path = done.reports["summary"].split("/", 1)
+    summary = json.loads(b"".join(jobs.storage.open_read(BlobRef(container, path))))
+    assert summary["job"]["devices"] == 4 and summary["job"]["lines"] == 5
+    bad = jobs.accept_upload(upload(jobs, "bad.jsonl", ['{"id":']), "devhub")
+    assert bad.state is JobState.REJECTED
+    assert "devices" not in job_view(bad)
