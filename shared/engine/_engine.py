@@ -53,6 +53,18 @@ def checkpoint(step: str) -> None:
         observer(step)
 
 
+# What to check when storage keeps refusing (docs/deploy.md; the roles infra/ assigns).
+_HUB_ROLES = (
+    "the role assignments on the storage account: the hub's identity needs Storage Blob Data Contributor "
+    "(IOTHUB_STORAGE_AUTH=identityBased; behind a firewall, 'Allow trusted Microsoft services' too), and with "
+    "SAS (keyBased) the account must allow shared key access"
+)
+_APP_ROLES = (
+    "the role assignments of the app's identity on the storage account of DEVICE_STORAGE: Storage Blob Data Owner, "
+    "Storage Queue Data Contributor and Storage Table Data Contributor"
+)
+
+
 def _unavailable_document(job: Job, reason: str) -> dict[str, object]:
     """The rejection report of a job whose kind this app has turned off: one finding for the whole file, shaped as
     a file's findings are (code, message, fix), so every reader of a rejection shows it."""
@@ -237,7 +249,7 @@ class JobEngine:
         )
         return self.ledger.move(job, JobState.RUNNING, now=self.ctx.clock())
 
-    def _denied(self, job: Job, why: str, *, resubmit: bool) -> Job:
+    def _denied(self, job: Job, why: str, *, resubmit: bool, by_hub: bool = False) -> Job:
         """Storage refused the hub (its job failed) or the app: a passing fault for ``denied_for`` after the first
         refusal, since a role assignment takes minutes to take effect after a deployment. Until then the job waits,
         longer each time, and is submitted again (its hub job ended) or its step is tried again by the next pass;
@@ -246,13 +258,10 @@ class JobEngine:
         since = job.denied_since or now
         if now - since >= self.denied_for:
             minutes = max(round((now - since).total_seconds() / 60), 1)
-            reason = (
-                f"{why}; still refused after {minutes} min. Check the role assignments on the storage account: "
-                "the hub's identity needs Storage Blob Data Contributor (identity-based), or the app's SAS must grant "
-                "the container (key-based); the app's own identity needs Storage Blob Data Owner or Contributor. "
-                "Then run the job again"
-            )
-            return self._close(replace(job, denied_since=since), Ending(job, JobState.FAILED, reason), tolerant=True)
+            check = _HUB_ROLES if by_hub else _APP_ROLES
+            reason = f"{why}; still refused after {minutes} min. Check {check}; then run the job again"
+            job = replace(job, denied_since=since)
+            return self._close(job, Ending(job, JobState.FAILED, reason), tolerant=True)
         wait = min(self.retry_base * 2 ** max(job.attempts - 1, 0), RETRY_CAP)
         until = since + self.denied_for
         why = (
@@ -324,7 +333,7 @@ class JobEngine:
             return self._close(job, Ending(job, JobState.FAILED, reason))
         if hub_job.storage_denied and not job.cancel_pending:
             why = f"the hub could not reach the job's storage ({hub_job.failure_reason})"
-            return self._denied(job, why, resubmit=True)
+            return self._denied(job, why, resubmit=True, by_hub=True)
         if not hub_job.status.is_terminal:
             if job.cancel_pending:
                 job = self._send_cancel(job, raising=False)

@@ -185,7 +185,8 @@ class ImportKind(HubJobKind):
             reason = "the backup does not match its manifest (sha256); nothing was imported"
             return _rejected(job, ctx, doc, reason, problems=1)
         if not report.valid:
-            reason = f"{report.error_count} problem(s) in the file; nothing was imported"
+            n = report.error_count
+            reason = f"{n:,} problem{'' if n == 1 else 's'} in the file; nothing was imported"
             return _rejected(job, ctx, rejection_document(ref.path, report), reason, problems=report.error_count)
         staged.commit()
         checkpoint("validated")

@@ -35,7 +35,7 @@ def test_an_empty_file_is_a_finding_about_the_file_and_its_count_is_said_once() 
         **JOB,
         "state": "rejected",
         "validationErrors": 1,
-        "failureReason": "1 problem(s) in the file; nothing was imported",
+        "failureReason": "1 problem in the file; nothing was imported",
         "reports": {"rejection": "reports/x/rejection.json"},
     }
     rejection = {"errorCount": 1, "errors": [{"line": 0, "code": "EMPTY_FILE", "message": "The file holds no devices"}]}
