@@ -29,7 +29,15 @@ from .iothub import IoTHubClient
 from .kinds import nightly_key, registry, rollback_refusal
 from .kinds.migration import import_key, migration_refusal, verify_key
 from .ledger import HubSlot, Job, JobKind, JobNotFound, JobState, Ledger, idempotency_key
-from .storage import TABLE_RETRY, BlobRef, Storage, StorageSettings, StorageUnavailable, UploadChanged
+from .storage import (
+    TABLE_RETRY,
+    BlobRef,
+    Storage,
+    StorageSettings,
+    StorageUnavailable,
+    UploadChanged,
+    reachable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +89,8 @@ class Services:
     def build(cls, settings: Settings, env: Mapping[str, str] | None = None) -> Services:
         """``env``: where the data-export file's app-setting references are looked up (default: the process's)."""
         storage = Storage.from_settings(settings.storage, sas_lifetime=settings.sas_lifetime)
-        table = _table_service(settings.storage).create_table_if_not_exists(settings.ledger_table)
+        with reachable("the job ledger (creating its table)"):  # storage down at a cold start: 503, not 500
+            table = _table_service(settings.storage).create_table_if_not_exists(settings.ledger_table)
         ledger = Ledger(table)
         hubs = {name: _hub_client(name, settings) for name in settings.hubs}
         containers = settings.containers

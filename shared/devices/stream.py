@@ -192,9 +192,9 @@ def validate_stream(
 
 
 _NO_DEVICE_LINES = (
-    "None of the first {n:,} lines is a device line (their problems follow), so the rest of the file was not "
-    "checked: is this the devices file you meant? Each line must be one device object, such as "
-    '{{"id": "dev-1", "status": "enabled"}}.'
+    "None of the first {n:,} lines is a valid device line (their problems follow), so the rest of the file was not "
+    "checked: is this the devices file you meant? If it is, fix what those lines have in common. Each line must be "
+    'one device object, such as {{"id": "dev-1", "status": "enabled"}}.'
 )
 
 _TOO_LONG = (

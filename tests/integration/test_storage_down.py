@@ -43,6 +43,8 @@ def test_storage_down_during_an_import_is_503_and_one_warning_per_pass_then_the_
         assert int(reply.headers["Retry-After"]) > 0
         listed = api.list_jobs(svc, Request(query={"hub": "devhub"}))
         assert listed.status == 503 and listed.headers["Retry-After"]
+        cold = api.list_jobs(lambda: services_on(own_azurite, iothub), Request(query={}))  # an instance starting now
+        assert cold.status == 503 and cold.body["error"]["code"] == "StorageUnavailable", cold.body
         for _ in range(2):
             caplog.clear()
             with caplog.at_level(logging.INFO, logger="shared"):

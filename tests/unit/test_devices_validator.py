@@ -1012,7 +1012,7 @@ def test_a_large_file_of_other_objects_is_given_up_on_early_but_read_to_its_end(
 
     report = validate_stream(chunks(), give_up_after=100, max_errors=20)
     assert report.errors[0].code is Code.NO_DEVICE_LINES and report.errors[0].line == 0
-    assert f"None of the first {report.lines:,} lines is a device line" in report.errors[0].message
+    assert f"None of the first {report.lines:,} lines is a valid device line" in report.errors[0].message
     assert 100 <= report.lines < 200 and len(report.errors) == 20
     assert read == len(body)  # what a caller hashes is the whole file
 
