@@ -429,6 +429,17 @@ def _pass(what: str) -> Iterator[None]:
         logger.exception("%s failed; the next pass retries", what)
 
 
+def monitor_pass() -> list[Job]:
+    """The job monitor timer's work: one pass (``Services.monitor``). Storage down while this instance builds its
+    services is one warning line as well, not a failed invocation with a traceback: the next pass retries."""
+    try:
+        svc = services()
+    except StorageUnavailable as exc:
+        logger.warning("monitor pass: %s; the next pass retries", exc)
+        return []
+    return svc.monitor()
+
+
 @functools.cache
 def services() -> Services:
     """The process-wide services, built from the environment on first use (a failure is not cached)."""

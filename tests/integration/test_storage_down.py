@@ -10,12 +10,13 @@ import time
 
 import pytest
 
-from emulators.azurite import Azurite
+from emulators.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, free_port
 from emulators.iothub import IoTHubEmulator
 from shared import api
 from shared.api_schemas import Request
 from shared.iothub import JobStatus
 from shared.ledger import JobState
+from shared.services import monitor_pass, services
 
 from .helpers import devices, services_on
 
@@ -61,3 +62,24 @@ def test_storage_down_during_an_import_is_503_and_one_warning_per_pass_then_the_
         svc.monitor()
     assert job.state is JobState.COMPLETED, job.failure_reason
     assert hub.get_registry_statistics().total == 5
+
+
+def test_storage_down_while_an_instance_starts_is_one_warning_of_the_monitor(
+    iothub: IoTHubEmulator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()  # nothing listens there: storage refuses every connection
+    monkeypatch.setenv("IOTHUB_HUBS", "devhub")
+    monkeypatch.setenv("IOTHUB_DEVHUB_CONNECTION_STRING", iothub.connection_string())
+    monkeypatch.setenv(
+        "DEVICE_STORAGE",
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};TableEndpoint=http://127.0.0.1:{port}/{ACCOUNT};",
+    )
+    services.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="shared"):
+            assert monitor_pass() == []
+    finally:
+        services.cache_clear()
+    (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.exc_info is None and "storage is not answering" in record.getMessage()
