@@ -22,7 +22,7 @@ class ApiError(Exception):
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}" if code else message)
-        self.status, self.code = status, code
+        self.status, self.code, self.message = status, code, message
 
 
 class Api:
