@@ -67,7 +67,8 @@ class IdentityEndpoint:
                 query = parse_qs(urlsplit(self.path).query)
                 resource = (query.get("resource") or [""])[0]
                 if self.headers.get("X-IDENTITY-HEADER") != endpoint.header or not resource:
-                    self._answer(400, {"error": "invalid_request", "error_description": "X-IDENTITY-HEADER or resource"})
+                    why = "X-IDENTITY-HEADER or resource is missing or wrong"
+                    self._answer(400, {"error": "invalid_request", "error_description": why})
                     return
                 endpoint.requests += 1
                 token, expires = mint_token(resource)

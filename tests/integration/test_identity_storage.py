@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 from azure.data.tables import TableServiceClient
 
-from shared.ledger import JobKind, Ledger
 from shared.ledger import Job as LedgerJob
+from shared.ledger import JobKind, Ledger
 from shared.names import UnsafeName
 from shared.storage import ArchiveKind, BlobRef, Storage
 
