@@ -7,6 +7,8 @@
   call before it uploads anything.
 - An upload whose name the app refuses that arrives anyway (another tool wrote it) is rejected with a finding that
   names the problem and archived under a safe name: recorded, never lost.
+- An upload, followed by the command line, runs end to end on identity-based storage (a managed identity's token,
+  no account key anywhere), as production runs it.
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ from typing import Any
 
 import pytest
 import requests
+from azure.identity import ManagedIdentityCredential
+from azure.storage.blob import BlobServiceClient
 
-from emulators.azurite import REPO
+from emulators.azurite import ACCOUNT, REPO, Azurite
 from emulators.functions_host import FUNCTION_KEY
+from emulators.identity import IdentityEndpoint
+from emulators.iothub import IoTHubEmulator
+from emulators.tls import ensure_certificates
 from tests.integration.helpers import device_line, hub_call, wait_until
 
-from .app import Stack
+from .app import App, Stack, settings
 
 SCRIPT = Path(sys.executable).parent / "iotjobs"
 
@@ -125,3 +132,54 @@ def test_the_cli_checks_hub_name_and_key_before_it_uploads(stack: Stack, tmp_pat
     assert wrong.returncode == 1, wrong.stdout + wrong.stderr
     assert stack.names("uploads") == []  # none of the three uploaded anything
     assert stack.app.jobs() == []
+
+
+def test_an_upload_runs_end_to_end_on_identity_based_storage(
+    tmp_path: Path, azurite: Azurite, hub: IoTHubEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DEVICE_STORAGE as production sets it (``__blobServiceUri``, ``__queueServiceUri``, ``__tableServiceUri``, a
+    managed identity): Azurite with ``--oauth basic`` over HTTPS and a local managed identity endpoint. The host's own
+    storage stays the plain Azurite, as it may be another account in Azure."""
+    tls = ensure_certificates(tmp_path / "tls")
+    oauth = ("--oauth", "basic", "--cert", str(tls.cert_path), "--key", str(tls.key_path))
+    with Azurite(tmp_path / "azurite-oauth", extra_args=oauth) as store, IdentityEndpoint() as idp:
+        bundle = tmp_path / "ca-bundle.pem"  # the hub emulator's CA and Azurite's, as a corporate bundle would hold
+        bundle.write_bytes(hub.ca_path.read_bytes() + tls.ca_path.read_bytes())
+        for name, value in {**idp.environment, "REQUESTS_CA_BUNDLE": str(bundle)}.items():
+            monkeypatch.setenv(name, value)  # the hub emulator (in this process) reads the blobs through SAS links
+        base = f"https://{store.host}"
+        identity = {
+            "DEVICE_STORAGE__blobServiceUri": store.blob_endpoint,
+            "DEVICE_STORAGE__queueServiceUri": f"{base}:{store.queue_port}/{ACCOUNT}",
+            "DEVICE_STORAGE__tableServiceUri": f"{base}:{store.table_port}/{ACCOUNT}",
+            "DEVICE_STORAGE__credential": "managedidentity",
+        }
+        values = settings(azurite, hub, **identity, **idp.environment, REQUESTS_CA_BUNDLE=str(bundle))
+        del values["DEVICE_STORAGE"]
+        app = App(tmp_path / "host", values).start()
+        try:
+            path = tmp_path / "fleet.jsonl"
+            path.write_text("".join(json.dumps(device_line(f"id-{i}")) + "\n" for i in range(5)))
+            env = {k: v for k, v in os.environ.items() if not k.startswith("IOTJOBS_")}
+            # The command line uploads with its own token too (IOTJOBS_STORAGE is the blob endpoint, no key).
+            env.update(IOTJOBS_URL=app.url, IOTJOBS_KEY=FUNCTION_KEY, IOTJOBS_STORAGE=store.blob_endpoint)
+            env["PYTHONPATH"] = str(REPO)
+            done = subprocess.run(
+                [str(SCRIPT), "upload", str(path), "--follow"],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr + app.log()[-3000:]
+            assert "completed (import of uploads/fleet.jsonl)" in done.stdout
+            assert hub_call(hub, "GET", "/devices/id-4").status_code == 200
+            assert idp.requests > 0  # the app and the command line took their tokens from the identity endpoint
+            blobs = BlobServiceClient(store.blob_endpoint, credential=ManagedIdentityCredential())
+            assert [b.name for b in blobs.get_container_client("uploads").list_blobs()] == []
+            archived = [b.name for b in blobs.get_container_client("archive").list_blobs()]
+            assert len(archived) == 1 and archived[0].endswith("/fleet.jsonl")
+        finally:
+            app.stop()
