@@ -101,7 +101,15 @@ def test_an_upload_under_an_unknown_hub_folder_is_rejected_archived_and_never_im
 # No backslash here: storage itself turns "\\" into "/" in a blob's name (Azurite as Azure), so such an upload
 # arrives as a plain folder name. No control character either: Azurite cannot list such a blob (its listing answers
 # 500), so no trigger would ever deliver it here; the unit tests hold the check itself.
-@pytest.mark.parametrize("name", ["devhub//double.jsonl", "/lead.jsonl"])
+@pytest.mark.parametrize(
+    ("stack", "name"),
+    [
+        ("LogsAndContainerScan", "devhub//double.jsonl"),
+        ("LogsAndContainerScan", "/lead.jsonl"),
+        ("EventGrid", "devhub//double.jsonl"),  # the name from the event's subject/url, as the blob extension reads it
+    ],
+    indirect=["stack"],
+)
 def test_an_upload_with_a_refused_name_is_rejected_with_a_finding_and_archived(stack: Stack, name: str) -> None:
     app = stack.app.start()
     stack.drop(name, [device_line("named-1")])

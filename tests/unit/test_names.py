@@ -90,3 +90,18 @@ def test_the_archive_name_of_a_refused_upload_is_itself_safe() -> None:
         assert names.problem(archived) is None, archived
         assert archived != fitted_name("failed/8234567890123-0a1b2c", name + "x")
     assert fitted_name("failed/j", "devhub/march.jsonl") == "failed/j/devhub/march.jsonl"
+
+
+def test_the_blob_trigger_leaves_a_dot_dot_upload_in_place_without_a_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from azure.storage.blob import BlobClient
+
+    from . import registered
+
+    trigger = registered.functions()["import_on_upload"].get_user_function()
+    # A closed port: any request the trigger made (its first is get_blob_properties) would fail the test.
+    client = BlobClient("http://127.0.0.1:9/devstoreaccount1", "uploads", "x/../../backups/devhub/S/devices.txt")
+    with caplog.at_level("WARNING", logger="function_app"):
+        trigger(client)
+    assert "left in place" in caplog.text and "x/../../backups" in caplog.text
