@@ -390,6 +390,14 @@ class Services:
         for blob in self.storage.blobs(uploads):
             if blob.last_modified > cutoff:
                 continue  # a delivery may be on its way
+            if not names.addressable(blob.name):  # every request for it would reach another blob: never touched
+                logger.warning(
+                    "upload %s/%s left in place: its name has a . or .. folder (no request can address it; remove it "
+                    "with a storage tool)",
+                    uploads,
+                    blob.name,
+                )
+                continue
             if self.ledger.find_key_anywhere(idempotency_key(uploads, blob.name, blob.etag)) is not None:
                 continue
             logger.warning("upload %s/%s had no job long after it arrived: starting it", uploads, blob.name)
@@ -397,8 +405,6 @@ class Services:
                 found.append(self.on_upload(uploads, blob.name, blob.etag))
             except UploadChanged:
                 continue  # replaced meanwhile: its new version is swept or delivered in turn
-            except names.UnsafeName as exc:
-                logger.warning("upload left in place: %s (no request can address it; remove it by hand)", exc)
         return found
 
     def nightly_backup(self, now: datetime | None = None) -> list[Job]:

@@ -17,13 +17,14 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from azure.identity import ManagedIdentityCredential
-from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
 from emulators.azurite import ACCOUNT, REPO, Azurite
 from emulators.functions_host import FUNCTION_KEY
@@ -191,3 +192,41 @@ def test_an_upload_runs_end_to_end_on_identity_based_storage(
             assert len(archived) == 1 and archived[0].endswith("/fleet.jsonl")
         finally:
             app.stop()
+
+
+def test_an_upload_whose_name_climbs_out_of_uploads_is_left_in_place_and_touches_nothing(
+    tmp_path: Path, azurite: Azurite, hub: IoTHubEmulator
+) -> None:
+    """Storage can hold a name with ``..`` (written with ``%2E%2E``), and any request for it reaches another blob:
+    here ``uploads/x/../../backups/devhub/S/devices.txt`` is the backup itself. Neither the blob trigger nor the
+    monitor's sweep reads, records or moves it; the backup is untouched."""
+    blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
+    for container in ("uploads", "backups"):
+        blobs.create_container(container)
+    backup = blobs.get_blob_client("backups", "devhub/20261201T020000Z/devices.txt")
+    etag = backup.upload_blob(b'{"id":"kept"}\n')["etag"]
+    sas = generate_container_sas(
+        ACCOUNT,
+        "uploads",
+        account_key=blobs.credential.account_key,
+        permission=ContainerSasPermissions(write=True, create=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+    url = f"{azurite.blob_endpoint}/uploads/x/%2E%2E/%2E%2E/backups/devhub/20261201T020000Z/devices.txt?{sas}"
+    assert requests.put(url, data=b"{}\n", headers={"x-ms-blob-type": "BlockBlob"}, timeout=10).status_code == 201
+    climbing = "x/../../backups/devhub/20261201T020000Z/devices.txt"
+    assert [b.name for b in blobs.get_container_client("uploads").list_blobs()] == [climbing]
+
+    # The monitor's sweep looks at uploads older than 0.6 s: it meets the blob on its next pass. (The local host's
+    # polling trigger cannot deliver it: its receipt blob's name holds the same "..". tests/unit/test_names.py
+    # holds the trigger's own check.)
+    app = App(tmp_path / "host", settings(azurite, hub, UPLOAD_SWEEP_MINUTES="0.01")).start()
+    try:
+        wait_until(lambda: "no request can address it" in app.log())
+        assert "had no job long after it arrived" not in app.log()
+        assert app.jobs() == []
+        assert backup.get_blob_properties().etag == etag and backup.download_blob().readall() == b'{"id":"kept"}\n'
+        assert [b.name for b in blobs.get_container_client("uploads").list_blobs()] == [climbing]
+        assert [c.name for c in blobs.list_containers(name_starts_with="archive")] == []
+    finally:
+        app.stop()
