@@ -105,3 +105,15 @@ def test_the_blob_trigger_leaves_a_dot_dot_upload_in_place_without_a_request(
     with caplog.at_level("WARNING", logger="function_app"):
         trigger(client)
     assert "left in place" in caplog.text and "x/../../backups" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "path", ["jobs/devhub/../../imports", "jobs/devhub/./x", "jobs//x", "bulk/a\\b/run", "jobs/devhub/x\x00/cancel"]
+)
+def test_the_command_line_never_sends_a_path_that_would_reach_another_route(path: str) -> None:
+    from iotjobs.client import Api
+    from iotjobs.config import Config, ConfigError
+
+    api = Api(Config(url="http://127.0.0.1:9", key=None, storage=None))  # a closed port: nothing may be sent
+    with pytest.raises(ConfigError, match="is not a hub, job id or bulk id"):
+        api.call("POST", path)
