@@ -6,10 +6,10 @@ Azure SDK) and Azure's front end remove dot segments from a URL's path (RFC 3986
 ``uploads/../backups/devhub/S/devices.txt`` is the backup. With shared-key auth the signature then no longer matches
 (a 500 for the caller); with a token (the identity-based storage production uses) nothing signs the path, and the
 app would read, archive and delete a blob of another container. Empty segments (``a//b``, a leading or trailing
-``/``), backslashes (which some tools turn into ``/``) and control characters are refused as well: Azure's naming
-rules advise against them ("Avoid blob names that end with a dot, a forward slash, or a sequence or combination of
-the two"; learn.microsoft.com, "Naming and Referencing Containers, Blobs, and Metadata"), and they make names that
-look like other names.
+``/``), backslashes (Azurite stores one as ``/``: the name is then not the one that was meant)
+and control characters are refused as well: Azure's naming rules (learn.microsoft.com, "Naming and Referencing
+Containers, Blobs, and Metadata") do not allow control characters (0x00-0x1F) and advise against names that end in a
+dot, a slash or a backslash, and such names look like other names.
 """
 
 from __future__ import annotations
