@@ -1,8 +1,9 @@
 """The one check of every blob name, backup folder and id the app accepts, wherever it comes from (the HTTP API, the
-blob trigger and Event Grid, the monitor's sweep of ``uploads/``, the command line).
+blob trigger and Event Grid, the monitor's sweep of ``uploads/``; the command line, installed without the app, has
+the app check an upload's name through ``GET /api/jobs?source=`` before uploading).
 
 Why it matters: a name with a ``.`` or ``..`` segment addresses another blob. HTTP clients (urllib3, under the
-Azure SDK) and Azure's front end remove dot segments from a URL's path (RFC 3986, section 5.2.4), so
+Azure SDK) remove dot segments from a URL's path before sending it (RFC 3986, section 5.2.4), so
 ``uploads/../backups/devhub/S/devices.txt`` is the backup. With shared-key auth the signature then no longer matches
 (a 500 for the caller); with a token (the identity-based storage production uses) nothing signs the path, and the
 app would read, archive and delete a blob of another container. Empty segments (``a//b``, a leading or trailing
