@@ -21,7 +21,7 @@ import azure.functions as func
 from azure.core.exceptions import ResourceNotFoundError
 from azurefunctions.extensions.bindings import blob
 
-from shared import api
+from shared import api, names
 from shared.config import BACKUP_SCHEDULE, MONITOR_SCHEDULE, schedule, uploads_trigger_source
 from shared.logs import quiet_sdk_logs
 from shared.services import monitor_pass, services
@@ -56,6 +56,12 @@ def _respond(reply: api.Reply) -> func.HttpResponse:
     source=func.BlobSource(uploads_trigger_source(os.environ)),
 )
 def import_on_upload(client: blob.BlobClient) -> None:
+    if not names.addressable(client.blob_name):
+        # Any request for this name would reach another blob (see shared/names.py): left in place, never read.
+        logger.warning(
+            "upload %s/%s left in place: its name has a . or .. folder", client.container_name, client.blob_name
+        )
+        return
     try:
         etag = client.get_blob_properties().etag
     except ResourceNotFoundError:

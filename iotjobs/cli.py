@@ -254,6 +254,16 @@ def cmd_upload(api: Api, args: argparse.Namespace) -> int:
     name = args.name or path.name
     if args.hub:
         name = f"{args.hub}/{name}"  # a first folder that names a hub (or central) selects it
+    # One call before anything is uploaded, checked by the app as it checks every upload: the key, the name (no ./..
+    # or empty folder, backslash or control character) and the hub the first folder names (a file at the root is for
+    # the default hub). The app would reject such an upload after the fact; this keeps it out of storage.
+    folder, nested, _ = name.partition("/")
+    try:
+        api.jobs(hub=folder if nested else None, source=f"{UPLOADS}/{name}", limit=1)
+    except ApiError as exc:
+        if exc.status in (400, 404):
+            raise ApiError(exc.status, exc.code, f"{exc.message}; nothing was uploaded") from None
+        raise
     size = path.stat().st_size
     with upload_progress() as bar:
         task = bar.add_task(f"uploading {UPLOADS}/{name}", total=size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,9 @@ import requests
 
 from .config import Config, ConfigError
 
+# As the app's own name check (shared/names.py; this package is installed without the app): no backslash or control
+# character in a part of a path.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\\]")
 TERMINAL = frozenset({"completed", "completed_with_errors", "failed", "cancelled", "rejected"})
 UPLOADS = "uploads"
 CENTRAL = "central"  # the partition (and uploads/ folder) of IoT Central data-export files
@@ -22,7 +26,7 @@ class ApiError(Exception):
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}" if code else message)
-        self.status, self.code = status, code
+        self.status, self.code, self.message = status, code, message
 
 
 class Api:
@@ -36,7 +40,16 @@ class Api:
             self.session.headers["x-functions-key"] = config.key
 
     def call(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> Any:
-        """One API call (``timeout``: seconds for this one, when it may take longer than most)."""
+        """One API call (``timeout``: seconds for this one, when it may take longer than most).
+
+        Raises:
+            ConfigError: a part of ``path`` (a hub, job id or bulk id as typed) is empty, ``.`` or ``..``, or holds a
+                backslash or control character: the HTTP layer would resolve the dot segments and reach another route
+                (``jobs/devhub/../../imports``), so nothing is sent.
+        """
+        for part in path.split("/"):
+            if part in ("", ".", "..") or _UNSAFE.search(part):
+                raise ConfigError(f"'{part}' in '{path}' is not a hub, job id or bulk id: check what you typed")
         url = f"{self.config.api}/{path}"
         try:
             reply = self.session.request(method, url, timeout=timeout or self.timeout, **kw)

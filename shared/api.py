@@ -37,6 +37,7 @@ from .fleet.bulk import InvalidBulk
 from .iotcentral import IoTCentralError
 from .iothub import IoTHubError, IoTHubHTTPError
 from .ledger import Job, JobNotFound, JobState, LedgerConflict, LedgerError
+from .names import UnsafeName
 from .openapi import document as openapi_document
 from .services import CannotApprove, CannotMigrate, CannotRollBack, NotABulk, NothingToRun, Services
 from .status import status_document
@@ -117,6 +118,8 @@ def guarded(route: Route, request: Request, work: Callable[[Inputs], Reply], whe
         return error(409, "Conflict", str(exc) or "the job changed meanwhile; read it again and retry")
     except NotABackup as exc:
         return error(404, "NotABackup", str(exc))
+    except UnsafeName as exc:  # the schemas refuse these first; a name that gets past them still never reaches storage
+        return error(400, "InvalidName", str(exc))
     except UploadChanged:
         return error(409, "BlobChanged", "the blob was replaced while it was being read: send the request again")
     except DocumentError as exc:
@@ -163,10 +166,21 @@ def _hub(svc: Services, name: str | None) -> str:
     """A configured IoT hub (default: the first), for the calls that start hub jobs."""
     hub = name or svc.settings.default_hub
     if hub not in svc.settings.hubs:
-        raise ApiError(
-            404, "UnknownHub", f"hub '{hub}' is not configured; configured hubs: {', '.join(svc.settings.hubs)}"
-        )
+        raise ApiError(404, "UnknownHub", svc.unknown_hub(hub), field="hub")
     return hub
+
+
+def _hub_of_blob(svc: Services, inp: Inputs, named: BlobRef) -> str:
+    """The hub a blob is imported into: the one the request names, else the one its first folder names. A file in
+    uploads/ is for the default hub only at the root: a first folder that names no hub is refused (it would never be
+    imported into another hub); elsewhere the default hub takes what no folder claims."""
+    given = inp.body.get("hub") or inp.query.get("hub")
+    if given:
+        return _hub(svc, given)
+    hub = svc.hub_for_upload(named.name)
+    if hub is None and named.container == svc.settings.containers.uploads:
+        raise ApiError(404, "UnknownHub", svc.unknown_hub(named.name.partition("/")[0], folder=True), field="blob")
+    return _hub(svc, hub)
 
 
 def _partition(svc: Services, name: str) -> str:
@@ -222,7 +236,7 @@ def start_import(svc: Services, inp: Inputs) -> Reply:
                 "NotADevicesFile",
                 f"'{blob}' is under central/, where IoT Central data-export files go: use POST /api/central/apply",
             )
-        hub = _hub(svc, inp.body.get("hub") or inp.query.get("hub") or svc.hub_for_upload(name))
+        hub = _hub_of_blob(svc, inp, named)
         props = svc.storage.properties(BlobRef(container, name))
         if props is None:
             raise ApiError(404, "BlobNotFound", f"no blob '{blob}' in storage: upload it first or fix the path")
@@ -291,7 +305,7 @@ def plan_import(svc: Services, inp: Inputs) -> Reply:
         ref = BlobRef(container, name, svc.storage.upload_bytes(container, name, inp.raw, overwrite=False))
     else:
         named = BlobRef.parse(inp.body["blob"])
-        hub = _hub(svc, inp.body.get("hub") or inp.query.get("hub") or svc.hub_for_upload(named.name))
+        hub = _hub_of_blob(svc, inp, named)
         if named.container == svc.settings.containers.uploads:
             raise ApiError(
                 400,

@@ -19,9 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
+from . import names
 from .dataexport.document import MAX_BYTES as DOCUMENT_MAX_BYTES
 from .ledger import JobState
 
@@ -129,6 +130,27 @@ JOB_ID = r"^[0-9]{13}-[0-9a-f]{6}$"  # ledger.new_job_id: inverted milliseconds,
 # "/", then a blob name of 1-1024 characters that is not a folder.
 BLOB = r"^(?![a-z0-9-]*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]/[^\x00-\x1f]{0,1023}[^/\x00-\x1f]$"
 
+# Names checked by ``shared.names`` (no ./.. or empty segment, backslash or control character), as JSON Schema
+# formats: the refusal names the field and the problem. A ``folder`` may end in one /.
+FORMATS = FormatChecker(formats=())
+
+
+def _blob_path(value: object) -> bool:
+    if isinstance(value, str):
+        names.checked(value, "path")
+    return True
+
+
+def _folder(value: object) -> bool:
+    if isinstance(value, str):
+        names.checked(value.removesuffix("/"), "folder")
+    return True
+
+
+FORMATS.checks("blob-path", raises=names.UnsafeName)(_blob_path)
+FORMATS.checks("folder", raises=names.UnsafeName)(_folder)
+
+
 HUB: dict[str, Any] = {
     "type": "string",
     "minLength": 1,
@@ -140,9 +162,10 @@ INCLUDE_KEYS: dict[str, Any] = {"type": "boolean", "description": "must be true 
 BLOB_FIELD: dict[str, Any] = {
     "type": "string",
     "pattern": BLOB,
+    "format": "blob-path",
     "description": 'must be "<container>/<name>" of a devices file in storage, e.g. "uploads/march.jsonl": the '
     "container name is 3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or "
-    "digit, and the name is 1-1024 characters, not ending in /",
+    "digit, and the name is 1-1024 characters with no . or .. or empty folder, backslash or control character",
 }
 JOB_PATH = fields(
     ("hub", "job_id"),
@@ -180,8 +203,9 @@ RESTORES = Route(
         backup={
             "type": "string",
             "pattern": r"^[A-Za-z0-9/_.-]{1,200}$",
+            "format": "folder",
             "description": "must name a backup folder of the hub: its UTC stamp (20261201T020000Z), "
-            "<hub>/<stamp>, or latest",
+            "<hub>/<stamp>, or latest (no . or .. or empty folder)",
         },
     ),
 )
@@ -460,7 +484,7 @@ _VALIDATORS: dict[int, Draft202012Validator] = {}
 def _validator(schema: dict[str, Any]) -> Draft202012Validator:
     key = id(schema)  # schemas are module constants, alive for the process
     if key not in _VALIDATORS:
-        _VALIDATORS[key] = Draft202012Validator(schema)
+        _VALIDATORS[key] = Draft202012Validator(schema, format_checker=FORMATS)
     return _VALIDATORS[key]
 
 
@@ -496,6 +520,8 @@ def _refusal(error: ValidationError, schema: Mapping[str, Any], where: str) -> A
         )
     name = str(error.path[0]) if error.path else ""
     what = properties.get(name, {}).get("description", "is not valid")
+    if error.validator == "format" and error.cause is not None:  # shared.names said what is wrong with it
+        what = f"is refused: {str(error.cause).split(': ', 1)[-1]}"
     return ApiError(400, INVALID_FIELD, f'"{name}" in the {where} {what} (got {_got(error.instance)})', field=name)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from .names import problem as name_problem
 from .storage import JSON_TYPE, NDJSON_TYPE, BlobRef, Storage, StorageError
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ def locate_backup(storage: Storage, container: str, hub: str, backup: str) -> Bl
         NotABackup: no complete backup (manifest and devices) under that name.
     """
     name = backup.strip().strip("/").removeprefix(f"{container}/").removesuffix(f"/{DEVICES_BLOB}")
+    why = name_problem(name)
+    if why is not None:  # "..", "devhub/..": a folder that is not under the hub's, whatever the check below sees
+        raise NotABackup(f"'{backup}' is not a backup folder ({why}): give '<stamp>', '{hub}/<stamp>' or 'latest'")
     if name == "latest":
         latest = latest_backup(storage, container, hub)
         if latest is None:

@@ -7,6 +7,7 @@ first invocation (as a clear ``ConfigError``) rather than crashing the host at i
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import logging
 import os
@@ -18,11 +19,12 @@ from typing import Any
 
 from azure.data.tables import TableServiceClient
 
+from . import names
 from .backups import apply_retention, locate_backup
 from .central import PARTITION as CENTRAL
 from .central import Central, is_central_upload
 from .config import ConfigError, Settings, StorageAuth
-from .engine import TRANSIENT, Context, JobEngine, utcnow
+from .engine import TRANSIENT, Context, JobEngine, Refusal, utcnow
 from .fleet.bulk import Bulk, read_manifest, write_bulk
 from .iotcentral import IoTCentralClient
 from .iothub import IoTHubClient
@@ -133,24 +135,61 @@ class Services:
             raise ConfigError("IOTCENTRAL_APP_URL is not set: give the IoT Central app's URL to use data export")
         return self.central
 
-    def hub_for_upload(self, name: str) -> str:
-        """The hub an upload is for: its first path segment when that names a configured hub, else the default."""
-        first = name.split("/", 1)[0]
-        return first if "/" in name and first in self.settings.hubs else self.settings.default_hub
+    def hub_for_upload(self, name: str) -> str | None:
+        """The hub a file is for: its first folder when that names a configured hub; the default hub for a file at
+        the root only. None: its first folder names no configured hub (a typo such as ``uploads/prodhbu/f.jsonl``
+        must never be imported into another hub)."""
+        first, folder, _ = name.partition("/")
+        if not folder:
+            return self.settings.default_hub
+        return first if first in self.settings.hubs else None
 
     def on_upload(self, container: str, name: str, etag: str, hub: str | None = None) -> Job:
         """Accept an upload (idempotent per version) and start it if its partition is idle: the blob trigger's
         work, and the HTTP import's. ``hub`` defaults to the one the upload's path names. A file under ``central/``
-        is an IoT Central data-export file and is applied instead."""
+        is an IoT Central data-export file and is applied instead.
+
+        An upload whose name the app refuses (``shared.names``), or whose first folder names no configured hub, is
+        recorded as a rejected job (on the default hub's ledger partition; it never reaches a hub) with a finding
+        that says what to change, and archived like any rejected upload: nothing that arrives is lost unrecorded.
+
+        Raises:
+            UnsafeName: the name has a ``.``/``..`` segment: no request can address this blob (the HTTP layer would
+                turn it into another blob's name), so it is neither read, recorded nor moved; the caller logs it.
+        """
+        if not names.addressable(name):
+            raise names.UnsafeName(f"the upload name {name!r} is refused: {names.problem(name)}")
         ref = BlobRef(container, name, etag)
-        if is_central_upload(name):  # by name alone: no hub ever imports a data-export file
-            job = self.engine.accept(self.engine.draft(JobKind.CENTRAL_APPLY, CENTRAL, source=ref))
+        central = is_central_upload(name)  # by name alone: no hub ever imports a data-export file
+        refusal = None
+        if (why := names.problem(name)) is not None:
+            refusal = Refusal("InvalidName", "name", f"the name '{name}' is refused: {why}; rename the file")
+        elif not central and hub is None:
+            hub = self.hub_for_upload(name)
+            if hub is None:
+                refusal = Refusal("UnknownHub", "hub", self.unknown_hub(name.partition("/")[0], folder=True))
+        if central:
+            draft = self.engine.draft(JobKind.CENTRAL_APPLY, CENTRAL, source=ref)
         else:
-            job = self.engine.accept(self.engine.draft(JobKind.IMPORT, hub or self.hub_for_upload(name), source=ref))
+            draft = self.engine.draft(JobKind.IMPORT, hub or self.settings.default_hub, source=ref)
+        job = self.engine.accept(draft, refusal=refusal)
         logger.info("%s/%s is job %s (%s) on %s", container, name, job.job_id, job.state, job.hub)
         if job.state is JobState.AWAITING_APPROVAL:
             self._approval_plan(job)
         return self._start(job)
+
+    def unknown_hub(self, hub: str, *, folder: bool = False) -> str:
+        """Why ``hub`` is refused, with a did-you-mean (``folder``: it is the first folder of an upload)."""
+        hubs = list(self.settings.hubs)
+        close = difflib.get_close_matches(hub, hubs, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        where = (
+            f"the folder '{hub}/' names no configured hub (files at the root of uploads/ go to the default hub "
+            f"'{self.settings.default_hub}'; a folder must name a hub): "
+            if folder
+            else f"hub '{hub}' is not configured: "
+        )
+        return f"{where}{hint}configured hubs: {', '.join(hubs)}"
 
     # --- fleet operations: preview, approval, rollback --------------------------------------------------
 
@@ -365,6 +404,14 @@ class Services:
         for blob in self.storage.blobs(uploads):
             if blob.last_modified > cutoff:
                 continue  # a delivery may be on its way
+            if not names.addressable(blob.name):  # every request for it would reach another blob: never touched
+                logger.warning(
+                    "upload %s/%s left in place: its name has a . or .. folder (no request can address it; remove it "
+                    "with a storage tool)",
+                    uploads,
+                    blob.name,
+                )
+                continue
             if self.ledger.find_key_anywhere(idempotency_key(uploads, blob.name, blob.etag)) is not None:
                 continue
             logger.warning("upload %s/%s had no job long after it arrived: starting it", uploads, blob.name)

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from azure.storage.blob import (
     ContentSettings,
 )
 
+from . import names
 from .sas import SasMinter
 
 logger = logging.getLogger(__name__)
@@ -285,10 +287,13 @@ def fitted_name(prefix: str, name: str) -> str:
     """``prefix/name`` when Azure can store it, else ``prefix/<hash>-<tail of the last segment>``: always within
     Azure's limits, distinct per name, and still recognisable. The caller records the mapping (the ledger does)."""
     full = f"{prefix}/{name}"
-    if within_limits(full):
+    if within_limits(full) and names.problem(name) is None:
         return full
+    # Too long, or a name the app refuses (an upload that came in anyway, archived as rejected): hashed, with the
+    # tail's unsafe characters replaced, so that the archive never holds a name the app would refuse.
     digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-    tail = name.rsplit("/", 1)[-1][-(MAX_BLOB_NAME - len(prefix) - len(digest) - 2) :]
+    last = re.sub(r"[\x00-\x1f\x7f\\]", "_", name.rsplit("/", 1)[-1]).strip(".")
+    tail = last[-(MAX_BLOB_NAME - len(prefix) - len(digest) - 2) :]
     return f"{prefix}/{digest}-{tail}"
 
 
@@ -302,6 +307,17 @@ class Storage:
     @classmethod
     def from_settings(cls, settings: StorageSettings, **kw: Any) -> Storage:
         return cls(settings.blob_service(), **kw)
+
+    def _blob(self, container: str, name: str, snapshot: str | None = None) -> BlobClient:
+        """The client of one blob; never one whose name the HTTP layer would turn into another blob's (a ``..``
+        segment would reach another container, and with a token credential nothing would stop it).
+
+        Raises:
+            UnsafeName: the name has a ``.`` or ``..`` segment.
+        """
+        if not names.addressable(name):
+            raise names.UnsafeName(f"the blob name {name!r} is refused: {names.problem(name)}")
+        return self.service.get_blob_client(container, name, snapshot=snapshot)
 
     # --- containers and streaming -------------------------------------------------------------------
 
@@ -334,7 +350,7 @@ class Storage:
     def open_read(self, ref: BlobRef) -> Iterator[bytes]:
         """Stream a blob in chunks: its snapshot when ``ref.snapshot`` is set (immune to a newer upload), else with
         ``ref.etag`` only that version (a newer upload fails the read with ``UploadChanged``)."""
-        blob = self.service.get_blob_client(ref.container, ref.name, snapshot=ref.snapshot)
+        blob = self._blob(ref.container, ref.name, snapshot=ref.snapshot)
         try:
             kwargs: dict[str, Any] = {}
             if ref.etag and not ref.snapshot:
@@ -354,7 +370,7 @@ class Storage:
         """
         if not ref.etag:
             raise ValueError("only a known version (ETag) can be pinned")
-        blob = self.service.get_blob_client(ref.container, ref.name)
+        blob = self._blob(ref.container, ref.name)
         try:
             snap = blob.create_snapshot(etag=ref.etag, match_condition=MatchConditions.IfNotModified)
         except (ResourceModifiedError, ResourceNotFoundError) as exc:
@@ -364,7 +380,7 @@ class Storage:
         return dataclasses.replace(ref, snapshot=str(snap["snapshot"]))
 
     def stage(self, container: str, name: str) -> StagedBlob:
-        return StagedBlob(self.service.get_blob_client(container, name))
+        return StagedBlob(self._blob(container, name))
 
     def upload_bytes(
         self, container: str, name: str, data: bytes, *, overwrite: bool = True, content_type: str | None = None
@@ -372,7 +388,7 @@ class Storage:
         """Write a small blob; ``content_type`` lets a browser open it from a read link (not download it)."""
         kw: dict[str, Any] = {"content_settings": ContentSettings(content_type=content_type)} if content_type else {}
         try:
-            result = self.service.get_blob_client(container, name).upload_blob(data, overwrite=overwrite, **kw)
+            result = self._blob(container, name).upload_blob(data, overwrite=overwrite, **kw)
         except AzureError as exc:
             raise _explain(exc, f"writing {container}/{name}") from exc
         return str(result.get("etag", ""))
@@ -380,7 +396,7 @@ class Storage:
     def properties(self, ref: BlobRef) -> BlobInfo | None:
         """What a blob is now (None: there is none)."""
         try:
-            props = self.service.get_blob_client(ref.container, ref.name).get_blob_properties()
+            props = self._blob(ref.container, ref.name).get_blob_properties()
         except ResourceNotFoundError:
             return None
         return BlobInfo(str(props.etag), int(props.size), dict(props.metadata or {}))
@@ -406,7 +422,7 @@ class Storage:
 
     def delete_blob(self, ref: BlobRef) -> None:
         try:
-            self.service.get_blob_client(ref.container, ref.name, snapshot=ref.snapshot).delete_blob()
+            self._blob(ref.container, ref.name, snapshot=ref.snapshot).delete_blob()
         except ResourceNotFoundError:
             pass
         except AzureError as exc:
@@ -424,10 +440,10 @@ class Storage:
         """
         self.ensure_container(archive_container)
         target = BlobRef(archive_container, fitted_name(f"{kind}/{job_id}", ref.name))
-        dst = self.service.get_blob_client(target.container, target.name)
+        dst = self._blob(target.container, target.name)
         try:
             if self.properties(target) is None:
-                origin = self.service.get_blob_client(ref.container, ref.name, snapshot=ref.snapshot)
+                origin = self._blob(ref.container, ref.name, snapshot=ref.snapshot)
                 kw: dict[str, Any] = {}
                 if ref.etag and not ref.snapshot:
                     kw = {"source_etag": ref.etag, "source_match_condition": MatchConditions.IfNotModified}
@@ -449,7 +465,7 @@ class Storage:
     def delete_version(self, ref: BlobRef, *, with_snapshots: bool = False) -> Removal:
         """Delete the blob if it is still the version ``ref.etag`` names. Snapshots (other jobs' pins) are kept
         unless ``with_snapshots``: while one exists, the blob stays (``SNAPSHOTS_LEFT``)."""
-        blob = self.service.get_blob_client(ref.container, ref.name)
+        blob = self._blob(ref.container, ref.name)
         kw: dict[str, Any] = {"delete_snapshots": "include"} if with_snapshots else {}
         if ref.etag:
             kw.update(etag=ref.etag, match_condition=MatchConditions.IfNotModified)

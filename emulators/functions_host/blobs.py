@@ -70,7 +70,7 @@ class BlobTrigger:
         self._poison_queue()
 
     def _poison_queue(self) -> QueueClient:
-        queue = QueueClient.from_connection_string(os.environ[self.connection], POISON_QUEUE)
+        queue = _queue(self.connection, POISON_QUEUE)
         with contextlib.suppress(ResourceExistsError):
             queue.create_queue()
         return queue
@@ -86,7 +86,7 @@ class BlobTrigger:
 
     def scan_forever(self, interval: float) -> None:
         receipts = self._receipts()
-        source = BlobServiceClient.from_connection_string(os.environ[self.connection])
+        source = _blob_service(self.connection)
         while not self.stop.is_set():
             try:
                 for blob in source.get_container_client(self.container).list_blobs(
@@ -183,6 +183,28 @@ class BlobTrigger:
         }
         self._poison_queue().send_message(base64.b64encode(json.dumps(message).encode()).decode())
         logger.error("blob %s/%s moved to the %s queue after %d tries", self.container, name, POISON_QUEUE, tries)
+
+
+def _credential(connection: str) -> Any:
+    from azure.identity import ManagedIdentityCredential
+
+    client_id = os.environ.get(f"{connection}__clientId")
+    return ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
+
+
+# A trigger connection is a connection string, or identity-based as the real host reads it ("Common properties for
+# identity-based connections", learn.microsoft.com: <CONNECTION>__blobServiceUri, __queueServiceUri, __clientId)
+# with the app's managed identity (the extension's own converter reads the same settings for the BlobClient).
+def _blob_service(connection: str) -> BlobServiceClient:
+    if connection in os.environ:
+        return BlobServiceClient.from_connection_string(os.environ[connection])
+    return BlobServiceClient(os.environ[f"{connection}__blobServiceUri"], credential=_credential(connection))
+
+
+def _queue(connection: str, name: str) -> QueueClient:
+    if connection in os.environ:
+        return QueueClient.from_connection_string(os.environ[connection], name)
+    return QueueClient(os.environ[f"{connection}__queueServiceUri"], name, credential=_credential(connection))
 
 
 def _blob_client(connection: str, container: str, name: str) -> Any:

@@ -4,7 +4,17 @@ Errors a kind raises from ``submit``: ``SubmitFault`` > ``Busy``, ``Throttled``,
 The engine raises ``CannotCancel`` for a job that cannot be cancelled now.
 """
 
-from ._engine import CHECKPOINTS, RETRY_BASE, SUBMIT_GRACE, TRANSIENT, CannotCancel, JobEngine, checkpoint, utcnow
+from ._engine import (
+    CHECKPOINTS,
+    RETRY_BASE,
+    SUBMIT_GRACE,
+    TRANSIENT,
+    CannotCancel,
+    JobEngine,
+    Refusal,
+    checkpoint,
+    utcnow,
+)
 from ._kind import Busy, Context, Ending, Kind, Refused, SubmitFault, Throttled, Unanswered
 
 __all__ = [
@@ -18,6 +28,7 @@ __all__ = [
     "Ending",
     "JobEngine",
     "Kind",
+    "Refusal",
     "Refused",
     "SubmitFault",
     "Throttled",

@@ -93,6 +93,21 @@ class CannotCancel(Exception):
     """The job is in a state that cannot be cancelled now; the message says why."""
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why an upload is rejected before any line of it is read (its name, or the hub its folder names): one
+    whole-file finding in its ``rejection.json``, with the field to change."""
+
+    code: str
+    field: str
+    message: str
+
+    def document(self, source: str | None) -> dict[str, object]:
+        finding = {"code": self.code, "field": self.field, "message": self.message}
+        verdict = f"rejected: {self.message}. Nothing was imported."
+        return {"source": source, "verdict": verdict, "errorCount": 1, "errors": [finding]}
+
+
 @dataclass
 class JobEngine:
     """Runs jobs of every registered kind through their shared lifecycle, one at a time per partition."""
@@ -129,10 +144,11 @@ class JobEngine:
             job = replace(job, source=source.path, source_etag=source.etag)
         return replace(job, idempotency_key=key)
 
-    def accept(self, draft: Job, *, once_while_active: bool = False) -> Job:
+    def accept(self, draft: Job, *, once_while_active: bool = False, refusal: Refusal | None = None) -> Job:
         """Record a job (prepared by its kind: checked and staged, or rejected). Safe to call twice: a draft with
         the key of a recorded job returns that job. ``once_while_active``: an active job of the same kind reading
-        the same source is returned instead of a second one (a request sent twice).
+        the same source is returned instead of a second one (a request sent twice). ``refusal``: the job is
+        rejected for it without its kind reading the input (still pinned, recorded and archived as any rejection).
 
         Raises:
             UploadChanged: the upload was replaced before it could be pinned (the new version gets its own job).
@@ -151,7 +167,7 @@ class JobEngine:
         if job.source is not None and self._is_upload(self.ctx.source(job)):
             pinned = self.ctx.storage.pin(self.ctx.source(job))
             job = replace(job, source_snapshot=pinned.snapshot)
-        job = self._prepare(job)
+        job = self._prepare(job, refusal)
         staged = job.work_container
         job, created = self.ledger.create(job)
         if not created:
@@ -163,9 +179,12 @@ class JobEngine:
             self._archive(job)
         return job
 
-    def _prepare(self, job: Job) -> Job:
+    def _prepare(self, job: Job, refusal: Refusal | None = None) -> Job:
         kind = self.kinds.get(job.kind)
-        if kind is None:
+        if refusal is not None:
+            report = self.ctx.write_report(job, "rejection.json", refusal.document(job.source))
+            job = replace(job, failure_reason=refusal.message, validation_errors=1, reports={"rejection": report})
+        elif kind is None:
             reason = self.unavailable.get(job.kind, f"jobs of kind {job.kind} are not handled by this app")
             report = self.ctx.write_report(job, "rejection.json", _unavailable_document(job, reason))
             job = replace(job, failure_reason=reason, validation_errors=1, reports={"rejection": report})

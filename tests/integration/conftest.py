@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,10 +12,12 @@ import pytest
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
-from emulators.azurite import Azurite
+from emulators.azurite import ACCOUNT, Azurite
+from emulators.identity import IdentityEndpoint
 from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
 from emulators.iothub.quotas import Profile
+from emulators.tls import TlsFiles, ensure_certificates
 from shared.config import Containers
 from shared.engine import RETRY_BASE, Context, JobEngine
 from shared.iotcentral import IoTCentralClient
@@ -33,6 +36,44 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     server = Azurite(tmp_path_factory.mktemp("azurite")).start()
     yield server
     server.stop()
+
+
+@dataclass(frozen=True)
+class IdentityAzurite:
+    """Azurite over HTTPS with ``--oauth basic``, and a local managed identity endpoint minting tokens it accepts:
+    storage as production reaches it (``<PREFIX>__blobServiceUri`` and a token credential, no account key)."""
+
+    azurite: Azurite
+    tls: TlsFiles
+    endpoint: IdentityEndpoint
+
+    def settings(self, monkeypatch: pytest.MonkeyPatch, prefix: str = "DEVICE_STORAGE") -> StorageSettings:
+        """The app's identity-based storage settings, read as the app reads them, with the managed identity endpoint
+        and Azurite's CA in the environment (as App Service sets the first; the CA as a corporate one is)."""
+        for name, value in self.environment().items():
+            monkeypatch.setenv(name, value)
+        return StorageSettings.from_env(self.app_settings(prefix), prefix)
+
+    def environment(self) -> dict[str, str]:
+        return {**self.endpoint.environment, "REQUESTS_CA_BUNDLE": str(self.tls.ca_path)}
+
+    def app_settings(self, prefix: str = "DEVICE_STORAGE") -> dict[str, str]:
+        base = f"https://{self.azurite.host}"
+        return {
+            f"{prefix}__blobServiceUri": self.azurite.blob_endpoint,
+            f"{prefix}__queueServiceUri": f"{base}:{self.azurite.queue_port}/{ACCOUNT}",
+            f"{prefix}__tableServiceUri": f"{base}:{self.azurite.table_port}/{ACCOUNT}",
+            f"{prefix}__credential": "managedidentity",
+        }
+
+
+@pytest.fixture(scope="session")
+def identity_azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IdentityAzurite]:
+    """One per session: only the tests of identity-based storage start it."""
+    tls = ensure_certificates(tmp_path_factory.mktemp("azurite-identity-tls"))
+    oauth = ("--oauth", "basic", "--cert", str(tls.cert_path), "--key", str(tls.key_path))
+    with Azurite(tmp_path_factory.mktemp("azurite-identity"), extra_args=oauth) as server, IdentityEndpoint() as idp:
+        yield IdentityAzurite(server, tls, idp)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import uuid
 
 import pytest
 from azure.core.exceptions import HttpResponseError
@@ -25,12 +26,26 @@ from shared.storage import (
     within_limits,
 )
 
+from .conftest import IdentityAzurite
 from .helpers import Storage as Containers
 
 
-@pytest.fixture
-def store(azurite: Azurite) -> Storage:
+@pytest.fixture(params=["shared-key", "identity"])
+def store(request: pytest.FixtureRequest, azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Storage:
+    """The app's storage as it builds it: from a connection string (shared key), or identity-based as production
+    runs it (a token from the managed identity endpoint; no key anywhere, SAS signed with a user delegation key)."""
+    if request.param == "identity":
+        identity: IdentityAzurite = request.getfixturevalue("identity_azurite")
+        settings = identity.settings(monkeypatch)
+        assert settings.connection_string is None
+        return Storage.from_settings(settings)
     return Storage.from_settings(StorageSettings.from_env({"AzureWebJobsStorage": azurite.connection_string}))
+
+
+@pytest.fixture
+def storage(store: Storage) -> Containers:
+    """Containers with a fresh prefix, on the account ``store`` reaches."""
+    return Containers(store.service, prefix=f"t{uuid.uuid4().hex[:10]}")
 
 
 def test_settings_from_both_forms() -> None:
