@@ -4,12 +4,18 @@
 reads them, to a staged blob (``bulk/<id>/devices.txt``): the file is never held whole. The lines, per action:
 
 Every line is conditional on the device as the query saw it, so a device changed between the query and the run is
-refused by the hub (412001 PreconditionFailed in ``importErrors.log``, the job ``completed_with_errors``) instead
-of being overwritten: identity lines carry the twin's ``deviceEtag`` as ``eTag`` with ``updateIfMatchETag`` /
-``deleteIfMatchETag``, twin lines its ``etag`` as ``twinETag`` with ``updateTwinIfMatchETag`` (the Twin of the
+refused by the hub (412001 PreconditionFailed in ``importErrors.log``) instead of being overwritten; the run's
+report counts it as skipped ("changed since the plan"), not as a device error. Identity lines carry the twin's
+``deviceEtag`` as ``eTag`` with ``updateIfMatchETag`` / ``deleteIfMatchETag``, and update lines its ``etag`` as
+``twinETag`` as well: a tag change (what moves a device out of ``WHERE tags.site = 'oslo'``) moves the twin's ETag,
+not the identity's. Twin lines carry the ``etag`` as ``twinETag`` with ``updateTwinIfMatchETag`` (the Twin of the
 service's query answer has both, and the emulator returns both). A twin without the ETag a line needs gets the
 unconditional mode (``update``, ``delete``, ``updateTwin``): an ``*IfMatchETag`` line without an ETag is refused
 by our validator and applied unconditionally by the hub anyway.
+
+A delete line is conditional on the identity only: the hub documents the twin ETag check for create and update
+lines, not for deletes, so a delete bulk cannot see a change of tags alone between its plan and its run
+(docs/operations.md says so: make the bulk again right before running it).
 
 - ``delete``: ``{"id", "importMode": "deleteIfMatchETag", "eTag"}``.
 - ``disable`` / ``enable``: ``importMode: updateIfMatchETag`` with the new ``status`` and the device's own Edge
@@ -97,6 +103,13 @@ def line_for(action: str, twin: Mapping[str, Any], args: Mapping[str, Any]) -> d
         return None
     status = {"disable": "disabled", "enable": "enabled"}.get(action, str(twin.get("status") or "enabled"))
     line = _if_match({"id": device_id, "importMode": "update"}, "eTag", device_etag)
+    twin_etag = _etag(twin.get("etag"))
+    if twin_etag is not None:
+        # The identity ETag does not move when the twin changes (tags, desired): a device moved out of the query by
+        # a tag change since would still match it. A twin ETag on an update line is checked by the hub too ("the
+        # twin's etag, if specified, is processed independently from the device's etag"; a mismatch is an error in
+        # the log: DOC-BULK), so the line applies only to the device as the query saw it, identity and twin.
+        line["twinETag"] = twin_etag
     line["status"] = status
     if twin.get("statusReason"):
         line["statusReason"] = twin["statusReason"]

@@ -168,7 +168,8 @@ def _rollback(stack: Stack, job_id: str, **body: Any) -> Any:
 
 
 def test_rollback_over_http_survives_a_crash_and_refuses_what_it_cannot_undo(stack: Stack) -> None:
-    stack.app.values["IMPORT_SNAPSHOTS"] = "explicit"  # the app's default (the local stack turns it off)
+    # snapshots on (the local stack turns them off); "explicit": the createOrUpdate seed is not snapshotted
+    stack.app.values["IMPORT_SNAPSHOTS"] = "explicit"
     stack.app.start()
     before, imported, jobs = import_changes(stack)
     assert imported["state"] == "completed"

@@ -66,7 +66,8 @@ def _plan_report(stack: Stack, job_id: str) -> dict[str, Any]:
 
 def test_an_import_that_deletes_is_snapshotted_then_rolled_back(realistic_stack: Stack) -> None:
     stack = realistic_stack
-    stack.app.values["IMPORT_SNAPSHOTS"] = "explicit"  # the app's default (the local stack turns it off)
+    # snapshots on (the local stack turns them off); "explicit": the createOrUpdate seed is not snapshotted
+    stack.app.values["IMPORT_SNAPSHOTS"] = "explicit"
     stack.app.start()
     before, imported, _ = import_changes(stack)
     assert imported["state"] == "completed", stack.app.job("devhub", imported["jobId"])["failureReason"]
