@@ -203,6 +203,10 @@ def snapshot_cost(
         write_file(path, device_lines(n, seed=seed + variant, prefix=f"o{n}"))  # the same ids, other contents
         runs[label] = import_job(svc, hub, counter, path, monitor_every=every, empty_hub=label == "seed")
         path.unlink()
+    on_jobs, _ = on.ledger.list_jobs("devhub", limit=5)
+    (snap,) = [j for j in on_jobs if j.plan_for is not None][:1]
+    assert snap.started is not None
+    runs["snapshots_on"]["snapshot_plan_job_seconds"] = round((snap.updated - snap.started).total_seconds(), 1)
     plain, snapped = runs["snapshots_off"], runs["snapshots_on"]
     extra_calls = {
         k: snapped["hub_calls"].get(k, 0) - plain["hub_calls"].get(k, 0)
@@ -211,7 +215,9 @@ def snapshot_cost(
     return {
         "devices": n,
         "snapshots_off": {k: plain[k] for k in ("seconds", "monitor_passes", "hub_calls")},
-        "snapshots_on": {k: snapped[k] for k in ("seconds", "monitor_passes", "hub_calls")},
+        "snapshots_on": {
+            k: snapped[k] for k in ("seconds", "monitor_passes", "hub_calls", "snapshot_plan_job_seconds")
+        },
         "extra_seconds": round(snapped["seconds"] - plain["seconds"], 1),
         "extra_hub_calls": {k: v for k, v in extra_calls.items() if v},
     }

@@ -258,9 +258,11 @@ def fleet_demo(d: Demo) -> None:
     _say("\n== 12. Act on a query: disable the devices at site oslo (POST /api/bulk, then POST /api/bulk/<id>/run)")
     reply = d.api.call("POST", "bulk", json={"hub": HUB, "query": OSLO, "action": "disable"})
     made = reply["bulk"]
-    _say(f"    {OSLO}: {made['devices']} device(s), one line each in {made['file']}; its plan:")
+    # The reply comes at once; the plan job reads the query (paced under the hub's quota), writes the file, plans it.
     job = d.follow(reply["plan"])
-    _show_plan(json.loads(d.report(job, "plan")))
+    plan = json.loads(d.report(job, "plan"))
+    _say(f"    {OSLO}: {plan['bulk']['devices']} device(s), one line each in {made['file']}; its plan:")
+    _show_plan(plan)
     _say(f"    run it: POST {reply['run']}")
     job = d.follow(d.api.call("POST", reply["run"].removeprefix("/api/")))
     _say(f"    {job['state']}: registry now {d.glance()}")

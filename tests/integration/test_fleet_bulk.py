@@ -12,7 +12,7 @@ import pytest
 from emulators.azurite import Azurite
 from emulators.iothub import IoTHubEmulator
 from emulators.iothub.quotas import Profile
-from shared.fleet.bulk import Bulk, InvalidBulk, write_bulk
+from shared.fleet.bulk import CURSOR, DEVICES, PARTS, Bulk, Cursor, InvalidBulk, continue_bulk, new_request, write_bulk
 from shared.iothub import IoTHubHTTPError, IoTHubThrottled
 from shared.ledger import Job, JobKind, JobState
 from shared.retry import RetryPolicy
@@ -275,3 +275,61 @@ def test_paging_a_query_waits_out_the_hubs_query_quota(
     made = bulk(patience=60)
     assert made.result.devices == 50 and {x["id"] for x in lines_of(p, made.ref)} == wanted
     assert usage(realistic_hub)["throttled"]["query"] >= 2  # refused on both runs, and the second still completed
+
+
+# --- a bulk as a queued job (issue 20 item 3): the plan job reads the query, writes the file and plans it ---------
+
+
+def queued_bulk(p: Jobs, action: str, query: str = QUERY) -> tuple[str, Job]:
+    bulk_id, ref = new_request(p.storage, p.containers.bulk, "devhub", query=query, action=action, args={})
+    return bulk_id, p.engine.accept(p.engine.draft(JobKind.PLAN, "devhub", source=ref, key=f"bulk-{bulk_id}"))
+
+
+def test_a_bulk_is_read_and_planned_by_its_queued_plan_job_in_slices(jobs: Jobs, clock: Clock) -> None:
+    seed(jobs, clock)
+    plan_kind = jobs.engine.kinds[JobKind.PLAN]
+    plan_kind.bulk_page_size, plan_kind.bulk_slice = 2, 0.0  # type: ignore[attr-defined]  # a page per submission
+    bulk_id, job = queued_bulk(jobs, "disable")
+    assert job.state is JobState.QUEUED  # accepted without asking the hub
+    seen: list[str] = []
+    for _ in range(50):
+        jobs.monitor_pass("devhub")
+        job = jobs.ledger.get("devhub", job.job_id)
+        seen.append(job.waiting_for or "")
+        if job.state.is_terminal:
+            break
+        clock.advance(0.5)
+    assert job.state is JobState.COMPLETED, job.failure_reason
+    # it gave the monitor back after each slice, and said how far it got
+    assert any("reading the query: 4 device(s) in 2 page(s) so far" in w for w in seen), seen
+    doc = json.loads(b"".join(jobs.storage.open_read(BlobRef(*job.reports["plan"].split("/", 1)))))
+    assert doc["bulk"]["devices"] == 7 and doc["totals"]["update"] == 7
+    ids = [x["id"] for x in lines_of(jobs, BlobRef(jobs.containers.bulk, f"{bulk_id}/{DEVICES}"))]
+    assert sorted(ids) == ["q-0", "q-1", "q-2", "q-3", "q-4", "q-edge", "q-x509"]  # each once
+    assert jobs.storage.list_names(jobs.containers.bulk, f"{bulk_id}/{PARTS}/") == []  # the parts are dropped
+    assert jobs.storage.properties(BlobRef(jobs.containers.bulk, f"{bulk_id}/{CURSOR}")) is None
+
+
+def test_a_read_stopped_mid_query_goes_on_without_writing_a_line_twice(jobs: Jobs, clock: Clock) -> None:
+    seed(jobs, clock)
+    bulk_id, _ = new_request(jobs.storage, jobs.containers.bulk, "devhub", query=QUERY, action="delete", args={})
+    client = jobs.hubs["devhub"]
+    first = continue_bulk(jobs.storage, jobs.containers.bulk, client, bulk_id, page_size=3, budget=0)
+    assert isinstance(first, Cursor) and (first.parts, first.devices) == (1, 3) and not first.done
+    # the host was killed after it wrote the next part and before it saved the cursor: that part is written again
+    jobs.storage.upload_bytes(
+        jobs.containers.bulk, f"{bulk_id}/{PARTS}/{first.parts:05d}.txt", b'{"id":"q-0","importMode":"delete"}\n'
+    )
+    made = first
+    while not isinstance(made, Bulk):
+        made = continue_bulk(jobs.storage, jobs.containers.bulk, client, bulk_id, page_size=3, budget=0)
+    ids = [x["id"] for x in lines_of(jobs, made.ref)]
+    assert len(ids) == len(set(ids)) == made.result.devices == 7
+    again = continue_bulk(jobs.storage, jobs.containers.bulk, client, bulk_id, page_size=3, budget=0)
+    assert isinstance(again, Bulk) and again.ref.etag == made.ref.etag  # read once: a later call finds it
+
+
+def test_a_query_the_hub_refuses_fails_the_bulks_plan_job_with_its_message(jobs: Jobs, clock: Clock) -> None:
+    _, job = queued_bulk(jobs, "delete", query="SELECT * FROM devices WHERE tags.site > 'a'")
+    done = run_to_end(jobs, job, clock)
+    assert done.state is JobState.FAILED and "the hub refused the query" in (done.failure_reason or "")
