@@ -1,7 +1,11 @@
 """Act on a query: the import file that applies one action to every device a hub query selects.
 
-``generate`` pages through ``SELECT * FROM devices [WHERE ...]`` and writes one import line per device, as it
-reads them, to a staged blob (``bulk/<id>/devices.txt``): the file is never held whole. The lines, per action:
+``POST /api/bulk`` records the request (``new_request``: ``bulk/<id>/request.json``) and queues the bulk's plan
+job, which reads ``SELECT * FROM devices [WHERE ...]`` page by page (``continue_bulk``), in time slices: each part
+of up to ``PART_PAGES`` pages is written as a blob (``parts/<n>.txt``, one import line per device, as the twins
+arrive: never held whole) and then the next page's continuation token is saved (``cursor.json``), so a read stopped
+by its time slice or a killed host goes on from there, and a part written again replaces itself. The parts are then
+joined into ``bulk/<id>/devices.txt`` (streamed) with ``bulk.json`` beside it. The lines, per action:
 
 Every line is conditional on the device as the query saw it, so a device changed between the query and the run is
 refused by the hub (412001 PreconditionFailed in ``importErrors.log``) instead of being overwritten; the run's
@@ -216,27 +220,18 @@ def write_bulk(
     page_size: int = QUERY_PAGE_SIZE,
     patience: float = QUERY_PATIENCE,
 ) -> Bulk:
-    """Check, page through the query and write ``<container>/<id>/devices.txt`` (streamed, in blocks) and
-    ``bulk.json`` beside it. Pages of ``page_size`` devices; throttling is waited out for up to ``patience`` seconds
-    in all (see ``IoTHubClient.query_devices``).
+    """A bulk made in one go (``new_request``, then ``continue_bulk`` until its file is written): for callers that
+    may wait as long as the query takes. The app's bulks are made by their plan job instead (``kinds/plan.py``).
 
     Raises:
         InvalidBulk: the query or the args are refused before asking the hub.
-        IoTHubHTTPError: the hub refused the query (e.g. 400 for one it cannot parse), or throttled it for longer
-            than ``patience`` (``passing``: nothing was written).
+        IoTHubHTTPError: the hub refused the query, or throttled a page for longer than ``patience``.
     """
-    check(query, action, args)
-    bulk_id = f"{(now or datetime.now(UTC)):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-    storage.ensure_container(container)
-    staged = storage.stage(container, f"{bulk_id}/{DEVICES}")
-    twins = client.query_devices(query, page_size=page_size, patience=patience)
-    result = generate(twins, action, args, staged.write)
-    metadata = {HOLDS_KEYS: "true"} if action == "regenerateKeys" else {}
-    etag = staged.commit(metadata=metadata, content_type=NDJSON_TYPE)
-    ref = BlobRef(container, f"{bulk_id}/{DEVICES}", etag)
-    bulk = Bulk(bulk_id, hub, query, action, result, ref)
-    storage.upload_bytes(container, f"{bulk_id}/{MANIFEST}", json.dumps(bulk.public(), indent=2).encode())
-    return bulk
+    bulk_id, _ = new_request(storage, container, hub, query=query, action=action, args=args, now=now)
+    while True:
+        made = continue_bulk(storage, container, client, bulk_id, page_size=page_size, patience=patience)
+        if isinstance(made, Bulk):
+            return made
 
 
 def new_request(
