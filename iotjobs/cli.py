@@ -608,8 +608,9 @@ def parser() -> argparse.ArgumentParser:
     bulk = command(
         "bulk",
         help="act on a query: plan an action on every device it selects (changes nothing), then --run it",
-        description="Act on a query: POST /api/bulk makes one import line per device the query selects "
-        "(bulk/<id>/devices.txt, each line conditional on the device's ETag as queried) and plans it; nothing "
+        description="Act on a query: POST /api/bulk queues a job that makes one import line per device the query "
+        "selects (bulk/<id>/devices.txt, each line conditional on the device as queried: a device changed since is "
+        "skipped) and plans it; nothing "
         "changes until it is run (--run now, or `iotjobs bulk run <id>` later), as a normal import job. Examples: "
         "iotjobs bulk --hub prodhub --query \"SELECT * FROM devices WHERE tags.site = 'a'\" --action disable; "
         "iotjobs bulk --query \"SELECT * FROM devices WHERE status = 'disabled'\" --action setTags --tag owner=ops "

@@ -17,6 +17,7 @@ from emulators.azurite import Azurite
 from emulators.iothub import IoTHubEmulator
 from shared.config import Snapshots
 from shared.iothub import IoTHubClient
+from shared.kinds import registry as registry_of_kinds
 from shared.kinds import rollback_refusal
 from shared.ledger import Job, JobKind, JobState
 from shared.storage import BlobRef
@@ -240,6 +241,7 @@ def test_a_failed_import_can_be_rolled_back(
 
 
 def test_what_cannot_be_rolled_back_says_why(jobs: Jobs, clock: Clock) -> None:
+    jobs.engine.kinds[JobKind.IMPORT].snapshots = Snapshots.CHANGES  # type: ignore[attr-defined]  # the default
     rejected = jobs.accept_upload(upload(jobs, "bad.jsonl", ["not json"]), "devhub")
     assert "rejected" in (rollback_refusal(jobs.engine.ctx, rejected) or "")
     created = [{**d, "importMode": "create"} for d in devices(2, "p")]
@@ -286,6 +288,9 @@ def seed_small(p: Jobs, clock: Clock) -> None:
 def test_a_wrong_file_in_the_usual_mode_is_undone_by_default(jobs: Jobs, clock: Clock) -> None:
     """Issue 20 4b: an import of createOrUpdate lines only overwrites existing devices; it is snapshotted by
     default, so its rollback puts the registry back as it was (keys, status, tags, desired properties)."""
+    kinds, _ = registry_of_kinds(retention_days=None, central=None)  # the app's default, as Services builds it
+    jobs.engine.kinds[JobKind.IMPORT].snapshots = kinds[JobKind.IMPORT].snapshots  # type: ignore[attr-defined]
+    assert kinds[JobKind.IMPORT].snapshots is Snapshots.CHANGES  # type: ignore[attr-defined]
     seed_small(jobs, clock)
     before = registry(jobs, clock)
     imported = snapshotted_import(jobs, clock, "wrong.jsonl", wrong_file())
