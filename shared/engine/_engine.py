@@ -41,7 +41,8 @@ RETRY_CAP = timedelta(minutes=15)
 TRANSIENT: tuple[type[Exception], ...] = (IoTHubThrottled, IoTHubServerError, IoTHubUnavailable, StorageError)
 
 # Observers called with the name of each step just completed ("validated", "accepted", "claimed", "submitted",
-# "running", "harvested", "ended", "central_step"): the local runner uses one to kill the process between steps.
+# "running", "harvested", "ended", "central_step", "bulk_part"): the local runner uses one to kill the process
+# between steps.
 CHECKPOINTS: list[Callable[[str], None]] = []
 
 

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from ..backups import DEVICES_BLOB, MANIFEST_BLOB, latest_backup
 from ..config import Snapshots
-from ..engine import Busy, Context, Ending, Throttled
+from ..engine import Busy, Context, Ending, Throttled, checkpoint
 from ..fleet import Join, Plan, snapshot_record
 from ..fleet.bulk import (
     DEVICES,
@@ -119,6 +119,7 @@ class PlanKind(ImportKind):
             nonlocal job
             note = f"reading the query: {cursor.devices:,} device(s) in {cursor.pages:,} page(s) so far"
             job = ctx.save_progress(replace(job, waiting_for=note))
+            checkpoint("bulk_part")
 
         try:
             made = continue_bulk(
