@@ -46,7 +46,7 @@ from emulators.azurite import Azurite
 from emulators.functions_host.process import stack_settings
 from emulators.iothub import IoTHubEmulator
 from emulators.iothub.quotas import Profile, limits
-from shared.config import Settings
+from shared.config import Settings, Snapshots
 from shared.ledger import Job
 from shared.services import Services
 
@@ -105,25 +105,46 @@ def hub_calls(hub: IoTHubEmulator) -> dict[str, int]:
 
 
 def import_job(
-    svc: Services, hub: IoTHubEmulator, counter: StorageCounter, path: Path, *, monitor_every: float
+    svc: Services,
+    hub: IoTHubEmulator,
+    counter: StorageCounter,
+    path: Path,
+    *,
+    monitor_every: float,
+    empty_hub: bool = True,
 ) -> dict[str, Any]:
     """One import of ``path``: uploaded (not counted: it is the user's), accepted as the trigger does, then
-    followed by the monitor until it ends."""
+    followed by the monitor until it ends (on an empty hub, or with ``empty_hub=False`` on the registry as it is)."""
     name = f"bench-{path.stem}.jsonl"
     blobs = BlobServiceClient.from_connection_string(svc.settings.storage.connection_string or "")
     uploads = svc.settings.containers.uploads
     with path.open("rb") as f:
         etag = str(blobs.get_blob_client(uploads, name).upload_blob(f, overwrite=True, max_concurrency=2)["etag"])
-    reset(hub)
+    if empty_hub:
+        reset(hub)
+    else:
+        hub.throttle.reset()  # zero counts, the registry kept
     counter.take()
     start = time.perf_counter()
-    job, passes = monitored(svc, svc.on_upload(uploads, name, etag), monitor_every)
+    job = svc.on_upload(uploads, name, etag)
+    snapshot: dict[str, Any] = {}
+    if svc.settings.import_snapshots is not Snapshots.OFF:
+        # The snapshot's plan job runs first, on the hub's slot: its time and hub calls, apart from the import's.
+        passes = 0
+        while (plan := svc.ledger.find_by_key(job.hub, f"snapshot-{job.job_id}")) is None or not plan.state.is_terminal:
+            time.sleep(monitor_every)
+            svc.monitor()
+            passes += 1
+        snapshot = {"seconds": elapsed(start), "monitor_passes": passes, "hub_calls": hub_calls(hub)}
+        job = svc.ledger.get(job.hub, job.job_id)
+    job, passes = monitored(svc, job, monitor_every)
     return {
         "state": str(job.state),
         "seconds": elapsed(start),
-        "monitor_passes": passes,
+        "monitor_passes": passes + snapshot.get("monitor_passes", 0),
         "hub_calls": hub_calls(hub),
         "storage_transactions": counter.take(),
+        **({"snapshot": snapshot} if snapshot else {}),
     }
 
 
@@ -178,6 +199,36 @@ def idle(svc: Services, hub: IoTHubEmulator, counter: StorageCounter, minutes: f
     }
 
 
+def snapshot_cost(
+    azurite: Azurite, hub: IoTHubEmulator, counter: StorageCounter, work: Path, n: int, *, seed: int, every: float
+) -> dict[str, Any]:
+    """What the default snapshot (``IMPORT_SNAPSHOTS=changes``) adds to an import of ``n`` createOrUpdate lines
+    that overwrite ``n`` existing devices: the same kind of file imported with snapshots off, then on, on a hub
+    seeded with ``n`` devices. The difference is the snapshot's plan job (one export of the hub with keys, joined
+    with the file)."""
+    env = stack_settings(azurite, hub)
+    off = Services.build(Settings.from_env({**env, "IMPORT_SNAPSHOTS": "off"}), env)
+    on = Services.build(Settings.from_env({**env, "IMPORT_SNAPSHOTS": "changes"}), env)
+    runs: dict[str, Any] = {}
+    for label, svc, variant in (("seed", off, 0), ("snapshots_off", off, 1), ("snapshots_on", on, 2)):
+        path = work / f"overwrite-{n}-{label}.txt"
+        write_file(path, device_lines(n, seed=seed + variant, prefix=f"o{n}"))  # the same ids, other contents
+        runs[label] = import_job(svc, hub, counter, path, monitor_every=every, empty_hub=label == "seed")
+        path.unlink()
+    plain, snapped = runs["snapshots_off"], runs["snapshots_on"]
+    extra_calls = {
+        k: snapped["hub_calls"].get(k, 0) - plain["hub_calls"].get(k, 0)
+        for k in sorted(set(snapped["hub_calls"]) | set(plain["hub_calls"]))
+    }
+    return {
+        "devices": n,
+        "snapshots_off": {k: plain[k] for k in ("seconds", "monitor_passes", "hub_calls")},
+        "snapshots_on": {k: snapped[k] for k in ("seconds", "monitor_passes", "hub_calls", "snapshot")},
+        "extra_seconds": round(snapped["seconds"] - plain["seconds"], 1),
+        "extra_hub_calls": {k: v for k, v in extra_calls.items() if v},
+    }
+
+
 def s1_day(calls_per_hour: dict[str, float], once_a_day: dict[str, int]) -> dict[str, Any]:
     """Per throttle class: an idle day's calls (24 idle hours and the nightly backup) against what one S1 unit's
     throttle serves in 24 hours."""
@@ -199,7 +250,16 @@ def main() -> None:
     p.add_argument("--time-scale", type=float, default=0.1, help="the emulator's time scale (job times, throttles)")
     p.add_argument("--idle-minutes", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--snapshot-sizes",
+        default="",
+        help="only measure what the default snapshot adds to an import that overwrites N existing devices "
+        "(comma-separated N, e.g. 10000,100000,1000000); the other measurements are skipped",
+    )
     args = p.parse_args()
+    if args.snapshot_sizes:
+        snapshots(args)
+        return
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     profile = Profile("S1", 1, time_scale=args.time_scale)
     result: dict[str, Any] = {"bench": "hub_calls", "profile": profile.describe(), "monitor_every_s": MONITOR_SECONDS}
@@ -237,6 +297,30 @@ def main() -> None:
         "import_jobs": "hub calls do not grow with the number of devices",
     }
     print(json.dumps(result))
+
+
+def snapshots(args: argparse.Namespace) -> None:
+    profile = Profile("S1", 1, time_scale=args.time_scale)
+    result: dict[str, Any] = {"bench": "hub_calls snapshot cost", "profile": profile.describe()}
+    with tempfile.TemporaryDirectory(prefix="bench-snap-") as tmp:
+        work = Path(tmp)
+        azurite = Azurite(work / "azurite").start()
+        hub = IoTHubEmulator(work / "iothub", port=0, control_plane=True, profile=profile)
+        hub.start()
+        os.environ["REQUESTS_CA_BUNDLE"] = str(hub.ca_path)
+        try:
+            counter = StorageCounter(azurite)
+            with counter.installed():
+                every = MONITOR_SECONDS * args.time_scale
+                result["sizes"] = [
+                    snapshot_cost(azurite, hub, counter, work, int(n), seed=args.seed, every=every)
+                    for n in args.snapshot_sizes.split(",")
+                    if n.strip()
+                ]
+                print(json.dumps(result), flush=True)
+        finally:
+            hub.stop()
+            azurite.stop()
 
 
 if __name__ == "__main__":

@@ -137,6 +137,11 @@ def _findings(api: Api, job: dict[str, Any]) -> list[str]:
                 f"{r.get('deviceId', '?'):<24} {r.get('errorName', '')}: {cut(r.get('message', ''), 70)}" for r in rows
             )
             return listing(found, int(job.get("failedDevices", len(rows))), "(see errors.csv)")
+        if "skipped" in job.get("reports", {}):  # a bulk's run: the devices changed since its plan, not acted on
+            raw = (api.report(job, "skipped") or b"").decode()
+            rows = [json.loads(x) for x in raw.splitlines() if x.strip()]
+            found = (f"{r.get('deviceId', '?'):<24} skipped: {cut(r.get('reason', ''), 70)}" for r in rows[:SHOWN])
+            return listing(found, len(rows), "(see skipped.jsonl)")
         if "result" in job.get("reports", {}):
             doc = json.loads(api.report(job, "result") or b"{}")
             return [
@@ -436,9 +441,6 @@ def cmd_rollback(api: Api, args: argparse.Namespace) -> int:
     return _started(api, [job], args)
 
 
-BULK_TIMEOUT = 240.0  # POST /api/bulk pages through the query while it answers (up to 120 s of hub throttling)
-
-
 def _tags(pairs: list[str]) -> dict[str, Any]:
     """``--tag k=v`` as tags: ``v`` read as JSON when it is JSON (numbers, true, null removes the tag), else text."""
     tags: dict[str, Any] = {}
@@ -501,19 +503,22 @@ def cmd_bulk(api: Api, args: argparse.Namespace) -> int:
         return _started(api, [api.call("POST", f"bulk/{args.bulk_id}/run")], args)
     if args.bulk_id:
         raise configuration.ConfigError(f"unexpected '{args.bulk_id}': iotjobs bulk run <id>, or --query and --action")
-    reply = api.call("POST", "bulk", json=_bulk_body(args), timeout=BULK_TIMEOUT)
+    # The reply comes at once: the plan job reads the query (paced under the hub's quota), writes the file and plans it.
+    reply = api.call("POST", "bulk", json=_bulk_body(args))
     made, job = reply["bulk"], reply["plan"]
-    if job is None:  # nothing selected: no plan, nothing to run
-        if args.json:
-            out.print_json(data=reply)
-        else:
-            out.print(f"bulk {made['id']} on {made['hub']}: {reply.get('message', 'nothing to do')}", markup=False)
-        return OK
     if job["state"] not in TERMINAL:
         job = follow(api, job)
     if job["state"] != "completed":
         return finish(api, job, args)
     plan = json.loads(api.report(api.job(job["hub"], job["jobId"]), "plan") or b"{}")
+    made = {**made, **(plan.get("bulk") or {})}  # what the query selected: known once the plan job has read it
+    if not made.get("devices"):  # nothing selected: nothing to run
+        message = plan.get("message") or "the query selects no device the action applies to: nothing to plan or run"
+        if args.json:
+            out.print_json(data={"bulk": made, "plan": None, "run": None, "message": message})
+        else:
+            out.print(f"bulk {made['id']} on {made['hub']}: {message}", markup=False)
+        return OK
     if args.json:
         if not args.run_now:  # with --run, the JSON printed is the import's, as for every started job
             out.print_json(data={"bulk": made, "plan": plan})
@@ -697,8 +702,9 @@ def parser() -> argparse.ArgumentParser:
     bulk = command(
         "bulk",
         help="act on a query: plan an action on every device it selects (changes nothing), then --run it",
-        description="Act on a query: POST /api/bulk makes one import line per device the query selects "
-        "(bulk/<id>/devices.txt, each line conditional on the device's ETag as queried) and plans it; nothing "
+        description="Act on a query: POST /api/bulk queues a job that makes one import line per device the query "
+        "selects (bulk/<id>/devices.txt, each line conditional on the device as queried: a device changed since is "
+        "skipped) and plans it; nothing "
         "changes until it is run (--run now, or `iotjobs bulk run <id>` later), as a normal import job. Examples: "
         "iotjobs bulk --hub prodhub --query \"SELECT * FROM devices WHERE tags.site = 'a'\" --action disable; "
         "iotjobs bulk --query \"SELECT * FROM devices WHERE status = 'disabled'\" --action setTags --tag owner=ops "

@@ -356,23 +356,17 @@ def rollback_job(svc: Services, inp: Inputs) -> Reply:
 
 @handles(schemas.BULK)
 def start_bulk(svc: Services, inp: Inputs) -> Reply:
-    """Act on a query: ``{"hub", "query", "action", "args"}``. Pages through the query, writes
-    ``bulk/<id>/devices.txt`` and queues a plan of it (changes nothing); the reply names the bulk id, the counts and
-    the plan job. ``POST /api/bulk/{id}/run`` imports it. A query that selects no device the action applies to
-    answers 200 with no plan (an empty file is no import)."""
+    """Act on a query: ``{"hub", "query", "action", "args"}``. Answers 202 at once with the bulk id and its plan
+    job, queued: the engine pages through the query (paced under the hub's query quota), writes
+    ``bulk/<id>/devices.txt`` and plans it (changes nothing); ``GET`` the job for its progress, and its plan report
+    (``bulk``: the devices selected) once it ends. ``POST /api/bulk/{id}/run`` imports the file. A query the hub
+    refuses fails the plan job with the hub's message; one that selects no device ends it with nothing to run."""
     hub = _hub(svc, inp.body.get("hub"))
     try:
         made, job = svc.bulk(hub, inp.body["query"], inp.body["action"], inp.body.get("args") or {})
     except InvalidBulk as exc:
         raise ApiError(400, "InvalidQuery", str(exc)) from None
-    except IoTHubHTTPError as exc:
-        if exc.status != 400:
-            raise
-        raise ApiError(400, "InvalidQuery", f"the hub refused the query: {exc}") from None
-    if job is None:
-        message = "the query selects no device the action applies to: there is nothing to plan or run"
-        return Reply(200, {"bulk": made.public(), "plan": None, "run": None, "message": message})
-    body = {"bulk": made.public(), "plan": _job_reply(svc, job).body, "run": f"/api/bulk/{made.bulk_id}/run"}
+    body = {"bulk": made, "plan": _job_reply(svc, job).body, "run": f"/api/bulk/{made['id']}/run"}
     return Reply(202, body)
 
 

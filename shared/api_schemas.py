@@ -285,8 +285,9 @@ ROLLBACK_JOB = Route(
 )
 BULK = Route(
     "POST /api/bulk",
-    summary="Act on a query: write the import file of an action on every device it selects, and queue its plan",
-    ok=(200, 202),
+    summary="Act on a query: queue the job that reads the query, writes the import file of an action on every device "
+    "it selects and plans it (202 at once)",
+    ok=(202,),
     body=fields(
         ("query", "action"),
         hub=HUB,

@@ -75,8 +75,16 @@ class HubSettings:
 class Snapshots(StrEnum):
     """Which imports get a snapshot of the devices they touch first (what a rollback puts back)."""
 
-    EXPLICIT = "explicit"  # files with a line in any mode other than createOrUpdate (create, update*, delete*, twin)
-    ALWAYS = "always"  # every import (a full export of the hub before each one)
+    # The default: every import that can change an existing device, that is any file with a line in a mode other than
+    # ``create`` (a create line is refused by the hub when the device exists, so a file of creates changes none).
+    CHANGES = "changes"
+    # Files with a line in a mode other than createOrUpdate: the old default, kept for hubs that set it. A file of
+    # createOrUpdate lines (the most common import, which overwrites keys, status, tags and desired properties) then
+    # cannot be undone.
+    EXPLICIT = "explicit"
+    ALWAYS = "always"  # every import, creates too (a full export of the hub before each one)
+    # None: for a very large hub where reading the registry before each import costs too much (docs/benchmarks.md);
+    # an import can then only be undone by restoring a backup.
     OFF = "off"
 
 
@@ -120,7 +128,7 @@ class Settings:
     upload_sweep_after: timedelta = timedelta(minutes=10)  # an upload this old with no job gets one from the monitor
     containers: Containers = field(default_factory=Containers)
     central: CentralSettings | None = None
-    import_snapshots: Snapshots = Snapshots.EXPLICIT
+    import_snapshots: Snapshots = Snapshots.CHANGES
     # a preview may read the latest backup younger than this instead of exporting (zero: always a fresh export)
     plan_backup_max_age: timedelta = timedelta(0)
 
@@ -183,11 +191,11 @@ class Settings:
 
 
 def _snapshots(env: Mapping[str, str]) -> Snapshots:
-    raw = env.get("IMPORT_SNAPSHOTS", "").strip() or Snapshots.EXPLICIT.value
+    raw = env.get("IMPORT_SNAPSHOTS", "").strip() or Snapshots.CHANGES.value
     try:
         return Snapshots(raw)
     except ValueError:
-        raise ConfigError(f"IMPORT_SNAPSHOTS is '{raw}': use explicit, always or off") from None
+        raise ConfigError(f"IMPORT_SNAPSHOTS is '{raw}': use changes (the default), explicit, always or off") from None
 
 
 def _central(env: Mapping[str, str]) -> CentralSettings | None:

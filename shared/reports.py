@@ -31,9 +31,21 @@ class ErrorSummary:
     failed: int = 0
     by_code: Counter[str] = field(default_factory=Counter)
     unreadable_lines: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> devices not acted on (not errors)
 
     def as_dict(self) -> dict[str, Any]:
         return {"failedDevices": self.failed, "byCode": dict(self.by_code), "unreadableLines": self.unreadable_lines}
+
+
+# A bulk's run (POST /api/bulk/{id}/run): its lines are conditional on each device as the bulk's query saw it, so the
+# hub refusing a line for its precondition means the device was not acted on because it changed since the plan.
+# Those are skipped devices, with the reason, not device errors. The hub's code for a failed ETag condition is
+# 412001 PreconditionFailed (the error code list of the IoT Hub docs; the import docs say only "an error is written
+# to the log file"); a device deleted since is 404001 DeviceNotFound.
+BULK_SKIPS: Mapping[int, str] = {
+    412001: "changed since the plan (its identity or twin, e.g. tags that no longer match the query): not acted on",
+    404001: "deleted since the plan: not acted on",
+}
 
 
 # What a person can do about each common code; shown next to the count.
@@ -50,9 +62,19 @@ ADVICE: dict[str, str] = {
 }
 
 
-def harvest_import_errors(chunks: Iterable[bytes], jsonl: Writer, csv_out: Writer) -> ErrorSummary:
-    """Turn the hub's ``importErrors.log`` (JSON lines ``deviceId``, ``errorCode``, ``errorStatus``) into reports."""
+def harvest_import_errors(
+    chunks: Iterable[bytes],
+    jsonl: Writer,
+    csv_out: Writer,
+    *,
+    skips: Mapping[int, str] | None = None,
+    skipped_out: Writer | None = None,
+) -> ErrorSummary:
+    """Turn the hub's ``importErrors.log`` (JSON lines ``deviceId``, ``errorCode``, ``errorStatus``) into reports.
+    ``skips``: codes that mean "skipped, for this reason" rather than an error; those rows go to ``skipped_out``
+    (JSON lines ``deviceId``, ``reason``, ``errorCode``) and are counted in ``skipped``, not ``failed``."""
     summary = ErrorSummary()
+    skips = skips or {}
     header = io.StringIO()
     csv.writer(header).writerow(CSV_COLUMNS)
     csv_out.write(header.getvalue().encode())
@@ -68,6 +90,11 @@ def harvest_import_errors(chunks: Iterable[bytes], jsonl: Writer, csv_out: Write
                 code = int(entry["errorCode"])
             except (ValueError, KeyError, TypeError):
                 summary.unreadable_lines += 1
+                continue
+            if code in skips and skipped_out is not None:
+                summary.skipped[skips[code]] += 1
+                skipped = {"deviceId": entry.get("deviceId"), "reason": skips[code], "errorCode": code}
+                skipped_out.write(json.dumps(skipped).encode() + b"\n")
                 continue
             name = error_name(code)
             row = {

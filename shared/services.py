@@ -25,7 +25,7 @@ from .central import PARTITION as CENTRAL
 from .central import Central, is_central_upload
 from .config import ConfigError, Settings, StorageAuth
 from .engine import TRANSIENT, Context, JobEngine, Refusal, utcnow
-from .fleet.bulk import Bulk, read_manifest, write_bulk
+from .fleet.bulk import new_request, read_manifest, read_request
 from .iotcentral import IoTCentralClient
 from .iothub import IoTHubClient
 from .kinds import nightly_key, registry, rollback_refusal
@@ -242,22 +242,21 @@ class Services:
         draft = replace(self.engine.draft(JobKind.ROLLBACK, target.hub), rollback_of=target.job_id, force=force)
         return self._start(self.engine.accept(draft))
 
-    def bulk(self, hub: str, query: str, action: str, args: Mapping[str, Any]) -> tuple[Bulk, Job | None]:
-        """Act on a query, first step: write ``bulk/<id>/devices.txt`` from the query's devices and queue a plan
-        of it (changes nothing). ``run_bulk`` imports it. No plan (None) when the file has no line: the query
-        selected no device the action applies to, and an empty file is no import.
+    def bulk(self, hub: str, query: str, action: str, args: Mapping[str, Any]) -> tuple[dict[str, Any], Job]:
+        """Act on a query, first step: record the request and queue the bulk's plan job, which the monitor runs: it
+        pages through the query (paced under the hub's query quota, in time slices it resumes from), writes
+        ``bulk/<id>/devices.txt`` and plans it (changes nothing). ``run_bulk`` imports it. Nothing here asks the
+        hub: a query over a very large hub takes minutes, longer than an HTTP request may last.
 
         Raises:
-            InvalidBulk: the query or args are refused; IoTHubHTTPError: the hub refused the query.
+            InvalidBulk: the query or args are refused.
         """
         self._check_hub(hub)
-        client = self.engine.ctx.hubs[hub]
-        made = write_bulk(
-            self.storage, self.settings.containers.bulk, client, hub, query=query, action=action, args=args
-        )
-        if made.result.devices == 0:
-            return made, None
-        return made, self.plan(hub, made.ref)
+        container = self.settings.containers.bulk
+        bulk_id, ref = new_request(self.storage, container, hub, query=query, action=action, args=args)
+        job = self.engine.accept(self.engine.draft(JobKind.PLAN, hub, source=ref, key=f"bulk-{bulk_id}"))
+        made = {"id": bulk_id, "hub": hub, "query": query, "action": action, "file": ref.path}
+        return made, job
 
     def run_bulk(self, bulk_id: str) -> Job:
         """Import a generated file as a normal import job (validated, snapshotted, reported, undoable); a request
@@ -270,7 +269,17 @@ class Services:
         container = self.settings.containers.bulk
         manifest = read_manifest(self.storage, container, bulk_id)
         if manifest is None:
-            raise NotABulk(f"no bulk '{bulk_id}': POST /api/bulk makes one")
+            request = read_request(self.storage, container, bulk_id)
+            if request is None:
+                raise NotABulk(f"no bulk '{bulk_id}': POST /api/bulk makes one")
+            plan = self.ledger.find_by_key(request["hub"], f"bulk-{bulk_id}")
+            if plan is not None and plan.state.is_terminal:
+                raise NothingToRun(
+                    f"bulk '{bulk_id}' has no file: its plan job {plan.job_id} {plan.state} "
+                    f"({plan.failure_reason or 'no reason given'}); make the bulk again"
+                )
+            which = f" (plan job {plan.job_id})" if plan is not None else ""
+            raise NothingToRun(f"bulk '{bulk_id}' is still reading its query{which}: run it once its plan has ended")
         if not manifest.get("devices"):
             raise NothingToRun(f"bulk '{bulk_id}' selected no device its action applies to: there is nothing to run")
         name = f"{bulk_id}/devices.txt"

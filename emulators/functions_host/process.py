@@ -43,7 +43,7 @@ def stack_settings(
         "MONITOR_SCHEDULE": "*/2 * * * * *",
         "REQUESTS_CA_BUNDLE": str(hub.ca_path),
         # The local stack's demo and its tests count the jobs an upload makes: no snapshot plan job ahead of an
-        # import unless a test asks for one (tests/e2e/test_fleet.py); Azure's default is "explicit".
+        # import unless a test asks for one (tests/e2e/test_fleet.py); the app's default is "changes".
         "IMPORT_SNAPSHOTS": "off",
     }
     if central is not None:

@@ -44,7 +44,8 @@ DENIED_FOR = timedelta(minutes=30)
 TRANSIENT: tuple[type[Exception], ...] = (IoTHubThrottled, IoTHubServerError, IoTHubUnavailable, StorageError)
 
 # Observers called with the name of each step just completed ("validated", "accepted", "claimed", "submitted",
-# "running", "harvested", "ended", "central_step"): the local runner uses one to kill the process between steps.
+# "running", "harvested", "ended", "central_step", "bulk_part"): the local runner uses one to kill the process
+# between steps.
 CHECKPOINTS: list[Callable[[str], None]] = []
 
 
@@ -254,19 +255,24 @@ class JobEngine:
             logger.warning("submitting job %s: %s; will reconcile", job.job_id, exc)
             return self.ledger.save(replace(job, waiting_for=f"{exc}; checking whether it started"))
         except Refused as exc:
+            job = self._latest(job)
             return self._close(job, Ending(job, JobState.FAILED, str(exc)))
         if isinstance(started, Ending):
             return self._close(job, started)
         checkpoint("submitted")
-        job = replace(
-            job,
-            hub_job_id=started.job_id,
-            progress=started.progress,
-            waiting_for=None,
-            retry_at=None,
-            failure_reason=None,
-        )
-        return self.ledger.move(job, JobState.RUNNING, now=self.ctx.clock())
+
+        def running(j: Job) -> Job:
+            j = replace(
+                j,
+                hub_job_id=started.job_id,
+                progress=started.progress,
+                waiting_for=None,
+                retry_at=None,
+                failure_reason=None,
+            )
+            return advance(j, JobState.RUNNING, now=self.ctx.clock())
+
+        return self._save_over(job, running)
 
     def _denied(self, job: Job, why: str, *, resubmit: bool, by_hub: bool = False) -> Job:
         """Storage refused the hub (its job failed) or the app: a passing fault for ``denied_for`` after the first
@@ -294,9 +300,23 @@ class JobEngine:
 
     def _requeue(self, job: Job, why: str, *, retry_at: datetime | None) -> Job:
         now = self.ctx.clock()
-        job = self.ledger.move(replace(job, waiting_for=why, retry_at=retry_at), JobState.QUEUED, now=now)
+        job = self._save_over(
+            job, lambda j: advance(replace(j, waiting_for=why, retry_at=retry_at), JobState.QUEUED, now=now)
+        )
         self.slots.release(job.hub, job.job_id, now=now)
         return job
+
+    def _save_over(self, job: Job, change: Callable[[Job], Job]) -> Job:
+        """Save ``change(job)``; when the row changed since ``job`` was read because its kind saved the job while
+        it submitted it (``Context.save_progress``: a bulk's plan saves how far its query got), apply ``change`` to
+        the row as it is now. The hub's slot is held, so no other instance submits the job meanwhile."""
+        try:
+            return self.ledger.save(change(job))
+        except LedgerConflict:
+            return self.ledger.save(change(self._latest(job)))
+
+    def _latest(self, job: Job) -> Job:
+        return self.ledger.get(job.hub, job.job_id)
 
     # --- reconcile, follow, end -----------------------------------------------------------------------
 

@@ -26,9 +26,12 @@ from ..iothub import IoTHubClient
 from ..iothub import Job as HubJob
 from ..iothub import JobStatus as HubStatus
 from ..ledger import Job, JobKind, JobState, advance
-from ..reports import error_summary, harvest_import_errors, rejection_document
+from ..reports import BULK_SKIPS, error_summary, harvest_import_errors, rejection_document
 from ..storage import CSV_TYPE, NDJSON_TYPE, BlobRef, StorageError
 from ._hub import CONFIG_ERRORS_BLOB, ERRORS_BLOB, WORK_DEVICES_BLOB, HubJobKind
+
+SKIPPED_REPORT = "skipped.jsonl"  # a bulk's run: the devices not acted on, each with the reason
+CREATE_MODE = "create"  # the one import mode that cannot change an existing device: the hub refuses it (409001)
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ class ImportKind(HubJobKind):
 
     name = JobKind.IMPORT
 
-    def __init__(self, snapshots: Snapshots = Snapshots.EXPLICIT, approval: Mapping[str, int] | None = None) -> None:
+    def __init__(self, snapshots: Snapshots = Snapshots.CHANGES, approval: Mapping[str, int] | None = None) -> None:
         self.snapshots = snapshots
         self.approval = dict(approval or {})  # hub -> update lines an import may make unreviewed (REQUIRE_PLAN)
 
@@ -76,9 +79,15 @@ class ImportKind(HubJobKind):
         return advance(replace(job, waiting_for=why), JobState.AWAITING_APPROVAL, now=job.updated)
 
     def _needs_snapshot(self, job: Job) -> bool:
+        """``changes`` (the default): any line that can change an existing device, i.e. a mode other than
+        ``create`` (the hub refuses a create of a device that exists). ``explicit``: a mode other than
+        createOrUpdate."""
         if self.snapshots is Snapshots.OFF:
             return False
-        return self.snapshots is Snapshots.ALWAYS or any(mode != DEFAULT_MODE for mode in job.modes)
+        if self.snapshots is Snapshots.ALWAYS:
+            return True
+        plain = CREATE_MODE if self.snapshots is Snapshots.CHANGES else DEFAULT_MODE
+        return any(mode != plain for mode in job.modes)
 
     def _snapshot_taken(self, job: Job, ctx: Context) -> None:
         """Return once the snapshot of what the import touches is saved; until then, queue the plan job that takes
@@ -384,17 +393,36 @@ def _harvest(job: Job, ctx: Context) -> tuple[Job, dict[str, object]]:
     ctx.storage.ensure_container(container)
     jsonl = ctx.storage.stage(container, f"{job.job_id}/errors.jsonl")
     csv_out = ctx.storage.stage(container, f"{job.job_id}/errors.csv")
+    # A bulk's run: a line refused for its ETag condition is a device skipped (changed since the plan), not an error.
+    bulk = job.source is not None and BlobRef.parse(job.source).container == ctx.containers.bulk
+    skipped_out = ctx.storage.stage(container, f"{job.job_id}/{SKIPPED_REPORT}") if bulk else None
     try:
-        errors = harvest_import_errors(ctx.storage.open_read(BlobRef(job.work_container, ERRORS_BLOB)), jsonl, csv_out)
+        errors = harvest_import_errors(
+            ctx.storage.open_read(BlobRef(job.work_container, ERRORS_BLOB)),
+            jsonl,
+            csv_out,
+            skips=BULK_SKIPS if bulk else None,
+            skipped_out=skipped_out,
+        )
     except StorageError:
         return job, {}
     reports = dict(job.reports)
+    notes = list(job.notes)
+    summary = error_summary(errors)
     if errors.failed:
         jsonl.commit(content_type=NDJSON_TYPE)
         csv_out.commit(content_type=CSV_TYPE)
         reports["errors"] = f"{container}/{job.job_id}/errors.jsonl"
         reports["errorsCsv"] = f"{container}/{job.job_id}/errors.csv"
-    return replace(job, failed_devices=errors.failed, reports=reports), error_summary(errors)
+    if skipped_out is not None and errors.skipped:
+        skipped_out.commit(content_type=NDJSON_TYPE)
+        reports["skipped"] = f"{container}/{job.job_id}/{SKIPPED_REPORT}"
+        summary["skipped"] = dict(errors.skipped)
+        for reason, count in errors.skipped.items():
+            note = f"skipped {count} device(s): {reason}"
+            if note not in notes:  # ``end`` may run twice after a crash
+                notes.append(note)
+    return replace(job, failed_devices=errors.failed, reports=reports, notes=tuple(notes)), summary
 
 
 def without_etags(sink: Callable[[bytes], None]) -> Callable[[bytes], None]:

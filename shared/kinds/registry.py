@@ -22,7 +22,7 @@ def registry(
     retention_days: int | None,
     central: Central | None,
     include_configurations: bool = False,
-    snapshots: Snapshots = Snapshots.EXPLICIT,
+    snapshots: Snapshots = Snapshots.CHANGES,
     approval: Mapping[str, int] | None = None,
     plan_backup_max_age: timedelta = timedelta(0),
 ) -> tuple[dict[JobKind, Kind], dict[JobKind, str]]:

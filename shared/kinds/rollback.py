@@ -21,7 +21,7 @@ from ..iothub import Job as HubJob
 from ..ledger import Job, JobKind, JobState, advance
 from ..storage import BlobRef
 from ._hub import REGISTRY_BLOB, HubJobKind, export_registry, export_unfinished
-from .imports import ImportKind
+from .imports import CREATE_MODE, ImportKind
 from .plan import SNAPSHOT_BLOB, snapshot_folder
 
 ROLLBACK_REPORT = "rollback.json"
@@ -39,11 +39,20 @@ def rollback_refusal(ctx: Context, target: Job) -> str | None:
     manifest = BlobRef(ctx.containers.snapshots, f"{snapshot_folder(target.job_id)}/{MANIFEST_BLOB}")
     if ctx.storage.properties(manifest) is None:
         return (
-            f"job {target.job_id} has no snapshot: only imports with a line in a mode other than createOrUpdate "
-            "are snapshotted before they run (IMPORT_SNAPSHOTS=always snapshots every import); restore a backup "
-            "instead"
+            f"job {target.job_id} has no snapshot, so it cannot be undone: {_why_no_snapshot(target)}; "
+            "restore a backup instead"
         )
     return None
+
+
+def _why_no_snapshot(target: Job) -> str:
+    """Why an import ran without a snapshot, as far as its lines tell (the setting in force is not recorded)."""
+    if target.modes and set(target.modes) <= {CREATE_MODE}:
+        return "its lines only created devices (a create line changes no existing device, so none is snapshotted)"
+    return (
+        "imports that change existing devices are snapshotted before they run unless IMPORT_SNAPSHOTS is 'off' "
+        "(or 'explicit', which skips files of createOrUpdate lines), and it was when this one ran"
+    )
 
 
 class RollbackKind(HubJobKind):

@@ -138,16 +138,17 @@ def test_bulk_plans_a_query_then_runs_and_follows_it_with_the_usual_exit_codes(
     assert f"completed (import of bulk/{bulk_id}/devices.txt)" in ran.stdout
     assert [status(f"b-{i}") for i in range(6)] == ["disabled"] * 4 + ["enabled"] * 2
 
-    # Planned and run in one go; one selected device changed by someone else between the two: refused (exit 5).
+    # Planned, then one selected device changed by someone else before the run: skipped, with the reason (exit 0).
     made = iotjobs("--json", "bulk", "--query", query, "--action", "setTags", "--tag", "owner=ops")
     assert made.returncode == 0, made.stderr
     bulk_id = json.loads(made.stdout)["bulk"]["id"]
     moved = hub_call(stack.hub, "PATCH", "/twins/b-1", body={"tags": {"room": 7}}, extra={"If-Match": "*"})
     assert moved.status_code == 200, moved.text
-    refused = iotjobs("bulk", "run", bulk_id, "--follow")
-    assert refused.returncode == 5, refused.stdout + refused.stderr
-    assert "1 device refused by the hub" in refused.stdout and "b-1" in refused.stdout
-    assert "PreconditionFailed" in refused.stdout
+    skipped = iotjobs("bulk", "run", bulk_id, "--follow")
+    assert skipped.returncode == 0, skipped.stdout + skipped.stderr
+    assert "skipped 1 device(s): changed since the plan" in skipped.stdout
+    assert "b-1" in skipped.stdout and "refused by the hub" not in skipped.stdout
+    assert "owner" not in hub_call(stack.hub, "GET", "/twins/b-1").json()["tags"]
     at_once = iotjobs("bulk", "--query", query, "--action", "enable", "--run", "--follow")
     assert at_once.returncode == 0, at_once.stdout + at_once.stderr
     assert "enable 4 devices" in at_once.stdout and "completed (import of bulk/" in at_once.stdout

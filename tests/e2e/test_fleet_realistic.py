@@ -66,7 +66,8 @@ def _plan_report(stack: Stack, job_id: str) -> dict[str, Any]:
 
 def test_an_import_that_deletes_is_snapshotted_then_rolled_back(realistic_stack: Stack) -> None:
     stack = realistic_stack
-    stack.app.values["IMPORT_SNAPSHOTS"] = "explicit"  # the app's default (the local stack turns it off)
+    # snapshots on (the local stack turns them off); "explicit": the createOrUpdate seed is not snapshotted
+    stack.app.values["IMPORT_SNAPSHOTS"] = "explicit"
     stack.app.start()
     before, imported, _ = import_changes(stack)
     assert imported["state"] == "completed", stack.app.job("devhub", imported["jobId"])["failureReason"]
@@ -109,13 +110,17 @@ def test_act_on_a_query_plans_then_runs_and_refuses_a_device_changed_since(reali
     stack.app.wait_jobs(1)
     query = "SELECT * FROM devices WHERE tags.site = 'a'"
     _visible(stack, query, 6)
-    with throttled(stack):  # the query's pages are throttled: the plan waits it out
+    # Issue 20 item 3: the request asks the hub nothing (it used to page through the query while the request waited,
+    # 21 minutes on a 200,000-device hub, and answer 503 after 120 s of throttling): 202 at once, the job queued.
+    with throttled(stack, seconds=600):
         r = stack.app.call("POST", "bulk", json={"hub": "devhub", "query": query, "action": "disable"})
     assert r.status_code == 202, r.text
-    made, plan = r.json()["bulk"], r.json()["plan"]
-    assert made["devices"] == 6
-    until(stack, lambda j: j["jobId"] == plan["jobId"])
+    assert r.json()["plan"]["state"] == "queued" and set(r.json()["bulk"]) == {"id", "hub", "query", "action", "file"}
+    plan = r.json()["plan"]
+    with throttled(stack):  # the query's pages are throttled: the plan job waits it out
+        until(stack, lambda j: j["jobId"] == plan["jobId"])
     planned = _plan_report(stack, plan["jobId"])
+    assert planned["bulk"]["devices"] == 6
     assert planned["totals"]["update"] == 6 and planned["totals"]["refused"] == 0, planned
     assert {status(stack, f"q-{i}") for i in range(10)} == {"enabled"}  # a plan changes nothing
 
@@ -129,8 +134,9 @@ def test_act_on_a_query_plans_then_runs_and_refuses_a_device_changed_since(reali
     assert run.status_code == 202, run.text
     until(stack, lambda j: j["jobId"] == run.json()["jobId"])
     done = stack.app.job("devhub", run.json()["jobId"])
-    assert done["state"] == "completed_with_errors" and done["failedDevices"] == 1, done
-    errors = stack.read(*done["reports"]["errorsCsv"].split("/", 1)).decode()
-    assert "q-2,,412001,PreconditionFailed" in errors
+    # not acted on, and reported as skipped with the reason (not a device error)
+    assert done["state"] == "completed" and done["failedDevices"] == 0, done
+    skipped = stack.read(*done["reports"]["skipped"].split("/", 1)).decode()
+    assert '"deviceId": "q-2"' in skipped and "changed since the plan" in skipped
     statuses = {f"q-{i}": status(stack, f"q-{i}") for i in range(10)}
     assert statuses == {f"q-{i}": ("disabled" if i < 6 and i != 2 else "enabled") for i in range(10)}

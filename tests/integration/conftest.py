@@ -18,7 +18,7 @@ from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
 from emulators.iothub.quotas import Profile
 from emulators.tls import TlsFiles, ensure_certificates
-from shared.config import Containers
+from shared.config import Containers, Snapshots
 from shared.engine import RETRY_BASE, Context, JobEngine
 from shared.iotcentral import IoTCentralClient
 from shared.iothub import IoTHubClient
@@ -172,9 +172,12 @@ def engine_on(
     retry: RetryPolicy = FAST,
     retry_base: timedelta = RETRY_BASE,
     more_hubs: dict[str, IoTHubEmulator] | None = None,
+    snapshots: Snapshots = Snapshots.EXPLICIT,
 ) -> Jobs:
     """The job engine on fresh containers and ledger table, with ``iothub`` as its hub ``devhub`` (and
-    ``more_hubs`` by name)."""
+    ``more_hubs`` by name). Snapshots ``explicit``, not the app's default ``changes``: most tests here run a
+    createOrUpdate file as their subject (or to seed a hub) and follow its import alone, with no snapshot plan job
+    ahead of it; the tests about snapshots and rollbacks set what they test."""
     prefix = f"p{uuid.uuid4().hex[:8]}"
     tables = TableServiceClient.from_connection_string(azurite.connection_string)
     storage = LiveStorage.from_settings(StorageSettings(connection_string=azurite.connection_string))
@@ -189,6 +192,8 @@ def engine_on(
     )
     storage.ensure_container(containers.uploads)
     table = tables.create_table_if_not_exists(f"{prefix}jobs")
-    kinds, off = registry(retention_days=None, central=None, include_configurations=include_configurations)
+    kinds, off = registry(
+        retention_days=None, central=None, include_configurations=include_configurations, snapshots=snapshots
+    )
     ctx = Context(storage, Ledger(table), containers, hubs, clock)
     return Jobs(JobEngine(ctx, HubSlot(table), kinds, off, retry_base=retry_base))

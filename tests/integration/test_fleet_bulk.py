@@ -12,7 +12,7 @@ import pytest
 from emulators.azurite import Azurite
 from emulators.iothub import IoTHubEmulator
 from emulators.iothub.quotas import Profile
-from shared.fleet.bulk import Bulk, InvalidBulk, write_bulk
+from shared.fleet.bulk import CURSOR, DEVICES, PARTS, Bulk, Cursor, InvalidBulk, continue_bulk, new_request, write_bulk
 from shared.iothub import IoTHubHTTPError, IoTHubThrottled
 from shared.ledger import Job, JobKind, JobState
 from shared.retry import RetryPolicy
@@ -136,6 +136,7 @@ def test_disable_then_enable_changes_only_status(jobs: Jobs, iothub: IoTHubEmula
         "id": "q-0",
         "importMode": "updateIfMatchETag",
         "eTag": device(iothub, "q-0")["etag"],
+        "twinETag": hub_call(iothub, "GET", "/twins/q-0").json()["etag"],
         "status": "disabled",
         "capabilities": {"iotEdge": False},
     }
@@ -211,9 +212,13 @@ def errors_of(p: Jobs, job: Job) -> list[dict[str, Any]]:
         ("disable", {}, ("PUT", "/devices/q-1", {"deviceId": "q-1", "status": "enabled", "statusReason": "moved"})),
         ("delete", {}, ("PUT", "/devices/q-1", {"deviceId": "q-1", "status": "enabled", "statusReason": "moved"})),
         ("setTags", {"tags": {"owner": "ops"}}, ("PATCH", "/twins/q-1", {"tags": {"site": "a", "room": "9"}})),
+        # issue 20 item 3: moved out of the query (site a -> b) by a tag change, which moves the twin's ETag only
+        ("disable", {}, ("PATCH", "/twins/q-1", {"tags": {"site": "b"}})),
+        ("enable", {}, ("PATCH", "/twins/q-1", {"tags": {"site": "b"}})),
+        ("regenerateKeys", {}, ("PATCH", "/twins/q-1", {"tags": {"site": "b"}})),
     ],
 )
-def test_a_device_changed_after_the_query_is_refused_not_overwritten(
+def test_a_device_changed_after_the_query_is_skipped_not_overwritten(
     jobs: Jobs,
     iothub: IoTHubEmulator,
     clock: Clock,
@@ -240,19 +245,32 @@ def test_a_device_changed_after_the_query_is_refused_not_overwritten(
     twin_before = hub_call(iothub, "GET", "/twins/q-1").json()
 
     done = run_to_end(jobs, jobs.accept_upload(made.ref, "devhub"), clock)
-    assert done.state is JobState.COMPLETED_WITH_ERRORS and done.failed_devices == 1, done.failure_reason
-    refused = errors_of(jobs, done)
-    assert [(e["deviceId"], e["errorCode"], e["errorName"]) for e in refused] == [("q-1", 412001, "PreconditionFailed")]
+    # not acted on, and reported as skipped with the reason: not a device error
+    assert done.state is JobState.COMPLETED and done.failed_devices == 0, done.failure_reason
+    assert "errors" not in done.reports
+    skipped = report_lines(jobs, done.reports["skipped"])
+    assert [(e["deviceId"], e["errorCode"]) for e in skipped] == [("q-1", 412001)]
+    assert "changed since the plan" in skipped[0]["reason"]
+    assert any(n.startswith("skipped 1 device(s): changed since the plan") for n in done.notes)
     after = device(iothub, "q-1")  # the other writer's change stands
     assert after["etag"] == before["etag"] and after["status"] == before["status"]
+    assert after["authentication"] == before["authentication"]
     assert hub_call(iothub, "GET", "/twins/q-1").json()["tags"] == twin_before["tags"]
     for other in ("q-0", "q-2", "q-3", "q-4", "q-edge", "q-x509"):
         if action == "delete":
             assert hub_call(iothub, "GET", f"/devices/{other}").status_code == 404
         elif action == "disable":
             assert device(iothub, other)["status"] == "disabled"
-        else:
+        elif action == "setTags":
             assert hub_call(iothub, "GET", f"/twins/{other}").json()["tags"]["owner"] == "ops"
+    if action == "regenerateKeys":
+        assert device(iothub, "q-0")["authentication"]["symmetricKey"]["primaryKey"] != KEY
+
+
+def report_lines(p: Jobs, path: str) -> list[dict[str, Any]]:
+    container, _, name = path.partition("/")
+    data = b"".join(p.storage.open_read(BlobRef(container, name)))
+    return [json.loads(x) for x in data.splitlines() if x.strip()]
 
 
 @pytest.mark.realistic
@@ -294,3 +312,61 @@ def test_paging_a_query_waits_out_the_hubs_query_quota(
     made = bulk(patience=60)
     assert made.result.devices == 50 and {x["id"] for x in lines_of(p, made.ref)} == wanted
     assert usage(realistic_hub)["throttled"]["query"] >= 2  # refused on both runs, and the second still completed
+
+
+# --- a bulk as a queued job (issue 20 item 3): the plan job reads the query, writes the file and plans it ---------
+
+
+def queued_bulk(p: Jobs, action: str, query: str = QUERY) -> tuple[str, Job]:
+    bulk_id, ref = new_request(p.storage, p.containers.bulk, "devhub", query=query, action=action, args={})
+    return bulk_id, p.engine.accept(p.engine.draft(JobKind.PLAN, "devhub", source=ref, key=f"bulk-{bulk_id}"))
+
+
+def test_a_bulk_is_read_and_planned_by_its_queued_plan_job_in_slices(jobs: Jobs, clock: Clock) -> None:
+    seed(jobs, clock)
+    plan_kind = jobs.engine.kinds[JobKind.PLAN]
+    plan_kind.bulk_page_size, plan_kind.bulk_slice = 2, 0.0  # type: ignore[attr-defined]  # a page per submission
+    bulk_id, job = queued_bulk(jobs, "disable")
+    assert job.state is JobState.QUEUED  # accepted without asking the hub
+    seen: list[str] = []
+    for _ in range(50):
+        jobs.monitor_pass("devhub")
+        job = jobs.ledger.get("devhub", job.job_id)
+        seen.append(job.waiting_for or "")
+        if job.state.is_terminal:
+            break
+        clock.advance(0.5)
+    assert job.state is JobState.COMPLETED, job.failure_reason
+    # it gave the monitor back after each slice, and said how far it got
+    assert any("reading the query: 4 device(s) in 2 page(s) so far" in w for w in seen), seen
+    doc = json.loads(b"".join(jobs.storage.open_read(BlobRef(*job.reports["plan"].split("/", 1)))))
+    assert doc["bulk"]["devices"] == 7 and doc["totals"]["update"] == 7
+    ids = [x["id"] for x in lines_of(jobs, BlobRef(jobs.containers.bulk, f"{bulk_id}/{DEVICES}"))]
+    assert sorted(ids) == ["q-0", "q-1", "q-2", "q-3", "q-4", "q-edge", "q-x509"]  # each once
+    assert jobs.storage.list_names(jobs.containers.bulk, f"{bulk_id}/{PARTS}/") == []  # the parts are dropped
+    assert jobs.storage.properties(BlobRef(jobs.containers.bulk, f"{bulk_id}/{CURSOR}")) is None
+
+
+def test_a_read_stopped_mid_query_goes_on_without_writing_a_line_twice(jobs: Jobs, clock: Clock) -> None:
+    seed(jobs, clock)
+    bulk_id, _ = new_request(jobs.storage, jobs.containers.bulk, "devhub", query=QUERY, action="delete", args={})
+    client = jobs.hubs["devhub"]
+    first = continue_bulk(jobs.storage, jobs.containers.bulk, client, bulk_id, page_size=3, budget=0)
+    assert isinstance(first, Cursor) and (first.parts, first.devices) == (1, 3) and not first.done
+    # the host was killed after it wrote the next part and before it saved the cursor: that part is written again
+    jobs.storage.upload_bytes(
+        jobs.containers.bulk, f"{bulk_id}/{PARTS}/{first.parts:05d}.txt", b'{"id":"q-0","importMode":"delete"}\n'
+    )
+    made = first
+    while not isinstance(made, Bulk):
+        made = continue_bulk(jobs.storage, jobs.containers.bulk, client, bulk_id, page_size=3, budget=0)
+    ids = [x["id"] for x in lines_of(jobs, made.ref)]
+    assert len(ids) == len(set(ids)) == made.result.devices == 7
+    again = continue_bulk(jobs.storage, jobs.containers.bulk, client, bulk_id, page_size=3, budget=0)
+    assert isinstance(again, Bulk) and again.ref.etag == made.ref.etag  # read once: a later call finds it
+
+
+def test_a_query_the_hub_refuses_fails_the_bulks_plan_job_with_its_message(jobs: Jobs, clock: Clock) -> None:
+    _, job = queued_bulk(jobs, "delete", query="SELECT * FROM devices WHERE tags.site > 'a'")
+    done = run_to_end(jobs, job, clock)
+    assert done.state is JobState.FAILED and "the hub refused the query" in (done.failure_reason or "")

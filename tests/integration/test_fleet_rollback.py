@@ -15,7 +15,9 @@ import pytest
 
 from emulators.azurite import Azurite
 from emulators.iothub import IoTHubEmulator
+from shared.config import Snapshots
 from shared.iothub import IoTHubClient
+from shared.kinds import registry as registry_of_kinds
 from shared.kinds import rollback_refusal
 from shared.ledger import Job, JobKind, JobState
 from shared.storage import BlobRef
@@ -239,11 +241,72 @@ def test_a_failed_import_can_be_rolled_back(
 
 
 def test_what_cannot_be_rolled_back_says_why(jobs: Jobs, clock: Clock) -> None:
+    jobs.engine.kinds[JobKind.IMPORT].snapshots = Snapshots.CHANGES  # type: ignore[attr-defined]  # the default
     rejected = jobs.accept_upload(upload(jobs, "bad.jsonl", ["not json"]), "devhub")
     assert "rejected" in (rollback_refusal(jobs.engine.ctx, rejected) or "")
-    plain = run_to_end(jobs, jobs.accept_upload(upload(jobs, "plain.jsonl", devices(2, "p")), "devhub"), clock)
-    assert "no snapshot" in (rollback_refusal(jobs.engine.ctx, plain) or "")  # createOrUpdate only: not snapshotted
+    created = [{**d, "importMode": "create"} for d in devices(2, "p")]
+    plain = run_to_end(jobs, jobs.accept_upload(upload(jobs, "plain.jsonl", created), "devhub"), clock)
+    why = rollback_refusal(jobs.engine.ctx, plain) or ""
+    assert "no snapshot" in why and "only created devices" in why  # a file of creates changes no existing device
     export = run_to_end(jobs, jobs.queue_export("devhub"), clock)
     assert "only imports" in (rollback_refusal(jobs.engine.ctx, export) or "")
     queued = jobs.accept_upload(upload(jobs, "later.jsonl", [{"id": "p-0", "importMode": "delete"}]), "devhub")
     assert "wait until it ends" in (rollback_refusal(jobs.engine.ctx, queued) or "")
+
+
+def wrong_file() -> list[dict[str, Any] | str]:
+    """The usual mode (createOrUpdate, no importMode) with the wrong content: other keys, disabled, other tags and
+    desired properties for the 40 devices of ``seed_small``, and two devices that did not exist."""
+    lines: list[dict[str, Any] | str] = [
+        {
+            "id": f"s-{i}",
+            "status": "disabled",
+            "authentication": auth(OTHER),
+            "tags": {"site": "wrong"},
+            "properties": {"desired": {"interval": 999}},
+        }
+        for i in range(40)
+    ]
+    return [*lines, {"id": "stray-1", "status": "enabled"}, {"id": "stray-2", "status": "enabled"}]
+
+
+def seed_small(p: Jobs, clock: Clock) -> None:
+    lines: list[dict[str, Any] | str] = [
+        {
+            "id": f"s-{i}",
+            "status": "enabled",
+            "authentication": auth(),
+            "tags": {"site": f"s{i % 3}"},
+            "properties": {"desired": {"interval": i}},
+        }
+        for i in range(40)
+    ]
+    done = run_to_end(p, p.accept_upload(upload(p, "seed-small.jsonl", lines), "devhub"), clock)
+    assert done.state is JobState.COMPLETED, done.failure_reason
+
+
+def test_a_wrong_file_in_the_usual_mode_is_undone_by_default(jobs: Jobs, clock: Clock) -> None:
+    """Issue 20 4b: an import of createOrUpdate lines only overwrites existing devices; it is snapshotted by
+    default, so its rollback puts the registry back as it was (keys, status, tags, desired properties)."""
+    kinds, _ = registry_of_kinds(retention_days=None, central=None)  # the app's default, as Services builds it
+    jobs.engine.kinds[JobKind.IMPORT].snapshots = kinds[JobKind.IMPORT].snapshots  # type: ignore[attr-defined]
+    assert kinds[JobKind.IMPORT].snapshots is Snapshots.CHANGES  # type: ignore[attr-defined]
+    seed_small(jobs, clock)
+    before = registry(jobs, clock)
+    imported = snapshotted_import(jobs, clock, "wrong.jsonl", wrong_file())
+    assert imported.state is JobState.COMPLETED, imported.failure_reason
+    assert set(imported.modes) == {"createOrUpdate"}
+    assert registry(jobs, clock) != before
+    rb, undo = roll_back(jobs, clock, imported)
+    assert rb.state is JobState.COMPLETED, rb.failure_reason
+    assert undo is not None and undo.state is JobState.COMPLETED, undo.failure_reason
+    assert registry(jobs, clock) == before
+
+
+def test_with_snapshots_off_a_rollback_says_why_it_cannot(jobs: Jobs, clock: Clock) -> None:
+    jobs.engine.kinds[JobKind.IMPORT].snapshots = Snapshots.OFF  # type: ignore[attr-defined]
+    seed_small(jobs, clock)
+    imported = snapshotted_import(jobs, clock, "wrong.jsonl", wrong_file())
+    assert imported.state is JobState.COMPLETED, imported.failure_reason
+    why = rollback_refusal(jobs.engine.ctx, imported) or ""
+    assert "no snapshot" in why and "IMPORT_SNAPSHOTS" in why and "'off'" in why and "restore a backup" in why

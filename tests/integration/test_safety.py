@@ -426,7 +426,9 @@ class _RefusedCancel(ImportKind):
 def test_a_cancel_refused_for_good_ends_the_request_and_never_stops_a_monitor_pass(
     jobs: Jobs, iothub: IoTHubEmulator, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = dataclasses.replace(jobs.engine, kinds={**jobs.engine.kinds, JobKind.IMPORT: _RefusedCancel()})
+    engine = dataclasses.replace(
+        jobs.engine, kinds={**jobs.engine.kinds, JobKind.IMPORT: _RefusedCancel(Snapshots.OFF)}
+    )  # the cancel is the subject
     p = Jobs(engine)
     job = p.accept_upload(upload(p, "r.jsonl", devices(3)), "devhub")
     control(iothub, "jobs", {"paused": True})

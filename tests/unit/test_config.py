@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from shared.config import ConfigError, Settings, StorageAuth
+from shared.config import ConfigError, Settings, Snapshots, StorageAuth
 
 CONN = "HostName=h.azure-devices.net;SharedAccessKeyName=p;SharedAccessKey=c2VjcmV0c2VjcmV0c2VjcmV0"
 BASE = {
@@ -24,6 +24,7 @@ def test_defaults_and_hubs_in_order() -> None:
     assert s.storage_auth is StorageAuth.KEY_BASED and s.sas_lifetime == timedelta(hours=24)
     assert s.backup_retention_days == 30 and s.backup_include_keys is False and s.max_errors == 100
     assert s.backup_include_configurations is False
+    assert s.import_snapshots is Snapshots.CHANGES  # every import that can change a device is undoable (issue 20 4b)
     assert "c2VjcmV0" not in repr(s) and "UseDevelopmentStorage" not in repr(s)
 
 
@@ -94,3 +95,9 @@ def test_iot_central_settings_errors_say_what_to_change(change: dict[str, str], 
         Settings.from_env({**BASE, **change})
     assert message in str(caught.value)
     assert "sig=" not in str(caught.value)
+
+
+def test_import_snapshots_is_read_and_a_wrong_value_names_the_choices() -> None:
+    assert Settings.from_env({**BASE, "IMPORT_SNAPSHOTS": "off"}).import_snapshots is Snapshots.OFF
+    with pytest.raises(ConfigError, match="use changes \\(the default\\), explicit, always or off"):
+        Settings.from_env({**BASE, "IMPORT_SNAPSHOTS": "sometimes"})
