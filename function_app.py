@@ -24,7 +24,7 @@ from azurefunctions.extensions.bindings import blob
 from shared import api
 from shared.config import BACKUP_SCHEDULE, MONITOR_SCHEDULE, schedule, uploads_trigger_source
 from shared.logs import quiet_sdk_logs
-from shared.services import services
+from shared.services import monitor_pass, services
 from shared.storage import UploadChanged
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -77,7 +77,7 @@ def nightly_backup(timer: func.TimerRequest) -> None:
 
 @app.timer_trigger(arg_name="timer", schedule=schedule(MONITOR_SCHEDULE, os.environ), use_monitor=False)
 def job_monitor(timer: func.TimerRequest) -> None:
-    for job in services().monitor():
+    for job in monitor_pass():
         logger.info("job %s on %s is %s (%d%%)", job.job_id, job.hub, job.state, job.progress)
 
 

@@ -154,6 +154,23 @@ class Azurite:
         if remove and self._owns_location:
             shutil.rmtree(self.location, ignore_errors=True)
 
+    def pause(self) -> None:
+        """Stop Azurite and keep its data and its ports: storage gone for a while (``resume`` brings it back)."""
+        self.stop(remove=False)
+
+    def resume(self, timeout: float = 60) -> Azurite:
+        """Start Azurite again on the ports it had, with the data it had.
+
+        Raises:
+            AzuriteError: it did not start, or one of its ports was taken meanwhile (its clients could not find it).
+        """
+        self.preferred = (self.blob_port, self.queue_port, self.table_port)
+        self.start(timeout)
+        if self.moved:
+            self.stop(remove=False)
+            raise AzuriteError(f"Azurite could not have its ports back: {self.moved}")
+        return self
+
     def __enter__(self) -> Azurite:
         return self.start()
 

@@ -24,7 +24,6 @@ from rich.progress import (
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
 
@@ -81,12 +80,14 @@ def outcome(api: Api, job: dict[str, Any]) -> list[str]:
     lines = [f"job {job['jobId']} on {job['hub']}: {job['state']} ({what})"]
     counts = []
     if job.get("lines"):
-        counts.append(_plural(job["lines"], "line"))
+        counts.append(_plural(job["lines"], "line") + modes_text(job.get("modes") or {}))
     if job["kind"] == "export" and job["state"] == "completed":
         counts.append(_plural(job.get("devices", 0), "device") + " backed up")
+    elif job["kind"] in IMPORTS and job["state"] in ("completed", "completed_with_errors"):
+        counts.append(f"{job.get('devices', 0):,} applied")
     if job.get("failedDevices"):
         counts.append(_plural(job["failedDevices"], "device") + " refused by the hub")
-    if job.get("validationErrors"):
+    if job.get("validationErrors") and job["state"] != "rejected":  # a rejection's reason gives the count
         counts.append(_plural(job["validationErrors"], "problem") + " in the file")
     if counts:
         lines.append("  " + "; ".join(counts))
@@ -99,14 +100,34 @@ def outcome(api: Api, job: dict[str, Any]) -> list[str]:
     return lines
 
 
+IMPORTS = ("import", "restore", "migration_import")
+
+
+def modes_text(modes: dict[str, int]) -> str:
+    """`` (13 createOrUpdate)``, `` (10 create, 3 delete)``: a file's lines per import mode, in words."""
+    if not modes:
+        return ""
+    return " (" + ", ".join(f"{n:,} {mode}" for mode, n in sorted(modes.items(), key=lambda kv: -kv[1])) + ")"
+
+
+def where(finding: dict[str, Any]) -> str:
+    """Where a finding is: ``line 12``, or ``file`` for one about the whole file (an empty or compressed file)."""
+    line = finding.get("line")
+    return f"line {line:>5}" if isinstance(line, int) and line > 0 else "file      "
+
+
+def kept_text(unmanaged: dict[str, list[str]]) -> str:
+    """What an IoT Central apply keeps that the file does not name: ``destinations a, b; exports c`` or nothing."""
+    parts = [f"{kind} {', '.join(ids)}" for kind, ids in unmanaged.items() if ids]
+    return "; ".join(parts) if parts else "nothing"
+
+
 def _findings(api: Api, job: dict[str, Any]) -> list[str]:
     try:
         if "rejection" in job.get("reports", {}):
             doc = json.loads(api.report(job, "rejection") or b"{}")
             errors = doc.get("errors", [])
-            found = (
-                f"line {e.get('line', '?'):>5} {e.get('code', ''):<22} {cut(e.get('message', ''))}" for e in errors
-            )
+            found = (f"{where(e)} {e.get('code', ''):<22} {cut(e.get('message', ''))}" for e in errors)
             total = int(doc.get("errorCount", len(errors)))
             return listing(list(found)[:SHOWN], total, "(see the rejection report)")
         if "errors" in job.get("reports", {}):
@@ -218,6 +239,14 @@ def print_tsv(columns: Iterable[str], rows: Iterable[list[str]]) -> None:
 # --- commands -------------------------------------------------------------------------------------------
 
 
+def upload_progress(console: Console = err) -> Progress:
+    """The bar of an upload: bytes sent of the size, and the time it took. (No transfer speed: rich shows '?' until
+    it has measured one, which a small or quick upload never gets, so the line ended with a question mark.)"""
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(), console=console
+    )
+
+
 def cmd_upload(api: Api, args: argparse.Namespace) -> int:
     path: Path = args.file
     if not path.is_file():
@@ -226,9 +255,7 @@ def cmd_upload(api: Api, args: argparse.Namespace) -> int:
     if args.hub:
         name = f"{args.hub}/{name}"  # a first folder that names a hub (or central) selects it
     size = path.stat().st_size
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err
-    ) as bar:
+    with upload_progress() as bar:
         task = bar.add_task(f"uploading {UPLOADS}/{name}", total=size)
         etag = upload(api.config, path, name, lambda done, _total: bar.update(task, completed=done))
     err.print(f"uploaded {UPLOADS}/{name} ({size:,} bytes); waiting for the app to record its job …", markup=False)
@@ -358,7 +385,8 @@ def cmd_central(api: Api, args: argparse.Namespace) -> int:
             changes = f" [{', '.join(step['changes'])}]" if step.get("changes") else ""
             out.print(f"{step['action']:<8} {step['kind']:<11} {step['id']}{changes}", markup=False)
         out.print(
-            f"{plan.get('changes', 0)} change(s); kept, not in the file: {plan.get('unmanaged', [])}", markup=False
+            f"{plan.get('changes', 0)} change(s); kept, not in the file: {kept_text(plan.get('unmanaged') or {})}",
+            markup=False,
         )
         return OK
     job = api.call("POST", "central/apply", data=data)
@@ -509,8 +537,8 @@ def migration_lines(doc: dict[str, Any]) -> list[str]:
         f"migration {doc['migrationId']} {doc['from']} -> {doc['to']} ({doc['mode']}, keys "
         f"{'included' if doc['includeKeys'] else 'not included'}): {doc['state']} at {doc['stage']}"
     ]
-    if doc.get("failureReason"):
-        lines.append(f"  why: {cut(doc['failureReason'], 200)}")
+    if doc.get("failureReason") or doc.get("why"):
+        lines.append(f"  why: {cut(doc.get('failureReason') or doc['why'], 300)}")
     for step, job in doc["jobs"].items():
         if job is not None:
             lines.append(f"  {step}: job {job['jobId']} on {job['hub']} {job['state']} ({job['progress']}%)")

@@ -40,7 +40,7 @@ from .ledger import Job, JobNotFound, JobState, LedgerConflict, LedgerError
 from .openapi import document as openapi_document
 from .services import CannotApprove, CannotMigrate, CannotRollBack, NotABulk, NothingToRun, Services
 from .status import status_document
-from .storage import BlobRef, StorageError, UploadChanged
+from .storage import BlobRef, StorageDenied, StorageError, StorageUnavailable, UploadChanged
 from .views import job_view, migration_view
 
 __all__ = ["ApiError", "Reply", "Request", "error"]
@@ -48,6 +48,7 @@ __all__ = ["ApiError", "Reply", "Request", "error"]
 logger = logging.getLogger(__name__)
 
 APPLY_WAIT = timedelta(seconds=60)
+DENIED_RETRY = 60  # seconds a client is told to wait when storage refused the app (a role not yet in effect)
 HUB_BUSY_RETRY = 10  # seconds a client is told to wait when a throttling hub gave no Retry-After of its own
 CENTRAL_SETTING = "IOTCENTRAL_APP_URL"
 
@@ -126,6 +127,13 @@ def guarded(route: Route, request: Request, work: Callable[[Inputs], Reply], whe
         return _hub_error(exc)
     except IoTCentralError as exc:
         return error(502, "IoTCentralError", f"IoT Central refused the request: {exc}")
+    except StorageUnavailable as exc:
+        reply = error(503, "StorageUnavailable", f"{exc}: send the request again in {exc.retry_after} s")
+        return replace(reply, headers={"Retry-After": str(exc.retry_after)})
+    except StorageDenied as exc:
+        # Right after a deployment the app's role on storage may not be in effect yet: it heals in minutes.
+        reply = error(503, "StorageUnavailable", f"{exc}; send the request again in {DENIED_RETRY} s")
+        return replace(reply, headers={"Retry-After": str(DENIED_RETRY)})
     except (StorageError, LedgerError) as exc:
         return error(503, "StorageUnavailable", f"storage is not answering: {exc}; retry shortly")
     except RecursionError:  # input nested deeper than a parser past the schema check could follow

@@ -113,6 +113,8 @@ class Settings:
     max_errors: int = 100
     submit_grace: timedelta = timedelta(minutes=2)
     retry_backoff: timedelta = timedelta(seconds=30)
+    # how long a job waits for storage that refuses the hub or the app (a role assignment not yet in effect)
+    storage_denied_for: timedelta = timedelta(minutes=30)
     ledger_table: str = "jobledger"
     orphan_after: timedelta = timedelta(hours=1)
     upload_sweep_after: timedelta = timedelta(minutes=10)  # an upload this old with no job gets one from the monitor
@@ -168,6 +170,7 @@ class Settings:
             max_errors=int(_number(env, "MAX_ERRORS_SHOWN", 100, low=1, high=10_000)),
             submit_grace=timedelta(seconds=_number(env, "SUBMIT_GRACE_SECONDS", 120, low=0, high=3600)),
             retry_backoff=timedelta(seconds=_number(env, "RETRY_BACKOFF_SECONDS", 30, low=0.1, high=3600)),
+            storage_denied_for=timedelta(minutes=_number(env, "STORAGE_DENIED_RETRY_MINUTES", 30, low=0, high=24 * 60)),
             ledger_table=env.get("LEDGER_TABLE", "jobledger"),
             orphan_after=timedelta(minutes=_number(env, "ORPHAN_CONTAINER_MINUTES", 60, low=0.01, high=7 * 24 * 60)),
             upload_sweep_after=timedelta(minutes=_number(env, "UPLOAD_SWEEP_MINUTES", 10, low=0.01, high=7 * 24 * 60)),

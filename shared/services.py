@@ -29,17 +29,25 @@ from .iothub import IoTHubClient
 from .kinds import nightly_key, registry, rollback_refusal
 from .kinds.migration import import_key, migration_refusal, verify_key
 from .ledger import HubSlot, Job, JobKind, JobNotFound, JobState, Ledger, idempotency_key
-from .storage import BlobRef, Storage, StorageSettings, UploadChanged
+from .storage import (
+    TABLE_RETRY,
+    BlobRef,
+    Storage,
+    StorageSettings,
+    StorageUnavailable,
+    UploadChanged,
+    reachable,
+)
 
 logger = logging.getLogger(__name__)
 
 
 def _table_service(storage: StorageSettings) -> TableServiceClient:
     if storage.connection_string:
-        return TableServiceClient.from_connection_string(storage.connection_string)
+        return TableServiceClient.from_connection_string(storage.connection_string, **TABLE_RETRY)
     if not storage.table_uri:
         raise ValueError("identity-based storage needs DEVICE_STORAGE__tableServiceUri for the job ledger")
-    return TableServiceClient(storage.table_uri, credential=storage.credential())
+    return TableServiceClient(storage.table_uri, credential=storage.credential(), **TABLE_RETRY)
 
 
 def _hub_client(hub: str, settings: Settings) -> IoTHubClient:
@@ -81,7 +89,8 @@ class Services:
     def build(cls, settings: Settings, env: Mapping[str, str] | None = None) -> Services:
         """``env``: where the data-export file's app-setting references are looked up (default: the process's)."""
         storage = Storage.from_settings(settings.storage, sas_lifetime=settings.sas_lifetime)
-        table = _table_service(settings.storage).create_table_if_not_exists(settings.ledger_table)
+        with reachable("the job ledger (creating its table)"):  # storage down at a cold start: 503, not 500
+            table = _table_service(settings.storage).create_table_if_not_exists(settings.ledger_table)
         ledger = Ledger(table)
         hubs = {name: _hub_client(name, settings) for name in settings.hubs}
         containers = settings.containers
@@ -115,6 +124,7 @@ class Services:
             off,
             submit_grace=settings.submit_grace,
             retry_base=settings.retry_backoff,
+            denied_for=settings.storage_denied_for,
         )
         return cls(settings, storage, ledger, engine, central)
 
@@ -330,15 +340,19 @@ class Services:
         return [*self.settings.hubs, *([CENTRAL] if self.central is not None else [])]
 
     def monitor(self) -> list[Job]:
-        """One pass of the job monitor over every partition; one's trouble never stops the others."""
+        """One pass of the job monitor over every partition; one's trouble never stops the others. Storage that
+        does not answer stops the whole pass (every part needs it): one warning line, and the next pass retries."""
         changed: list[Job] = []
-        for partition in self.partitions():
-            with _pass(f"monitor pass over {partition}"):
-                changed.extend(self.engine.monitor_pass(partition))
-        with _pass("sweeping work containers"):
-            self.engine.sweep_work_containers(self.settings.orphan_after)
-        with _pass("looking for uploads no trigger delivered"):
-            changed.extend(self.sweep_uploads())
+        try:
+            for partition in self.partitions():
+                with _pass(f"monitor pass over {partition}"):
+                    changed.extend(self.engine.monitor_pass(partition))
+            with _pass("sweeping work containers"):
+                self.engine.sweep_work_containers(self.settings.orphan_after)
+            with _pass("looking for uploads no trigger delivered"):
+                changed.extend(self.sweep_uploads())
+        except StorageUnavailable as exc:
+            logger.warning("monitor pass: %s; the next pass retries", exc)
         return changed
 
     def sweep_uploads(self, now: datetime | None = None) -> list[Job]:
@@ -407,10 +421,23 @@ def _pass(what: str) -> Iterator[None]:
     neither stops the other parts, and the next pass tries again."""
     try:
         yield
+    except StorageUnavailable:
+        raise  # the whole pass stops: see Services.monitor
     except TRANSIENT as exc:
         logger.warning("%s: %s; the next pass retries", what, exc)
     except Exception:
         logger.exception("%s failed; the next pass retries", what)
+
+
+def monitor_pass() -> list[Job]:
+    """The job monitor timer's work: one pass (``Services.monitor``). Storage down while this instance builds its
+    services is one warning line as well, not a failed invocation with a traceback: the next pass retries."""
+    try:
+        svc = services()
+    except StorageUnavailable as exc:
+        logger.warning("monitor pass: %s; the next pass retries", exc)
+        return []
+    return svc.monitor()
 
 
 @functools.cache

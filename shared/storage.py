@@ -11,6 +11,7 @@ SAS are minted by ``sas.SasMinter`` (``Storage.sas``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -28,6 +29,8 @@ from azure.core.exceptions import (
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
 )
 from azure.storage.blob import (
     BlobBlock,
@@ -50,6 +53,49 @@ CSV_TYPE = "text/csv; charset=utf-8"
 
 class StorageError(Exception):
     """A storage operation failed; the message is safe to show (no keys, no SAS)."""
+
+
+class StorageDenied(StorageError):
+    """Storage refused the app (403 AuthorizationPermissionMismatch, AuthorizationFailure): a role assignment not
+    yet in effect right after a deployment heals by itself in minutes, so jobs wait for it a bounded time."""
+
+
+class StorageUnavailable(StorageError):
+    """Storage did not answer at all (connection refused or reset, a timeout), after the SDK's own retries: a
+    passing fault. The HTTP API answers 503 with a Retry-After; a monitor pass stops at it (one warning line)."""
+
+    retry_after = 30  # seconds a client is told to wait: about one monitor period
+
+
+# Connection failures, as azure-core raises them once its retries are spent: ServiceRequestError (the request never
+# reached storage: refused, DNS, connect timeout) and ServiceResponseError (no full answer: reset, read timeout).
+UNREACHABLE: tuple[type[AzureError], ...] = (ServiceRequestError, ServiceResponseError)
+
+
+@contextlib.contextmanager
+def reachable(what: str) -> Iterator[None]:
+    """The one place where storage not answering becomes ``StorageUnavailable`` (the blob calls' ``_explain`` and
+    the ledger's table client both go through it)."""
+    try:
+        yield
+    except UNREACHABLE as exc:
+        raise unreachable(exc, what) from exc
+
+
+def unreachable(exc: AzureError, what: str) -> StorageUnavailable:
+    return StorageUnavailable(f"storage is not answering ({what}: {type(exc).__name__})")
+
+
+# Retries of the storage SDKs before a connection failure is handed back. Their defaults wait long (blob: 15, 18
+# and 24 s; tables: up to ten tries, two minutes apart at most), so an HTTP call waited minutes for a 500 while
+# storage was down; a job's step that meets the failure is tried again by the next monitor pass anyway.
+BLOB_RETRY: dict[str, Any] = {"retry_total": 3, "initial_backoff": 1, "increment_base": 2}
+TABLE_RETRY: dict[str, Any] = {"retry_total": 3, "retry_backoff_factor": 0.5, "retry_backoff_max": 4}
+
+
+# Storage's error codes for a caller without the permission (Blob service error codes); AuthenticationFailed
+# (a bad key or SAS signature) is not among them: waiting never heals it.
+DENIED_CODES = frozenset({"AuthorizationPermissionMismatch", "AuthorizationFailure"})
 
 
 class ArchiveKind(StrEnum):
@@ -112,7 +158,12 @@ class StorageSettings:
 
     def blob_service(self) -> BlobServiceClient:
         # 4 MiB ranges: the SDK's default 32 MiB first GET would make memory grow with the file.
-        opts: dict[str, Any] = {"max_single_get_size": BLOCK, "max_chunk_get_size": BLOCK, "connection_timeout": 10}
+        opts: dict[str, Any] = {
+            "max_single_get_size": BLOCK,
+            "max_chunk_get_size": BLOCK,
+            "connection_timeout": 10,
+            **BLOB_RETRY,
+        }
         if self.connection_string:
             return BlobServiceClient.from_connection_string(self.connection_string, **opts)
         assert self.blob_uri is not None
@@ -120,9 +171,14 @@ class StorageSettings:
 
 
 def _explain(exc: AzureError, what: str) -> StorageError:
+    if isinstance(exc, UNREACHABLE):
+        return unreachable(exc, what)
     code = getattr(exc, "error_code", None) or type(exc).__name__
     status = getattr(exc, "status_code", None)
-    return StorageError(f"storage failed on {what}: {status or ''} {code}".replace("  ", " "))
+    message = f"storage failed on {what}: {status or ''} {code}".replace("  ", " ")
+    if status == 403 and code in DENIED_CODES:
+        return StorageDenied(f"{message} (the app lacks a role on the storage account, or it is not in effect yet)")
+    return StorageError(message)
 
 
 class StagedBlob:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .ledger import Job, JobState
+from .ledger import Job, JobKind, JobState
 
 
 def job_view(job: Job) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "progress": job.progress,
         "lines": job.lines,
         "modes": job.modes,
-        "devices": job.devices,
+        **_devices(job),
         "steps": job.steps,
         "validationErrors": job.validation_errors,
         "failedDevices": job.failed_devices,
@@ -50,7 +50,35 @@ def job_view(job: Job) -> dict[str, Any]:
     }
 
 
+# Kinds whose ``devices`` is a count whatever it is (0 devices exported is news); other kinds show it once set.
+_COUNT_DEVICES = frozenset({JobKind.EXPORT, JobKind.PLAN, JobKind.MIGRATION, JobKind.MIGRATION_VERIFY})
+
+
+def _devices(job: Job) -> dict[str, int]:
+    """``devices`` where it means something: an export's or a plan's count, an import's applied lines once it
+    completed; nothing for a queued, rejected or failed import, whose 0 said nothing."""
+    return {"devices": job.devices} if job.kind in _COUNT_DEVICES or job.devices else {}
+
+
 _STAGES = ("export", "import", "verify")
+
+
+def _why_errors(imported: Job | None, verified: Job | None) -> str:
+    """Why a migration completed with errors: the lines its import refused, and what its verification found."""
+    parts = []
+    if imported is not None and imported.failed_devices:
+        part = f"{imported.hub} refused {imported.failed_devices:,} line(s) of the import (its errors.csv lists them)"
+        if imported.import_mode == "create":
+            part += (
+                f"; in create mode a device {imported.hub} already has is refused (DeviceAlreadyExists), never "
+                "overwritten"
+            )
+        parts.append(part)
+    if verified is not None and verified.failed_devices:
+        parts.append(
+            f"{verified.failed_devices:,} device(s) are missing in {verified.hub} or differ (see migration.json)"
+        )
+    return "; ".join(parts) or "see the steps' reports"
 
 
 def migration_view(exported: Job, imported: Job | None, verified: Job | None) -> dict[str, Any]:
@@ -92,5 +120,6 @@ def migration_view(exported: Job, imported: Job | None, verified: Job | None) ->
         "state": str(state),
         "progress": min(done // len(steps), 100),
         "failureReason": failed.failure_reason if failed is not None else None,
+        "why": _why_errors(imported, verified) if state is JobState.COMPLETED_WITH_ERRORS else None,
         "jobs": {name: (job_view(job) if job is not None else None) for name, job in zip(_STAGES, steps, strict=True)},
     }

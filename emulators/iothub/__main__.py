@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--faults",
         default=os.environ.get("IOTHUB_EMULATOR_FAULTS", ""),
-        help="fault injection, e.g. 'rate=0.2;statuses=429,503;seed=1;jobStartDelay=2;jobStepDelay=0.05'",
+        help="fault injection, e.g. 'rate=0.2;statuses=429,503;seed=1;jobStartDelay=2;jobStepDelay=0.05'; jobs "
+        "refused their storage: 'storageDeniedJobs=2' or 'storageDeniedSeconds=120'",
     )
     p.add_argument("--control-plane", action="store_true", help="enable /_emulator/* (reset, faults, clock)")
     p.add_argument("--oauth", action="store_true", help="also accept Bearer JWTs for https://iothubs.azure.net")

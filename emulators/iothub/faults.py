@@ -1,4 +1,5 @@
-"""Fault injection: a share of API requests answered with 429/500/503, and slowed-down jobs.
+"""Fault injection: a share of API requests answered with 429/500/503, slowed-down jobs, and jobs that fail
+because the hub cannot reach their storage yet (a role assignment not yet in effect after a deployment).
 
 Set from the command line (``--fault-rate``), the environment (``IOTHUB_EMULATOR_FAULTS``) or at run time
 through the control plane (``POST /_emulator/faults``). Randomness is seeded so a failing run can be replayed.
@@ -8,7 +9,10 @@ from __future__ import annotations
 
 import random
 import threading
+import time
+import uuid
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from .errors import ApiError
@@ -28,10 +32,14 @@ class FaultConfig:
     seed: int | None = None
     job_start_delay: float = 0.0  # seconds a job waits in `enqueued` before it runs
     job_step_delay: float = 0.0  # seconds added per batch of lines/devices, to slow jobs down
+    # Jobs that fail as if the hub's identity had no role on their storage yet: the next N jobs to run, and every
+    # job that starts within S seconds of the setting; then access "propagates" and jobs run again.
+    storage_denied_jobs: int = 0
+    storage_denied_seconds: float = 0.0
 
     @classmethod
     def parse(cls, text: str) -> FaultConfig:
-        """Parse ``rate=0.2;statuses=429,503;seed=1;jobStartDelay=2;jobStepDelay=0.1``."""
+        """Parse ``rate=0.2;statuses=429,503;seed=1;jobStartDelay=2;jobStepDelay=0.1;storageDeniedJobs=2``."""
         cfg = cls()
         for part in filter(None, (p.strip() for p in text.split(";"))):
             name, _, value = part.partition("=")
@@ -65,6 +73,10 @@ class FaultConfig:
                 changes["job_start_delay"] = float(value)
             elif name == "jobStepDelay":
                 changes["job_step_delay"] = float(value)
+            elif name == "storageDeniedJobs":
+                changes["storage_denied_jobs"] = int(value)
+            elif name == "storageDeniedSeconds":
+                changes["storage_denied_seconds"] = float(value)
             else:
                 raise ValueError(f"unknown fault setting '{name}'")
         return replace(self, **changes)
@@ -77,14 +89,46 @@ class Faults:
     config: FaultConfig = field(default_factory=FaultConfig)
     _rng: random.Random = field(default_factory=random.Random)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _denials_left: int = 0
+    _denied_until: float = 0.0  # time.monotonic()
 
     def __post_init__(self) -> None:
-        self.set(self.config)
+        self._rng = random.Random(self.config.seed)
+        self._arm(self.config)
 
     def set(self, config: FaultConfig) -> None:
         with self._lock:
-            self.config = config
+            old, self.config = self.config, config
             self._rng = random.Random(config.seed)
+            # Armed when set, not again when other settings change: N jobs, or S seconds from now.
+            if (old.storage_denied_jobs, old.storage_denied_seconds) != (
+                config.storage_denied_jobs,
+                config.storage_denied_seconds,
+            ):
+                self._arm(config)
+
+    def _arm(self, config: FaultConfig) -> None:
+        self._denials_left = config.storage_denied_jobs
+        self._denied_until = time.monotonic() + config.storage_denied_seconds
+
+    def storage_denial(self) -> str | None:
+        """The ``failureReason`` a job starting now fails with because its storage refuses the hub, or None.
+
+        The text is the one the service gave for a job it could not reach storage for ("Unable to access blob ...
+        errorcode: IH400007", Azure/azure-iot-cli-extension#93): no published text says which permission was
+        missing, so none is invented here. Role assignments take minutes to take effect after a deployment
+        (Azure/azure-dev#8026), which this fault stands for.
+        """
+        with self._lock:
+            if self._denials_left > 0:
+                self._denials_left -= 1
+            elif time.monotonic() >= self._denied_until:
+                return None
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        return (
+            "Unable to access blob. If you contact a support representative please include this correlation "
+            f"identifier: {uuid.uuid4()}, timestamp: {stamp}, errorcode: IH400007."
+        )
 
     def draw(self) -> tuple[int, int] | None:
         """The (status, Retry-After seconds) this request should fail with, or None if it goes through."""

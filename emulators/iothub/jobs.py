@@ -203,6 +203,8 @@ class JobRunner:
             return  # cancelled before it started
         self._started = time.monotonic()
         try:
+            if (denied := self.faults.storage_denial()) is not None:
+                raise StorageAccessError(denied)
             if job["type"] == "import":
                 self._import(job)
             else:

@@ -9,6 +9,7 @@ and the names inside ``desired``/``reported`` are the user's own data and are ne
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -96,25 +97,45 @@ def near_miss(key: str, shape: Shape, present: Mapping[str, object]) -> tuple[Mi
     already holds is no candidate for a typo: beside a real 'status', 'state' is some other data. A case slip is one
     whatever else the object holds ('Status' beside 'status' is still a slip).
     """
+    for miss, name in _candidates(key, shape):
+        if miss is Miss.CASE or name not in present:
+            return miss, name
+    return Miss.UNKNOWN, None
+
+
+# Files repeat their keys on every line: a file of a million lines of some other object (sensor readings, a CSV
+# export turned JSON) asks about the same few keys a million times, and ranking one costs a few hundred
+# microseconds (edit distance and difflib against every field). So each (key, object) is ranked once.
+@functools.lru_cache(maxsize=4096)
+def _candidates(key: str, shape: Shape) -> tuple[tuple[Miss, str], ...]:
+    """The fields ``key`` may be a slip of, best first: a case slip alone if there is one; else its alias and the
+    typo candidates (the caller drops those the object already holds)."""
     squashed = _squash(key)
     for name in shape.fields:
         if _squash(name) == squashed:
-            return Miss.CASE, name
+            return ((Miss.CASE, name),)
+    found: list[tuple[Miss, str]] = []
+    alias = _ALIASES.get((shape.path, squashed))
+    if alias is not None:
+        found.append((Miss.NEAR, alias))
     lowered = key.lower()
-    best: tuple[float, int, int, str] | None = None
+    if len(lowered) > 2 * _LONGEST:  # far longer than any field: no typo of one (and costly to compare)
+        return tuple(found)
+    ranked: list[tuple[float, int, int, str]] = []
     for name in shape.fields:
-        if name in present:
-            continue
         target = name.lower()
         d = distance(lowered, target)
         ratio = difflib.SequenceMatcher(None, lowered, target).ratio()
         if d <= _allowed(name) or ratio >= _RATIO:
-            rank = (-ratio, d, -_common_prefix(lowered, target), name)
-            if best is None or rank < best:
-                best = rank
-    return (Miss.NEAR, best[3]) if best else (Miss.UNKNOWN, None)
+            ranked.append((-ratio, d, -_common_prefix(lowered, target), name))
+    found += [(Miss.NEAR, rank[3]) for rank in sorted(ranked)]
+    return tuple(found)
 
 
+# Names other tools give a field (IoT Central, the portal's CSV, the device SDKs say 'deviceId'), too far from it
+# for the typo rules: (shape path, squashed name) -> the field meant.
+_ALIASES = {("", "deviceid"): "id", ("", "device"): "id", ("", "moduleid"): "moduleId"}
+_LONGEST = 32  # longer than any field name of the format ('connectionStateUpdatedTime' is 26)
 _RATIO = 0.8  # difflib's closeness past which most of the name is there (its own default, 0.6, reaches 'mode')
 
 

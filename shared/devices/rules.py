@@ -74,6 +74,9 @@ class Code(StrEnum):
     NOT_UTF8 = "NOT_UTF8"
     WRONG_ENCODING = "WRONG_ENCODING"  # the whole file: UTF-16 or UTF-32
     COMPRESSED_FILE = "COMPRESSED_FILE"  # the whole file: gzip
+    JSON_ARRAY = "JSON_ARRAY"  # the whole file: one JSON array instead of JSON lines
+    CSV_FILE = "CSV_FILE"  # the whole file: a CSV (or semicolon-separated) table
+    NO_DEVICE_LINES = "NO_DEVICE_LINES"  # the whole file: so many lines in, not one device line; the rest unread
     LINE_TOO_LONG = "LINE_TOO_LONG"
     INVALID_JSON = "INVALID_JSON"
     NOT_AN_OBJECT = "NOT_AN_OBJECT"
@@ -257,11 +260,15 @@ class LineChecker:
         def add(code: Code, msg: str, fld: str | None = None, mid: str | None = None) -> None:
             report.add(Finding(n, code, msg, did, mid, fld))
 
+        id_misnamed = False
+
         def check_keys(section: dict[str, Any], shape: Shape, skip: frozenset[str] = frozenset()) -> None:
             """Findings for the keys of ``section`` the format does not know at ``shape`` (see ``fields``)."""
+            nonlocal id_misnamed
             for key, miss, meant in unknown_keys(section, shape):
                 if key in skip:
                     continue
+                id_misnamed = id_misnamed or (shape is LINE and meant == "id")
                 where = f" in {shape.path}" if shape.path else ""
                 at = shape.where(key)
                 if miss is Miss.CASE:
@@ -288,7 +295,9 @@ class LineChecker:
                     )
 
         check_keys(obj, LINE)
-        if dev is None:
+        if dev is None and id_misnamed:
+            pass  # the field that holds it under another name ('deviceId') has its finding: one is enough
+        elif dev is None:
             add(Code.MISSING_FIELD, "The line has no 'id': every line needs the device id.", "id")
         elif dev == "":
             add(Code.INVALID_DEVICE_ID, "deviceId is empty: 'id' must hold the device id (1-128 characters).", "id")

@@ -1,14 +1,18 @@
-"""What the first bytes of an upload say when it is not UTF-8 text at all: one finding for the whole file.
+"""What the first bytes of an upload say when it is not a JSON-lines file at all: one finding for the whole file.
 
-Without this, a gzip file or a file saved as UTF-16 (PowerShell's ``Out-File`` and ``>`` in Windows PowerShell 5)
-got a "not UTF-8" or "not valid JSON" finding on every line, the real cause buried under a hundred of them.
+Without this, a gzip file, a file saved as UTF-16 (PowerShell's ``Out-File`` and ``>`` in Windows PowerShell 5), a
+JSON array (what ``ConvertTo-Json`` or ``json.dump`` of a list writes) or a CSV table got a "not UTF-8" or "not
+valid JSON" finding on every line, the real cause buried under a hundred of them.
 """
 
 from __future__ import annotations
 
+import re
+
 from .rules import Code, Finding
 
 HEAD_BYTES = 16  # enough for every signature below and for the pattern of NULs of a few characters
+FIRST_LINE_BYTES = 1024  # how much of the first line tells a CSV header (a longer one is no header)
 
 _GZIP = b"\x1f\x8b"
 # Longest first: the UTF-32 little-endian BOM starts with the UTF-16 one. The width is that of a character.
@@ -51,9 +55,38 @@ def _encoding(head: bytes) -> str | None:
     return _nul_pattern(head)
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+_ARRAY_START = re.compile(rb"\s*\[")
+# A header cell: a column name, maybe quoted (Excel and Export-Csv quote every cell). Two or more of them, split
+# by commas or semicolons (Excel writes semicolons where the decimal separator is a comma), make a CSV header;
+# a JSON line starts with '{' and can never match.
+_CELL = re.compile(rb'\s*"?[A-Za-z_$][A-Za-z0-9_.$ -]{0,63}"?\s*')
+
+_CSV_FIX = (
+    "The file is a CSV table (header '{header}'): CSV is not accepted yet. Upload JSON lines instead, one device "
+    'object per line, such as {{"id": "dev-1", "status": "enabled"}} (for example, in PowerShell: Import-Csv '
+    "devices.csv | ForEach-Object {{ $_ | ConvertTo-Json -Compress }} | Out-File -Encoding utf8 devices.jsonl)."
+)
+_ARRAY_FIX = (
+    "The file is one JSON array ('[' ... ']'), not JSON lines: upload one device object per line, without the "
+    "brackets and the commas between objects (for example: jq -c '.[]' devices.json > devices.jsonl)."
+)
+
+
+def _csv_header(first_line: bytes) -> str | None:
+    """The header of a CSV table if ``first_line`` is one (two or more column names), else None."""
+    for sep in (b",", b";"):
+        cells = first_line.split(sep)
+        if len(cells) >= 2 and all(_CELL.fullmatch(c) for c in cells):
+            return first_line.decode("ascii", "replace")[:120]
+    return None
+
+
 def sniff(head: bytes) -> Finding | None:
-    """The finding for a file that starts with ``head`` (its first ``HEAD_BYTES`` bytes, or all of a shorter one),
-    when those bytes show it is compressed or not UTF-8; None when it may be a devices file."""
+    """The finding for a file that starts with ``head`` (its first bytes, up to its first line's end if that comes
+    within ``FIRST_LINE_BYTES``, or all of a shorter file) when those bytes show it is compressed, not UTF-8, a JSON
+    array or a CSV table; None when it may be a devices file."""
+    start = head[:FIRST_LINE_BYTES].removeprefix(_UTF8_BOM)
     head = head[:HEAD_BYTES]  # callers may pass a whole first chunk (1 MB): the checks below would copy all of it
     if head.startswith(_GZIP):
         return Finding(
@@ -62,10 +95,16 @@ def sniff(head: bytes) -> Finding | None:
             "The file is gzip-compressed: upload it uncompressed (one JSON object per line, UTF-8).",
         )
     encoding = _encoding(head)
-    if encoding is None:
-        return None
-    return Finding(
-        0,
-        Code.WRONG_ENCODING,
-        f"The file is {encoding} text: save it as UTF-8 (in PowerShell, Out-File -Encoding utf8) and upload it again.",
-    )
+    if encoding is not None:
+        return Finding(
+            0,
+            Code.WRONG_ENCODING,
+            f"The file is {encoding} text: save it as UTF-8 (in PowerShell, Out-File -Encoding utf8) and upload it "
+            "again.",
+        )
+    if _ARRAY_START.match(start):
+        return Finding(0, Code.JSON_ARRAY, _ARRAY_FIX)
+    first_line, newline, _ = start.partition(b"\n")
+    if (newline or len(start) < FIRST_LINE_BYTES) and (header := _csv_header(first_line.rstrip(b"\r"))):
+        return Finding(0, Code.CSV_FILE, _CSV_FIX.format(header=header))
+    return None

@@ -20,9 +20,13 @@ import orjson
 from .fast import accept_run
 from .rules import MAX_LINE_BYTES, Code, Finding, LineChecker, ValidationReport
 from .seen import SeenIds
-from .sniff import HEAD_BYTES, sniff
+from .sniff import FIRST_LINE_BYTES, HEAD_BYTES, sniff
 
 CHUNK = 1024 * 1024
+# A file whose first this many lines all have problems, none a device line, is some other file (sensor readings, a
+# report): the rest is not checked, so a huge wrong file is rejected in a moment, not after minutes of findings
+# nobody reads. Checked per chunk read, so a little more may be read.
+GIVE_UP_AFTER = 10_000
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -35,11 +39,12 @@ def _chunks(stream: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
 
 
 def _head(chunks: Iterator[bytes]) -> bytes:
-    """The first ``HEAD_BYTES`` bytes or more (all of a shorter stream), however small the chunks are."""
+    """The first ``HEAD_BYTES`` bytes and the first line (up to ``FIRST_LINE_BYTES``) or more (all of a shorter
+    stream), however small the chunks are."""
     head = b""
     for chunk in chunks:
         head += chunk
-        if len(head) >= HEAD_BYTES:
+        if len(head) >= HEAD_BYTES and (b"\n" in head or len(head) >= FIRST_LINE_BYTES):
             break
     return head
 
@@ -90,10 +95,13 @@ def validate_stream(
     max_errors: int = 100,
     max_warnings: int | None = None,
     sink: Callable[[bytes], None] | None = None,
+    give_up_after: int = GIVE_UP_AFTER,
 ) -> ValidationReport:
     """Validate a devices file; optionally pass the valid, normalized lines (LF-terminated) to ``sink``.
 
-    The report keeps the first ``max_errors`` errors and ``max_warnings`` (by default as many) warnings.
+    The report keeps the first ``max_errors`` errors and ``max_warnings`` (by default as many) warnings. When the
+    first ``give_up_after`` lines (or a few more) all have problems and none is a device line, the rest of the file
+    is read (a caller may hash it) but not checked, and one more finding says so.
 
     ``sink`` receives batches of whole lines; when the report is not valid, what it received must be discarded.
     """
@@ -168,6 +176,14 @@ def validate_stream(
             seen.extend(ids, id_lines)
             if sink is not None and out:
                 sink(b"\n".join(out) + b"\n")
+            if not modes and report.lines_with_errors >= give_up_after:
+                # First, whatever the cap: it is the one finding about the whole file.
+                report.error_count += 1
+                found = Finding(0, Code.NO_DEVICE_LINES, _NO_DEVICE_LINES.format(n=total))
+                report.errors = [found, *report.errors][: report.max_errors]
+                for _ in chunks:  # read to the end all the same: what the caller hashes is the whole file
+                    pass
+                break
         dupes, dupe_count = _first_duplicates(seen, max_errors)
     finally:
         seen.close()
@@ -183,6 +199,12 @@ def validate_stream(
         report.add(Finding(0, Code.EMPTY_FILE, "The file holds no devices: add one JSON object per line."))
     return report
 
+
+_NO_DEVICE_LINES = (
+    "None of the first {n:,} lines is a valid device line (their problems follow), so the rest of the file was not "
+    "checked: is this the devices file you meant? If it is, fix what those lines have in common. Each line must be "
+    'one device object, such as {{"id": "dev-1", "status": "enabled"}}.'
+)
 
 _TOO_LONG = (
     f"Line is longer than {MAX_LINE_BYTES // 1024} KB: a device line cannot be this large (twin limits are "

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from ..iothub import IoTHubError, IoTHubNotFound, IoTHubServerError, IoTHubThrottled, IoTHubUnavailable
 from ..ledger import HubSlot, Job, JobKind, JobNotFound, JobState, Ledger, LedgerConflict, advance, idempotency_key
 from ..reports import summary_document
-from ..storage import ArchiveKind, BlobRef, StorageError, fitted_name
+from ..storage import ArchiveKind, BlobRef, StorageDenied, StorageError, StorageUnavailable, fitted_name
 from ..uploads import move_to_archive
 from ..views import job_view
 from ._kind import Busy, Context, Ending, Kind, Refused, Throttled, Unanswered
@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 SUBMIT_GRACE = timedelta(minutes=2)  # a submission younger than this may still be in flight in another instance
 RETRY_BASE = timedelta(seconds=30)  # first wait after a passing fault; doubles per attempt
 RETRY_CAP = timedelta(minutes=15)
+# How long a job waits for storage that refuses the hub or the app (a role assignment takes minutes to take effect
+# after a deployment) before it fails; STORAGE_DENIED_RETRY_MINUTES.
+DENIED_FOR = timedelta(minutes=30)
 # Faults that pass: the hub or storage will answer again. They never fail a job; the job waits and is retried.
 TRANSIENT: tuple[type[Exception], ...] = (IoTHubThrottled, IoTHubServerError, IoTHubUnavailable, StorageError)
 
@@ -48,6 +51,38 @@ CHECKPOINTS: list[Callable[[str], None]] = []
 def checkpoint(step: str) -> None:
     for observer in CHECKPOINTS:
         observer(step)
+
+
+# What to check when storage keeps refusing (docs/deploy.md; the roles infra/ assigns).
+_HUB_ROLES = (
+    "the role assignments on the storage account: the hub's identity needs Storage Blob Data Contributor "
+    "(IOTHUB_STORAGE_AUTH=identityBased; behind a firewall, 'Allow trusted Microsoft services' too), and with "
+    "SAS (keyBased) the account must allow shared key access"
+)
+_APP_ROLES = (
+    "the role assignments of the app's identity on the storage account of DEVICE_STORAGE: Storage Blob Data Owner, "
+    "Storage Queue Data Contributor and Storage Table Data Contributor"
+)
+
+
+def _unavailable_document(job: Job, reason: str) -> dict[str, object]:
+    """The rejection report of a job whose kind this app has turned off: one finding for the whole file, shaped as
+    a file's findings are (code, message, fix), so every reader of a rejection shows it."""
+    what, _, fix = reason.partition(": ")
+    finding = {
+        "line": None,
+        "code": "KIND_NOT_CONFIGURED",
+        "message": f"{what}: this app does not run {job.kind} jobs, so nothing in the file was applied",
+        "fix": fix or reason,
+    }
+    return {
+        "source": job.source,
+        "verdict": f"rejected: {reason}",
+        "valid": False,
+        "errorCount": 1,
+        "errors": [finding],
+        "errorsShown": 1,
+    }
 
 
 def utcnow() -> datetime:
@@ -68,6 +103,7 @@ class JobEngine:
     unavailable: Mapping[JobKind, str]  # kinds this app has turned off -> why (their jobs are rejected with it)
     submit_grace: timedelta = SUBMIT_GRACE
     retry_base: timedelta = RETRY_BASE
+    denied_for: timedelta = DENIED_FOR
 
     @property
     def ledger(self) -> Ledger:
@@ -131,7 +167,7 @@ class JobEngine:
         kind = self.kinds.get(job.kind)
         if kind is None:
             reason = self.unavailable.get(job.kind, f"jobs of kind {job.kind} are not handled by this app")
-            report = self.ctx.write_report(job, "rejection.json", {"source": job.source, "verdict": reason})
+            report = self.ctx.write_report(job, "rejection.json", _unavailable_document(job, reason))
             job = replace(job, failure_reason=reason, validation_errors=1, reports={"rejection": report})
         else:
             job = kind.prepare(job, self.ctx)
@@ -183,6 +219,8 @@ class JobEngine:
             return self._close(job, Ending(job, JobState.FAILED, self.unavailable.get(job.kind, "kind unavailable")))
         try:
             started = kind.submit(job, self.ctx)
+        except StorageDenied as exc:
+            return self._denied(job, f"storage refused the app: {exc}", resubmit=True)
         except Busy as exc:
             logger.info("job %s waits: %s", job.job_id, exc)
             return self._requeue(job, str(exc), retry_at=None)
@@ -210,6 +248,30 @@ class JobEngine:
             failure_reason=None,
         )
         return self.ledger.move(job, JobState.RUNNING, now=self.ctx.clock())
+
+    def _denied(self, job: Job, why: str, *, resubmit: bool, by_hub: bool = False) -> Job:
+        """Storage refused the hub (its job failed) or the app: a passing fault for ``denied_for`` after the first
+        refusal, since a role assignment takes minutes to take effect after a deployment. Until then the job waits,
+        longer each time, and is submitted again (its hub job ended) or its step is tried again by the next pass;
+        then it fails with what to check."""
+        now = self.ctx.clock()
+        since = job.denied_since or now
+        if now - since >= self.denied_for:
+            minutes = max(round((now - since).total_seconds() / 60), 1)
+            check = _HUB_ROLES if by_hub else _APP_ROLES
+            reason = f"{why}; still refused after {minutes} min. Check {check}; then run the job again"
+            job = replace(job, denied_since=since)
+            return self._close(job, Ending(job, JobState.FAILED, reason), tolerant=True)
+        wait = min(self.retry_base * 2 ** max(job.attempts - 1, 0), RETRY_CAP)
+        until = since + self.denied_for
+        why = (
+            f"{why}; a role assignment can take minutes to take effect after a deployment: waiting "
+            f"{int(wait.total_seconds())} s, trying until {until:%H:%M} UTC"
+        )
+        job = replace(job, denied_since=since)
+        if resubmit:  # its hub job ended refused, or it never started: submitted again after the wait
+            return self._requeue(replace(job, hub_job_id=None, progress=0), why, retry_at=now + wait)
+        return self.ledger.save(replace(job, waiting_for=why, updated=now))
 
     def _requeue(self, job: Job, why: str, *, retry_at: datetime | None) -> Job:
         now = self.ctx.clock()
@@ -250,6 +312,11 @@ class JobEngine:
                     changed.append(self._follow(job))
             except LedgerConflict:
                 logger.info("job %s changed under us; next pass will see it", job.job_id)
+            except StorageUnavailable:
+                raise  # storage does not answer: nothing else in this pass can go on either (one warning upstream)
+            except StorageDenied as exc:
+                logger.warning("job %s on %s: %s; the next pass tries again", job.job_id, partition, exc)
+                changed.append(self._denied(job, f"storage refused the app: {exc}", resubmit=False))
             except TRANSIENT as exc:
                 logger.warning("job %s on %s: %s; the next pass tries again", job.job_id, partition, exc)
         started = self.start_next(partition)
@@ -264,6 +331,9 @@ class JobEngine:
         except IoTHubNotFound:
             reason = "the hub no longer knows this job (history is kept 30 days)"
             return self._close(job, Ending(job, JobState.FAILED, reason))
+        if hub_job.storage_denied and not job.cancel_pending:
+            why = f"the hub could not reach the job's storage ({hub_job.failure_reason})"
+            return self._denied(job, why, resubmit=True, by_hub=True)
         if not hub_job.status.is_terminal:
             if job.cancel_pending:
                 job = self._send_cancel(job, raising=False)
@@ -315,7 +385,7 @@ class JobEngine:
             replace(job, cancel_pending=False, waiting_for="cancellation requested", updated=self.ctx.clock())
         )
 
-    def _close(self, job: Job, ending: Ending) -> Job:
+    def _close(self, job: Job, ending: Ending, *, tolerant: bool = False) -> Job:
         """End a job: archive its upload, write its summary, let its kind drop what it no longer needs (``closed``),
         record the end, free the slot, drop the work container.
 
@@ -334,7 +404,15 @@ class JobEngine:
             logger.warning("archiving the upload of job %s failed: %s; it stays where it is", job.job_id, exc)
         final = advance(final, ending.state, now=now)
         doc = summary_document(job_view(final), dict(ending.summary))
-        final = replace(final, reports={**final.reports, "summary": self.ctx.write_report(final, "summary.json", doc)})
+        try:
+            final = replace(
+                final, reports={**final.reports, "summary": self.ctx.write_report(final, "summary.json", doc)}
+            )
+        except StorageDenied as exc:
+            if not tolerant:
+                raise
+            # Failing because storage refuses the app: the summary cannot be written, the ledger still says why.
+            logger.warning("job %s fails without its summary: %s", job.job_id, exc)
         kind = self.kinds.get(final.kind)
         if kind is not None:
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -90,6 +91,23 @@ class Job:
             output_blob_name=body.get("outputBlobName"),
             exclude_keys=body.get("excludeKeysInExport"),
         )
+
+    @property
+    def storage_denied(self) -> bool:
+        """The job failed because the hub could not read or write its storage: a passing fault right after a
+        deployment, while the role assignment of the hub's identity (or a new SAS) takes effect."""
+        return self.status is JobStatus.FAILED and bool(
+            self.failure_reason and _STORAGE_DENIED.search(self.failure_reason)
+        )
+
+
+# How a failed job says its storage refused the hub. The service's text, as observed (Azure/azure-iot-cli-extension
+# #93): "Unable to access blob. ... errorcode: IH400007"; storage's own 403 codes (AuthorizationFailure,
+# AuthorizationPermissionMismatch) where a failure reason quotes them, as the emulator's do.
+_STORAGE_DENIED = re.compile(
+    r"IH400007|Unable to access blob|AuthorizationPermissionMismatch|AuthorizationFailure|Storage refused access|"
+    r"identity has no role on the storage account"
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,8 @@ class CentralApplyKind:
         except DocumentError as exc:
             doc = {"file": job.source, "problems": [p.public() for p in exc.problems], "applied": "nothing"}
             report = ctx.write_report(job, "central-rejection.json", doc)
-            reason = f"{len(exc.problems)} problem(s) in the file; nothing was changed"
+            n = len(exc.problems)
+            reason = f"{n:,} problem{'' if n == 1 else 's'} in the file; nothing was changed"
             return replace(
                 job, validation_errors=len(exc.problems), failure_reason=reason, reports={"rejection": report}
             )

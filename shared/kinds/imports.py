@@ -149,7 +149,9 @@ class ImportKind(HubJobKind):
             state = JobState.CANCELLED if hub_job.status is HubStatus.CANCELLED else JobState.FAILED
             return Ending(replace(job, progress=progress), state, reason, summary)
         state = JobState.COMPLETED_WITH_ERRORS if job.failed_devices else JobState.COMPLETED
-        return Ending(replace(job, progress=100), state, None, summary)
+        # What the import applied: its lines (a device or a module each) less those the hub refused.
+        applied = max(job.lines - job.failed_devices, 0)
+        return Ending(replace(job, progress=100, devices=applied), state, None, summary)
 
     # --- preparing ------------------------------------------------------------------------------------
 
@@ -183,7 +185,8 @@ class ImportKind(HubJobKind):
             reason = "the backup does not match its manifest (sha256); nothing was imported"
             return _rejected(job, ctx, doc, reason, problems=1)
         if not report.valid:
-            reason = f"{report.error_count} problem(s) in the file; nothing was imported"
+            n = report.error_count
+            reason = f"{n:,} problem{'' if n == 1 else 's'} in the file; nothing was imported"
             return _rejected(job, ctx, rejection_document(ref.path, report), reason, problems=report.error_count)
         staged.commit()
         checkpoint("validated")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
 
@@ -189,8 +189,11 @@ class MigrationImportKind(RestoreKind):
         if hub_job.status is HubStatus.CANCELLED:
             return ending  # cancelled by someone: the migration stops here
         verify = self._queue_verify(job, ctx)
-        note = f"the migration is verified by job {verify.job_id} ({verify.state})"
-        return replace(ending, job=replace(ending.job, notes=(*ending.job.notes, note)))
+        # No state in the note: it would stay "(queued)" long after the verification ran.
+        notes = [*ending.job.notes, f"the migration is verified by job {verify.job_id}"]
+        if ending.job.failed_devices:
+            notes.append(refusal_note(ending.job, ending.summary))
+        return replace(ending, job=replace(ending.job, notes=tuple(notes)))
 
     def closed(self, job: Job, ctx: Context) -> None:
         """The migration stops here when no verification was queued (cancelled, failed before its end): its keyed
@@ -264,6 +267,21 @@ class MigrationKind(HubJobKind):
             _drop_keyed_export(prepared, ctx)
         created, _ = ctx.ledger.create(prepared)
         return created
+
+
+def refusal_note(job: Job, summary: Mapping[str, object]) -> str:
+    """Why a migration's import refused lines, from its error counts: in create mode, mostly devices the target
+    has already (DeviceAlreadyExists), which are never overwritten."""
+    errors = summary.get("errors")
+    by_code: Mapping[str, int] = errors.get("byCode", {}) if isinstance(errors, Mapping) else {}
+    codes = ", ".join(f"{n:,} {code}" for code, n in sorted(by_code.items(), key=lambda kv: -kv[1]))
+    note = f"{job.hub} refused {job.failed_devices:,} line(s)" + (f" ({codes})" if codes else "")
+    if job.import_mode == "create" and "DeviceAlreadyExists" in by_code:
+        note += (
+            f": in create mode a device {job.hub} already has is refused, never overwritten; migrate again in "
+            "createOrUpdate mode to replace them"
+        )
+    return note + "; errors.csv lists them"
 
 
 def next_step(job: Job, kind: JobKind, hub: str, source: BlobRef, *, key: str, now: datetime) -> Job:

@@ -37,6 +37,7 @@ class JobEntity(TypedDict):
     FailureReason: str | None
     WaitingFor: str | None
     RetryAt: datetime | None
+    DeniedSince: datetime | None
     Reports: str
     IncludeKeys: bool
     BackupFolder: str | None
@@ -82,6 +83,7 @@ def to_entity(job: Job) -> JobEntity:
         "FailureReason": job.failure_reason,
         "WaitingFor": job.waiting_for,
         "RetryAt": job.retry_at,
+        "DeniedSince": job.denied_since,
         "Reports": json.dumps(job.reports),
         "IncludeKeys": job.include_keys,
         "BackupFolder": job.backup_folder,
@@ -140,6 +142,7 @@ def from_entity(row: Mapping[str, object], etag: str | None = None) -> Job:
         failure_reason=text("FailureReason"),
         waiting_for=text("WaitingFor"),
         retry_at=_utc(row["RetryAt"]) if row.get("RetryAt") else None,
+        denied_since=_utc(row["DeniedSince"]) if row.get("DeniedSince") else None,
         reports={str(k): str(v) for k, v in json.loads(text("Reports") or "{}").items()},
         include_keys=bool(row.get("IncludeKeys")),
         backup_folder=text("BackupFolder"),

@@ -65,8 +65,9 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
             JobState.CANCELLED,
         }
     ),
+    # back to QUEUED when its hub job failed because storage refused the hub (a role not yet in effect): resubmitted
     JobState.RUNNING: frozenset(
-        {JobState.COMPLETED, JobState.COMPLETED_WITH_ERRORS, JobState.FAILED, JobState.CANCELLED}
+        {JobState.COMPLETED, JobState.COMPLETED_WITH_ERRORS, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}
     ),
 }
 
@@ -120,13 +121,16 @@ class Job:
     progress: int = 0  # percent
     lines: int = 0  # import, restore: lines in the devices file
     modes: dict[str, int] = field(default_factory=dict)  # import, restore: lines per import mode
-    devices: int = 0  # export: devices written to the backup
+    # export, migration: devices written; plan, migration_verify: devices compared; an import that completed: the
+    # lines it applied (a device or module each, those the hub refused left out). Shown only where it says something.
+    devices: int = 0
     steps: dict[str, int] = field(default_factory=dict)  # IoT Central apply: planned steps per action
     validation_errors: int = 0
     failed_devices: int = 0
     failure_reason: str | None = None  # why a job failed, was rejected or cancelled; None while it may still succeed
     waiting_for: str | None = None  # why a queued or submitting job is waiting (busy hub, throttling, no answer)
     retry_at: datetime | None = None  # a queued job waits until then after a passing fault
+    denied_since: datetime | None = None  # storage has refused the hub or the app since then (waited for, bounded)
     reports: dict[str, str] = field(default_factory=dict)  # name -> container/blob path
     include_keys: bool = False  # export: the backup holds the devices' keys
     backup_folder: str | None = None  # export: <hub>/<stamp> under the backups container

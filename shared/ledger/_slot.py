@@ -13,6 +13,8 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
+from ._guard import guarded
+
 SLOT_ROW = "~slot"
 
 
@@ -20,7 +22,7 @@ class HubSlot:
     """Claim, release and read the slot rows of one ledger table."""
 
     def __init__(self, table: TableClient) -> None:
-        self.table = table
+        self.table = guarded(table)
 
     def holder(self, hub: str) -> str | None:
         try:

@@ -12,7 +12,9 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableEntity, TableServiceClient, TableTransactionError, UpdateMode
 
+from ..storage import reachable
 from ._entity import from_entity, to_entity
+from ._guard import guarded
 from ._model import Job, JobNotFound, JobState, LedgerConflict, LedgerError, advance
 
 KEY_PREFIX = "~key-"
@@ -26,11 +28,12 @@ class Ledger:
     """The job store: one row per job, and one ``~key-<sha256>`` row per idempotency key naming its job."""
 
     def __init__(self, table: TableClient) -> None:
-        self.table = table
+        self.table = guarded(table)
 
     @classmethod
     def from_service(cls, service: TableServiceClient, table_name: str = "jobledger") -> Ledger:
-        return cls(service.create_table_if_not_exists(table_name))
+        with reachable("the job ledger (creating its table)"):
+            return cls(service.create_table_if_not_exists(table_name))
 
     def create(self, job: Job) -> tuple[Job, bool]:
         """Insert ``job`` (and its idempotency key, atomically). Returns (job, True), or the existing job for the

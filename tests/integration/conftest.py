@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from azure.data.tables import TableServiceClient
@@ -66,6 +67,15 @@ def realistic_hub(iothub_realistic_server: IoTHubEmulator, monkeypatch: pytest.M
     """The realistic emulator (``REALISTIC``), emptied, throttles full; a test may ``set_profile`` another."""
     iothub_realistic_server.set_profile(REALISTIC)
     return emptied(iothub_realistic_server, monkeypatch)
+
+
+@pytest.fixture
+def own_azurite(tmp_path: Path) -> Iterator[Azurite]:
+    """An Azurite of this test alone, for the app's own services (default container and table names), or to stop
+    without taking the session's from the other tests."""
+    server = Azurite(tmp_path / "azurite").start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

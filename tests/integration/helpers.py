@@ -17,15 +17,17 @@ import requests
 from azure.iot.hub.models import JobProperties
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
+from emulators.azurite import Azurite
 from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import POLICIES, IoTHubEmulator
 from emulators.iothub.auth import sign
 from shared.backups import locate_backup
-from shared.config import Containers
+from shared.config import Containers, Settings
 from shared.engine import JobEngine
 from shared.iothub import IoTHubClient
 from shared.ledger import HubSlot, Job, JobKind, Ledger
 from shared.retry import RetryPolicy
+from shared.services import Services
 from shared.storage import BlobRef
 from shared.storage import Storage as LiveStorage
 
@@ -278,3 +280,14 @@ def run_to_end(p: Jobs, job: Job, clock: Clock, deadline: float = 60) -> Job:
 
 def hub_count(p: Jobs) -> int:
     return p.hubs["devhub"].get_registry_statistics().total
+
+
+def services_on(azurite: Azurite, hub: IoTHubEmulator, **settings: str) -> Services:
+    """The app's services as the Functions host builds them, on ``azurite`` and ``hub`` (as ``devhub``)."""
+    env = {
+        "IOTHUB_HUBS": "devhub",
+        "IOTHUB_DEVHUB_CONNECTION_STRING": hub.connection_string(),
+        "DEVICE_STORAGE": azurite.connection_string,
+        **settings,
+    }
+    return Services.build(Settings.from_env(env), env)

@@ -50,8 +50,10 @@ def test_round_trip_and_transitions(ledger: Ledger) -> None:
     again = ledger.get("hub1", created.job_id)
     assert (again.state, again.hub_job_id) == (JobState.RUNNING, "h1")
     with pytest.raises(InvalidTransition):
-        ledger.move(running, JobState.QUEUED, now=NOW)
-    done = ledger.move(replace(again, failed_devices=3, modes={"create": 5}), JobState.COMPLETED_WITH_ERRORS, now=NOW)
+        ledger.move(running, JobState.AWAITING_APPROVAL, now=NOW)
+    done = ledger.move(
+        replace(again, failed_devices=3, modes={"create": 5}, denied_since=NOW), JobState.COMPLETED_WITH_ERRORS, now=NOW
+    )
     assert ledger.get("hub1", done.job_id).modes == {"create": 5}
     assert ledger.get("hub1", done.job_id) == done  # every field survives the row (etags aside)
     with pytest.raises(InvalidTransition):

@@ -211,6 +211,20 @@ def test_create_mode_never_overwrites_a_device_the_target_has_and_the_report_say
     assert "1 device(s) stagehub also holds" not in doc["verdict"] and "also holds 1 device(s)" in doc["verdict"]
     target = registry_of(pair, clock, "stagehub")
     assert target[("d-3", None)]["tags"] == {"site": "theirs"}  # untouched
+    # The outcome says why it completed with errors, and no note of a step says a state it has left.
+    imported = pair.ledger.get("stagehub", imported.job_id)
+    (refused,) = [n for n in imported.notes if "refused" in n]
+    assert "1 DeviceAlreadyExists" in refused and "in create mode" in refused and "createOrUpdate" in refused
+    assert not any("(queued)" in n for n in imported.notes)
+    view = migration_view(*pair_steps(pair, verified))
+    assert view["state"] == "completed_with_errors" and view["failureReason"] is None
+    assert "stagehub refused 1 line(s)" in view["why"] and "DeviceAlreadyExists" in view["why"]
+    assert "1 device(s) are missing in stagehub or differ" in view["why"]
+
+
+def pair_steps(p: Jobs, verified: Job) -> tuple[Job, Job | None, Job | None]:
+    exported = p.ledger.get("devhub", verified.migration_of or "")
+    return exported, p.ledger.find_by_key("stagehub", import_key(exported.job_id)), verified
 
 
 def test_create_or_update_mode_replaces_them(pair: Jobs, clock: Clock) -> None:

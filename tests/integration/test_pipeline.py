@@ -11,8 +11,9 @@ from azure.storage.blob import BlobServiceClient
 from emulators.azurite import Azurite
 from emulators.iothub import IoTHubEmulator
 from shared.kinds._hub import _urls
-from shared.ledger import JobState
+from shared.ledger import JobKind, JobState
 from shared.storage import BlobRef
+from shared.views import job_view
 
 from .helpers import KEY, Clock, Jobs, control, devices, hub_count, run_to_end, upload
 
@@ -152,3 +153,30 @@ def test_no_secrets_in_ledger_or_reports(jobs: Jobs, azurite: Azurite, clock: Cl
     assert len(texts) > 3
     for text in texts:
         assert KEY not in text and "sig=" not in text and "SharedAccessKey" not in text and "AccountKey" not in text
+
+
+def test_a_data_export_file_while_central_is_off_is_rejected_with_a_finding_that_says_what_to_set(jobs: Jobs) -> None:
+    etag = jobs.storage.upload_bytes(jobs.containers.uploads, "central/exports.json", b'{"exports": {}}')
+    ref = BlobRef(jobs.containers.uploads, "central/exports.json", etag)
+    job = jobs.engine.accept(jobs.engine.draft(JobKind.CENTRAL_APPLY, "central", source=ref))
+    assert job.state is JobState.REJECTED and job.validation_errors == 1
+    container, path = job.reports["rejection"].split("/", 1)
+    report = json.loads(b"".join(jobs.storage.open_read(BlobRef(container, path))))
+    (finding,) = report["errors"]
+    assert finding["code"] == "KIND_NOT_CONFIGURED" and report["errorCount"] == 1
+    assert "IoT Central is not configured" in finding["message"]
+    assert "IOTCENTRAL_APP_URL" in finding["fix"]
+
+
+def test_summary_shows_the_devices_an_import_applied_and_no_count_where_it_means_nothing(
+    jobs: Jobs, clock: Clock
+) -> None:
+    ref = upload(jobs, "mixed.jsonl", [*devices(4), {"id": "gone", "importMode": "delete"}])
+    done = run_to_end(jobs, jobs.accept_upload(ref, "devhub"), clock)
+    assert done.state is JobState.COMPLETED_WITH_ERRORS and done.failed_devices == 1  # 'gone' does not exist
+    container, path = done.reports["summary"].split("/", 1)
+    summary = json.loads(b"".join(jobs.storage.open_read(BlobRef(container, path))))
+    assert summary["job"]["devices"] == 4 and summary["job"]["lines"] == 5
+    bad = jobs.accept_upload(upload(jobs, "bad.jsonl", ['{"id":']), "devhub")
+    assert bad.state is JobState.REJECTED
+    assert "devices" not in job_view(bad)

@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import tracemalloc
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -24,6 +25,7 @@ from shared.devices import (
     LineChecker,
     ValidationReport,
     fast,
+    fields,
     validate_stream,
 )
 from shared.devices.fast import accept
@@ -453,6 +455,70 @@ def test_a_gzip_file_gets_one_finding_that_says_so(size: int) -> None:
     assert [(f.line, f.code) for f in report.errors] == [(0, Code.COMPRESSED_FILE)]
     assert report.error_count == 1 and not report.valid and out == []
     assert "the file is gzip-compressed: upload it uncompressed" in report.errors[0].message.lower()
+
+
+ARRAY_BODY = "[\n" + ",\n".join(json.dumps(dev(f"d{i}")) for i in range(200)) + "\n]\n"
+
+
+@pytest.mark.parametrize("size", [1, 7, 1 << 20])
+@pytest.mark.parametrize("body", [ARRAY_BODY, "  " + json.dumps([dev(f"d{i}") for i in range(50)]), "\ufeff[]"])
+def test_a_json_array_gets_one_finding_naming_the_format_and_the_fix(body: str, size: int) -> None:
+    out: list[bytes] = []
+    report = validate_stream(in_chunks(body.encode(), size), sink=out.append)
+    assert [(f.line, f.code) for f in report.errors] == [(0, Code.JSON_ARRAY)]
+    assert report.error_count == 1 and not report.valid and out == []
+    message = report.errors[0].message
+    assert "JSON array" in message and "one device object per line" in message and "jq -c '.[]'" in message
+
+
+CSV_BODY = "id,status,tags.site\nd1,enabled,oslo\nd2,disabled,bergen\n"
+
+
+@pytest.mark.parametrize("size", [1, 7, 1 << 20])
+@pytest.mark.parametrize(
+    "body",
+    [
+        CSV_BODY,
+        CSV_BODY.replace("\n", "\r\n"),
+        '\ufeff"deviceId";"status"\r\n"d1";"enabled"\r\n',  # Excel in a locale whose list separator is ';'
+        "deviceId,status",  # a header alone, no newline
+    ],
+)
+def test_a_csv_file_gets_one_finding_naming_the_format_and_the_fix(body: str, size: int) -> None:
+    report = validate_stream(in_chunks(body.encode(), size))
+    assert [(f.line, f.code) for f in report.errors] == [(0, Code.CSV_FILE)]
+    assert report.error_count == 1 and not report.valid
+    message = report.errors[0].message
+    assert "CSV" in message and "not accepted yet" in message and "one device object per line" in message
+    assert "status" in message  # the header it saw
+
+
+@pytest.mark.parametrize(
+    "first_line",
+    [
+        json.dumps(dev("d1")),  # a JSON line is never a header
+        "hello",  # one word: no table, the line checks explain it
+        "id,status {",  # not all cells are names
+    ],
+)
+def test_a_first_line_that_is_no_csv_header_is_left_to_the_line_checks(first_line: str) -> None:
+    report = validate_stream(io.BytesIO((first_line + "\n").encode()))
+    assert Code.CSV_FILE not in codes(report) and Code.JSON_ARRAY not in codes(report)
+
+
+def test_device_id_gets_a_did_you_mean_id_and_no_second_finding() -> None:
+    report = run({"deviceId": "d1", "status": "enabled"}, {"device_id": "d2", "status": "enabled"})
+    assert [(f.line, f.code, f.field) for f in report.errors] == [
+        (1, Code.MISSPELLED_FIELD, "deviceId"),
+        (2, Code.MISSPELLED_FIELD, "device_id"),
+    ]
+    assert all("did you mean 'id'" in f.message for f in report.errors)
+    assert report.lines_with_errors == 2
+
+
+def test_device_id_beside_id_is_other_data_not_a_slip() -> None:
+    report = run({"id": "d1", "deviceId": "d1", "status": "enabled"})
+    assert report.valid and [w.code for w in report.warnings] == [Code.UNKNOWN_FIELD]
 
 
 @pytest.mark.parametrize(
@@ -943,7 +1009,8 @@ def test_random_files_never_crash_and_errors_are_line_numbered(lines: list[str],
         assert 0 <= finding.line <= total_lines
         assert finding.message
     # no lines: an empty file, or one that is not text of lines at all (one finding for the file)
-    assert (report.lines == 0) <= bool({"EMPTY_FILE", "WRONG_ENCODING", "COMPRESSED_FILE"} & set(codes(report)))
+    whole_file = {"EMPTY_FILE", "WRONG_ENCODING", "COMPRESSED_FILE", "JSON_ARRAY", "CSV_FILE"}
+    assert (report.lines == 0) <= bool(whole_file & set(codes(report)))
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
@@ -964,7 +1031,8 @@ def test_mutated_valid_files_yield_valid_or_line_numbered_errors(index: int, at:
             if text.strip():
                 assert isinstance(json.loads(text), dict), (n, text)
         return
-    file_level = [f for f in report.errors if f.code in (Code.COMPRESSED_FILE, Code.WRONG_ENCODING)]
+    whole_file = (Code.COMPRESSED_FILE, Code.WRONG_ENCODING, Code.JSON_ARRAY, Code.CSV_FILE)
+    file_level = [f for f in report.errors if f.code in whole_file]
     if file_level:  # one finding for the whole file, only when junk near the start reads as another format
         assert pos < 16 and len(report.errors) == 1 and file_level[0].line == 0
         return
@@ -973,3 +1041,37 @@ def test_mutated_valid_files_yield_valid_or_line_numbered_errors(index: int, at:
     assert any(f.line in (broken_line, broken_line + 1) for f in report.errors) or any(
         f.code == Code.DUPLICATE_ID for f in report.errors
     )
+
+
+SENSOR = {"name": "sensor-1", "temperature": 21.5, "humidity": 40, "location": {"lat": 59.9}}
+
+
+def test_a_large_file_of_other_objects_is_given_up_on_early_but_read_to_its_end() -> None:
+    body = "".join(json.dumps({**SENSOR, "name": f"s-{i}"}) + "\n" for i in range(5000)).encode()
+    read = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal read
+        for chunk in in_chunks(body, 1024):
+            read += len(chunk)
+            yield chunk
+
+    report = validate_stream(chunks(), give_up_after=100, max_errors=20)
+    assert report.errors[0].code is Code.NO_DEVICE_LINES and report.errors[0].line == 0
+    assert f"None of the first {report.lines:,} lines is a valid device line" in report.errors[0].message
+    assert 100 <= report.lines < 200 and len(report.errors) == 20
+    assert read == len(body)  # what a caller hashes is the whole file
+
+
+def test_a_devices_file_with_bad_lines_later_is_checked_to_its_end() -> None:
+    lines = [json.dumps(dev(f"d{i}")) for i in range(10)] + [json.dumps(SENSOR)] * 300
+    report = validate_stream(in_chunks("\n".join(lines).encode(), 1024), give_up_after=100)
+    assert Code.NO_DEVICE_LINES not in codes(report) and report.lines == 310
+
+
+def test_the_near_miss_of_a_key_is_worked_out_once_per_key() -> None:
+    body = "".join(json.dumps({**SENSOR, "name": f"s-{i}"}) + "\n" for i in range(300)).encode()
+    fields._candidates.cache_clear()
+    validate_stream(io.BytesIO(body))
+    info = fields._candidates.cache_info()
+    assert info.misses <= 10 and info.hits >= 300 * 3
