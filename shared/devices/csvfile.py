@@ -1,0 +1,559 @@
+"""Devices as a CSV sheet: the columns, and a streaming reader that feeds the JSON-lines validator.
+
+A spreadsheet is how most device lists are kept, so a ``.csv`` upload is accepted beside JSON lines. Each row is
+turned into the ExportImportDevice object a JSON line would hold and validated by ``stream.validate_stream``: one
+implementation of the rules, the same findings, the same staged JSON lines for the hub. The rows are written as
+JSON lines at the CSV line numbers they came from (the header line, and the extra lines of a quoted cell that holds
+line breaks, become blank lines), so every finding already carries the CSV line; it is then given the cell
+(``C7``) and the column header. Memory stays flat: rows are read one at a time and handed on in chunks.
+
+Typing (docs/operations.md, "CSV uploads"): cells are trimmed and an empty cell means "not given"; ``edge`` is
+``true``/``false`` (also ``1``/``0``, ``yes``/``no``, any case); ``tags.<path>`` and ``desired.<path>`` cells are
+JSON where they parse as JSON (``42``, ``true``, ``{"a": 1}``, ``"007"``) and text otherwise; ``parent`` is the
+parent Edge device's scope as an export writes it (``ms-azure-iot-edge://<id>-<generationId>``): the hub gives that
+scope when it creates the parent, so a bare device id cannot be turned into it here and is refused, saying so.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from itertools import pairwise
+from typing import Any, BinaryIO
+
+import orjson
+
+from .fields import Miss, Shape, near_miss
+from .rules import Code, Finding, ValidationReport
+from .sniff import sniff
+from .stream import CHUNK, GIVE_UP_AFTER, validate_stream
+
+# The columns in the order the template and the CSV export write them. eTag and twinETag are there for the
+# IfMatchETag import modes and for exports read back in.
+COLUMNS = (
+    "id",
+    "moduleId",
+    "importMode",
+    "status",
+    "statusReason",
+    "authType",
+    "primaryKey",
+    "secondaryKey",
+    "primaryThumbprint",
+    "secondaryThumbprint",
+    "edge",
+    "parent",
+    "eTag",
+    "twinETag",
+)
+TWIN_PREFIXES = ("tags", "desired")  # tags.<path>, desired.<path>, or the whole section as one JSON object
+EDGE_SCOPE_PREFIX = "ms-azure-iot-edge://"
+TRUE = frozenset({"true", "1", "yes"})
+FALSE = frozenset({"false", "0", "no"})
+
+# Where each column goes in a JSON line; also how a finding's field (a JSON path) is named back as a column.
+_PLACES: dict[str, tuple[str, ...]] = {
+    "id": ("id",),
+    "moduleId": ("moduleId",),
+    "importMode": ("importMode",),
+    "status": ("status",),
+    "statusReason": ("statusReason",),
+    "authType": ("authentication", "type"),
+    "primaryKey": ("authentication", "symmetricKey", "primaryKey"),
+    "secondaryKey": ("authentication", "symmetricKey", "secondaryKey"),
+    "primaryThumbprint": ("authentication", "x509Thumbprint", "primaryThumbprint"),
+    "secondaryThumbprint": ("authentication", "x509Thumbprint", "secondaryThumbprint"),
+    "eTag": ("eTag",),
+    "twinETag": ("twinETag",),
+}
+_COLUMN_OF_FIELD = {".".join(place): column for column, place in _PLACES.items()} | {
+    "capabilities": "edge",
+    "deviceScope": "parent",
+    "parentScopes": "parent",
+    "authentication.symmetricKey": "primaryKey",
+    "authentication.x509Thumbprint": "primaryThumbprint",
+    "authentication": "authType",
+}
+# The header names a did-you-mean is looked for among (a twin column by its first part: 'tag.site' -> 'tags.site').
+_HEADER = Shape("", (*COLUMNS, *TWIN_PREFIXES))
+_ALIASES = {"deviceid": "id", "device": "id", "devicename": "id", "iotedge": "edge", "isedge": "edge"}
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    index: int
+    name: str
+    place: tuple[str, ...]  # where the value goes in the line; () for edge/parent (special) or an ignored column
+    twin: bool = False
+
+
+def is_csv_name(name: str) -> bool:
+    """Whether an upload is read as CSV: its name ends with ``.csv`` (any case)."""
+    return name.lower().endswith(".csv")
+
+
+def cell_name(index: int, line: int) -> str:
+    """The spreadsheet's name of a cell: column 0, line 7 -> ``A7``; column 27 -> ``AB``."""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return f"{letters}{line}"
+
+
+def delimiter_of(header_line: str) -> str:
+    """``;`` or ``,``: whichever the header line has more of outside quotes (Excel writes ``;`` where the decimal
+    separator is a comma). A one-column sheet reads the same either way."""
+    counts = {",": 0, ";": 0}
+    quoted = False
+    for ch in header_line:
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch in counts:
+            counts[ch] += 1
+    return ";" if counts[";"] > counts[","] else ","
+
+
+class _Sheet:
+    """Reads the rows of a CSV stream and writes them as JSON lines at their CSV line numbers; keeps the findings
+    that only the CSV can have (header, cell counts, cell values) and how many rows there were."""
+
+    def __init__(self, stream: BinaryIO | Iterable[bytes], max_errors: int, give_up_after: int) -> None:
+        self.stream = stream
+        self.give_up_after = give_up_after
+        self.errors: list[Finding] = []
+        self.warnings: list[Finding] = []
+        self.error_count = 0
+        self.warning_count = 0
+        self.rows_with_errors = 0
+        self.rows = 0
+        self.empty_rows = 0
+        self.max_errors = max_errors
+        self.columns: list[Column] = []
+        self.header: list[str] = []
+        self.fatal = False
+
+    # --- findings ----------------------------------------------------------------------------------------
+
+    def error(self, finding: Finding) -> None:
+        self.error_count += 1
+        if len(self.errors) < self.max_errors:
+            self.errors.append(finding)
+
+    def warn(self, finding: Finding) -> None:
+        self.warning_count += 1
+        if len(self.warnings) < self.max_errors:
+            self.warnings.append(finding)
+
+    # --- the header --------------------------------------------------------------------------------------
+
+    def read_header(self, cells: list[str]) -> None:
+        names = [c.strip() for c in cells]
+        self.header = names
+        seen: dict[str, int] = {}
+        twin_paths: list[tuple[tuple[str, ...], str]] = []
+        for i, name in enumerate(names):
+            where = cell_name(i, 1)
+            if not name:
+                self.columns.append(Column(i, "", ()))
+                continue
+            if name in seen:
+                self.error(
+                    Finding(
+                        1,
+                        Code.DUPLICATE_COLUMN,
+                        f"{where} (line 1): column '{name}' is already column {cell_name(seen[name], 1)[:-1]}: "
+                        "give each column once.",
+                        field=name,
+                    )
+                )
+                self.columns.append(Column(i, name, ()))
+                continue
+            seen[name] = i
+            if name in _PLACES:
+                self.columns.append(Column(i, name, _PLACES[name]))
+            elif name in ("edge", "parent"):
+                self.columns.append(Column(i, name, ()))
+            elif (prefix := name.split(".", 1)[0]) in TWIN_PREFIXES:
+                rest = tuple(name.split(".")[1:])
+                if any(not part for part in rest):
+                    self.error(
+                        Finding(
+                            1,
+                            Code.UNKNOWN_COLUMN,
+                            f"{where} (line 1): column '{name}' has an empty name part: write "
+                            f"{prefix}.<name>[.<name>...].",
+                            field=name,
+                        )
+                    )
+                    self.columns.append(Column(i, name, ()))
+                    continue
+                place = ("tags", *rest) if prefix == "tags" else ("properties", "desired", *rest)
+                twin_paths.append((place, name))
+                self.columns.append(Column(i, name, place, twin=True))
+            else:
+                self._unknown(i, name, names)
+                self.columns.append(Column(i, name, ()))
+        # 'tags.site' and 'tags.site.floor' would both set tags.site: one value would silently win.
+        twin_paths.sort()
+        for (a, name_a), (b, name_b) in pairwise(twin_paths):
+            if b[: len(a)] == a:
+                self.error(
+                    Finding(
+                        1,
+                        Code.UNKNOWN_COLUMN,
+                        f"line 1: columns '{name_a}' and '{name_b}' both set '{name_a}': keep one of them.",
+                        field=name_b,
+                    )
+                )
+        if "id" not in seen:
+            meant = [f"'{c.name}'" for c in self.columns if c.place == () and c.name and _meant(c.name) == "id"]
+            also = f" ({meant[0]} is not it: name the column 'id')" if meant else ""
+            self.error(
+                Finding(
+                    1,
+                    Code.MISSING_FIELD,
+                    f"line 1: the header has no 'id' column{also}; the first line of the sheet must name the "
+                    f"columns, such as id,status,primaryKey.",
+                    field="id",
+                )
+            )
+            self.fatal = True
+
+    def _unknown(self, i: int, name: str, names: list[str]) -> None:
+        where = cell_name(i, 1)
+        meant = _meant(name)
+        if meant is not None:
+            suffix = name.split(".", 1)[1] if "." in name and meant in TWIN_PREFIXES else None
+            meant_name = f"{meant}.{suffix}" if suffix else meant
+            self.error(
+                Finding(
+                    1,
+                    Code.MISSPELLED_FIELD,
+                    f"{where} (line 1): column '{name}' is not known; did you mean '{meant_name}'? Rename the column.",
+                    field=name,
+                )
+            )
+            return
+        self.warn(
+            Finding(
+                1,
+                Code.UNKNOWN_FIELD,
+                f"{where} (line 1): column '{name}' is not a devices column: its cells are not imported (columns: "
+                f"{', '.join(COLUMNS)}, tags.<name>, desired.<name>).",
+                field=name,
+            )
+        )
+
+    # --- the rows ----------------------------------------------------------------------------------------
+
+    def row(self, cells: list[str], line: int) -> dict[str, Any] | None:
+        """The JSON object of one row (without the cells that have findings), or None for an empty row or one whose
+        cells cannot be matched to the columns."""
+        if not any(c.strip() for c in cells):
+            self.empty_rows += 1
+            return None
+        self.rows += 1
+        before = self.error_count
+        if len(cells) != len(self.columns):
+            many = len(cells) > len(self.columns)
+            why = (
+                "a value holds the delimiter without quotes around it?"
+                if many
+                else "a cell is missing, or a value holds a line break without quotes around it?"
+            )
+            self.error(
+                Finding(
+                    line,
+                    Code.WRONG_CELL_COUNT,
+                    f"line {line} has {len(cells)} cells and the header {len(self.columns)}: {why} Give every row "
+                    "one cell per column.",
+                )
+            )
+            self.rows_with_errors += 1
+            return None
+        obj: dict[str, Any] = {}
+        edge: bool | None = None
+        parent: str | None = None
+        for col, raw in zip(self.columns, cells, strict=True):
+            value = raw.strip()
+            if not value or not col.name:
+                continue
+            if col.twin:
+                _put(obj, col.place, _typed(value))
+            elif col.place:
+                _put(obj, col.place, value)
+            elif col.name == "edge":
+                lowered = value.lower()
+                if lowered in TRUE:
+                    edge = True
+                elif lowered in FALSE:
+                    edge = False
+                else:
+                    self.error(
+                        Finding(
+                            line,
+                            Code.WRONG_TYPE,
+                            f"{cell_name(col.index, line)} (line {line}, column edge): '{value[:40]}' is not a "
+                            "yes or no: write true or false (1/0 and yes/no are read too).",
+                            field="edge",
+                        )
+                    )
+            elif col.name == "parent":
+                if not value.startswith(EDGE_SCOPE_PREFIX):
+                    self.error(
+                        Finding(
+                            line,
+                            Code.INVALID_PARENT,
+                            f"{cell_name(col.index, line)} (line {line}, column parent): '{value[:60]}' is not a "
+                            f"parent scope. The hub names a parent Edge device by its scope "
+                            f"({EDGE_SCOPE_PREFIX}<id>-<generationId>), which it gives when it creates that "
+                            "device: copy it from an export (iotjobs export --csv writes it), or leave the cell "
+                            "empty and set the parent in the portal or with az iot hub device-identity parent set.",
+                            field="parent",
+                        )
+                    )
+                else:
+                    parent = value
+        if edge is not None:
+            obj["capabilities"] = {"iotEdge": edge}
+        if parent is not None:
+            # The format names the parent in parentScopes for both kinds; a leaf device also takes it as its own
+            # deviceScope (an Edge device's deviceScope is its own, generated by the hub). (ExportImportDevice,
+            # "deviceScope" and "parentScopes" in the REST reference.)
+            obj["parentScopes"] = [parent]
+            if not edge:
+                obj["deviceScope"] = parent
+        if self.error_count != before:
+            # Still checked by the rules (without the cell at fault), so one round of fixes finds all of them.
+            self.rows_with_errors += 1
+        return obj
+
+    # --- reading -----------------------------------------------------------------------------------------
+
+    def lines(self) -> Iterator[bytes]:
+        """The JSON lines (blank where a CSV line holds no device), in chunks of about ``CHUNK`` bytes."""
+        raw = _Raw(self.stream)
+        try:
+            yield from self._lines(raw)
+        finally:
+            raw.drain()
+
+    def _lines(self, raw: _Raw) -> Iterator[bytes]:
+        # utf-8-sig drops the BOM Excel writes ("CSV UTF-8"); newline="" leaves CRLF and line breaks in quoted
+        # cells to the csv module, as its documentation requires.
+        text = io.TextIOWrapper(io.BufferedReader(raw, 64 * 1024), encoding="utf-8-sig", newline="")
+        try:
+            first = text.readline()
+        except UnicodeDecodeError:
+            first = ""
+            self.error(Finding(1, Code.NOT_UTF8, _NOT_UTF8.format(line=1)))
+        if not first:
+            return
+        reader = csv.reader(_chain_first(first, text), delimiter=delimiter_of(first), strict=True)
+        out: list[bytes] = []
+        size = 0
+        done = 0  # CSV lines written out so far
+        dumps = orjson.dumps
+        try:
+            for cells in reader:
+                end = reader.line_num
+                start = done + 1
+                if start == 1:
+                    self.read_header(cells)
+                    out.append(b"")
+                    if self.fatal:
+                        return
+                else:
+                    obj = self.row(cells, start)
+                    json_line = dumps(obj) if obj is not None else b""
+                    out.append(json_line)
+                    size += len(json_line) + 1
+                out.extend(b"" for _ in range(end - start))  # the other lines of a cell with line breaks
+                done = end
+                if size >= CHUNK:
+                    yield b"\n".join(out) + b"\n"
+                    out, size = [], 0
+                if self.rows_with_errors >= self.give_up_after and self.rows_with_errors == self.rows:
+                    break  # not a devices sheet: the JSON-lines validator says so for its rows, this for the CSV's
+        except csv.Error as exc:
+            at = done + 1
+            self.error(
+                Finding(
+                    at,
+                    Code.CSV_SYNTAX,
+                    f'line {at}: the CSV cannot be read from here ({exc}): a quote (") opened in a cell must be '
+                    'closed, and a quote inside a quoted cell is written twice (""). The rest of the file was not '
+                    "checked.",
+                )
+            )
+            self.rows_with_errors += 1
+        except UnicodeDecodeError:
+            at = done + 1
+            self.error(Finding(at, Code.NOT_UTF8, _NOT_UTF8.format(line=at)))
+            self.rows_with_errors += 1
+        if out:
+            yield b"\n".join(out) + b"\n"
+
+
+_NOT_UTF8 = (
+    "line {line} (or the line after it) is not UTF-8: save the sheet as 'CSV UTF-8' (Excel) or with the character "
+    "set UTF-8 (LibreOffice). The rest of the file was not checked."
+)
+
+
+def _meant(name: str) -> str | None:
+    """The column a header name is a slip of (case, typo or another tool's name for it), if any."""
+    head = name.split(".", 1)[0] if "." in name else name
+    alias = _ALIASES.get("".join(ch for ch in name.lower() if ch.isalnum()))
+    if alias is not None:
+        return alias
+    for candidate in (name, head):
+        miss, meant = near_miss(candidate, _HEADER, {})
+        if miss is not Miss.UNKNOWN and meant is not None:
+            return meant
+    return None
+
+
+def _typed(value: str) -> Any:
+    """A twin cell's value: JSON where it parses as JSON, else the text itself."""
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value
+
+
+def _put(obj: dict[str, Any], place: tuple[str, ...], value: Any) -> None:
+    for key in place[:-1]:
+        obj = obj.setdefault(key, {})
+    obj[place[-1]] = value
+
+
+class _Raw(io.RawIOBase):
+    """A byte stream or an iterable of byte chunks as a raw binary file, for ``io.TextIOWrapper``."""
+
+    def __init__(self, stream: BinaryIO | Iterable[bytes]) -> None:
+        self._chunks: Iterator[bytes] = (
+            iter(lambda: stream.read(CHUNK), b"") if hasattr(stream, "read") else iter(stream)
+        )
+        self._left = b""
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self._at >= len(self._left):
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._left, self._at = chunk, 0
+        n = min(len(buffer), len(self._left) - self._at)
+        buffer[:n] = self._left[self._at : self._at + n]  # copies n bytes, never the rest of the chunk
+        self._at += n
+        return n
+
+    def drain(self) -> None:
+        """Read what is left without decoding it: a caller may be hashing the whole file."""
+        for _ in self._chunks:
+            pass
+
+
+def _chain_first(first: str, rest: io.TextIOWrapper) -> Iterator[str]:
+    yield first
+    yield from rest
+
+
+def _column_of(field: str | None, header: list[str]) -> str | None:
+    """The CSV column a finding's field (a JSON path) came from."""
+    if field is None:
+        return None
+    if field in _COLUMN_OF_FIELD:
+        return _COLUMN_OF_FIELD[field]
+    for prefix, column in (("tags", "tags"), ("properties.desired", "desired")):
+        if field == prefix or field.startswith(prefix + "."):
+            rest = field[len(prefix) :]
+            exact = column + rest
+            if exact in header:
+                return exact
+            # A twin finding names its section ('tags'): the column is the first of that section.
+            return next((h for h in header if h == column or h.startswith(column + ".")), exact)
+    return field
+
+
+def _in_cells(finding: Finding, header: list[str]) -> Finding:
+    """A finding of the JSON-lines validator, named in the sheet's terms: the cell, the line and the column."""
+    if finding.line <= 0:
+        return finding
+    column = _column_of(finding.field, header)
+    if column is not None and column in header:
+        where = f"{cell_name(header.index(column), finding.line)} (line {finding.line}, column {column})"
+    elif column is not None:
+        where = f"line {finding.line}, column {column} (not in the sheet)"
+    else:
+        where = f"line {finding.line}"
+    return replace(finding, field=column, message=f"{where}: {finding.message}")
+
+
+def validate_csv_stream(
+    stream: BinaryIO | Iterable[bytes],
+    *,
+    max_errors: int = 100,
+    max_warnings: int | None = None,
+    sink: Any = None,
+    give_up_after: int = GIVE_UP_AFTER,
+) -> ValidationReport:
+    """Validate a CSV devices sheet as ``validate_stream`` validates JSON lines, with the same report; ``sink``
+    receives the normalized JSON lines of the valid rows (discard them when the report is not valid)."""
+    chunks = iter(lambda: stream.read(CHUNK), b"") if hasattr(stream, "read") else iter(stream)
+    head = b""
+    for chunk in chunks:  # enough of the start to tell a compressed or UTF-16 file
+        head += chunk
+        if len(head) >= 16:
+            break
+    wrong = sniff(head[:16])
+    if wrong is not None and wrong.code in (Code.COMPRESSED_FILE, Code.WRONG_ENCODING):
+        report = ValidationReport(max_errors=max_errors, max_warnings=max_warnings or max_errors)
+        report.add(wrong)
+        return report
+
+    def all_chunks() -> Iterator[bytes]:
+        if head:
+            yield head
+        yield from chunks
+
+    sheet = _Sheet(all_chunks(), max_errors, give_up_after)
+    report = validate_stream(
+        sheet.lines(), max_errors=max_errors, max_warnings=max_warnings, sink=sink, give_up_after=give_up_after
+    )
+    header = sheet.header
+    errors = [f for f in report.errors if f.code is not Code.EMPTY_FILE]  # said below in the sheet's terms
+    report.error_count -= len(report.errors) - len(errors)
+    report.errors = sorted([*(_in_cells(f, header) for f in errors), *sheet.errors], key=lambda f: f.line)[
+        : report.max_errors
+    ]
+    report.error_count += sheet.error_count
+    # A row with findings of both kinds is counted once per kind: never more rows than there are.
+    report.lines_with_errors = min(report.lines_with_errors + sheet.rows_with_errors, max(sheet.rows, 1))
+    report.warnings = sorted([*(_in_cells(f, header) for f in report.warnings), *sheet.warnings], key=lambda f: f.line)[
+        : report.max_warnings
+    ]
+    report.warning_count += sheet.warning_count
+    report.lines = sheet.rows
+    report.blank_lines = sheet.empty_rows
+    if sheet.rows == 0 and not sheet.fatal:
+        report.add(
+            Finding(
+                0,
+                Code.EMPTY_FILE,
+                "The sheet holds no devices: under the header line, add one row per device (iotjobs template csv "
+                "prints an example).",
+            )
+        )
+    return report
+
+
+__all__ = ["COLUMNS", "is_csv_name", "validate_csv_stream"]
