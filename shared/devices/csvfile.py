@@ -17,18 +17,17 @@ scope when it creates the parent, so a bare device id cannot be turned into it h
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from itertools import pairwise
+from itertools import chain, pairwise
 from typing import Any, BinaryIO
 
 import orjson
 
 from .fields import Miss, Shape, near_miss
-from .rules import Code, Finding, ValidationReport
+from .rules import MAX_LINE_BYTES, Code, Finding, ValidationReport
 from .sniff import sniff
-from .stream import CHUNK, GIVE_UP_AFTER, validate_stream
+from .stream import CHUNK, GIVE_UP_AFTER, iter_batches, validate_stream
 
 # The columns in the order the template and the CSV export write them. eTag and twinETag are there for the
 # IfMatchETag import modes and for exports read back in.
@@ -201,6 +200,8 @@ class _Sheet:
         twin_paths.sort()
         for (a, name_a), (b, name_b) in pairwise(twin_paths):
             if b[: len(a)] == a:
+                at = next(c.index for c in self.columns if c.name == name_b)
+                self.columns[at] = Column(at, name_b, ())  # its cells are not read: the finding stands for them
                 self.error(
                     Finding(
                         1,
@@ -336,24 +337,28 @@ class _Sheet:
 
     def lines(self) -> Iterator[bytes]:
         """The JSON lines (blank where a CSV line holds no device), in chunks of about ``CHUNK`` bytes."""
-        raw = _Raw(self.stream)
+        chunks = _chunks(self.stream)
         try:
-            yield from self._lines(raw)
+            yield from self._lines(chunks)
         finally:
-            raw.drain()
+            for _ in chunks:  # read to the end all the same: what the caller hashes is the whole file
+                pass
 
-    def _lines(self, raw: _Raw) -> Iterator[bytes]:
-        # utf-8-sig drops the BOM Excel writes ("CSV UTF-8"); newline="" leaves CRLF and line breaks in quoted
-        # cells to the csv module, as its documentation requires.
-        text = io.TextIOWrapper(io.BufferedReader(raw, 64 * 1024), encoding="utf-8-sig", newline="")
+    def _lines(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        # The csv module reads lines this generator decodes one by one (BOM and CRs dropped by iter_batches, as for
+        # JSON lines): a line that is not UTF-8 or too long is named exactly, and no line is ever held whole past
+        # MAX_LINE_BYTES.
+        # Through an iterator without close(): when the text generator is dropped early it must not close the
+        # source, which lines() still reads to its end.
+        text = _text_lines(iter(lambda: next(chunks, None), None))
         try:
-            first = text.readline()
-        except UnicodeDecodeError:
-            first = ""
-            self.error(Finding(1, Code.NOT_UTF8, _NOT_UTF8.format(line=1)))
+            first = next(text, "")
+        except _BadLine as bad:
+            self.error(bad.finding)
+            return
         if not first:
             return
-        reader = csv.reader(_chain_first(first, text), delimiter=delimiter_of(first), strict=True)
+        reader = csv.reader(chain((first,), text), delimiter=delimiter_of(first), strict=True)
         out: list[bytes] = []
         size = 0
         done = 0  # CSV lines written out so far
@@ -391,16 +396,19 @@ class _Sheet:
                 )
             )
             self.rows_with_errors += 1
-        except UnicodeDecodeError:
-            at = done + 1
-            self.error(Finding(at, Code.NOT_UTF8, _NOT_UTF8.format(line=at)))
+        except _BadLine as bad:
+            self.error(bad.finding)
             self.rows_with_errors += 1
         if out:
             yield b"\n".join(out) + b"\n"
 
 
+_TOO_LONG = (
+    f"line {{line}} is longer than {MAX_LINE_BYTES // 1024} KB: no devices row is this large (a quote opened and "
+    "never closed?). The rest of the file was not checked."
+)
 _NOT_UTF8 = (
-    "line {line} (or the line after it) is not UTF-8: save the sheet as 'CSV UTF-8' (Excel) or with the character "
+    "line {line} is not UTF-8: save the sheet as 'CSV UTF-8' (Excel) or with the character "
     "set UTF-8 (LibreOffice). The rest of the file was not checked."
 )
 
@@ -432,39 +440,28 @@ def _put(obj: dict[str, Any], place: tuple[str, ...], value: Any) -> None:
     obj[place[-1]] = value
 
 
-class _Raw(io.RawIOBase):
-    """A byte stream or an iterable of byte chunks as a raw binary file, for ``io.TextIOWrapper``."""
+class _BadLine(Exception):
+    """Internal: a line the sheet cannot be read past (not UTF-8, or too long), as its finding."""
 
-    def __init__(self, stream: BinaryIO | Iterable[bytes]) -> None:
-        self._chunks: Iterator[bytes] = (
-            iter(lambda: stream.read(CHUNK), b"") if hasattr(stream, "read") else iter(stream)
-        )
-        self._left = b""
-        self._at = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while self._at >= len(self._left):
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._left, self._at = chunk, 0
-        n = min(len(buffer), len(self._left) - self._at)
-        buffer[:n] = self._left[self._at : self._at + n]  # copies n bytes, never the rest of the chunk
-        self._at += n
-        return n
-
-    def drain(self) -> None:
-        """Read what is left without decoding it: a caller may be hashing the whole file."""
-        for _ in self._chunks:
-            pass
+    def __init__(self, finding: Finding) -> None:
+        super().__init__(finding.message)
+        self.finding = finding
 
 
-def _chain_first(first: str, rest: io.TextIOWrapper) -> Iterator[str]:
-    yield first
-    yield from rest
+def _chunks(stream: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
+    return iter(lambda: stream.read(CHUNK), b"") if hasattr(stream, "read") else iter(stream)
+
+
+def _text_lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The lines of a UTF-8 byte stream as text, each ending with a newline (for the csv module)."""
+    for first, batch in iter_batches(chunks):
+        for i, raw in enumerate(batch):
+            if raw is None:
+                raise _BadLine(Finding(first + i, Code.LINE_TOO_LONG, _TOO_LONG.format(line=first + i)))
+            try:
+                yield raw.decode() + "\n"
+            except UnicodeDecodeError:
+                raise _BadLine(Finding(first + i, Code.NOT_UTF8, _NOT_UTF8.format(line=first + i))) from None
 
 
 def _column_of(field: str | None, header: list[str]) -> str | None:
@@ -508,7 +505,7 @@ def validate_csv_stream(
 ) -> ValidationReport:
     """Validate a CSV devices sheet as ``validate_stream`` validates JSON lines, with the same report; ``sink``
     receives the normalized JSON lines of the valid rows (discard them when the report is not valid)."""
-    chunks = iter(lambda: stream.read(CHUNK), b"") if hasattr(stream, "read") else iter(stream)
+    chunks = _chunks(stream)
     head = b""
     for chunk in chunks:  # enough of the start to tell a compressed or UTF-16 file
         head += chunk
@@ -544,7 +541,7 @@ def validate_csv_stream(
     report.warning_count += sheet.warning_count
     report.lines = sheet.rows
     report.blank_lines = sheet.empty_rows
-    if sheet.rows == 0 and not sheet.fatal:
+    if sheet.rows == 0 and sheet.error_count == 0:
         report.add(
             Finding(
                 0,
