@@ -397,3 +397,51 @@ def test_the_columns_are_those_the_cli_writes() -> None:
     report, lines = check(sheet.template())
     assert report.valid, report.errors
     assert len(lines) == 2
+
+
+def test_an_export_written_as_csv_reads_back_as_the_same_devices() -> None:
+    from iotjobs import sheet
+
+    exported = [
+        {
+            "id": "edge-1",
+            "eTag": "AAAA",
+            "status": "enabled",
+            "authentication": {"type": "sas", "symmetricKey": {"primaryKey": KEY, "secondaryKey": KEY2}},
+            "capabilities": {"iotEdge": True},
+            "deviceScope": SCOPE,
+            "parentScopes": [],
+            "tags": {"site": "a", "loc": {"floor": 2, "room": "12"}, "note": " spaced "},
+            "properties": {"desired": {"interval": 30, "$metadata": {}, "$version": 3}, "reported": {"x": 1}},
+        },
+        {
+            "id": "leaf-1",
+            "status": "disabled",
+            "statusReason": "broken, sent back",
+            "authentication": {"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": "ab" * 20}},
+            "capabilities": {"iotEdge": False},
+            "deviceScope": SCOPE,
+            "parentScopes": [SCOPE],
+            "tags": {"site": "b", "loc": "unknown", "empty": ""},
+        },
+        {"id": "edge-1", "moduleId": "m1", "status": "enabled", "authentication": {"type": "sas"}},
+    ]
+    lines = [json.dumps(d).encode() for d in exported]
+    twin = sheet.twin_columns(lines)
+    # 'loc' is an object for one device and text for the other: one column holds it, as JSON where it is an object
+    assert twin == ["desired.interval", "tags.empty", "tags.loc", "tags.note", "tags.site"]
+    for keys in (False, True):
+        buf = io.StringIO(newline="")
+        assert sheet.write(buf, sheet.rows(lines, twin, keys=keys)) == 3
+        assert ("primaryKey" in buf.getvalue().splitlines()[0]) is keys
+        report, back = check(buf.getvalue())
+        assert report.valid, report.errors
+        assert back[0]["tags"] == exported[0]["tags"] and back[0]["properties"] == {"desired": {"interval": 30}}
+        assert back[0]["capabilities"] == {"iotEdge": True} and "deviceScope" not in back[0]  # its own scope
+        assert back[0].get("authentication") == (
+            {"type": "sas", "symmetricKey": exported[0]["authentication"]["symmetricKey"]} if keys else {"type": "sas"}
+        )
+        assert back[1]["tags"] == exported[1]["tags"] and back[1]["statusReason"] == "broken, sent back"
+        assert back[1]["deviceScope"] == SCOPE and back[1]["parentScopes"] == [SCOPE]
+        assert back[1]["authentication"] == exported[1]["authentication"]
+        assert back[2] == {"id": "edge-1", "moduleId": "m1", "status": "enabled", "authentication": {"type": "sas"}}
