@@ -194,8 +194,7 @@ class _Sheet:
                 twin_paths.append((place, name))
                 self.columns.append(Column(i, name, place, twin=True))
             else:
-                self._unknown(i, name, names)
-                self.columns.append(Column(i, name, ()))
+                self.columns.append(self._unknown(i, name, names))
         # 'tags.site' and 'tags.site.floor' would both set tags.site: one value would silently win.
         twin_paths.sort()
         for (a, name_a), (b, name_b) in pairwise(twin_paths):
@@ -210,21 +209,21 @@ class _Sheet:
                         field=name_b,
                     )
                 )
-        if "id" not in seen:
-            meant = [f"'{c.name}'" for c in self.columns if c.place == () and c.name and _meant(c.name) == "id"]
-            also = f" ({meant[0]} is not it: name the column 'id')" if meant else ""
+        if not any(c.place == ("id",) for c in self.columns):  # a slip of 'id' has its own finding
             self.error(
                 Finding(
                     1,
                     Code.MISSING_FIELD,
-                    f"line 1: the header has no 'id' column{also}; the first line of the sheet must name the "
-                    f"columns, such as id,status,primaryKey.",
+                    "line 1: the header has no 'id' column; the first line of the sheet must name the columns, such "
+                    "as id,status,primaryKey.",
                     field="id",
                 )
             )
             self.fatal = True
 
-    def _unknown(self, i: int, name: str, names: list[str]) -> None:
+    def _unknown(self, i: int, name: str, names: list[str]) -> Column:
+        """The finding for a header cell that is no column; the column it is read as (a slip of a plain column is
+        read as that column, so its rows are judged once, not each told its status is missing)."""
         where = cell_name(i, 1)
         meant = _meant(name)
         if meant is not None:
@@ -238,7 +237,9 @@ class _Sheet:
                     field=name,
                 )
             )
-            return
+            if meant in _PLACES and meant not in names:
+                return Column(i, name, _PLACES[meant])
+            return Column(i, name, ())
         self.warn(
             Finding(
                 1,
@@ -248,6 +249,7 @@ class _Sheet:
                 field=name,
             )
         )
+        return Column(i, name, ())
 
     # --- the rows ----------------------------------------------------------------------------------------
 

@@ -160,11 +160,13 @@ def test_a_header_slip_gets_a_did_you_mean(header: str, code: str, meant: str) -
     assert report.errors[0].message.startswith("C1 (line 1): ")
 
 
-def test_a_sheet_without_an_id_column_says_which_column_it_meant() -> None:
-    report, _ = check("deviceId,status\ndev-1,enabled\n")
-    assert ("MISSING_FIELD", "id") in [(str(f.code), f.field) for f in report.errors]
-    assert any("'deviceId' is not it: name the column 'id'" in f.message for f in report.errors)
-    assert report.error_count == 2  # the slip, and the missing id: not one finding per row
+def test_a_header_slip_is_one_finding_not_one_per_row() -> None:
+    report, _ = check("deviceId,stauts\ndev-1,enabled\ndev-2,enabled\n")
+    assert found(report) == [(1, "MISSPELLED_FIELD", "deviceId"), (1, "MISSPELLED_FIELD", "stauts")]
+    assert "did you mean 'id'" in report.errors[0].message
+    report, _ = check("name,status\ndev-1,enabled\ndev-2,enabled\n")
+    assert found(report) == [(1, "MISSING_FIELD", "id")]  # and not read on: no row can be a device
+    assert "no 'id' column" in report.errors[0].message
 
 
 def test_an_unknown_column_is_a_warning_and_its_cells_are_not_imported() -> None:
