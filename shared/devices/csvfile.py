@@ -132,6 +132,7 @@ class _Sheet:
         self.empty_rows = 0
         self.max_errors = max_errors
         self.columns: list[Column] = []
+        self.used: list[Column] | None = None
         self.header: list[str] = []
         self.fatal = False
 
@@ -281,9 +282,15 @@ class _Sheet:
         obj: dict[str, Any] = {}
         edge: bool | None = None
         parent: str | None = None
-        for col, raw in zip(self.columns, cells, strict=True):
-            value = raw.strip()
-            if not value or not col.name:
+        if self.used is None:
+            # The columns that are read, in a list the hot loop walks without looking at names.
+            self.used = [c for c in self.columns if c.name and (c.place or c.name in ("edge", "parent"))]
+        for col in self.used:
+            value = cells[col.index]
+            if not value:
+                continue
+            value = value.strip()
+            if not value:
                 continue
             if col.twin:
                 _put(obj, col.place, _typed(value))
@@ -428,8 +435,13 @@ def _meant(name: str) -> str | None:
     return None
 
 
+_JSON_STARTS = frozenset('-0123456789[{"tfn')  # the first character of every JSON value (t/f/n: true/false/null)
+
+
 def _typed(value: str) -> Any:
     """A twin cell's value: JSON where it parses as JSON, else the text itself."""
+    if value[0] not in _JSON_STARTS:  # most text cells: no parse attempt (a failed one raises, which is slow)
+        return value
     try:
         return orjson.loads(value)
     except orjson.JSONDecodeError:
@@ -437,6 +449,9 @@ def _typed(value: str) -> Any:
 
 
 def _put(obj: dict[str, Any], place: tuple[str, ...], value: Any) -> None:
+    if len(place) == 1:
+        obj[place[0]] = value
+        return
     for key in place[:-1]:
         obj = obj.setdefault(key, {})
     obj[place[-1]] = value
