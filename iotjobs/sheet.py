@@ -37,7 +37,7 @@ _EXAMPLES = (
     [
         "gateway-01",
         "",
-        "create",
+        "createOrUpdate",
         "disabled",
         "not installed yet",
         "selfSigned",
