@@ -424,7 +424,12 @@ def cmd_plan(api: Api, args: argparse.Namespace) -> int:
     """Preview an import: the plan is waited for (--wait seconds, then followed as a job) and summed up."""
     params = {"wait": str(min(int(args.wait), 120)), **({"hub": args.hub} if args.hub else {})}
     job = api.call(
-        "POST", "imports/plan", params=params, data=args.file.read_bytes(), headers={"content-type": "text/plain"}
+        "POST",
+        "imports/plan",
+        params=params,
+        data=args.file.read_bytes(),
+        # a sheet is read as CSV by its type, as an upload is by its name
+        headers={"content-type": "text/csv" if args.file.name.lower().endswith(".csv") else "text/plain"},
     )
     if job["state"] not in TERMINAL:
         job = follow(api, job)
