@@ -140,7 +140,9 @@ class _Sheet:
 
     def error(self, finding: Finding) -> None:
         self.error_count += 1
-        if len(self.errors) < self.max_errors:
+        if finding.line == 0:  # about the whole sheet: kept first, whatever the cap
+            self.errors = [finding, *self.errors][: self.max_errors]
+        elif len(self.errors) < self.max_errors:
             self.errors.append(finding)
 
     def warn(self, finding: Finding) -> None:
@@ -392,7 +394,10 @@ class _Sheet:
                     yield b"\n".join(out) + b"\n"
                     out, size = [], 0
                 if self.rows_with_errors >= self.give_up_after and self.rows_with_errors == self.rows:
-                    break  # not a devices sheet: the JSON-lines validator says so for its rows, this for the CSV's
+                    # Not a devices sheet (every row so far wrong in the CSV's own terms): say so and stop, as the
+                    # JSON-lines validator does for rows its rules refuse.
+                    self.error(Finding(0, Code.NO_DEVICE_LINES, _NO_DEVICE_ROWS.format(n=self.rows)))
+                    break
         except csv.Error as exc:
             at = done + 1
             self.error(
@@ -412,6 +417,10 @@ class _Sheet:
             yield b"\n".join(out) + b"\n"
 
 
+_NO_DEVICE_ROWS = (
+    "None of the first {n:,} rows can be read as a device (their problems follow), so the rest of the sheet was not "
+    "checked: is this the devices sheet you meant? If it is, fix what those rows have in common."
+)
 _TOO_LONG = (
     f"line {{line}} is longer than {MAX_LINE_BYTES // 1024} KB: no devices row is this large (a quote opened and "
     "never closed?). The rest of the file was not checked."

@@ -447,3 +447,12 @@ def test_an_export_written_as_csv_reads_back_as_the_same_devices() -> None:
         assert back[1]["deviceScope"] == SCOPE and back[1]["parentScopes"] == [SCOPE]
         assert back[1]["authentication"] == exported[1]["authentication"]
         assert back[2] == {"id": "edge-1", "moduleId": "m1", "status": "enabled", "authentication": {"type": "sas"}}
+
+
+def test_a_sheet_of_rows_that_never_fit_the_header_is_given_up_on_with_one_finding_first() -> None:
+    rows = "".join(f"r{i},enabled,x,y\n" for i in range(300))  # four cells under a two-column header
+    report, _ = check("id,status\n" + rows, give_up_after=100, max_errors=20)
+    assert found(report)[0] == (0, "NO_DEVICE_LINES", None) and "rest of the sheet was not checked" in (
+        report.errors[0].message
+    )
+    assert report.lines < 300 and not report.valid
