@@ -656,7 +656,7 @@ def parser() -> argparse.ArgumentParser:
     def command(name: str, **kw: Any) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kw)
 
-    up = command("upload", help="drop a devices file into uploads/ (and follow its job)")
+    up = command("upload", help="drop a devices file (JSON lines, or a .csv sheet) into uploads/ (and follow its job)")
     up.add_argument("file", type=Path)
     up.add_argument("--hub", help="the hub to import into (uploads/<hub>/...), or central for a data-export file")
     up.add_argument("--name", help="the blob name under uploads/ (default: the file's name)")
