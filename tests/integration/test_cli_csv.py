@@ -102,3 +102,16 @@ def test_template_csv_prints_a_sheet_the_app_accepts(capsys: pytest.CaptureFixtu
     assert printed.splitlines()[0].startswith("id,moduleId,importMode,status,")
     report = validate_csv_stream(io.BytesIO(printed.encode()))
     assert report.valid and report.lines == 2
+
+
+def test_export_csv_options_parse() -> None:
+    args = cli.parser().parse_args(["export", "--csv", "out.csv", "--hub", "h", "--stamp", "20261201T020000Z"])
+    assert (args.csv, args.hub, args.stamp, args.keys, args.run) == (
+        Path("out.csv"),
+        "h",
+        "20261201T020000Z",
+        False,
+        cli.cmd_export,
+    )
+    assert cli.parser().parse_args(["export", "--csv", "o.csv", "--keys"]).keys is True
+    assert cli.parser().parse_args(["export"]).csv is None  # a backup now, as before
