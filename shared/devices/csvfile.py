@@ -418,6 +418,11 @@ class _Sheet:
             yield bytes(out)
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+_JSON_NOT_CSV = (
+    "The file is named .csv but holds JSON ('{' or '[' where the header should be): name a JSON-lines file .jsonl "
+    "(or anything but .csv), or save the sheet as CSV with a header row such as id,status."
+)
 _NO_DEVICE_ROWS = (
     "None of the first {n:,} rows can be read as a device (their problems follow), so the rest of the sheet was not "
     "checked: is this the devices sheet you meant? If it is, fix what those rows have in common."
@@ -539,9 +544,15 @@ def validate_csv_stream(
         if len(head) >= 16:
             break
     wrong = sniff(head[:16])
-    if wrong is not None and wrong.code in (Code.COMPRESSED_FILE, Code.WRONG_ENCODING):
+    if wrong is not None and wrong.code not in (Code.COMPRESSED_FILE, Code.WRONG_ENCODING):
+        wrong = None  # a JSON array or CSV-looking start is no news here
+    if head.removeprefix(_UTF8_BOM).lstrip()[:1] in (b"{", b"["):
+        wrong = Finding(0, Code.JSON_NOT_CSV, _JSON_NOT_CSV)
+    if wrong is not None:
         report = ValidationReport(max_errors=max_errors, max_warnings=max_warnings or max_errors)
         report.add(wrong)
+        for _ in chunks:  # read to the end all the same: what the caller hashes is the whole file
+            pass
         return report
 
     def all_chunks() -> Iterator[bytes]:

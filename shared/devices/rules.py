@@ -103,6 +103,7 @@ class Code(StrEnum):
     INVALID_TWIN_KEY = "INVALID_TWIN_KEY"
     DUPLICATE_ID = "DUPLICATE_ID"
     # CSV sheets only (shared.devices.csvfile): the rest of a sheet's findings are those of JSON lines
+    JSON_NOT_CSV = "JSON_NOT_CSV"  # the whole file: named .csv, holds JSON
     CSV_SYNTAX = "CSV_SYNTAX"  # a quote never closed, or text after a closing quote: the rest is unread
     UNKNOWN_COLUMN = "UNKNOWN_COLUMN"  # a header cell that cannot be a column (tags.a..b, overlapping twin paths)
     DUPLICATE_COLUMN = "DUPLICATE_COLUMN"

@@ -216,6 +216,12 @@ def test_hand_written_mistakes_each_get_a_finding() -> None:
     assert found(check("id,status\n")[0]) == [(0, "EMPTY_FILE", None)]
 
 
+def test_json_lines_named_csv_get_one_finding_that_says_so() -> None:
+    for body in (b'{"id": "d1", "status": "enabled"}\n', b"\xef\xbb\xbf  [{}]"):
+        report = validate_csv_stream(io.BytesIO(body))
+        assert found(report) == [(0, "JSON_NOT_CSV", None)] and ".jsonl" in report.errors[0].message
+
+
 def test_a_csv_named_otherwise_is_told_to_be_named_csv() -> None:
     report = validate_stream(io.BytesIO(b"id,status\nd1,enabled\n"))
     assert [str(f.code) for f in report.errors] == ["CSV_FILE"]
