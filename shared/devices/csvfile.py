@@ -17,6 +17,7 @@ scope when it creates the parent, so a bare device id cannot be turned into it h
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from itertools import chain, pairwise
@@ -103,6 +104,9 @@ def cell_name(index: int, line: int) -> str:
     return f"{letters}{line}"
 
 
+_SEP_LINE = re.compile(r"sep=[;,\t|]\n")
+
+
 def delimiter_of(header_line: str) -> str:
     """``;`` or ``,``: whichever the header line has more of outside quotes (Excel writes ``;`` where the decimal
     separator is a comma). A one-column sheet reads the same either way."""
@@ -133,6 +137,8 @@ class _Sheet:
         self.max_errors = max_errors
         self.columns: list[Column] = []
         self.used: list[Column] | None = None
+        self.header_line = 1  # 2 after Excel's "sep=;" line
+        self.delimiter = ","
         self.header: list[str] = []
         self.fatal = False
 
@@ -153,21 +159,22 @@ class _Sheet:
     # --- the header --------------------------------------------------------------------------------------
 
     def read_header(self, cells: list[str]) -> None:
+        h = self.header_line
         names = [c.strip() for c in cells]
         self.header = names
         seen: dict[str, int] = {}
         twin_paths: list[tuple[tuple[str, ...], str]] = []
         for i, name in enumerate(names):
-            where = cell_name(i, 1)
+            where = cell_name(i, h)
             if not name:
                 self.columns.append(Column(i, "", ()))
                 continue
             if name in seen:
                 self.error(
                     Finding(
-                        1,
+                        h,
                         Code.DUPLICATE_COLUMN,
-                        f"{where} (line 1): column '{name}' is already column {cell_name(seen[name], 1)[:-1]}: "
+                        f"{where} (line {h}): column '{name}' is already column {cell_name(seen[name], h)[:-1]}: "
                         "give each column once.",
                         field=name,
                     )
@@ -184,9 +191,9 @@ class _Sheet:
                 if any(not part for part in rest):
                     self.error(
                         Finding(
-                            1,
+                            h,
                             Code.UNKNOWN_COLUMN,
-                            f"{where} (line 1): column '{name}' has an empty name part: write "
+                            f"{where} (line {h}): column '{name}' has an empty name part: write "
                             f"{prefix}.<name>[.<name>...].",
                             field=name,
                         )
@@ -206,18 +213,18 @@ class _Sheet:
                 self.columns[at] = Column(at, name_b, ())  # its cells are not read: the finding stands for them
                 self.error(
                     Finding(
-                        1,
+                        h,
                         Code.UNKNOWN_COLUMN,
-                        f"line 1: columns '{name_a}' and '{name_b}' both set '{name_a}': keep one of them.",
+                        f"line {h}: columns '{name_a}' and '{name_b}' both set '{name_a}': keep one of them.",
                         field=name_b,
                     )
                 )
         if not any(c.place == ("id",) for c in self.columns):  # a slip of 'id' has its own finding
             self.error(
                 Finding(
-                    1,
+                    h,
                     Code.MISSING_FIELD,
-                    "line 1: the header has no 'id' column; the first line of the sheet must name the columns, such "
+                    f"line {h}: the header has no 'id' column; the first line of the sheet must name the columns, such "
                     "as id,status,primaryKey.",
                     field="id",
                 )
@@ -227,16 +234,18 @@ class _Sheet:
     def _unknown(self, i: int, name: str, names: list[str]) -> Column:
         """The finding for a header cell that is no column; the column it is read as (a slip of a plain column is
         read as that column, so its rows are judged once, not each told its status is missing)."""
-        where = cell_name(i, 1)
+        h = self.header_line
+        where = cell_name(i, h)
         meant = _meant(name)
         if meant is not None:
             suffix = name.split(".", 1)[1] if "." in name and meant in TWIN_PREFIXES else None
             meant_name = f"{meant}.{suffix}" if suffix else meant
             self.error(
                 Finding(
-                    1,
+                    h,
                     Code.MISSPELLED_FIELD,
-                    f"{where} (line 1): column '{name}' is not known; did you mean '{meant_name}'? Rename the column.",
+                    f"{where} (line {h}): column '{name}' is not known; did you mean '{meant_name}'? Rename the "
+                    "column.",
                     field=name,
                 )
             )
@@ -245,9 +254,9 @@ class _Sheet:
             return Column(i, name, ())
         self.warn(
             Finding(
-                1,
+                h,
                 Code.UNKNOWN_FIELD,
-                f"{where} (line 1): column '{name}' is not a devices column: its cells are not imported (columns: "
+                f"{where} (line {h}): column '{name}' is not a devices column: its cells are not imported (columns: "
                 f"{', '.join(COLUMNS)}, tags.<name>, desired.<name>).",
                 field=name,
             )
@@ -266,11 +275,13 @@ class _Sheet:
         before = self.error_count
         if len(cells) != len(self.columns):
             many = len(cells) > len(self.columns)
-            why = (
-                "a value holds the delimiter without quotes around it?"
-                if many
-                else "a cell is missing, or a value holds a line break without quotes around it?"
-            )
+            other = ";" if self.delimiter == "," else ","
+            if not many and sum(c.count(other) for c in cells) >= len(self.columns) - len(cells):
+                why = f"its cells are separated by '{other}' and the header's by '{self.delimiter}'?"
+            elif many:
+                why = "a value holds the delimiter without quotes around it?"
+            else:
+                why = "a cell is missing, or a value holds a line break without quotes around it?"
             self.error(
                 Finding(
                     line,
@@ -369,17 +380,26 @@ class _Sheet:
             return
         if not first:
             return
-        reader = csv.reader(chain((first,), text), delimiter=delimiter_of(first), strict=True)
+        out = bytearray()
+        if _SEP_LINE.fullmatch(first):
+            # Excel's way to name the delimiter ("sep=;" as the first line, which Excel reads and may write)
+            delimiter, lines = first[4], text
+            self.header_line = 2
+            out += b"\n"
+        else:
+            delimiter, lines = delimiter_of(first), chain((first,), text)
+        skip = self.header_line - 1  # lines before the reader's first
+        self.delimiter = delimiter
+        reader = csv.reader(lines, delimiter=delimiter, strict=True)
         # One growing buffer, not a list of lines: orjson's bytes each hold a 4 KB allocation while they live, so
         # a chunk's worth of them kept 16 MB for 1 MB of lines.
-        out = bytearray()
-        done = 0  # CSV lines written out so far
+        done = skip  # CSV lines written out so far
         dumps = orjson.dumps
         try:
             for cells in reader:
-                end = reader.line_num
+                end = reader.line_num + skip
                 start = done + 1
-                if start == 1:
+                if start == self.header_line:
                     self.read_header(cells)
                     out += b"\n"
                     if self.fatal:

@@ -343,3 +343,17 @@ def test_a_sheet_of_rows_that_never_fit_the_header_is_given_up_on_with_one_findi
         report.errors[0].message
     )
     assert report.lines < 300 and not report.valid
+
+
+def test_excels_sep_line_names_the_delimiter_and_lines_keep_their_numbers() -> None:
+    report, lines = check("sep=;\r\nid;status;statusReason\r\nd1;enabled;a, b\r\nd2;Enabled;\r\n")
+    assert found(report) == [(4, "INVALID_STATUS", "status")] and lines[0]["statusReason"] == "a, b"
+    assert report.errors[0].message.startswith("B4 (line 4, column status): ")
+    report, _ = check("sep=,\nid,status,stauts\nd1,enabled,x\n")
+    assert found(report) == [(2, "MISSPELLED_FIELD", "stauts")] and report.errors[0].message.startswith("C2 (line 2)")
+
+
+def test_a_row_separated_otherwise_than_the_header_is_told_so() -> None:
+    report, _ = check("id;status;tags.site\nd1;enabled;a\nd2,enabled,b\n")
+    assert found(report) == [(3, "WRONG_CELL_COUNT", None)]
+    assert "separated by ',' and the header's by ';'" in report.errors[0].message
