@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from itertools import chain, pairwise
 from typing import Any, BinaryIO
@@ -552,7 +552,7 @@ def validate_csv_stream(
     *,
     max_errors: int = 100,
     max_warnings: int | None = None,
-    sink: Any = None,
+    sink: Callable[[bytes], None] | None = None,
     give_up_after: int = GIVE_UP_AFTER,
 ) -> ValidationReport:
     """Validate a CSV devices sheet as ``validate_stream`` validates JSON lines, with the same report; ``sink``
@@ -569,7 +569,9 @@ def validate_csv_stream(
     if head.removeprefix(_UTF8_BOM).lstrip()[:1] in (b"{", b"["):
         wrong = Finding(0, Code.JSON_NOT_CSV, _JSON_NOT_CSV)
     if wrong is not None:
-        report = ValidationReport(max_errors=max_errors, max_warnings=max_warnings or max_errors)
+        report = ValidationReport(
+            max_errors=max_errors, max_warnings=max_errors if max_warnings is None else max_warnings
+        )
         report.add(wrong)
         for _ in chunks:  # read to the end all the same: what the caller hashes is the whole file
             pass
