@@ -38,7 +38,17 @@ def _soffice() -> str:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (
         ["apt-get", "update", "-qq"],
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "libreoffice-calc"],
+        # waits for the package lock rather than fail when another test (Chromium) installs at the same time
+        [
+            "apt-get",
+            "install",
+            "-y",
+            "-qq",
+            "-o",
+            "DPkg::Lock::Timeout=600",
+            "--no-install-recommends",
+            "libreoffice-calc",
+        ],
     ):
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200, check=False)
         if done.returncode != 0:
