@@ -50,6 +50,7 @@ run: setup-run
 bench: setup-run
 	$(BIN)/python -m bench.iothub_import_export
 	$(BIN)/python -m bench.validate
+	$(BIN)/python -m bench.validate_csv
 	$(BIN)/python -m bench.app_e2e
 	$(BIN)/python -m bench.central_apply
 	$(BIN)/python -m bench.hub_calls

@@ -28,7 +28,8 @@ from rich.progress import (
 from rich.table import Table
 
 from . import config as configuration
-from .client import CENTRAL, TERMINAL, UPLOADS, Api, ApiError, upload
+from . import sheet
+from .client import CENTRAL, TERMINAL, UPLOADS, Api, ApiError, Backup, upload
 
 OK, ERROR, USAGE, REJECTED, FAILED, COMPLETED_WITH_ERRORS, CANCELLED, INTERRUPTED = 0, 1, 2, 3, 4, 5, 6, 130
 EXIT_BY_STATE = {
@@ -346,10 +347,36 @@ def _severity(code: int) -> int:
 
 
 def cmd_export(api: Api, args: argparse.Namespace) -> int:
+    if args.csv is not None:
+        return export_csv(api, args)
     body: dict[str, Any] = {"includeKeys": args.include_keys}
     if args.hub:
         body["hub"] = args.hub
     return _started(api, api.call("POST", "exports", json=body)["jobs"], args)
+
+
+def export_csv(api: Api, args: argparse.Namespace) -> int:
+    """A backup's devices as a CSV sheet in a local file (read twice from storage: once for the twin columns, once
+    for the rows; never held whole). Keys only with --keys, and only where the backup has them."""
+    backup = Backup(api.config, args.hub, args.stamp)
+    if args.keys and not backup.includes_keys:
+        err.print(f"note: backup {backup.hub}/{backup.stamp} was taken without keys: the sheet has none", markup=False)
+    twin = sheet.twin_columns(backup.lines())
+    target: Path = args.csv
+    # utf-8-sig: the BOM is how Excel knows a CSV file is UTF-8 (the app's reader, and LibreOffice, skip it)
+    with target.open("w", encoding="utf-8-sig", newline="") as stream:
+        rows = sheet.write(stream, sheet.rows(backup.lines(), twin, keys=args.keys and backup.includes_keys))
+    keys = "with keys" if args.keys and backup.includes_keys else "without keys"
+    err.print(f"wrote {target}: {rows:,} rows of backup {backup.hub}/{backup.stamp} ({keys})", markup=False)
+    if args.json:
+        out.print_json(data={"file": str(target), "rows": rows, "hub": backup.hub, "stamp": backup.stamp})
+    return OK
+
+
+def cmd_template(args: argparse.Namespace) -> int:
+    sys.stdout.write(sheet.template())
+    sys.stdout.flush()
+    return OK
 
 
 def cmd_restore(api: Api, args: argparse.Namespace) -> int:
@@ -412,7 +439,12 @@ def cmd_plan(api: Api, args: argparse.Namespace) -> int:
     """Preview an import: the plan is waited for (--wait seconds, then followed as a job) and summed up."""
     params = {"wait": str(min(int(args.wait), 120)), **({"hub": args.hub} if args.hub else {})}
     job = api.call(
-        "POST", "imports/plan", params=params, data=args.file.read_bytes(), headers={"content-type": "text/plain"}
+        "POST",
+        "imports/plan",
+        params=params,
+        data=args.file.read_bytes(),
+        # a sheet is read as CSV by its type, as an upload is by its name
+        headers={"content-type": "text/csv" if args.file.name.lower().endswith(".csv") else "text/plain"},
     )
     if job["state"] not in TERMINAL:
         job = follow(api, job)
@@ -639,7 +671,7 @@ def parser() -> argparse.ArgumentParser:
     def command(name: str, **kw: Any) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kw)
 
-    up = command("upload", help="drop a devices file into uploads/ (and follow its job)")
+    up = command("upload", help="drop a devices file (JSON lines, or a .csv sheet) into uploads/ (and follow its job)")
     up.add_argument("file", type=Path)
     up.add_argument("--hub", help="the hub to import into (uploads/<hub>/...), or central for a data-export file")
     up.add_argument("--name", help="the blob name under uploads/ (default: the file's name)")
@@ -668,7 +700,19 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--hub")
     export.add_argument("--include-keys", action="store_true", help="keep the devices' keys in the backup")
     export.add_argument("--follow", action="store_true")
+    export.add_argument(
+        "--csv",
+        type=Path,
+        metavar="FILE",
+        help="instead of backing up: write an existing backup (--stamp) as a CSV sheet to FILE, keys left out",
+    )
+    export.add_argument("--stamp", default="latest", help="with --csv: the backup's stamp, or latest (the default)")
+    export.add_argument("--keys", action="store_true", help="with --csv: keep the keys (if the backup has them)")
     export.set_defaults(run=cmd_export)
+
+    template = sub.add_parser("template", help="print an empty devices sheet: the header and two example rows")
+    template.add_argument("format", choices=("csv",))
+    template.set_defaults(run=None, template=cmd_template)
 
     restore = command("restore", help="restore a backup: its stamp (20261201T020000Z) or latest")
     restore.add_argument("backup")
@@ -746,6 +790,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "template", None) is not None:
+        return int(args.template(args))  # needs no app and no storage
     if getattr(args, "output", None) == "json":
         args.json = True
     run: Callable[[Api, argparse.Namespace], int] = args.run

@@ -1,17 +1,22 @@
-"""The app as the client sees it: its HTTP API (``Api``) and the ``uploads`` container (``upload``)."""
+"""The app as the client sees it: its HTTP API (``Api``), the ``uploads`` container (``upload``) and the backups
+(``Backup``, read in place)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import requests
 
 from .config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from azure.storage.blob import BlobServiceClient
 
 # As the app's own name check (shared/names.py; this package is installed without the app): no backslash or control
 # character in a part of a path.
@@ -148,19 +153,8 @@ def upload(config: Config, path: Path, name: str, progress: Callable[[int, int |
         ConfigError: no storage configured.
     """
     from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-    from azure.storage.blob import BlobServiceClient
 
-    if not config.storage:
-        raise ConfigError(
-            "where do uploads go? set IOTJOBS_STORAGE to the storage account's connection string or blob endpoint "
-            "(or DEVICE_STORAGE in local.settings.json)"
-        )
-    if config.storage.startswith(("https://", "http://")):
-        from azure.identity import DefaultAzureCredential
-
-        service = BlobServiceClient(config.storage, credential=DefaultAzureCredential())
-    else:
-        service = BlobServiceClient.from_connection_string(config.storage)
+    service = _service(config, "where do uploads go?")
     blob = service.get_blob_client(UPLOADS, name)
     size = path.stat().st_size
 
@@ -176,3 +170,70 @@ def upload(config: Config, path: Path, name: str, progress: Callable[[int, int |
                 service.create_container(UPLOADS)
             stream.seek(0)
             return send(stream)
+
+
+def _service(config: Config, question: str) -> BlobServiceClient:
+    from azure.storage.blob import BlobServiceClient
+
+    if not config.storage:
+        raise ConfigError(
+            f"{question} set IOTJOBS_STORAGE to the storage account's connection string or blob endpoint "
+            "(or DEVICE_STORAGE in local.settings.json)"
+        )
+    if config.storage.startswith(("https://", "http://")):
+        from azure.identity import DefaultAzureCredential
+
+        return BlobServiceClient(config.storage, credential=DefaultAzureCredential())
+    return BlobServiceClient.from_connection_string(config.storage)
+
+
+BACKUPS = "backups"
+BACKUP_DEVICES, BACKUP_MANIFEST = "devices.txt", "manifest.json"
+_STAMP = re.compile(r"\d{8}T\d{6}Z")
+
+
+class Backup:
+    """One complete backup folder (``backups/<hub>/<stamp>/`` with its manifest), read straight from storage."""
+
+    def __init__(self, config: Config, hub: str | None, stamp: str) -> None:
+        """Find the backup of ``hub`` (the only hub with backups when None) named ``stamp`` or ``latest``.
+
+        Raises:
+            ConfigError: no storage configured, no such backup, or several hubs and none named.
+        """
+        service = _service(config, "where are the backups?")
+        self.container = service.get_container_client(BACKUPS)
+        names = [b.name for b in self.container.list_blobs(name_starts_with=f"{hub}/" if hub else None)]
+        complete: dict[str, list[str]] = {}
+        for name in names:
+            parts = name.split("/")
+            if len(parts) == 3 and parts[2] == BACKUP_MANIFEST and _STAMP.fullmatch(parts[1]):
+                complete.setdefault(parts[0], []).append(parts[1])
+        if hub is None:
+            if len(complete) != 1:
+                raise ConfigError(
+                    "which hub? give --hub"
+                    + (f" (backups of: {', '.join(sorted(complete))})" if complete else " (no backups found)")
+                )
+            hub = next(iter(complete))
+        stamps = sorted(complete.get(hub, []))
+        if not stamps:
+            raise ConfigError(f"hub '{hub}' has no complete backup in {BACKUPS}/: take one with `iotjobs export`")
+        wanted = stamp.strip().strip("/").removeprefix(f"{hub}/")
+        if wanted == "latest":
+            wanted = stamps[-1]
+        if wanted not in stamps:
+            raise ConfigError(f"no complete backup '{hub}/{wanted}'; the newest are: {', '.join(stamps[-5:])}")
+        self.hub, self.stamp = hub, wanted
+        manifest = json.loads(self.container.download_blob(f"{hub}/{wanted}/{BACKUP_MANIFEST}").readall())
+        self.includes_keys = bool(manifest.get("includesKeys"))
+
+    def lines(self) -> Iterator[bytes]:
+        """The backup's JSON lines, streamed (blocks of 4 MiB, never the whole file)."""
+        carry = b""
+        for chunk in self.container.download_blob(f"{self.hub}/{self.stamp}/{BACKUP_DEVICES}").chunks():
+            parts = (carry + chunk).split(b"\n")
+            carry = parts.pop()
+            yield from parts
+        if carry:
+            yield carry

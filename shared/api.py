@@ -216,14 +216,19 @@ def _job_reply(svc: Services, job: Job, status: int = 200) -> Reply:
 # --- handlers: one per route, each declared with its schemas (api_schemas) -------------------------------
 
 
+def _suffix(inp: Inputs) -> str:
+    """The name ending of a file sent as the body: what the import reads it as (a sheet is named .csv)."""
+    return ".csv" if inp.raw_type == schemas.CSV_TYPE else ".jsonl"
+
+
 @handles(schemas.IMPORTS)
 def start_import(svc: Services, inp: Inputs) -> Reply:
     """Start an import from a blob already in storage (JSON ``{"blob": "container/name", "hub": ...}``), or from
-    the request body itself (``Content-Type: application/x-ndjson``, ``?hub=``)."""
+    the request body itself (``Content-Type: application/x-ndjson``, or ``text/csv`` for a sheet; ``?hub=``)."""
     uploads = svc.settings.containers.uploads
     if inp.raw is not None:
         hub = _hub(svc, inp.query.get("hub"))
-        name = f"{hub}/api-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}.jsonl"
+        name = f"{hub}/api-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}{_suffix(inp)}"
         etag = svc.storage.upload_bytes(uploads, name, inp.raw, overwrite=False)
         ref = BlobRef(uploads, name, etag)
     else:
@@ -301,7 +306,7 @@ def plan_import(svc: Services, inp: Inputs) -> Reply:
         hub = _hub(svc, inp.query.get("hub"))
         container = svc.settings.containers.plans
         svc.storage.ensure_container(container)
-        name = f"{hub}/api-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}.jsonl"
+        name = f"{hub}/api-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}{_suffix(inp)}"
         ref = BlobRef(container, name, svc.storage.upload_bytes(container, name, inp.raw, overwrite=False))
     else:
         named = BlobRef.parse(inp.body["blob"])

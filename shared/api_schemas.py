@@ -32,6 +32,7 @@ MAX_JSON_BYTES = 64 * 1024
 MAX_NDJSON_BYTES = 64 * 1024 * 1024
 MAX_PAGE = 200
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "text/plain"})
+CSV_TYPE = "text/csv"  # a devices sheet as the body: read as CSV (docs/operations.md, "CSV uploads")
 
 # Error codes the checking answers with (the handlers and ``guarded`` add the domain ones).
 INVALID_JSON = "InvalidJson"
@@ -121,6 +122,7 @@ class Inputs:
     query: dict[str, Any]
     path: dict[str, Any]
     raw: bytes | None = None  # set when the route's RawBody took the body
+    raw_type: str = ""  # the media type it came as (text/csv: a sheet)
 
 
 # --- the schemas ----------------------------------------------------------------------------------------
@@ -175,7 +177,8 @@ JOB_PATH = fields(
 
 IMPORTS = Route(
     "POST /api/imports",
-    summary="Import a devices file: a blob already in storage, or the request body (application/x-ndjson)",
+    summary="Import a devices file: a blob already in storage, or the request body (application/x-ndjson, or "
+    "text/csv for a sheet)",
     ok=(200, 202),
     query=fields(hub=HUB),
     body=fields(("blob",), blob=BLOB_FIELD, hub=HUB),
@@ -183,7 +186,7 @@ IMPORTS = Route(
         MAX_NDJSON_BYTES,
         f"a devices file sent as the body may be at most {MAX_NDJSON_BYTES // 2**20} MiB: upload it to the "
         'uploads/ container instead (it is imported on arrival), or give its path as {"blob": "<container>/<name>"}',
-        NDJSON_TYPES,
+        NDJSON_TYPES | {CSV_TYPE},
     ),
 )
 EXPORTS = Route(
@@ -424,7 +427,7 @@ def check(route: Route, request: Request) -> Inputs:
             raise ApiError(413, BODY_TOO_LARGE, raw.too_large, limit=raw.max_bytes)
         if not request.body.strip():
             raise ApiError(400, EMPTY_BODY, "the request body is empty: send the file as the body")
-        return Inputs({}, query, path, request.body)
+        return Inputs({}, query, path, request.body, media)
     if len(request.body) > MAX_JSON_BYTES:
         raise ApiError(
             413,

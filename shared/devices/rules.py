@@ -102,6 +102,13 @@ class Code(StrEnum):
     TWIN_TOO_DEEP = "TWIN_TOO_DEEP"
     INVALID_TWIN_KEY = "INVALID_TWIN_KEY"
     DUPLICATE_ID = "DUPLICATE_ID"
+    # CSV sheets only (shared.devices.csvfile): the rest of a sheet's findings are those of JSON lines
+    JSON_NOT_CSV = "JSON_NOT_CSV"  # the whole file: named .csv, holds JSON
+    CSV_SYNTAX = "CSV_SYNTAX"  # a quote never closed, or text after a closing quote: the rest is unread
+    UNKNOWN_COLUMN = "UNKNOWN_COLUMN"  # a header cell that cannot be a column (tags.a..b, overlapping twin paths)
+    DUPLICATE_COLUMN = "DUPLICATE_COLUMN"
+    WRONG_CELL_COUNT = "WRONG_CELL_COUNT"  # a row with more or fewer cells than the header
+    INVALID_PARENT = "INVALID_PARENT"  # a parent given as a device id, not the scope the hub gave it
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,9 +63,10 @@ _ARRAY_START = re.compile(rb"\s*\[")
 _CELL = re.compile(rb'\s*"?[A-Za-z_$][A-Za-z0-9_.$ -]{0,63}"?\s*')
 
 _CSV_FIX = (
-    "The file is a CSV table (header '{header}'): CSV is not accepted yet. Upload JSON lines instead, one device "
-    'object per line, such as {{"id": "dev-1", "status": "enabled"}} (for example, in PowerShell: Import-Csv '
-    "devices.csv | ForEach-Object {{ $_ | ConvertTo-Json -Compress }} | Out-File -Encoding utf8 devices.jsonl)."
+    "The file is a CSV table (header '{header}') but its name does not end with .csv, so it was read as JSON lines: "
+    "upload it again named <name>.csv to have it read as a CSV sheet (columns: docs/operations.md, 'CSV uploads'; "
+    "iotjobs template csv prints an example), or upload JSON lines, one device object per line, such as "
+    '{{"id": "dev-1", "status": "enabled"}}.'
 )
 _ARRAY_FIX = (
     "The file is one JSON array ('[' ... ']'), not JSON lines: upload one device object per line, without the "

@@ -20,7 +20,7 @@ import orjson
 
 from ..backups import CONFIGURATIONS_BLOB, DEVICES_BLOB, MANIFEST_BLOB
 from ..config import Snapshots
-from ..devices import DEFAULT_MODE, ValidationReport, validate_stream
+from ..devices import DEFAULT_MODE, ValidationReport, is_csv_name, validate_csv_stream, validate_stream
 from ..engine import Busy, Context, Ending, Refused, checkpoint
 from ..iothub import IoTHubClient
 from ..iothub import Job as HubJob
@@ -181,7 +181,9 @@ class ImportKind(HubJobKind):
         sha = hashlib.sha256()
         sink = rewrite(staged.write) if rewrite else staged.write
         chunks = _hashed(ctx.storage.open_read(ref), sha)
-        report = validate_stream(keep(chunks) if keep else chunks, sink=sink, max_errors=ctx.max_errors)
+        # A sheet (name ending .csv) is read as CSV; what is staged for the hub is JSON lines either way.
+        validate = validate_csv_stream if keep is None and is_csv_name(ref.name) else validate_stream
+        report = validate(keep(chunks) if keep else chunks, sink=sink, max_errors=ctx.max_errors)
         job = replace(job, source_sha256=sha.hexdigest(), lines=report.lines)
         if expected_sha256 and expected_sha256 != job.source_sha256:
             doc = {

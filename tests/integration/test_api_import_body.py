@@ -37,3 +37,17 @@ def test_a_body_of_many_objects_that_are_no_devices_is_a_job_rejected_with_one_w
     assert "is this the devices file you meant?" in report["errors"][0]["message"]
     assert len(report["errors"]) <= svc.settings.max_errors
     assert svc.engine.ctx.hubs["devhub"].list_jobs() == []  # nothing reached the hub
+
+
+def test_a_sheet_sent_as_text_csv_is_read_as_csv(own_azurite: Azurite, iothub: IoTHubEmulator) -> None:
+    svc = services_on(own_azurite, iothub)
+    svc.storage.ensure_container(svc.settings.containers.uploads)
+    sheet = b"id;status;tags.site\r\nsheet-1;enabled;oslo\r\nsheet-2;enabld;lyon\r\n"
+    reply = api.start_import(svc, Request(body=sheet, content_type="text/csv; charset=utf-8", query={"hub": "devhub"}))
+    assert reply.status in (200, 202), reply.body
+    job = reply.body
+    assert job["source"].endswith(".csv") and job["state"] == "rejected"
+    container, path = job["reports"]["rejection"].split("/", 1)
+    report = json.loads(b"".join(svc.storage.open_read(BlobRef(container, path))))
+    assert [(e["line"], e["code"], e["field"]) for e in report["errors"]] == [(3, "INVALID_STATUS", "status")]
+    assert report["errors"][0]["message"].startswith("B3 (line 3, column status): ")

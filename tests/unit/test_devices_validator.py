@@ -489,7 +489,7 @@ def test_a_csv_file_gets_one_finding_naming_the_format_and_the_fix(body: str, si
     assert [(f.line, f.code) for f in report.errors] == [(0, Code.CSV_FILE)]
     assert report.error_count == 1 and not report.valid
     message = report.errors[0].message
-    assert "CSV" in message and "not accepted yet" in message and "one device object per line" in message
+    assert "CSV" in message and "named <name>.csv" in message and "one device object per line" in message
     assert "status" in message  # the header it saw
 
 
