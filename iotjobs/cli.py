@@ -29,6 +29,7 @@ from rich.progress import (
 from rich.table import Table
 
 from . import config as configuration
+from . import output, toolbox
 from .client import CENTRAL, TERMINAL, UPLOADS, Api, ApiError, upload
 
 OK, ERROR, USAGE, REJECTED, FAILED, COMPLETED_WITH_ERRORS, CANCELLED, INTERRUPTED = 0, 1, 2, 3, 4, 5, 6, 130
@@ -578,6 +579,7 @@ def _common(p: argparse.ArgumentParser, default: Any) -> None:
         help="how listings print: table (the default on a terminal), tsv (tab-separated, whole values: the default "
         "when stdout is a pipe or a file), json (as --json)",
     )
+    output.add_options(p, default)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -697,6 +699,7 @@ def parser() -> argparse.ArgumentParser:
     central.add_argument("file", type=Path, nargs="?")
     central.add_argument("--follow", action="store_true")
     central.set_defaults(run=cmd_central)
+    toolbox.add_commands(command)
     return p
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import api_schemas as schemas
+from . import inventory
 from .api_schemas import ApiError, Inputs, Request, Route
 from .backups import NotABackup
 from .central import PARTITION as CENTRAL
@@ -35,7 +36,7 @@ from .dataexport import DocumentError
 from .engine import CannotCancel
 from .fleet.bulk import InvalidBulk
 from .iotcentral import IoTCentralError
-from .iothub import IoTHubError, IoTHubHTTPError
+from .iothub import IoTHubError, IoTHubHTTPError, IoTHubNotFound
 from .ledger import Job, JobNotFound, JobState, LedgerConflict, LedgerError
 from .openapi import document as openapi_document
 from .services import CannotApprove, CannotMigrate, CannotRollBack, NotABulk, NothingToRun, Services
@@ -404,6 +405,71 @@ def _migration_reply(svc: Services, steps: tuple[Job, Job | None, Job | None], s
     if verified is not None and "migration" in verified.reports and verified.state.is_terminal:
         body["verification"] = _report(svc, verified.reports["migration"])
     return Reply(status, body)
+
+
+# --- at hand: devices and backups (read only) -----------------------------------------------------------
+
+
+@handles(schemas.LIST_DEVICES)
+def list_devices(svc: Services, inp: Inputs) -> Reply:
+    """``?query=SELECT * FROM devices WHERE ...&top=100&continuation=<next>``: one page of twins (one call against
+    the hub's query quota; a throttled hub is a 503 with Retry-After); ``?count=true``: how many it selects."""
+    client = svc.engine.ctx.hubs[_hub(svc, inp.path["hub"])]
+    query = inp.query.get("query")
+    try:
+        if inp.query.get("count"):
+            return Reply(200, inventory.device_count(client, query))
+        page = inventory.device_page(
+            client, query, top=inp.query.get("top", 100), continuation=inp.query.get("continuation")
+        )
+    except IoTHubHTTPError as exc:
+        if exc.status != 400:
+            raise
+        raise ApiError(400, "InvalidQuery", f"the hub refused the query: {exc}") from None
+    return Reply(200, page, headers={"Cache-Control": "no-store"})
+
+
+@handles(schemas.GET_DEVICE)
+def get_device(svc: Services, inp: Inputs) -> Reply:
+    """One device in full; keys are null unless ``?keys=true`` (the reply is then never cached)."""
+    hub = _hub(svc, inp.path["hub"])
+    device_id = inp.path["device_id"]
+    try:
+        doc = inventory.device_document(
+            svc.engine.ctx.hubs[hub], svc.ledger, hub, device_id, keys=bool(inp.query.get("keys"))
+        )
+    except IoTHubNotFound:
+        raise ApiError(404, "DeviceNotFound", f"hub '{hub}' has no device '{device_id}'") from None
+    return Reply(200, doc, headers={"Cache-Control": "no-store"})
+
+
+@handles(schemas.LIST_BACKUPS)
+def list_backups(svc: Services, inp: Inputs) -> Reply:
+    """``?hub=&limit=``: each hub's complete backups, newest first, and its incomplete folders."""
+    hubs = [_hub(svc, inp.query["hub"])] if "hub" in inp.query else list(svc.settings.hubs)
+    doc = inventory.backups_document(
+        svc.storage,
+        svc.settings.containers.backups,
+        hubs,
+        now=datetime.now(UTC),
+        retention_days=svc.settings.backup_retention_days,
+        limit=inp.query.get("limit", inventory.BACKUPS_LISTED),
+    )
+    return Reply(200, doc)
+
+
+@handles(schemas.GET_BACKUP)
+def get_backup(svc: Services, inp: Inputs) -> Reply:
+    hub = _hub(svc, inp.path["hub"])
+    doc = inventory.backup_document(
+        svc.storage,
+        svc.settings.containers.backups,
+        hub,
+        inp.path["stamp"],
+        now=datetime.now(UTC),
+        retention_days=svc.settings.backup_retention_days,
+    )
+    return Reply(200, doc)
 
 
 def health(request: Request, env: Mapping[str, str] | None = None) -> Reply:

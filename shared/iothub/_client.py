@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -228,6 +229,49 @@ class IoTHubClient:
             if not token:
                 return
 
+    def query_page(
+        self, query: str, *, page_size: int = 100, continuation: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of a query's twins and the token of the next (None: the last page): a single
+        ``POST /devices/query`` call, counted once against the hub's query quota. For a caller that pages on
+        someone else's request (the API's device listing hands the token to its client), where ``query_devices``
+        would read on to the end. A passing fault is raised (``passing``, ``retry_after``) for the caller to pass
+        on, never waited out here.
+
+        Raises:
+            IoTHubHTTPError: the hub refused the query (400) or is throttling (429, ``passing``).
+        """
+        if not 1 <= page_size <= 1000:
+            raise ValueError("page_size must be 1 to 1000")
+        headers = {"x-ms-max-item-count": str(page_size)}
+        if continuation:
+            headers["x-ms-continuation"] = continuation
+        response = self._send("POST", "/devices/query", body={"query": query}, idempotent=True, headers=headers)
+        page = response.json()
+        if not isinstance(page, list):
+            raise IoTHubError(f"IoT Hub {self.host}: a query page was not a JSON array")
+        items = [item for item in page if isinstance(item, dict)]
+        return items, response.headers.get("x-ms-continuation") or None
+
+    def get_device(self, device_id: str) -> dict[str, Any]:
+        """A device identity (``GET /devices/{id}``), keys included as the hub gives them: the caller redacts.
+
+        Raises:
+            IoTHubNotFound: no such device.
+        """
+        body: dict[str, Any] = self._send("GET", f"/devices/{_quoted(device_id)}").json()
+        return body
+
+    def get_twin(self, device_id: str) -> dict[str, Any]:
+        """A device twin (``GET /twins/{id}``): tags, desired and reported properties."""
+        body: dict[str, Any] = self._send("GET", f"/twins/{_quoted(device_id)}").json()
+        return body
+
+    def list_modules(self, device_id: str) -> list[dict[str, Any]]:
+        """A device's module identities (``GET /devices/{id}/modules``), keys included as the hub gives them."""
+        body = self._send("GET", f"/devices/{_quoted(device_id)}/modules").json()
+        return [m for m in body if isinstance(m, dict)] if isinstance(body, list) else []
+
     # --- transport ----------------------------------------------------------------------------------
 
     def _send(
@@ -270,6 +314,12 @@ def _configurations(body: dict[str, Any], include: bool, blob_name: str) -> None
     if include:
         body["includeConfigurations"] = True
         body["configurationsBlobName"] = blob_name
+
+
+def _quoted(device_id: str) -> str:
+    """A device id as one path segment: ids may hold characters a URL path reserves (``#``, ``%``, ``?``...)."""
+    _check_id(device_id, "device id")
+    return quote(device_id, safe="")
 
 
 def _check_id(value: str, name: str) -> None:
