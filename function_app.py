@@ -183,8 +183,9 @@ def get_backup(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.route(route="status", methods=["GET"])
 def status_page(req: func.HttpRequest) -> func.HttpResponse:
-    """The status page (HTML; the key comes as ?code= and the page passes it on to status.json)."""
-    return _respond(api.status_page(_request(req)))
+    """The status page (HTML with the essentials rendered in; the key comes as ?code= and the page passes it on to
+    status.json)."""
+    return _respond(api.status_page(_request(req), services))
 
 
 @app.route(route="status.json", methods=["GET"])

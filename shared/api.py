@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import api_schemas as schemas
-from . import inventory
+from . import inventory, status_html
 from .api_schemas import ApiError, Inputs, Request, Route
 from .backups import NotABackup
 from .central import PARTITION as CENTRAL
@@ -513,21 +513,38 @@ def _csp_hash(html: str, tag: str) -> str:
     return f"'sha256-{digest}'"
 
 
-def status_page(request: Request) -> Reply:
-    """The status page: static HTML that reads ``status.json`` itself (no services are built to serve it)."""
+def status_page(request: Request, svc: Services | Callable[[], Services] | None = None) -> Reply:
+    """The status page: HTML whose script reads ``status.json`` itself, with the essentials rendered here into its
+    ``<noscript>`` for a browser without JavaScript (``svc`` None: no essentials, the page alone). The page is
+    served even when they cannot be read: it then says why, and its script keeps trying."""
 
     def page(_: Inputs) -> Reply:
         html, headers = _page()
+        if svc is not None:
+            html = status_html.fill(html, _essentials(svc))
         return Reply(200, {}, text=html, media="text/html", headers=headers)
 
     return guarded(schemas.STATUS_PAGE, request, page, "status_page")
 
 
-@handles(schemas.STATUS)
-def status(svc: Services, inp: Inputs) -> Reply:
-    """What the status page shows: hubs, running jobs and queues, recent jobs with report links, backups."""
+def _essentials(svc: Services | Callable[[], Services]) -> str:
+    try:
+        services = svc if isinstance(svc, Services) else svc()
+        # No links: report links are SAS, and the script-less page shows none (status_html's note).
+        return status_html.essentials(_status_document(services, lambda _container, _name: ""))
+    except ConfigError as exc:
+        logger.error("configuration: %s", exc)
+        return status_html.unavailable("the app is misconfigured (its log says how)")
+    except (StorageError, LedgerError):
+        return status_html.unavailable("storage is not answering")
+    except Exception:
+        logger.exception("unexpected error rendering the status page's essentials")
+        return status_html.unavailable("unexpected error (the app's log has the details)")
+
+
+def _status_document(svc: Services, link: Callable[[str, str], str]) -> dict[str, Any]:
     settings = svc.settings
-    doc = status_document(
+    return status_document(
         ledger=svc.ledger,
         storage=svc.storage,
         hubs=settings.hubs,
@@ -535,8 +552,14 @@ def status(svc: Services, inp: Inputs) -> Reply:
         retention_days=settings.backup_retention_days,
         central_configured=svc.central is not None,
         now=datetime.now(UTC),
-        link=svc.storage.sas.read_link,
+        link=link,
     )
+
+
+@handles(schemas.STATUS)
+def status(svc: Services, inp: Inputs) -> Reply:
+    """What the status page shows: hubs, running jobs and queues, recent jobs with report links, backups."""
+    doc = _status_document(svc, svc.storage.sas.read_link)
     return Reply(200, doc, headers={"Cache-Control": "no-store"})
 
 
