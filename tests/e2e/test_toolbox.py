@@ -153,3 +153,10 @@ def test_backups_list_and_show_and_a_jobs_reports(stack: Stack, tmp_path: Path) 
     assert json.loads((target / "rejection.json").read_text())["errors"][0]["line"] == 1
     no_job = iotjobs("report", "8234567890123-0a1b2c", "--hub", "devhub")
     assert no_job.returncode == 1 and "JobNotFound" in no_job.stderr
+
+    # Every listing parses back when piped: jobs through JMESPath, status as TSV.
+    failed = iotjobs("jobs", "--jmespath", "[?state=='rejected'].jobId")
+    assert failed.returncode == 0 and failed.stdout.split() == [job_id]
+    (hub_row,) = _tsv(iotjobs("status", "-o", "tsv").stdout)
+    assert (hub_row["hub"], hub_row["backupDevices"], hub_row["queued"]) == ("devhub", "4", "0")
+    assert iotjobs("restore", "latest", "--jmespath", "state").returncode == 2  # not a listing: refused
