@@ -20,7 +20,7 @@ import requests
 
 from . import config as configuration
 from .client import Api, ApiError
-from .output import emit, out, text
+from .output import emit, out, shape, text
 
 OK = 0
 PAGE = 1000  # the most twins the app's one page (one hub query call) holds
@@ -73,7 +73,7 @@ def cmd_devices(api: Api, args: argparse.Namespace) -> int:
         )
     params = {"keys": "true"} if args.show_keys else {}
     doc = api.call("GET", f"{_devices_path(args.hub)}/{quote(args.device_id, safe='')}", params=params)
-    if args.output in ("json", "tsv") or args.json or args.jmespath:
+    if shape(args) != "table" or args.jmespath:  # piped: field<TAB>value lines, whole
         emit(args, doc, ("field", "value"), _device_fields)
         return OK
     for name, value in _device_fields(doc):

@@ -62,6 +62,8 @@ def test_devices_list_show_and_count_with_exit_codes_and_no_key_anywhere(stack: 
     assert doc["identity"]["deviceId"] == "odd%id?x" and doc["twin"]["tags"] == {"site": "b"}
     assert doc["identity"]["authentication"]["symmetricKey"] == {"primaryKey": None, "secondaryKey": None}
     assert [j["kind"] for j in doc["recentHubJobs"]] == ["import"] and "does not index" in doc["recentHubJobsNote"]
+    piped = {r["field"]: r["value"] for r in _tsv(iotjobs("devices", "show", "tb-00", "--hub", "devhub").stdout)}
+    assert (piped["status"], json.loads(piped["tags"])) == ("enabled", {"site": "a"})
     human = iotjobs("devices", "show", "tb-00", "--hub", "devhub", "-o", "table")
     assert human.returncode == 0 and "tags" in human.stdout and '{"site":"a"}' in human.stdout
 
