@@ -14,6 +14,7 @@ page of the ledger (``JOBS_SCANNED`` jobs): each could have touched it; none is 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -60,11 +61,8 @@ def device_page(client: IoTHubClient, query: str | None, *, top: int, continuati
 def count_query(query: str | None) -> str:
     """``SELECT COUNT() AS numberOfDevices FROM devices [WHERE ...]`` from a query's WHERE clause, if any."""
     text = (query or DEFAULT_QUERY).strip()
-    where = ""
-    lowered = text.lower()
-    at = lowered.find(" where ")
-    if at >= 0:
-        where = text[at:]
+    found = re.search(r"\sWHERE\s", text, re.IGNORECASE)
+    where = f" {text[found.start() :].strip()}" if found else ""
     # The WHERE is the caller's own query, read-only on the hub (as it would send it): nothing to inject into.
     return f"SELECT COUNT() AS numberOfDevices FROM devices{where}"  # noqa: S608
 

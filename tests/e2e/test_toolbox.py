@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.integration.helpers import device_line
+from tests.integration.helpers import control, device_line
 
 from .app import Stack
 from .test_cli import _lines, runner
@@ -105,6 +105,14 @@ def test_the_device_routes_page_by_next_and_keep_keys_out_unless_asked(stack: St
     plain = app.call("GET", "hubs/devhub/devices/pg-1")
     assert plain.status_code == 200 and plain.headers["Cache-Control"] == "no-store"
     assert _keys_of(stack, "pg-1")[0] not in plain.text
+    # A hub that throttles the query past the app's own retries: 503 with the wait, never a 5xx that means "broken".
+    control(stack.hub, "faults", {"rate": 1.0, "statuses": [429], "retryAfter": 1})
+    try:
+        busy = app.call("GET", "hubs/devhub/devices")
+    finally:
+        control(stack.hub, "faults", {"rate": 0})
+    assert busy.status_code == 503 and busy.json()["error"]["code"] == "IoTHubBusy", busy.text
+    assert int(busy.headers["Retry-After"]) >= 1
     assert app.call("GET", "hubs/devhub/devices", params={"top": "0"}).status_code == 400
     assert app.call("GET", "hubs/devhub/devices/bad id").status_code == 400
 
