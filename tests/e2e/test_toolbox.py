@@ -7,13 +7,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
+from emulators.azurite import REPO
+from emulators.functions_host import FUNCTION_KEY
 from tests.integration.helpers import control, device_line
 
 from .app import Stack
-from .test_cli import _lines, runner
+from .test_cli import SCRIPT, _lines, runner
 
 
 def _tsv(text: str) -> list[dict[str, str]]:
@@ -26,6 +30,27 @@ def _keys_of(stack: Stack, device_id: str) -> list[str]:
     assert reply.status_code == 200, reply.text
     sym = reply.json()["identity"]["authentication"]["symmetricKey"]
     return [sym["primaryKey"], sym["secondaryKey"]]
+
+
+def _on_a_terminal(stack: Stack, tmp_path: Path, *args: str) -> str:
+    """What the command prints when its stdout is a terminal (a pseudo-terminal), as a person runs it."""
+    main, child = os.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTJOBS_")}
+    env.update(IOTJOBS_URL=stack.app.url, IOTJOBS_KEY=FUNCTION_KEY, PYTHONPATH=str(REPO), COLUMNS="200")
+    with subprocess.Popen([str(SCRIPT), *args], stdout=child, stderr=subprocess.PIPE, cwd=tmp_path, env=env) as run:
+        os.close(child)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the terminal's other end closed: the command has ended
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert run.wait(timeout=120) == 0
+    os.close(main)
+    return b"".join(chunks).decode()
 
 
 def test_devices_list_show_and_count_with_exit_codes_and_no_key_anywhere(stack: Stack, tmp_path: Path) -> None:
@@ -72,6 +97,9 @@ def test_devices_list_show_and_count_with_exit_codes_and_no_key_anywhere(stack: 
     assert refused.returncode == 2 and "only to a terminal" in refused.stderr and keys[0] not in refused.stdout
     for done in (listed, some, shown, human):
         assert not any(k in done.stdout + done.stderr for k in keys)
+
+    # To a terminal (a pseudo-terminal here), --show-keys prints them.
+    assert keys[0] in _on_a_terminal(stack, tmp_path, "devices", "show", "tb-00", "--hub", "devhub", "--show-keys")
 
     missing = iotjobs("devices", "show", "nobody", "--hub", "devhub")
     assert missing.returncode == 1 and "DeviceNotFound" in missing.stderr
