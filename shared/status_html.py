@@ -64,15 +64,21 @@ def _hub_row(hub: Mapping[str, Any], retention_days: int) -> str:
     )
 
 
+def _plural(n: Any, word: str) -> str:
+    return f"{_e(n)} {word}{'' if n == 1 else 's'}"
+
+
 def _job_item(job: Mapping[str, Any]) -> str:
     why = f'<br><span class="bad">{_e(job.get("failureReason"))}</span>' if job.get("failureReason") else ""
-    counts = []
-    if job.get("lines"):
-        counts.append(f"{_e(job['lines'])} lines")
-    if job.get("failedDevices"):
-        counts.append(f"{_e(job['failedDevices'])} devices refused by the hub")
-    if job.get("validationErrors"):
-        counts.append(f"{_e(job['validationErrors'])} problems in the file")
+    counts = [
+        _plural(job.get(field), word) + rest
+        for field, word, rest in (
+            ("lines", "line", ""),
+            ("failedDevices", "device", " refused by the hub"),
+            ("validationErrors", "problem", " in the file"),
+        )
+        if job.get(field)
+    ]
     said = f" · {' · '.join(counts)}" if counts else ""
     return (
         f'<li data-job="{_e(job["jobId"])}" data-state="{_e(job["state"])}"><b>{_e(job["state"])}</b> '

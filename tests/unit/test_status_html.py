@@ -26,6 +26,7 @@ def test_every_value_is_escaped_and_no_link_is_rendered() -> None:
     assert "<img" not in html and "<script" not in html and "sig=secret" not in html and "href" not in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html and "&quot;&gt;" in html
     assert "Need a look (1)" in html and "3 problems in the file" in html
+    assert "1 line ·" in essentials(_doc(recent=[{**_doc()["recent"][0], "lines": 1}]))
 
 
 def test_times_are_utc_and_say_so() -> None:
