@@ -54,7 +54,7 @@ def redact(value: Any) -> Any:
 def device_page(client: IoTHubClient, query: str | None, *, top: int, continuation: str | None) -> dict[str, Any]:
     """One page of the twins a query selects (one call against the hub's query quota), keys redacted; ``next``
     is the token of the following page (None: the last)."""
-    twins, token = client.query_page(query or DEFAULT_QUERY, page_size=top, continuation=continuation)
+    twins, token = client.query_page(query or DEFAULT_QUERY, continuation, page_size=top)
     return {"query": query or DEFAULT_QUERY, "devices": redact(twins), "count": len(twins), "next": token}
 
 
@@ -70,7 +70,7 @@ def count_query(query: str | None) -> str:
 def device_count(client: IoTHubClient, query: str | None) -> dict[str, Any]:
     """How many devices a query (its WHERE clause) selects: the hub counts them in one query call."""
     counted = count_query(query)
-    rows, _ = client.query_page(counted, page_size=1, continuation=None)
+    rows, _ = client.query_page(counted, None, page_size=1)
     number = rows[0].get("numberOfDevices", 0) if rows else 0
     return {"query": counted, "count": int(number)}
 

@@ -190,16 +190,38 @@ class IoTHubClient:
 
         A passing fault on a page (429 with a ``Retry-After`` the retry policy hands back, a 5xx or no answer after
         its retries) is waited out and the same page asked again from its continuation token, as long as the waits
-        add up to at most ``patience`` seconds (0: raised at once); the pages already yielded stay valid.
+        for one page add up to at most ``patience`` seconds (0: raised at once); the pages already yielded stay valid.
 
         Raises:
             IoTHubHTTPError: the hub refused the query (400 with its message for one it cannot parse), or a passing
                 fault outlasted ``patience`` (``passing`` is true, ``retry_after`` says how long the hub asked).
             IoTHubUnavailable: no answer, retries and ``patience`` included.
         """
+        token: str | None = None
+        while True:
+            page, token = self.query_page(query, token, page_size=page_size, patience=patience, sleep=sleep)
+            yield from page
+            if not token:
+                return
+
+    def query_page(
+        self,
+        query: str,
+        token: str | None,
+        *,
+        page_size: int = 100,
+        patience: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of a query from its continuation ``token`` (None: the first), and the token of the next page
+        (None: it was the last). A caller that reads a query over several sessions keeps the token between them.
+        Passing faults are waited out as in ``query_devices``, up to ``patience`` seconds for this page.
+
+        Raises:
+            IoTHubHTTPError, IoTHubUnavailable: as ``query_devices``.
+        """
         if not 1 <= page_size <= 1000:
             raise ValueError("page_size must be 1 to 1000")
-        token: str | None = None
         waited = 0.0
         faults = 0
         while True:
@@ -224,34 +246,7 @@ class IoTHubClient:
             page = response.json()
             if not isinstance(page, list):
                 raise IoTHubError(f"IoT Hub {self.host}: a query page was not a JSON array")
-            yield from (item for item in page if isinstance(item, dict))
-            token = response.headers.get("x-ms-continuation")
-            if not token:
-                return
-
-    def query_page(
-        self, query: str, *, page_size: int = 100, continuation: str | None = None
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of a query's twins and the token of the next (None: the last page): a single
-        ``POST /devices/query`` call, counted once against the hub's query quota. For a caller that pages on
-        someone else's request (the API's device listing hands the token to its client), where ``query_devices``
-        would read on to the end. A passing fault is raised (``passing``, ``retry_after``) for the caller to pass
-        on, never waited out here.
-
-        Raises:
-            IoTHubHTTPError: the hub refused the query (400) or is throttling (429, ``passing``).
-        """
-        if not 1 <= page_size <= 1000:
-            raise ValueError("page_size must be 1 to 1000")
-        headers = {"x-ms-max-item-count": str(page_size)}
-        if continuation:
-            headers["x-ms-continuation"] = continuation
-        response = self._send("POST", "/devices/query", body={"query": query}, idempotent=True, headers=headers)
-        page = response.json()
-        if not isinstance(page, list):
-            raise IoTHubError(f"IoT Hub {self.host}: a query page was not a JSON array")
-        items = [item for item in page if isinstance(item, dict)]
-        return items, response.headers.get("x-ms-continuation") or None
+            return [item for item in page if isinstance(item, dict)], response.headers.get("x-ms-continuation") or None
 
     def get_device(self, device_id: str) -> dict[str, Any]:
         """A device identity (``GET /devices/{id}``), keys included as the hub gives them: the caller redacts.
