@@ -167,6 +167,25 @@ class IoTHubClient:
             int(body.get("disabledDeviceCount", 0)),
         )
 
+    def get_device(self, device_id: str) -> dict[str, Any]:
+        """A device identity (``GET /devices/{id}``), keys included as the hub gives them: the caller redacts.
+
+        Raises:
+            IoTHubNotFound: no such device.
+        """
+        body: dict[str, Any] = self._send("GET", f"/devices/{_quoted(device_id)}").json()
+        return body
+
+    def get_twin(self, device_id: str) -> dict[str, Any]:
+        """A device twin (``GET /twins/{id}``): tags, desired and reported properties."""
+        body: dict[str, Any] = self._send("GET", f"/twins/{_quoted(device_id)}").json()
+        return body
+
+    def list_modules(self, device_id: str) -> list[dict[str, Any]]:
+        """A device's module identities (``GET /devices/{id}/modules``), keys included as the hub gives them."""
+        body = self._send("GET", f"/devices/{_quoted(device_id)}/modules").json()
+        return [m for m in body if isinstance(m, dict)] if isinstance(body, list) else []
+
     def bulk_update(self, devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Apply up to 100 ExportImportDevice entries at once; returns the per-device errors (empty: all done)."""
         if not 0 < len(devices) <= 100:
@@ -247,25 +266,6 @@ class IoTHubClient:
             if not isinstance(page, list):
                 raise IoTHubError(f"IoT Hub {self.host}: a query page was not a JSON array")
             return [item for item in page if isinstance(item, dict)], response.headers.get("x-ms-continuation") or None
-
-    def get_device(self, device_id: str) -> dict[str, Any]:
-        """A device identity (``GET /devices/{id}``), keys included as the hub gives them: the caller redacts.
-
-        Raises:
-            IoTHubNotFound: no such device.
-        """
-        body: dict[str, Any] = self._send("GET", f"/devices/{_quoted(device_id)}").json()
-        return body
-
-    def get_twin(self, device_id: str) -> dict[str, Any]:
-        """A device twin (``GET /twins/{id}``): tags, desired and reported properties."""
-        body: dict[str, Any] = self._send("GET", f"/twins/{_quoted(device_id)}").json()
-        return body
-
-    def list_modules(self, device_id: str) -> list[dict[str, Any]]:
-        """A device's module identities (``GET /devices/{id}/modules``), keys included as the hub gives them."""
-        body = self._send("GET", f"/devices/{_quoted(device_id)}/modules").json()
-        return [m for m in body if isinstance(m, dict)] if isinstance(body, list) else []
 
     # --- transport ----------------------------------------------------------------------------------
 
