@@ -167,10 +167,31 @@ def central_backup(req: func.HttpRequest) -> func.HttpResponse:
     return _respond(api.central_backup(services, _request(req)))
 
 
+@app.route(route="hubs/{hub}/devices", methods=["GET"])
+def list_devices(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.list_devices(services, _request(req)))
+
+
+@app.route(route="hubs/{hub}/devices/{device_id}", methods=["GET"])
+def get_device(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.get_device(services, _request(req)))
+
+
+@app.route(route="backups", methods=["GET"])
+def list_backups(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.list_backups(services, _request(req)))
+
+
+@app.route(route="backups/{hub}/{stamp}", methods=["GET"])
+def get_backup(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(api.get_backup(services, _request(req)))
+
+
 @app.route(route="status", methods=["GET"])
 def status_page(req: func.HttpRequest) -> func.HttpResponse:
-    """The status page (HTML; the key comes as ?code= and the page passes it on to status.json)."""
-    return _respond(api.status_page(_request(req)))
+    """The status page (HTML with the essentials rendered in; the key comes as ?code= and the page passes it on to
+    status.json)."""
+    return _respond(api.status_page(_request(req), services))
 
 
 @app.route(route="status.json", methods=["GET"])

@@ -27,6 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from . import completion, output, toolbox
 from . import config as configuration
 from . import sheet
 from .client import CENTRAL, TERMINAL, UPLOADS, Api, ApiError, Backup, upload
@@ -289,15 +290,10 @@ def cmd_upload(api: Api, args: argparse.Namespace) -> int:
 
 def cmd_jobs(api: Api, args: argparse.Namespace) -> int:
     jobs = api.jobs(hub=args.hub, states=args.state, limit=args.limit)
-    shape = output_format(args)
-    if shape == "json":
-        out.print_json(data=jobs)
-    elif shape == "tsv":
-        print_tsv(JOB_COLUMNS, (job_row(j) for j in jobs))  # no jobs: the header alone
-    elif not jobs:
-        out.print("no jobs")
-    else:
-        out.print(jobs_table(jobs))
+    if output_format(args) == "table" and not args.jmespath:
+        out.print(jobs_table(jobs) if jobs else "no jobs")
+    else:  # json, tsv (no jobs: the header alone), or a --jmespath result
+        output.emit(args, jobs, JOB_COLUMNS, lambda js: (job_row(j) for j in js))
     return OK
 
 
@@ -384,10 +380,34 @@ def cmd_restore(api: Api, args: argparse.Namespace) -> int:
     return _started(api, [api.call("POST", "restores", json=body)], args)
 
 
+STATUS_COLUMNS = ("hub", "running", "progress", "queued", "newestBackup", "backupDevices", "pastRetention")
+
+
+def status_rows(doc: dict[str, Any]) -> list[list[str]]:
+    """One row per hub (and IoT Central when configured), whole values, for ``-o tsv``."""
+    hubs = [*doc["hubs"], *([{"name": "central", **doc["central"]}] if doc["central"]["configured"] else [])]
+    rows = []
+    for hub in hubs:
+        run = hub.get("running") or {}
+        newest = (hub.get("backups") or {}).get("newest") or {}
+        rows.append([
+            hub["name"], run.get("jobId", ""), output.text(run.get("progress")), str(len(hub.get("queue", []))),
+            newest.get("taken", ""), output.text(newest.get("devices")), output.text(newest.get("pastRetention")),
+        ])  # fmt: skip
+    return rows
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Print the completion script (no app needed)."""
+    script = completion.bash(parser()) if args.shell == "bash" else completion.zsh(parser())
+    sys.stdout.write(script)
+    return OK
+
+
 def cmd_status(api: Api, args: argparse.Namespace) -> int:
     doc = api.call("GET", "status.json")
-    if args.json:
-        out.print_json(data=doc)
+    if args.json or args.jmespath or args.output == "tsv":  # the summary stays the default, even piped
+        output.emit(args, doc, STATUS_COLUMNS, status_rows)
         return OK
     for hub in [*doc["hubs"], {"name": "central", **doc["central"]}]:
         if hub["name"] == "central" and not doc["central"]["configured"]:
@@ -653,6 +673,7 @@ def _common(p: argparse.ArgumentParser, default: Any) -> None:
         help="how listings print: table (the default on a terminal), tsv (tab-separated, whole values: the default "
         "when stdout is a pipe or a file), json (as --json)",
     )
+    output.add_options(p, default)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -785,7 +806,19 @@ def parser() -> argparse.ArgumentParser:
     central.add_argument("file", type=Path, nargs="?")
     central.add_argument("--follow", action="store_true")
     central.set_defaults(run=cmd_central)
+    toolbox.add_commands(command)
+
+    complete = command(
+        "completion",
+        help='print a shell completion script: eval "$(iotjobs completion bash)" (or zsh) in your shell\'s rc file',
+    )
+    complete.add_argument("shell", choices=("bash", "zsh"))
+    complete.set_defaults(run=None, offline=cmd_completion)
     return p
+
+
+# The commands whose output is a listing: --jmespath applies to their JSON (elsewhere it is refused, never ignored).
+LISTINGS = frozenset({"jobs", "status", "devices", "backups", "report"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -796,6 +829,13 @@ def main(argv: list[str] | None = None) -> int:
         args.json = True
     run: Callable[[Api, argparse.Namespace], int] = args.run
     try:
+        if getattr(args, "offline", None):
+            offline: Callable[[argparse.Namespace], int] = args.offline
+            return offline(args)
+        if args.jmespath and args.command not in LISTINGS:
+            raise configuration.ConfigError(
+                f"--jmespath applies to listings ({', '.join(sorted(LISTINGS))}); for `{args.command}`, use --json"
+            )
         config = configuration.load(url=args.url, key=args.key, settings=args.settings)
         api = Api(config)
         api.check_instance()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import api_schemas as schemas
+from . import inventory, status_html
 from .api_schemas import ApiError, Inputs, Request, Route
 from .backups import NotABackup
 from .central import PARTITION as CENTRAL
@@ -35,7 +36,7 @@ from .dataexport import DocumentError
 from .engine import CannotCancel
 from .fleet.bulk import InvalidBulk
 from .iotcentral import IoTCentralError
-from .iothub import IoTHubError, IoTHubHTTPError
+from .iothub import IoTHubError, IoTHubHTTPError, IoTHubNotFound
 from .ledger import Job, JobNotFound, JobState, LedgerConflict, LedgerError
 from .names import UnsafeName
 from .openapi import document as openapi_document
@@ -427,6 +428,71 @@ def _migration_reply(svc: Services, steps: tuple[Job, Job | None, Job | None], s
     return Reply(status, body)
 
 
+# --- at hand: devices and backups (read only) -----------------------------------------------------------
+
+
+@handles(schemas.LIST_DEVICES)
+def list_devices(svc: Services, inp: Inputs) -> Reply:
+    """``?query=SELECT * FROM devices WHERE ...&top=100&continuation=<next>``: one page of twins (one call against
+    the hub's query quota; a throttled hub is a 503 with Retry-After); ``?count=true``: how many it selects."""
+    client = svc.engine.ctx.hubs[_hub(svc, inp.path["hub"])]
+    query = inp.query.get("query")
+    try:
+        if inp.query.get("count"):
+            return Reply(200, inventory.device_count(client, query))
+        page = inventory.device_page(
+            client, query, top=inp.query.get("top", 100), continuation=inp.query.get("continuation")
+        )
+    except IoTHubHTTPError as exc:
+        if exc.status != 400:
+            raise
+        raise ApiError(400, "InvalidQuery", f"the hub refused the query: {exc}") from None
+    return Reply(200, page, headers={"Cache-Control": "no-store"})
+
+
+@handles(schemas.GET_DEVICE)
+def get_device(svc: Services, inp: Inputs) -> Reply:
+    """One device in full; keys are null unless ``?keys=true`` (the reply is then never cached)."""
+    hub = _hub(svc, inp.path["hub"])
+    device_id = inp.path["device_id"]
+    try:
+        doc = inventory.device_document(
+            svc.engine.ctx.hubs[hub], svc.ledger, hub, device_id, keys=bool(inp.query.get("keys"))
+        )
+    except IoTHubNotFound:
+        raise ApiError(404, "DeviceNotFound", f"hub '{hub}' has no device '{device_id}'") from None
+    return Reply(200, doc, headers={"Cache-Control": "no-store"})
+
+
+@handles(schemas.LIST_BACKUPS)
+def list_backups(svc: Services, inp: Inputs) -> Reply:
+    """``?hub=&limit=``: each hub's complete backups, newest first, and its incomplete folders."""
+    hubs = [_hub(svc, inp.query["hub"])] if "hub" in inp.query else list(svc.settings.hubs)
+    doc = inventory.backups_document(
+        svc.storage,
+        svc.settings.containers.backups,
+        hubs,
+        now=datetime.now(UTC),
+        retention_days=svc.settings.backup_retention_days,
+        limit=inp.query.get("limit", inventory.BACKUPS_LISTED),
+    )
+    return Reply(200, doc)
+
+
+@handles(schemas.GET_BACKUP)
+def get_backup(svc: Services, inp: Inputs) -> Reply:
+    hub = _hub(svc, inp.path["hub"])
+    doc = inventory.backup_document(
+        svc.storage,
+        svc.settings.containers.backups,
+        hub,
+        inp.path["stamp"],
+        now=datetime.now(UTC),
+        retention_days=svc.settings.backup_retention_days,
+    )
+    return Reply(200, doc)
+
+
 def health(request: Request, env: Mapping[str, str] | None = None) -> Reply:
     """Liveness: answers without building the services (no settings, storage or hub needed); ``instance`` names
     the deployment that answers (``config.instance_id``), so a client can tell it is talking to the stack it means."""
@@ -468,21 +534,38 @@ def _csp_hash(html: str, tag: str) -> str:
     return f"'sha256-{digest}'"
 
 
-def status_page(request: Request) -> Reply:
-    """The status page: static HTML that reads ``status.json`` itself (no services are built to serve it)."""
+def status_page(request: Request, svc: Services | Callable[[], Services] | None = None) -> Reply:
+    """The status page: HTML whose script reads ``status.json`` itself, with the essentials rendered here into its
+    ``<noscript>`` for a browser without JavaScript (``svc`` None: no essentials, the page alone). The page is
+    served even when they cannot be read: it then says why, and its script keeps trying."""
 
     def page(_: Inputs) -> Reply:
         html, headers = _page()
+        if svc is not None:
+            html = status_html.fill(html, _essentials(svc))
         return Reply(200, {}, text=html, media="text/html", headers=headers)
 
     return guarded(schemas.STATUS_PAGE, request, page, "status_page")
 
 
-@handles(schemas.STATUS)
-def status(svc: Services, inp: Inputs) -> Reply:
-    """What the status page shows: hubs, running jobs and queues, recent jobs with report links, backups."""
+def _essentials(svc: Services | Callable[[], Services]) -> str:
+    try:
+        services = svc if isinstance(svc, Services) else svc()
+        # No links: report links are SAS, and the script-less page shows none (status_html's note).
+        return status_html.essentials(_status_document(services, lambda _container, _name: ""))
+    except ConfigError as exc:
+        logger.error("configuration: %s", exc)
+        return status_html.unavailable("the app is misconfigured (its log says how)")
+    except (StorageError, LedgerError):
+        return status_html.unavailable("storage is not answering")
+    except Exception:
+        logger.exception("unexpected error rendering the status page's essentials")
+        return status_html.unavailable("unexpected error (the app's log has the details)")
+
+
+def _status_document(svc: Services, link: Callable[[str, str], str]) -> dict[str, Any]:
     settings = svc.settings
-    doc = status_document(
+    return status_document(
         ledger=svc.ledger,
         storage=svc.storage,
         hubs=settings.hubs,
@@ -490,8 +573,14 @@ def status(svc: Services, inp: Inputs) -> Reply:
         retention_days=settings.backup_retention_days,
         central_configured=svc.central is not None,
         now=datetime.now(UTC),
-        link=svc.storage.sas.read_link,
+        link=link,
     )
+
+
+@handles(schemas.STATUS)
+def status(svc: Services, inp: Inputs) -> Reply:
+    """What the status page shows: hubs, running jobs and queues, recent jobs with report links, backups."""
+    doc = _status_document(svc, svc.storage.sas.read_link)
     return Reply(200, doc, headers={"Cache-Control": "no-store"})
 
 

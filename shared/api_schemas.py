@@ -384,6 +384,82 @@ STATUS_PAGE = Route(
 STATUS = Route("GET /api/status.json", summary="What the status page shows, as JSON")
 OPENAPI = Route("GET /api/openapi.json", summary="This document")
 
+HUB_PATH = fields(("hub",), hub={**HUB, "description": "must be the name of a configured hub"})
+DEVICE_QUERY: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 8192,
+    "description": "must be a device query: SELECT * FROM devices [WHERE ...] (at most 8192 characters)",
+}
+LIST_DEVICES = Route(
+    "GET /api/hubs/{hub}/devices",
+    path=HUB_PATH,
+    query=fields(
+        query=DEVICE_QUERY,
+        top={"type": "integer", "minimum": 1, "maximum": 1000, "description": "must be a number from 1 to 1000"},
+        continuation={
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 4096,
+            "description": "must be the token a previous page gave as next",
+        },
+        count={
+            "type": "boolean",
+            "description": "must be true or false (true: only how many devices the query's WHERE selects)",
+        },
+    ),
+    summary="A page of the devices a query selects (twins, keys never shown): one call against the hub's query "
+    "quota, paged by next; ?count=true counts them instead",
+)
+GET_DEVICE = Route(
+    "GET /api/hubs/{hub}/devices/{device_id}",
+    path=fields(
+        ("hub", "device_id"),
+        hub=HUB_PATH["properties"]["hub"],
+        device_id={
+            "type": "string",
+            "pattern": r"^[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}$",
+            "description": "must be a device id: 1-128 letters, digits and - . % _ * ? ! ( ) , : = @ $ '",
+        },
+    ),
+    query=fields(
+        keys={
+            "type": "boolean",
+            "description": "must be true or false (true: the device's and its modules' keys are in the reply; "
+            "default false, keys null)",
+        }
+    ),
+    summary="One device: identity, twin tags and properties, modules, and the hub's recent jobs that could have "
+    "touched it; keys null unless ?keys=true",
+)
+LIST_BACKUPS = Route(
+    "GET /api/backups",
+    query=fields(
+        hub=HUB,
+        limit={
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_PAGE,
+            "description": f"must be a number from 1 to {MAX_PAGE} (backups listed per hub, newest first)",
+        },
+    ),
+    summary="Each hub's complete backups (newest first): stamp, counts, with or without keys, age against "
+    "retention; and its incomplete folders",
+)
+GET_BACKUP = Route(
+    "GET /api/backups/{hub}/{stamp}",
+    path=fields(
+        ("hub", "stamp"),
+        hub=HUB_PATH["properties"]["hub"],
+        stamp={
+            "type": "string",
+            "pattern": r"^[0-9]{8}T[0-9]{6}Z$",
+            "description": "must be a backup's UTC stamp such as 20261201T020000Z",
+        },
+    ),
+    summary="One backup: its manifest, its files with their sizes, its age against retention",
+)
+
 # Every route, in the order the OpenAPI document lists them (a test holds it equal to function_app's routes).
 ROUTES = (
     IMPORTS,
@@ -402,6 +478,10 @@ ROUTES = (
     CENTRAL_PLAN,
     CENTRAL_APPLY,
     CENTRAL_BACKUP,
+    LIST_DEVICES,
+    GET_DEVICE,
+    LIST_BACKUPS,
+    GET_BACKUP,
     STATUS_PAGE,
     STATUS,
     OPENAPI,

@@ -289,3 +289,24 @@ def recent_backups(storage: Storage, container: str, hub: str, *, limit: int = 5
             manifest = {}
         entries.append(BackupEntry(f"{hub}/{stamp}", taken, manifest if isinstance(manifest, dict) else {}))
     return entries, len(complete)
+
+
+def all_backups(storage: Storage, container: str, hub: str, *, limit: int) -> tuple[list[BackupEntry], list[str]]:
+    """The newest ``limit`` complete backups of ``hub`` (newest first, with their manifests), and the stamps of its
+    incomplete folders (no manifest: an export that failed or a copy interrupted; never restorable). One listing
+    of the hub's folder, then one read per manifest shown: retention keeps their number small."""
+    folders = _folders(storage, container, hub)
+    incomplete = sorted((s for s in folders if _taken(s) and s not in set(_complete(hub, folders))), reverse=True)
+    entries, _ = recent_backups(storage, container, hub, limit=limit)
+    return entries, incomplete
+
+
+def backup_blobs(storage: Storage, container: str, hub: str, stamp: str) -> list[tuple[str, int]]:
+    """The blobs of one backup folder with their sizes (name within the folder, bytes); empty when it is absent."""
+    names = storage.list_names(container, f"{hub}/{stamp}/")
+    found = []
+    for name in names:
+        info = storage.properties(BlobRef(container, name))
+        if info is not None:
+            found.append((name.rsplit("/", 1)[1], info.size))
+    return found

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import azure.functions as func
 
@@ -350,7 +350,9 @@ class FunctionsHost:
                     f"{host.url}{parts.path}",
                     headers=dict(self.headers.items()),
                     params={k: v for k, v in query.items() if k != "code"},
-                    route_params=match.groupdict(),
+                    # As ASP.NET Core routing, which the real host uses: route values arrive percent-decoded
+                    # (a device id with % or ? in it is sent encoded).
+                    route_params={k: unquote(v) for k, v in match.groupdict().items()},
                     body=body,
                 )
                 try:

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -166,6 +167,25 @@ class IoTHubClient:
             int(body.get("disabledDeviceCount", 0)),
         )
 
+    def get_device(self, device_id: str) -> dict[str, Any]:
+        """A device identity (``GET /devices/{id}``), keys included as the hub gives them: the caller redacts.
+
+        Raises:
+            IoTHubNotFound: no such device.
+        """
+        body: dict[str, Any] = self._send("GET", f"/devices/{_quoted(device_id)}").json()
+        return body
+
+    def get_twin(self, device_id: str) -> dict[str, Any]:
+        """A device twin (``GET /twins/{id}``): tags, desired and reported properties."""
+        body: dict[str, Any] = self._send("GET", f"/twins/{_quoted(device_id)}").json()
+        return body
+
+    def list_modules(self, device_id: str) -> list[dict[str, Any]]:
+        """A device's module identities (``GET /devices/{id}/modules``), keys included as the hub gives them."""
+        body = self._send("GET", f"/devices/{_quoted(device_id)}/modules").json()
+        return [m for m in body if isinstance(m, dict)] if isinstance(body, list) else []
+
     def bulk_update(self, devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Apply up to 100 ExportImportDevice entries at once; returns the per-device errors (empty: all done)."""
         if not 0 < len(devices) <= 100:
@@ -289,6 +309,12 @@ def _configurations(body: dict[str, Any], include: bool, blob_name: str) -> None
     if include:
         body["includeConfigurations"] = True
         body["configurationsBlobName"] = blob_name
+
+
+def _quoted(device_id: str) -> str:
+    """A device id as one path segment: ids may hold characters a URL path reserves (``#``, ``%``, ``?``...)."""
+    _check_id(device_id, "device id")
+    return quote(device_id, safe="")
 
 
 def _check_id(value: str, name: str) -> None:

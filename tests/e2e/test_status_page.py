@@ -110,3 +110,42 @@ def test_status_page_in_chromium(stack: Stack, browser: Browser, tmp_path: Path)
     context.close()
     for name in ("status-running.png", "status.png", "status-phone.png"):
         assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_without_javascript_the_page_shows_the_hubs_and_failures_rendered_by_the_server(
+    stack: Stack, browser: Browser, tmp_path: Path
+) -> None:
+    app = stack.app.start()
+    hostile = 'x"><img src=x onerror=alert(1)>.jsonl'
+    stack.drop("fleet.jsonl", [device_line(f"ns-{i}") for i in range(3)])
+    stack.drop(hostile, [{"id": "bad-1", "status": "SELF_SIGNED"}])
+    jobs = app.wait_jobs(2)
+    rejected = next(j for j in jobs if j["state"] == "rejected")
+
+    # A text browser or a script reading the HTML: the essentials are in the page itself, every value escaped.
+    html = app.call("GET", "status").text
+    assert '<tr data-hub="devhub">' in html and f'data-job="{rejected["jobId"]}"' in html
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "UTC" in html and "sig=" not in html.split("<noscript>", 2)[2]  # no report link in the essentials
+
+    context = browser.new_context(java_script_enabled=False, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    served = page.goto(f"{app.url}/api/status?code={FUNCTION_KEY}")
+    assert served is not None and served.status == 200
+    essentials = page.locator("#ns-essentials")
+    assert essentials.is_visible()
+    assert page.locator("#ns-hubs tr[data-hub='devhub']").inner_text().startswith("devhub")
+    failure = page.locator(f"#ns-essentials li[data-job='{rejected['jobId']}']")
+    assert failure.is_visible() and hostile.removesuffix(".jsonl") in failure.inner_text()
+    assert "need a look (1)" in essentials.inner_text().lower() and " UTC" in failure.inner_text()
+    assert page.locator("img").count() == 0 and not page.locator("#live").is_visible()
+    page.screenshot(path=str(tmp_path / "status-noscript.png"), full_page=True)
+    assert (tmp_path / "status-noscript.png").stat().st_size > 10_000
+    context.close()
+
+    # With JavaScript, the live page alone: the <noscript> essentials are not part of its document.
+    live = browser.new_page()
+    live.goto(f"{app.url}/api/status?code={FUNCTION_KEY}")
+    live.locator('[data-hub="devhub"]').wait_for()
+    assert live.locator("#ns-essentials").count() == 0 and "UTC" in live.locator("#updated").inner_text()
+    live.close()
