@@ -27,9 +27,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from . import completion, output, toolbox
+from . import completion, output, sheet, toolbox
 from . import config as configuration
-from . import sheet
 from .client import CENTRAL, TERMINAL, UPLOADS, Api, ApiError, Backup, upload
 
 OK, ERROR, USAGE, REJECTED, FAILED, COMPLETED_WITH_ERRORS, CANCELLED, INTERRUPTED = 0, 1, 2, 3, 4, 5, 6, 130
