@@ -288,6 +288,8 @@ def services_on(azurite: Azurite, hub: IoTHubEmulator, **settings: str) -> Servi
         "IOTHUB_HUBS": "devhub",
         "IOTHUB_DEVHUB_CONNECTION_STRING": hub.connection_string(),
         "DEVICE_STORAGE": azurite.connection_string,
+        # As the integration engine: these tests follow an import alone, not its snapshot's plan job first.
+        "IMPORT_SNAPSHOTS": "explicit",
         **settings,
     }
     return Services.build(Settings.from_env(env), env)
