@@ -29,6 +29,12 @@ from emulators.azurite import REPO, Azurite
 from emulators.iothub.store import Store
 from shared.ledger import Job, JobKind, JobState, Ledger
 
+# make run's stacks prefer the usual ports (7071, 8443-8445, 10000-10002): this module and
+# tests/e2e/test_docs.py run on one worker, one after the other (`make test` runs --dist loadgroup).
+# Every other test takes free ports from the kernel, from its ip_local_port_range (Linux: 32768-60999 by default),
+# never the usual ones.
+pytestmark = pytest.mark.xdist_group("usual-ports")
+
 SAMPLES = REPO / "samples"
 # The jobs of one run: imports of two samples (steps 1-2), of the fleet-changes sample (10), of its inverse (11) and
 # of a bulk file (12); a backup (4); an IoT Central apply (7); a rollback (11); plans: a preview (9), a bulk's (12)
