@@ -29,11 +29,7 @@ from emulators.iothub.store import Store
 from shared.ledger import TERMINAL_STATES, Job, JobKind, JobState, Ledger
 from tests.waiting import wait_until
 
-# make run's stacks prefer the usual ports (7071, 8443-8445, 10000-10002): this module and
-# tests/e2e/test_docs.py run on one worker, one after the other (`make test` runs --dist loadgroup).
-# Every other test takes free ports from the kernel, from its ip_local_port_range (Linux: 32768-60999 by default),
-# never the usual ones.
-pytestmark = pytest.mark.xdist_group("usual-ports")
+# Runs on one worker with the other module of make run's stacks (tests/conftest.py ONE_WORKER).
 
 SAMPLES = REPO / "samples"
 # The jobs of one run: imports of two samples (steps 1-2), of the fleet-changes sample (10), of its inverse (11) and
