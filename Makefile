@@ -39,8 +39,12 @@ lint: $(PY_STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Tests in parallel workers (pytest-xdist): the end-to-end tests mostly wait on their servers, so 4 workers keep a
+# 2-core machine busy. Tests that share a fixed resource run on one worker, one after the other (loadgroup, with
+# the groups of tests/conftest.py ONE_WORKER). PYTEST_WORKERS=0 runs in this process.
+PYTEST_WORKERS ?= 4
 pytest: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test: lint pytest
 

@@ -26,6 +26,7 @@ from emulators.azurite import Azurite
 from emulators.functions_host.process import HostProcess, stack_settings
 from emulators.iothub import IoTHubEmulator
 from shared.iothub import IoTHubClient
+from shared.ledger import TERMINAL_STATES
 from shared.storage import Storage
 
 
@@ -37,7 +38,7 @@ def _upload(service: BlobServiceClient, container: str, name: str, path: Path) -
 def _wait_app(app: HostProcess, source: str) -> dict[str, Any]:
     while True:
         jobs = [j for j in app.call("GET", "jobs", params={"limit": "200"}).json()["jobs"] if j["source"] == source]
-        if jobs and jobs[0]["state"] in ("completed", "completed_with_errors", "failed", "rejected", "cancelled"):
+        if jobs and jobs[0]["state"] in TERMINAL_STATES:
             job: dict[str, Any] = jobs[0]
             return job
         time.sleep(0.2)

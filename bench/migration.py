@@ -33,6 +33,7 @@ from emulators.functions_host.process import HostProcess, stack_settings
 from emulators.iothub import IoTHubEmulator
 from shared.iothub import IoTHubClient
 from shared.iothub import Job as HubJob
+from shared.ledger import TERMINAL_STATES
 from shared.storage import BlobRef, Storage
 
 
@@ -104,7 +105,7 @@ def migrate(app: HostProcess) -> tuple[float, dict[str, Any], int]:
         assert r.status_code == 202, r.text
         doc: dict[str, Any] = r.json()
         path = f"migrations/devhub/{doc['migrationId']}"
-        while doc["state"] not in ("completed", "completed_with_errors", "failed", "cancelled", "rejected"):
+        while doc["state"] not in TERMINAL_STATES:
             time.sleep(0.5)
             doc = app.call("GET", path).json()
         seconds = elapsed(start)

@@ -23,9 +23,18 @@ class AzuriteError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port nothing holds now (the kernel's pick). Under pytest-xdist (``make test`` runs workers in parallel) a
+    worker takes only its share of the ports (half the port, as Linux hands out odd ports to ``bind``, modulo the
+    worker count is its index): a port picked here is bound later (by a child process), and between the two
+    another worker could pick the same one; with disjoint shares it cannot."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    share = (int(worker.removeprefix("gw")), int(count)) if worker.startswith("gw") and count.isdigit() else None
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if share is None or (port // 2) % share[1] == share[0] % share[1]:
+            return port
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

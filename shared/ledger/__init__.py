@@ -14,6 +14,7 @@ Rows never hold secrets: URLs are stored without queries.
 
 from ._entity import from_entity, to_entity
 from ._model import (
+    TERMINAL_STATES,
     TRANSITIONS,
     InvalidTransition,
     Job,
@@ -30,6 +31,7 @@ from ._slot import HubSlot
 from ._store import Ledger
 
 __all__ = [
+    "TERMINAL_STATES",
     "TRANSITIONS",
     "HubSlot",
     "InvalidTransition",

@@ -27,7 +27,7 @@ class JobState(StrEnum):
 
     @property
     def is_terminal(self) -> bool:
-        return self in _TERMINAL
+        return self in TERMINAL_STATES
 
 
 class JobKind(StrEnum):
@@ -44,7 +44,8 @@ class JobKind(StrEnum):
     MIGRATION_VERIFY = "migration_verify"
 
 
-_TERMINAL = frozenset(
+# The states a job never leaves; clients (tests, bench) import this set rather than spell it again.
+TERMINAL_STATES = frozenset(
     {JobState.COMPLETED, JobState.COMPLETED_WITH_ERRORS, JobState.FAILED, JobState.CANCELLED, JobState.REJECTED}
 )
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {

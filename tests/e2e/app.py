@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +18,8 @@ from emulators.functions_host import BLOBS_EXTENSION_KEY
 from emulators.functions_host.process import HostProcess, stack_settings
 from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
-
-TERMINAL = {"completed", "completed_with_errors", "failed", "cancelled", "rejected"}
+from shared.ledger import TERMINAL_STATES
+from tests.waiting import wait_until
 
 
 def settings(
@@ -54,17 +53,18 @@ class App(HostProcess):
         doc: dict[str, Any] = r.json()
         return doc
 
-    def wait_jobs(self, count: int, *, states: Iterable[str] = TERMINAL, timeout: float = 300) -> list[dict[str, Any]]:
+    def wait_jobs(
+        self, count: int, *, states: Iterable[str] = TERMINAL_STATES, timeout: float = 300
+    ) -> list[dict[str, Any]]:
         """Wait until ``count`` jobs exist and all are in ``states``; the timeout only stops a hung test."""
         wanted = set(states)
-        end = time.monotonic() + timeout
-        while True:
-            jobs = self.jobs()
-            if len(jobs) >= count and all(j["state"] in wanted for j in jobs):
-                return jobs
-            if time.monotonic() > end:
-                raise TimeoutError(f"jobs did not settle: {jobs}\n{self.log()[-4000:]}")
-            time.sleep(0.2)
+        return wait_until(
+            self.jobs,
+            lambda jobs: len(jobs) >= count and all(j["state"] in wanted for j in jobs),
+            deadline=timeout,
+            interval=0.2,
+            what=lambda: f"{count} jobs in {sorted(wanted)}\n{self.log()[-4000:]}",
+        )
 
 
 def webhook(app: HostProcess, key: str = BLOBS_EXTENSION_KEY) -> str:

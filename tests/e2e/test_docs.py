@@ -19,6 +19,8 @@ import pytest
 from emulators.azurite import REPO
 from tests.unit.test_docs import CHECKED, Block, shell_blocks
 
+# Runs on one worker with the other module of make run's stacks (tests/conftest.py ONE_WORKER).
+
 USUAL_URL = "http://127.0.0.1:7071"  # the address the docs give; the stack's own when its port moved
 PRELUDE = 'set -eo pipefail\ncurl() { command curl --fail-with-body --silent --show-error "$@"; }\n'
 
@@ -51,7 +53,8 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
             seen.append(line)
             if line.startswith("Serving until Ctrl-C"):
                 break
-        assert proc.poll() is None, "".join(seen)
+        # a stack that stopped before serving ends its output without the line (it may not be reaped yet)
+        assert seen and seen[-1].startswith("Serving until Ctrl-C") and proc.poll() is None, "".join(seen)
         values = json.loads((state / "functions" / "local.settings.json").read_text())["Values"]
         yield LocalStack(state, values["IOTJOBS_URL"])
     finally:

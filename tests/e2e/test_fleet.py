@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,11 @@ import requests
 from emulators.azurite import REPO, Azurite
 from emulators.functions_host import FUNCTION_KEY
 from emulators.iothub import IoTHubEmulator
+from shared.ledger import TERMINAL_STATES
 from tests.integration.helpers import control, hub_call, wait_until
 from tests.integration.helpers import device_line as dev
 
-from .app import TERMINAL, App, Stack, settings
+from .app import App, Stack, settings
 from .test_imports import hub_jobs, registry
 
 
@@ -38,14 +38,14 @@ def state(stack: Stack) -> dict[str, tuple[Any, ...]]:
 def until(stack: Stack, pick: Callable[[dict[str, Any]], bool], timeout: float = 300) -> list[dict[str, Any]]:
     """The jobs once one matches ``pick`` and every job has ended (or waits for approval); the timeout only stops
     a hung test."""
-    end = time.monotonic() + timeout
-    while True:
-        jobs = stack.app.jobs()
-        if any(pick(j) for j in jobs) and all(j["state"] in TERMINAL | {"awaiting_approval"} for j in jobs):
-            return jobs
-        if time.monotonic() > end:
-            raise TimeoutError(f"jobs did not settle: {jobs}")
-        time.sleep(0.2)
+    settled = TERMINAL_STATES | {"awaiting_approval"}
+    return wait_until(
+        stack.app.jobs,
+        lambda jobs: any(pick(j) for j in jobs) and all(j["state"] in settled for j in jobs),
+        deadline=timeout,
+        interval=0.2,
+        what="the jobs to settle",
+    )
 
 
 def count(stack: Stack) -> int:
@@ -300,13 +300,13 @@ def test_act_on_a_query_over_http_plans_then_runs_and_refuses_bad_input(stack: S
     assert r.status_code == 202, r.text
     made, plan = r.json()["bulk"], r.json()["plan"]
     assert plan["kind"] == "plan" and r.json()["run"].endswith("/run")
-    until(stack, lambda j: j["jobId"] == plan["jobId"] and j["state"] in TERMINAL)
+    until(stack, lambda j: j["jobId"] == plan["jobId"] and j["state"] in TERMINAL_STATES)
     assert {d["status"] for d in registry(stack).values()} == {"enabled"}  # a plan changes nothing
     run = stack.app.call("POST", r.json()["run"].removeprefix("/api/"))
     assert run.status_code == 202, run.text
     again = stack.app.call("POST", r.json()["run"].removeprefix("/api/"))
     assert again.json()["jobId"] == run.json()["jobId"]  # run twice: one import
-    until(stack, lambda j: j["jobId"] == run.json()["jobId"] and j["state"] in TERMINAL)
+    until(stack, lambda j: j["jobId"] == run.json()["jobId"] and j["state"] in TERMINAL_STATES)
     assert stack.app.job("devhub", run.json()["jobId"])["state"] == "completed"
     statuses = {k: d["status"] for k, d in registry(stack).items()}
     assert statuses == {f"q-{i}": ("disabled" if i < 6 else "enabled") for i in range(10)}, made
@@ -364,7 +364,7 @@ def test_a_bulk_run_killed_at_its_end_imports_once_and_still_drops_the_keys_it_m
     query = "SELECT * FROM devices WHERE tags.rotate = true"
     r = stack.app.call("POST", "bulk", json={"hub": "devhub", "query": query, "action": "regenerateKeys"})
     assert r.status_code == 202, r.text
-    until(stack, lambda j: j["jobId"] == r.json()["plan"]["jobId"] and j["state"] in TERMINAL)
+    until(stack, lambda j: j["jobId"] == r.json()["plan"]["jobId"] and j["state"] in TERMINAL_STATES)
     bulk_file = r.json()["bulk"]["file"]
     assert bulk_file in [f"bulk/{n}" for n in stack.names("bulk")]
 
@@ -372,7 +372,7 @@ def test_a_bulk_run_killed_at_its_end_imports_once_and_still_drops_the_keys_it_m
     run = stack.app.call("POST", r.json()["run"].removeprefix("/api/"))
     assert run.status_code == 202, run.text
     _restart(stack)
-    until(stack, lambda j: j["jobId"] == run.json()["jobId"] and j["state"] in TERMINAL)
+    until(stack, lambda j: j["jobId"] == run.json()["jobId"] and j["state"] in TERMINAL_STATES)
 
     imports = [j for j in stack.app.jobs() if j["kind"] == "import" and j["source"] == bulk_file]
     assert [j["state"] for j in imports] == ["completed"]
@@ -383,5 +383,5 @@ def test_a_bulk_run_killed_at_its_end_imports_once_and_still_drops_the_keys_it_m
     log = stack.app.log()
     assert not any(after[d] in log for d in ("k-0", "k-1", "k-2"))
     stack.drop("next.jsonl", [dev("k-next")])
-    done = until(stack, lambda j: (j["source"] or "").endswith("next.jsonl") and j["state"] in TERMINAL)
+    done = until(stack, lambda j: (j["source"] or "").endswith("next.jsonl") and j["state"] in TERMINAL_STATES)
     assert [j["state"] for j in done if (j["source"] or "").endswith("next.jsonl")] == ["completed"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 
 from tests.integration.helpers import control, hub_call
 from tests.integration.helpers import device_line as dev
+from tests.waiting import wait_until
 
 from .app import Stack
 from .test_fleet import PREVIEWED, import_changes, preview, seed, state, until
@@ -89,14 +89,13 @@ def _visible(stack: Stack, query: str, n: int, deadline: float = 60) -> None:
     """Wait until the hub's queries see ``n`` devices for ``query``: they lag writes (6 s on the service), and a
     bulk made earlier would act on what the query saw then."""
     count_query = query.replace("SELECT *", "SELECT COUNT() AS n", 1)
-    end = time.monotonic() + deadline
-    while True:
-        r = hub_call(stack.hub, "POST", "/devices/query", body={"query": count_query})
-        if r.status_code == 200 and r.json() == [{"n": n}]:
-            return
-        if time.monotonic() > end:
-            raise TimeoutError(f"the query still sees {r.text}")
-        time.sleep(0.2)
+    wait_until(
+        lambda: hub_call(stack.hub, "POST", "/devices/query", body={"query": count_query}),
+        lambda r: r.status_code == 200 and r.json() == [{"n": n}],
+        deadline=deadline,
+        interval=0.2,
+        what=f"the query to see {n} device(s)",
+    )
 
 
 def status(stack: Stack, device_id: str) -> str:

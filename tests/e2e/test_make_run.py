@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,10 @@ from azure.storage.blob import BlobServiceClient
 
 from emulators.azurite import REPO, Azurite
 from emulators.iothub.store import Store
-from shared.ledger import Job, JobKind, JobState, Ledger
+from shared.ledger import TERMINAL_STATES, Job, JobKind, JobState, Ledger
+from tests.waiting import wait_until
+
+# Runs on one worker with the other module of make run's stacks (tests/conftest.py ONE_WORKER).
 
 SAMPLES = REPO / "samples"
 # The jobs of one run: imports of two samples (steps 1-2), of the fleet-changes sample (10), of its inverse (11) and
@@ -452,8 +454,12 @@ def _second_hub_answers_through_the_app(state: Path) -> None:
     session.headers["x-functions-key"] = values["IOTJOBS_KEY"]
     api = f"{values['IOTJOBS_URL']}/api"
     job = session.post(f"{api}/exports", json={"hub": "stagehub"}, timeout=30).json()["jobs"][0]
-    end = time.monotonic() + 120  # only stops a hung test
-    while job["state"] not in ("completed", "failed", "cancelled") and time.monotonic() < end:
-        time.sleep(0.3)
-        job = session.get(f"{api}/jobs/stagehub/{job['jobId']}", timeout=30).json()
+    if job["state"] not in TERMINAL_STATES:
+        job = wait_until(
+            lambda: session.get(f"{api}/jobs/stagehub/{job['jobId']}", timeout=30).json(),
+            lambda doc: doc["state"] in TERMINAL_STATES,
+            deadline=120,
+            interval=0.3,
+            what="the stagehub backup to end",
+        )
     assert (job["hub"], job["state"]) == ("stagehub", "completed") and job["devices"] > 0, job

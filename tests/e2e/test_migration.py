@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,15 @@ import requests
 from emulators.azurite import REPO, Azurite
 from emulators.functions_host import FUNCTION_KEY
 from emulators.iothub import IoTHubEmulator
+from shared.ledger import TERMINAL_STATES
 from tests.integration.helpers import emptied, hub_call, running_emulator
+from tests.waiting import wait_until
 
 from .app import App, Stack, settings
 from .conftest import REALISTIC
 
 KEY = "c2VjcmV0LWRldmljZS1rZXktMDEyMzQ1Njc4OWFiY2Q="
 SCRIPT = Path(sys.executable).parent / "iotjobs"
-TERMINAL = {"completed", "completed_with_errors", "failed", "cancelled", "rejected"}
 
 
 def _second(tmp: Path, first: IoTHubEmulator, **options: Any) -> Iterator[IoTHubEmulator]:
@@ -122,20 +122,22 @@ def _ok(r: requests.Response) -> Any:
 
 def follow(stack: Stack, migration: dict[str, Any], until: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     """GET the migration until ``until`` holds; the timeout only stops a hung test."""
-    end = time.monotonic() + 240
-    seen = migration
-    while not until(seen):
-        if time.monotonic() > end:
-            raise TimeoutError(f"migration stuck: {json.dumps(seen)[:2000]}\n{stack.app.log()[-3000:]}")
-        time.sleep(0.3)
+    if until(migration):
+        return migration
+
+    def get() -> dict[str, Any]:
         r = stack.app.call("GET", f"migrations/{migration['from']}/{migration['migrationId']}")
         assert r.status_code == 200, r.text
-        seen = r.json()
-    return seen
+        seen: dict[str, Any] = r.json()
+        return seen
+
+    return wait_until(
+        get, until, deadline=240, interval=0.3, what=lambda: f"migration stuck\n{stack.app.log()[-3000:]}"
+    )
 
 
 def ended(doc: dict[str, Any]) -> bool:
-    return doc["state"] in TERMINAL
+    return doc["state"] in TERMINAL_STATES
 
 
 def test_a_hub_migrated_over_http_is_verified_device_by_device(two_hubs: tuple[Stack, IoTHubEmulator]) -> None:

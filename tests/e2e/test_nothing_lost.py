@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from typing import Any
 
+from shared.ledger import TERMINAL_STATES
 from tests.integration.helpers import device_line as dev
 from tests.integration.helpers import wait_until
 
-from .app import TERMINAL, Stack
+from .app import Stack
 from .test_imports import registry
 
 
@@ -28,11 +28,13 @@ def test_a_data_export_file_while_central_is_off_becomes_a_rejected_job(stack: S
 
 def ended(stack: Stack, hub: str, job_id: str, timeout: float = 120) -> dict[str, Any]:
     """The job once it has ended; the timeout only stops a hung test."""
-    end = time.monotonic() + timeout
-    while (job := stack.app.job(hub, job_id))["state"] not in TERMINAL:
-        assert time.monotonic() < end, job
-        time.sleep(0.2)
-    return job
+    return wait_until(
+        lambda: stack.app.job(hub, job_id),
+        lambda job: job["state"] in TERMINAL_STATES,
+        deadline=timeout,
+        interval=0.2,
+        what=f"job {hub}/{job_id} to end",
+    )
 
 
 def test_restore_over_http_brings_the_registry_back_and_keeps_the_backup(stack: Stack) -> None:

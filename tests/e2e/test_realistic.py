@@ -16,6 +16,7 @@ from emulators.iothub import IoTHubEmulator
 from emulators.iothub.quotas import Profile
 from tests.integration.helpers import control, hub_call
 from tests.integration.helpers import device_line as dev
+from tests.waiting import wait_until
 
 from .app import Stack
 from .test_imports import hub_jobs, registry
@@ -83,9 +84,13 @@ def test_a_cancel_the_throttling_hub_does_not_take_is_remembered_and_sent_again(
     assert (seen["state"], seen["cancelPending"]) == ("running", True)
     control(stack.hub, "faults", {"rate": 0})
     # No second request: the monitor sends it once the hub answers, and the job ends cancelled.
-    until = time.monotonic() + 120
-    while stack.app.job("devhub", job["jobId"])["cancelPending"] and time.monotonic() < until:
-        time.sleep(0.3)
+    wait_until(
+        lambda: stack.app.job("devhub", job["jobId"]),
+        lambda doc: not doc["cancelPending"],
+        deadline=120,
+        interval=0.3,
+        what="the cancel to reach the hub",
+    )
     control(stack.hub, "jobs", {"paused": False})
     (done,) = stack.app.wait_jobs(1)
     assert done["state"] == "cancelled"

@@ -30,6 +30,7 @@ from shared.retry import RetryPolicy
 from shared.services import Services
 from shared.storage import BlobRef
 from shared.storage import Storage as LiveStorage
+from tests.waiting import wait_until
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -77,25 +78,12 @@ def sas_import(storage: Storage, src: str, out: str, **props: Any) -> JobPropert
 
 
 def wait_for(get_status: Callable[[], Any], *, deadline: float = 120) -> Any:
-    """Poll until the job reaches a terminal state. The deadline only stops a hung test; it asserts nothing."""
-    end = time.monotonic() + deadline
-    while True:
-        job = get_status()
-        status = job["status"] if isinstance(job, dict) else job.status
-        if status in TERMINAL:
-            return job
-        if time.monotonic() > end:
-            raise TimeoutError(f"job still {status} after {deadline}s")
-        time.sleep(0.05)
+    """Poll until the hub job reaches a terminal state. The deadline only stops a hung test; it asserts nothing."""
 
+    def ended(job: Any) -> bool:
+        return (job["status"] if isinstance(job, dict) else job.status) in TERMINAL
 
-def wait_until(condition: Callable[[], object], *, deadline: float = 60) -> None:
-    """Poll ``condition`` until true; the deadline only stops a hung test."""
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            raise TimeoutError(f"condition not met after {deadline}s")
-        time.sleep(0.02)
+    return wait_until(get_status, ended, deadline=deadline, what="the hub job to end")
 
 
 def hub_token(emu: IoTHubEmulator, policy: str = "iothubowner", *, ttl: int = 600, key: str | None = None) -> str:
@@ -266,16 +254,23 @@ def devices(n: int, prefix: str = "d", **extra: Any) -> list[dict[str, Any] | st
 
 def run_to_end(p: Jobs, job: Job, clock: Clock, deadline: float = 60) -> Job:
     """Monitor passes (the clock advancing 30 s each) until ``job`` ends; the deadline only stops a hung test."""
-    end = time.monotonic() + deadline
-    while True:
+    return monitor_until(p, job, clock, lambda j: j.state.is_terminal, deadline=deadline)
+
+
+def monitor_until(p: Jobs, job: Job, clock: Clock, done: Callable[[Job], bool], *, deadline: float = 60) -> Job:
+    """Monitor passes, the clock advancing 30 s between two, until ``done`` holds for ``job`` as the ledger has
+    it; the deadline only stops a hung test."""
+    passes = 0
+
+    def step() -> Job:
+        nonlocal passes
+        if passes:
+            clock.advance(0.5)
+        passes += 1
         p.monitor_pass(job.hub)
-        job = p.ledger.get(job.hub, job.job_id)
-        if job.state.is_terminal:
-            return job
-        if time.monotonic() > end:
-            raise TimeoutError(f"job still {job.state}")
-        clock.advance(0.5)
-        time.sleep(0.05)
+        return p.ledger.get(job.hub, job.job_id)
+
+    return wait_until(step, done, deadline=deadline, what=f"job {job.job_id} (monitor passes)")
 
 
 def hub_count(p: Jobs) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from shared.kinds import registry
 from shared.ledger import HubSlot, Job, JobKind, JobState, Ledger, to_entity
 from shared.storage import BlobRef, Storage, StorageSettings
 
-from .helpers import Clock, request_log, writes
+from .helpers import Clock, request_log, wait_until, writes
 from .test_dataexport_apply import ENV
 
 SAMPLE = (Path(__file__).resolve().parents[2] / "samples/central/dataexport.json").read_bytes()
@@ -54,11 +53,12 @@ def central_engine(azurite: Azurite, central: IoTCentralClient, clock: Clock, en
 
 def wait(e: JobEngine, job: Job, seconds: float) -> Job:
     """The job once it has ended, or as it stands after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not job.state.is_terminal and time.monotonic() < deadline:
-        time.sleep(0.05)
-        job = e.ledger.get(job.hub, job.job_id)
-    return job
+    if job.state.is_terminal:
+        return job
+    try:
+        return wait_until(lambda: e.ledger.get(job.hub, job.job_id), lambda j: j.state.is_terminal, deadline=seconds)
+    except TimeoutError:
+        return e.ledger.get(job.hub, job.job_id)
 
 
 def test_the_monitor_runs_again_an_apply_a_crash_interrupted(

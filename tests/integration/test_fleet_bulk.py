@@ -277,9 +277,6 @@ def report_lines(p: Jobs, path: str) -> list[dict[str, Any]]:
 def test_paging_a_query_waits_out_the_hubs_query_quota(
     azurite: Azurite, realistic_hub: IoTHubEmulator, clock: Clock
 ) -> None:
-    # An S1 unit answers 20 queries a (scaled) minute; nothing held back by traffic shaping, no query lag (not what
-    # this is about). The client hands every Retry-After back to its caller, as it does one over 30 s.
-    realistic_hub.set_profile(Profile("S1", 1, time_scale=0.05, shaping_seconds=0, query_lag=0))
     hands_back = RetryPolicy(
         max_retries=6, backoff_factor=0.01, backoff_max=0.05, total_timeout=30, max_retry_after=0.5
     )
@@ -291,6 +288,11 @@ def test_paging_a_query_waits_out_the_hubs_query_quota(
         clock,
     )
     assert seeded.state is JobState.COMPLETED, seeded.failure_reason
+    # Then an S1 unit answers 20 queries a (scaled) minute; nothing held back by traffic shaping, no query lag (not what
+    # this is about). The client hands every Retry-After back to its caller, as it does one over 30 s. A minute
+    # scaled to 15 s (refilling 1.3 queries a second): 25 pages outrun the quota even on a loaded machine (at 1/20,
+    # 6.7 a second, a run slowed by parallel tests was not refused at all).
+    realistic_hub.set_profile(Profile("S1", 1, time_scale=0.25, shaping_seconds=0, query_lag=0))
     query = "SELECT * FROM devices WHERE status = 'enabled'"
 
     def bulk(patience: float) -> Bulk:

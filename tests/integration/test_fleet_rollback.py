@@ -23,7 +23,7 @@ from shared.ledger import Job, JobKind, JobState
 from shared.storage import BlobRef
 
 from .conftest import engine_on
-from .helpers import FAST, KEY, Clock, Jobs, control, devices, run_to_end, upload, wait_until
+from .helpers import FAST, KEY, Clock, Jobs, control, devices, monitor_until, run_to_end, upload, wait_until
 from .test_safety import registry
 
 OTHER = "b3RoZXIta2V5LW90aGVyLWtleS1vdGhlci1rZXktMTIz"
@@ -173,14 +173,7 @@ def test_a_cancelled_import_can_be_rolled_back(jobs: Jobs, clock: Clock, iothub:
     job = jobs.accept_upload(upload(jobs, "del.jsonl", lines), "devhub")
     # Every hub job waits a second enqueued: the import can be cancelled before it applies anything.
     control(iothub, "faults", {"rate": 0, "jobStartDelay": 1})
-    for _ in range(200):
-        jobs.monitor_pass("devhub")
-        job = jobs.ledger.get("devhub", job.job_id)
-        if job.state is JobState.RUNNING:
-            break
-        clock.advance(0.5)
-        time.sleep(0.05)
-    assert job.state is JobState.RUNNING
+    job = monitor_until(jobs, job, clock, lambda j: j.state is JobState.RUNNING)
     jobs.cancel(job)
     control(iothub, "faults", {"rate": 0, "jobStartDelay": 0})
     cancelled = run_to_end(jobs, job, clock)
@@ -212,12 +205,7 @@ def test_a_failed_import_can_be_rolled_back(
         job = jobs.accept_upload(upload(jobs, "change.jsonl", lines), "devhub")
         control(first, "faults", {"rate": 0, "jobStepDelay": 10})
         hub = jobs.hubs["devhub"]
-        for _ in range(600):
-            jobs.monitor_pass("devhub")
-            if jobs.ledger.get("devhub", job.job_id).state is JobState.RUNNING:
-                break
-            clock.advance(0.5)
-            time.sleep(0.05)
+        monitor_until(jobs, job, clock, lambda j: j.state is JobState.RUNNING)
         wait_until(lambda: hub.get_registry_statistics().total == 400, deadline=30)
     finally:
         first.stop()

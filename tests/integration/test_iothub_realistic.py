@@ -105,7 +105,9 @@ def test_traffic_shaping_serves_late_then_refuses(realistic_hub: IoTHubEmulator)
 
 def test_sdk_rides_out_the_throttle_by_honouring_retry_after(realistic_hub: IoTHubEmulator) -> None:
     # urllib3, under msrest, retries a 429 that carries Retry-After (up to 3 times), so the SDK's calls succeed.
-    realistic_hub.set_profile(Profile("S1", 1, time_scale=0.5, shaping_seconds=0))  # 100 per 30 s, no hold
+    # 100 per 5 minutes, no hold: the 104 calls are refused at the end unless they take over 12 s (at 1/2 it was
+    # 1.2 s, which parallel test workers slowing the calls outlasted: not refused at all)
+    realistic_hub.set_profile(Profile("S1", 1, time_scale=5, shaping_seconds=0))
     rm = IoTHubRegistryManager.from_connection_string(realistic_hub.connection_string())
     # Calls until the hub has refused one: a fixed count (104) was refused only when the calls beat the quota's
     # refill (about 1.2 s for 104), which a loaded machine does not; this way the load decides nothing.
@@ -121,7 +123,10 @@ def test_sdk_rides_out_the_throttle_by_honouring_retry_after(realistic_hub: IoTH
 
 
 def test_retry_after_is_whole_seconds(realistic_hub: IoTHubEmulator) -> None:
-    realistic_hub.set_profile(Profile("S1", 1, time_scale=0.1, shaping_seconds=0))
+    # A query token a second (20 a scaled minute of 20 s): the 21st call is refused if the 21 take under 1 s, and
+    # then waits under 1 s, so the header says 1 (at 1/10 the calls had to take under 0.3 s: parallel test workers
+    # slowed them past that)
+    realistic_hub.set_profile(Profile("S1", 1, time_scale=1 / 3, shaping_seconds=0))
     for _ in range(20):
         query_ids(realistic_hub)
     refused = hub_call(realistic_hub, "POST", "/devices/query", body={"query": "SELECT * FROM devices"})

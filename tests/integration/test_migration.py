@@ -5,7 +5,6 @@ steps never queues a step twice."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -21,7 +20,7 @@ from shared.storage import BlobRef
 from shared.views import migration_view
 
 from .conftest import engine_on
-from .helpers import KEY, Clock, Jobs, emptied, hub_call, run_to_end, running_emulator, upload
+from .helpers import KEY, Clock, Jobs, emptied, hub_call, run_to_end, running_emulator, upload, wait_for, wait_until
 from .test_realistic_jobs import config_call, configuration, configurations
 from .test_safety import _stable, read
 
@@ -274,13 +273,16 @@ def test_a_step_ended_twice_queues_the_next_step_once(pair: Jobs, clock: Clock) 
     seed(pair, clock, "devhub", fleet(5))
     draft = replace(pair.engine.draft(JobKind.MIGRATION, "devhub"), peer_hub="stagehub", import_mode="create")
     job = pair.engine.accept(draft)
-    while (job := pair.ledger.get("devhub", job.job_id)).state is not JobState.RUNNING:
-        pair.monitor_pass("devhub")
+
+    def running() -> Job:
+        current = pair.ledger.get("devhub", job.job_id)
+        if current.state is not JobState.RUNNING:
+            pair.monitor_pass("devhub")
+        return current
+
+    job = wait_until(running, lambda j: j.state is JobState.RUNNING, interval=0, what="the migration to run")
     kind = pair.engine.kinds[JobKind.MIGRATION]
-    hub_job = pair.hubs["devhub"].get_job(job.hub_job_id or "")
-    while not hub_job.status.is_terminal:
-        time.sleep(0.05)
-        hub_job = pair.hubs["devhub"].get_job(job.hub_job_id or "")
+    hub_job = wait_for(lambda: pair.hubs["devhub"].get_job(job.hub_job_id or ""))
     first = kind.end(job, hub_job, pair.engine.ctx)
     second = kind.end(job, hub_job, pair.engine.ctx)  # the crash: ended again by the next pass
     assert first.job.notes == second.job.notes
@@ -359,8 +361,7 @@ def test_a_configuration_missing_from_the_target_is_a_difference(
     imported = pair.ledger.find_by_key("stagehub", import_key(exported.job_id))
     assert imported is not None and imported.hub_job_id is not None
     stage = pair.hubs["stagehub"]
-    while not stage.get_job(imported.hub_job_id).status.is_terminal:
-        time.sleep(0.05)
+    wait_for(lambda: stage.get_job(imported.hub_job_id or ""))
     # Someone removes one from the target after the import put it there, before the verification looks.
     assert config_call(stage_server, "DELETE", "/configurations/fw-b", if_match="*").status_code == 204
     assert run_to_end(pair, imported, clock).state is JobState.COMPLETED

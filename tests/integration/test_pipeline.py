@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 from azure.storage.blob import BlobServiceClient
@@ -11,11 +10,11 @@ from azure.storage.blob import BlobServiceClient
 from emulators.azurite import Azurite
 from emulators.iothub import IoTHubEmulator
 from shared.kinds._hub import _urls
-from shared.ledger import JobKind, JobState
+from shared.ledger import Job, JobKind, JobState
 from shared.storage import BlobRef
 from shared.views import job_view
 
-from .helpers import KEY, Clock, Jobs, control, devices, hub_count, run_to_end, upload
+from .helpers import KEY, Clock, Jobs, control, devices, hub_count, run_to_end, upload, wait_until
 
 
 def test_good_upload_is_imported_and_archived(jobs: Jobs, clock: Clock) -> None:
@@ -119,14 +118,17 @@ def test_the_flow_rides_out_injected_faults(jobs: Jobs, iothub: IoTHubEmulator, 
     control(iothub, "faults", {"rate": 0.3, "statuses": [429, 500, 503], "retryAfter": 0, "seed": 5})
     clock_step = 3  # minutes per pass: lets a submission hit by a 500 be reconciled
 
-    end = time.monotonic() + 90
-    while not (job := jobs.ledger.get("devhub", job.job_id)).state.is_terminal:
-        try:
-            jobs.monitor_pass("devhub")
-        except Exception as exc:  # a monitor pass may fail; the next one carries on (as the timer would)
-            assert "IoT Hub" in str(exc)
-        clock.advance(clock_step)
-        assert time.monotonic() < end, job.state
+    def step() -> Job:
+        current = jobs.ledger.get("devhub", job.job_id)
+        if not current.state.is_terminal:
+            try:
+                jobs.monitor_pass("devhub")
+            except Exception as exc:  # a monitor pass may fail; the next one carries on (as the timer would)
+                assert "IoT Hub" in str(exc)
+            clock.advance(clock_step)
+        return current
+
+    job = wait_until(step, lambda j: j.state.is_terminal, deadline=90, interval=0, what="the job under faults")
     control(iothub, "faults", {"rate": 0})
     assert job.state is JobState.COMPLETED
     assert hub_count(jobs) == 20

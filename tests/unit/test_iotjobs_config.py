@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from iotjobs.cli import cut, exit_code, listing
+from iotjobs.client import TERMINAL
 from iotjobs.config import ConfigError, load
+from shared.ledger import TERMINAL_STATES
 
 
 def _settings(tmp_path: Path, values: dict[str, str], port: int | None = None) -> Path:
@@ -75,3 +77,8 @@ def test_the_instance_the_settings_file_names_is_checked_only_when_its_address_i
     # an address given another way is the user's choice: no stack to hold it to
     assert load(settings=path, env={"IOTJOBS_URL": "http://127.0.0.1:7999"}).instance is None
     assert load(settings=path, url="http://127.0.0.1:7999", env={}).instance is None
+
+
+def test_the_client_ends_following_a_job_on_the_servers_terminal_states() -> None:
+    # iotjobs is packaged alone (it cannot import shared/): its copy must stay the ledger's set.
+    assert {s.value for s in TERMINAL_STATES} == TERMINAL
