@@ -335,7 +335,7 @@ def test_a_bulk_whose_host_is_killed_mid_query_goes_on_and_writes_each_device_on
     r = stack.app.call("POST", "bulk", json={"hub": "devhub", "query": query, "action": "disable"})
     assert r.status_code == 202, r.text
     _restart(stack)
-    until(stack, lambda j: j["jobId"] == r.json()["plan"]["jobId"] and j["state"] in TERMINAL)
+    until(stack, lambda j: j["jobId"] == r.json()["plan"]["jobId"] and j["state"] in TERMINAL_STATES)
     plan = stack.app.job("devhub", r.json()["plan"]["jobId"])
     assert plan["state"] == "completed", plan["failureReason"]
     container, _, name = plan["reports"]["plan"].partition("/")
