@@ -95,6 +95,9 @@ def _ports_held(ports: tuple[int, ...] = USUAL_PORTS) -> Iterator[None]:
     try:
         for port in ports:
             listener = socket.socket()
+            # As the servers (and devstack's probe) do: connections of a stack stopped just before (test_docs'
+            # stack runs on this worker right before) lingering in TIME_WAIT must not make the port look held.
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 listener.bind(("127.0.0.1", port))
             except OSError:
