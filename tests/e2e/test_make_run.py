@@ -279,7 +279,7 @@ def test_a_second_make_run_follows_its_own_jobs_and_prints_current_results(runs:
 def test_the_demo_lists_every_problem_it_counts(runs: Runs) -> None:
     for out in (runs.first_out, runs.second_out):
         step = _section(out, 2)
-        claimed = int(re.search(r"(\d+) problem\(s\) in the file", step).group(1))  # type: ignore[union-attr]
+        claimed = int(re.search(r"(\d+) problems? in the file", step).group(1))  # type: ignore[union-attr]
         listed = len(re.findall(r"^ +line +\d+ ", step, re.M))
         more = re.search(r"… and (\d+) more", step)
         assert listed + (int(more.group(1)) if more else 0) == claimed and listed >= 1
