@@ -201,9 +201,14 @@ class Backup:
         Raises:
             ConfigError: no storage configured, no such backup, or several hubs and none named.
         """
+        from azure.core.exceptions import ResourceNotFoundError
+
         service = _service(config, "where are the backups?")
         self.container = service.get_container_client(BACKUPS)
-        names = [b.name for b in self.container.list_blobs(name_starts_with=f"{hub}/" if hub else None)]
+        try:
+            names = [b.name for b in self.container.list_blobs(name_starts_with=f"{hub}/" if hub else None)]
+        except ResourceNotFoundError:  # no backups container yet: no backup was ever taken here
+            names = []
         complete: dict[str, list[str]] = {}
         for name in names:
             parts = name.split("/")

@@ -84,6 +84,15 @@ def test_export_csv_writes_the_latest_complete_backup_without_keys_unless_asked(
     assert KEY.encode() in target.read_bytes()
 
 
+def test_export_csv_on_storage_that_never_held_a_backup_says_so(own_azurite: Azurite, tmp_path: Path) -> None:
+    """No backups container at all (an account where no backup was ever taken): the same clear error, not the
+    storage SDK's 404 traceback."""
+    with pytest.raises(ConfigError, match="has no complete backup"):
+        export(own_azurite, tmp_path / "x.csv", hub="devhub")
+    with pytest.raises(ConfigError, match="no backups found"):
+        export(own_azurite, tmp_path / "x.csv")
+
+
 def test_export_csv_says_what_is_missing(azurite: Azurite, tmp_path: Path) -> None:
     hub = f"hub{uuid.uuid4().hex[:8]}"
     with pytest.raises(ConfigError, match="has no complete backup"):
