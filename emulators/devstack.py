@@ -32,7 +32,7 @@ from emulators.functions_host.process import HostProcess, stack_settings
 from emulators.iotcentral import IoTCentralEmulator
 from emulators.iothub import IoTHubEmulator
 from emulators.serving import wait_until_stopped
-from iotjobs.cli import cut, listing
+from iotjobs.cli import cut, kept_text, listing, modes_text
 from iotjobs.client import CENTRAL, TERMINAL, UPLOADS, Api
 from iotjobs.config import Config
 from shared.iotcentral import DESTINATIONS, EXPORTS, IoTCentralClient
@@ -162,7 +162,7 @@ def _listed(lines: Iterable[str], total: int, more: str) -> None:
 def demo(d: Demo) -> None:
     _say("\n== 1. Drop samples/devices-good.jsonl into the uploads container")
     job = d.drop("devices-good.jsonl")
-    _say(f"    {job['lines']} lines, modes {job['modes']}; the upload now lives in {job['archived']}")
+    _say(f"    {job['lines']} lines{modes_text(job['modes'])}; the upload now lives in {job['archived']}")
     if "errors" in job["links"]:
         rows = [json.loads(x) for x in d.report(job, "errors").decode().splitlines() if x.strip()]
         _say(
@@ -213,7 +213,8 @@ def central_demo(d: Demo) -> None:
     _say("\n== 6. Plan samples/central/dataexport.json (POST /api/central/plan: changes nothing)")
     plan = d.api.call("POST", "central/plan", data=sample)
     _show_steps(plan["steps"])
-    _say(f"    summary {plan['summary']}; kept, not in the file (no prune): {plan['unmanaged']}")
+    counts = ", ".join(f"{n} {what}" for what, n in plan["summary"].items())
+    _say(f"    {counts}; kept, not in the file (no prune): {kept_text(plan['unmanaged'])}")
 
     _say("\n== 7. Apply it: drop it into uploads/central/dataexport.json")
     job = d.drop("central/dataexport.json")

@@ -288,6 +288,14 @@ def test_the_demo_lists_every_problem_it_counts(runs: Runs) -> None:
         assert "…" in step
 
 
+def test_the_demo_words_its_outcomes_without_python_reprs(runs: Runs) -> None:
+    """Counts and kept items in words ("13 createOrUpdate", "destinations legacy-webhook"), never a dict's repr."""
+    for out in (runs.first_out, runs.second_out):
+        assert "{'" not in out and "['" not in out
+        assert re.search(r"\d+ lines \(\d+ createOrUpdate, \d+ create, \d+ delete\)", _section(out, 1))
+        assert "kept, not in the file (no prune): destinations legacy-webhook" in _section(out, 6)
+
+
 def test_make_run_prints_iotjobs_commands_not_az(runs: Runs) -> None:
     banner = runs.second_out.split("== The local stack is up", 1)[1]
     assert "iotjobs upload" in banner and "iotjobs jobs" in banner and "/api/status?code=" in banner
