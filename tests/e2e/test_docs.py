@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from emulators.azurite import REPO
+from tests.e2e.devstack_process import start_devstack
 from tests.unit.test_docs import CHECKED, Block, shell_blocks
 
 # Runs on one worker with the other module of make run's stacks (tests/conftest.py ONE_WORKER).
@@ -35,17 +35,7 @@ class LocalStack:
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """``make run`` (its demo, then serving), stopped with Ctrl-C at the end, as a reader leaves it."""
     state = tmp_path_factory.mktemp("devstack-docs")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    env.pop("REQUESTS_CA_BUNDLE", None)
-    start = (
-        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        f"sys.argv = ['devstack', '--state', {str(state)!r}]; "
-        "runpy.run_module('emulators.devstack', run_name='__main__')"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", start], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, process_group=0,
-    )  # fmt: skip
+    proc = start_devstack(state)
     assert proc.stdout is not None
     seen = []
     try:

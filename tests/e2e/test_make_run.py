@@ -27,6 +27,7 @@ from azure.storage.blob import BlobServiceClient
 from emulators.azurite import REPO, Azurite
 from emulators.iothub.store import Store
 from shared.ledger import TERMINAL_STATES, Job, JobKind, JobState, Ledger
+from tests.e2e.devstack_process import start_devstack
 from tests.waiting import wait_until
 
 # Runs on one worker with the other module of make run's stacks (tests/conftest.py ONE_WORKER).
@@ -305,19 +306,7 @@ def test_make_run_prints_iotjobs_commands_not_az(runs: Runs) -> None:
 def test_ctrl_c_stops_the_stack_cleanly_without_tracebacks(tmp_path: Path) -> None:
     """Ctrl-C in a terminal signals the whole foreground process group; make run must stop everything it started
     and leave no KeyboardInterrupt traceback in its output or in the host's log."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    env.pop("REQUESTS_CA_BUNDLE", None)
-    # As an interactive shell starts it: SIGINT raises KeyboardInterrupt (a shell without job control would have
-    # it ignored), in a process group of its own that the "terminal" signals.
-    start = (
-        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        f"sys.argv = ['devstack', '--state', {str(tmp_path)!r}]; "
-        "runpy.run_module('emulators.devstack', run_name='__main__')"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", start], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, process_group=0,
-    )  # fmt: skip
+    proc = start_devstack(tmp_path)
     assert proc.stdout is not None
     seen = []
     for line in proc.stdout:
