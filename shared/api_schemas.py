@@ -24,6 +24,7 @@ from jsonschema.exceptions import ValidationError
 
 from . import names
 from .dataexport.document import MAX_BYTES as DOCUMENT_MAX_BYTES
+from .devices.rules import DEVICE_ID_RE
 from .ledger import JobState
 
 # A JSON control body is a few fields; anything larger is a mistake or an attack and is never parsed.
@@ -418,7 +419,7 @@ GET_DEVICE = Route(
         hub=HUB_PATH["properties"]["hub"],
         device_id={
             "type": "string",
-            "pattern": r"^[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}$",
+            "pattern": f"^{DEVICE_ID_RE.pattern}$",  # the validator's own rule
             "description": "must be a device id: 1-128 letters, digits and - . % _ * ? ! ( ) , : = @ $ '",
         },
     ),
