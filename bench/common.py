@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -83,3 +84,12 @@ def mib(n: int) -> float:
 
 def elapsed(start: float) -> float:
     return round(time.perf_counter() - start, 2)
+
+
+def printed_port(proc: subprocess.Popen[str]) -> int:
+    """The port an emulator started with ``--port 0`` printed (``port=N``), read from its stdout."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("port="):
+            return int(line.split("=")[1])
+    raise SystemExit("the emulator ended before it printed its port")

@@ -31,7 +31,7 @@ from typing import Any
 
 import requests
 
-from bench.common import device_lines, elapsed
+from bench.common import device_lines, elapsed, printed_port
 from emulators.iothub import POLICIES
 from emulators.iothub.auth import sign
 from emulators.iothub.model import apply
@@ -77,13 +77,7 @@ class Hub:
             stdout=subprocess.PIPE,
             text=True,
         )
-        assert self.proc.stdout is not None
-        port = 0
-        for line in self.proc.stdout:
-            if line.startswith("port="):
-                port = int(line.split("=")[1])
-                break
-        self.host = f"127.0.0.1:{port}"
+        self.host = f"127.0.0.1:{printed_port(self.proc)}"
         self.session = requests.Session()
         self.ca = str(data_dir / "tls" / "ca.pem")  # per request: REQUESTS_CA_BUNDLE would override a session's
         token = sign(self.host, POLICIES["iothubowner"].key, int(time.time()) + 3600, "iothubowner")

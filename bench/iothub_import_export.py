@@ -20,7 +20,7 @@ from typing import Any
 import requests
 from azure.storage.blob import BlobServiceClient
 
-from bench.common import PeakRss, device_lines, elapsed, mib, write_file
+from bench.common import PeakRss, device_lines, elapsed, mib, printed_port, write_file
 from emulators.azurite import Azurite
 from emulators.iothub import POLICIES
 from emulators.iothub.auth import sign
@@ -37,13 +37,7 @@ class Hub:
             text=True,
             env={**os.environ, "IOTHUB_EMULATOR_STORAGE_IDENTITY": storage},
         )
-        assert self.proc.stdout is not None
-        port = 0
-        for line in self.proc.stdout:
-            if line.startswith("port="):
-                port = int(line.split("=")[1])
-                break
-        self.host = f"127.0.0.1:{port}"
+        self.host = f"127.0.0.1:{printed_port(self.proc)}"
         self.ca = str(data_dir / "tls" / "ca.pem")
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
