@@ -207,33 +207,6 @@ class Bulk:
         }
 
 
-def write_bulk(
-    storage: Storage,
-    container: str,
-    client: IoTHubClient,
-    hub: str,
-    *,
-    query: str,
-    action: str,
-    args: Mapping[str, Any],
-    now: datetime | None = None,
-    page_size: int = QUERY_PAGE_SIZE,
-    patience: float = QUERY_PATIENCE,
-) -> Bulk:
-    """A bulk made in one go (``new_request``, then ``continue_bulk`` until its file is written): for callers that
-    may wait as long as the query takes. The app's bulks are made by their plan job instead (``kinds/plan.py``).
-
-    Raises:
-        InvalidBulk: the query or the args are refused before asking the hub.
-        IoTHubHTTPError: the hub refused the query, or throttled a page for longer than ``patience``.
-    """
-    bulk_id, _ = new_request(storage, container, hub, query=query, action=action, args=args, now=now)
-    while True:
-        made = continue_bulk(storage, container, client, bulk_id, page_size=page_size, patience=patience)
-        if isinstance(made, Bulk):
-            return made
-
-
 def new_request(
     storage: Storage,
     container: str,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -12,17 +14,50 @@ import pytest
 from emulators.azurite import Azurite
 from emulators.iothub import IoTHubEmulator
 from emulators.iothub.quotas import Profile
-from shared.fleet.bulk import CURSOR, DEVICES, PARTS, Bulk, Cursor, InvalidBulk, continue_bulk, new_request, write_bulk
-from shared.iothub import IoTHubHTTPError, IoTHubThrottled
+from shared.fleet.bulk import (
+    CURSOR,
+    DEVICES,
+    PARTS,
+    QUERY_PAGE_SIZE,
+    QUERY_PATIENCE,
+    Bulk,
+    Cursor,
+    InvalidBulk,
+    continue_bulk,
+    new_request,
+)
+from shared.iothub import IoTHubClient, IoTHubHTTPError, IoTHubThrottled
 from shared.ledger import Job, JobKind, JobState
 from shared.retry import RetryPolicy
-from shared.storage import BlobRef
+from shared.storage import BlobRef, Storage
 
 from .conftest import engine_on
 from .helpers import KEY, Clock, Jobs, hub_call, run_to_end, upload
 from .test_realistic_jobs import usage
 
 QUERY = "SELECT * FROM devices WHERE tags.site = 'a'"
+
+
+def write_bulk(
+    storage: Storage,
+    container: str,
+    client: IoTHubClient,
+    hub: str,
+    *,
+    query: str,
+    action: str,
+    args: Mapping[str, Any],
+    now: datetime | None = None,
+    page_size: int = QUERY_PAGE_SIZE,
+    patience: float = QUERY_PATIENCE,
+) -> Bulk:
+    """A bulk made in one go, as its plan job makes it in slices (``kinds/plan.py``): ``new_request``, then
+    ``continue_bulk`` until its file is written."""
+    bulk_id, _ = new_request(storage, container, hub, query=query, action=action, args=args, now=now)
+    while True:
+        made = continue_bulk(storage, container, client, bulk_id, page_size=page_size, patience=patience)
+        if isinstance(made, Bulk):
+            return made
 
 
 def seed(p: Jobs, clock: Clock) -> None:
